@@ -1,0 +1,216 @@
+"""Reading a HAM10000-layout folder, cleaning labels, the lesion-grouped split and
+the input pipeline.
+
+A data folder holds ``HAM10000_metadata.csv`` (columns ``lesion_id``, ``image_id``,
+``dx``, ...) and ``images/<image_id>.jpg``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from skin_model import CLASSES
+from skin_model.imaging import decode_image, resize_for_model
+
+METADATA_FILE = "HAM10000_metadata.csv"
+REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """A data folder or metadata table that cannot be used, with the reason."""
+
+
+def read_metadata(data_dir: Path) -> pd.DataFrame:
+    """Read and clean the metadata table of a HAM10000-layout folder.
+
+    Args:
+        data_dir: Folder holding the metadata CSV and ``images/``.
+
+    Returns:
+        The cleaned table with an added ``path`` column.
+
+    Raises:
+        DataError: If the folder, columns, labels or image files are not usable.
+    """
+    data_dir = Path(data_dir)
+    csv = data_dir / METADATA_FILE
+    if not csv.is_file():
+        raise DataError(f"{csv} not found: is {data_dir} a HAM10000-layout folder?")
+    return clean_metadata(pd.read_csv(csv), data_dir / "images")
+
+
+def clean_metadata(df: pd.DataFrame, image_dir: Path) -> pd.DataFrame:
+    """Validate labels and files; fail with a clear message on any problem.
+
+    Args:
+        df: Raw metadata with at least ``lesion_id``, ``image_id`` and ``dx``.
+        image_dir: Folder holding ``<image_id>.jpg``.
+
+    Returns:
+        A copy with stripped, lower-case ``dx`` and a ``path`` column.
+
+    Raises:
+        DataError: On missing columns, empty ids, unknown classes, duplicate images,
+            lesions with conflicting diagnoses, or missing image files.
+    """
+    missing_cols = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing_cols:
+        raise DataError(f"metadata lacks column(s): {', '.join(missing_cols)}")
+    df = df.copy()
+    for col in REQUIRED_COLUMNS:
+        df[col] = df[col].astype("string").str.strip()
+    empty = df[list(REQUIRED_COLUMNS)].isna().any(axis=1) | (df[list(REQUIRED_COLUMNS)] == "").any(
+        axis=1
+    )
+    if empty.any():
+        raise DataError(f"{int(empty.sum())} row(s) have an empty lesion_id, image_id or dx")
+    df["dx"] = df["dx"].str.lower()
+    unknown = sorted(set(df["dx"]) - set(CLASSES))
+    if unknown:
+        raise DataError(f"unknown class(es) in dx: {', '.join(unknown)}; expected {CLASSES}")
+    dupes = df["image_id"][df["image_id"].duplicated()].unique()
+    if len(dupes):
+        raise DataError(f"duplicate image_id(s): {', '.join(map(str, dupes[:5]))}")
+    per_lesion = df.groupby("lesion_id")["dx"].nunique()
+    conflicting = per_lesion[per_lesion > 1].index.tolist()
+    if conflicting:
+        raise DataError(f"lesion(s) with conflicting dx: {', '.join(conflicting[:5])}")
+    df["path"] = [str(Path(image_dir) / f"{i}.jpg") for i in df["image_id"]]
+    missing = [p for p in df["path"] if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} image file(s) missing, e.g. {missing[0]}")
+    return df.reset_index(drop=True)
+
+
+def split_by_lesion(
+    df: pd.DataFrame, val_frac: float = 0.15, test_frac: float = 0.15, seed: int = 42
+) -> pd.Series:
+    """Assign each image to train/val/test, grouped by lesion and stratified by dx.
+
+    Within each class the lesions are shuffled with ``seed`` and cut into parts, so
+    every image of a lesion lands in the same part and each part keeps the class mix.
+
+    Args:
+        df: Cleaned metadata (``lesion_id``, ``dx``).
+        val_frac: Share of each class's lesions for validation.
+        test_frac: Share of each class's lesions for test.
+        seed: Seed of the shuffle; the same seed gives the same split.
+
+    Returns:
+        A Series of ``"train"``/``"val"``/``"test"`` aligned with ``df``.
+    """
+    rng = np.random.default_rng(seed)
+    lesions = df.drop_duplicates("lesion_id")[["lesion_id", "dx"]].sort_values("lesion_id")
+    part: dict[str, str] = {}
+    for dx in sorted(lesions["dx"].unique()):
+        ids = lesions.loc[lesions["dx"] == dx, "lesion_id"].to_numpy()
+        ids = ids[rng.permutation(len(ids))]
+        n_test = int(round(len(ids) * test_frac))
+        n_val = int(round(len(ids) * val_frac))
+        for i, lesion in enumerate(ids):
+            part[lesion] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return df["lesion_id"].map(part).rename("split")
+
+
+def read_split(split_csv: Path) -> pd.DataFrame:
+    """Read a split CSV written by training (``image_id``, ``lesion_id``, ``dx``, ``split``)."""
+    return pd.read_csv(split_csv, dtype=str)
+
+
+def one_hot(labels: Sequence[str]) -> np.ndarray:
+    """Return a float32 one-hot matrix of class codes in :data:`CLASSES` order."""
+    index = {c: i for i, c in enumerate(CLASSES)}
+    out = np.zeros((len(labels), len(CLASSES)), dtype=np.float32)
+    out[np.arange(len(labels)), [index[c] for c in labels]] = 1.0
+    return out
+
+
+def load_images(paths: Sequence[str], size: int) -> np.ndarray:
+    """Decode and resize image files into one uint8 array of shape (N, size, size, 3)."""
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        out[i] = resize_for_model(decode_image(Path(path).read_bytes()), size)
+    return out
+
+
+def class_weights(labels: Sequence[str], power: float = 1.0) -> dict[int, float]:
+    """Class weights ``(N / (K * n_c)) ** power`` from the training labels.
+
+    Args:
+        labels: Class codes of the training images.
+        power: 1.0 balances classes fully, 0.5 halfway (in log space), 0 not at all.
+
+    Returns:
+        Mapping from class index to weight, for ``keras.Model.fit(class_weight=...)``.
+    """
+    counts = pd.Series(list(labels)).value_counts()
+    total, k = len(labels), len(CLASSES)
+    return {i: float((total / (k * counts.get(c, 1))) ** power) for i, c in enumerate(CLASSES)}
+
+
+def augment(image, seed):
+    """Random dihedral transform, zoom crop and colour jitter of one uint8 image (tf ops).
+
+    Args:
+        image: A (S, S, 3) uint8 tensor.
+        seed: A shape-(2,) int tensor for the stateless random ops.
+
+    Returns:
+        The augmented (S, S, 3) float32 tensor in [0, 255].
+    """
+    import tensorflow as tf
+
+    size = tf.shape(image)[0]
+    seeds = tf.random.experimental.stateless_split(seed, num=8)
+    x = tf.image.convert_image_dtype(image, tf.float32)
+    x = tf.image.stateless_random_flip_left_right(x, seeds[0])
+    k = tf.random.stateless_uniform([], seeds[1], 0, 4, dtype=tf.int32)
+    x = tf.image.rot90(x, k)
+    scale = tf.random.stateless_uniform([], seeds[2], 0.75, 1.0)
+    crop = tf.cast(tf.cast(size, tf.float32) * scale, tf.int32)
+    x = tf.image.stateless_random_crop(x, tf.stack([crop, crop, 3]), seeds[3])
+    x = tf.image.resize(x, tf.stack([size, size]))
+    x = tf.image.stateless_random_brightness(x, 0.1, seeds[4])
+    x = tf.image.stateless_random_contrast(x, 0.8, 1.2, seeds[5])
+    x = tf.image.stateless_random_saturation(x, 0.8, 1.2, seeds[6])
+    x = tf.image.stateless_random_hue(x, 0.03, seeds[7])
+    return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    training: bool,
+    seed: int = 42,
+):
+    """Build a ``tf.data`` pipeline; only ``training=True`` shuffles and augments.
+
+    Args:
+        images: uint8 array (N, S, S, 3).
+        labels: one-hot float32 array (N, K).
+        batch_size: Images per batch.
+        training: Shuffle and augment when True.
+        seed: Seed of the shuffle and augmentation.
+
+    Returns:
+        A ``tf.data.Dataset`` of (float32 images in [0, 255], labels) batches.
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    if training:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        counter = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip((ds, counter)).map(
+            lambda xy, s: (augment(xy[0], s), xy[1]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    else:
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,164 @@
+"""The one image decoder every entry point uses (CLI, app, training, evaluation).
+
+Images arrive as bytes (an upload, a file read into memory) and leave as an upright
+8-bit RGB ``numpy`` array, or raise :class:`ImageError` with a message a clinician can
+act on. Nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+MAX_FILE_BYTES = 25 * 1024 * 1024
+"""Largest accepted file (25 MiB), above the app's 20 MB upload limit."""
+
+MAX_PIXELS = 50_000_000
+"""Largest accepted pixel count before decoding; Pillow's own warning is at ~89 MP."""
+
+MIN_SIDE = 32
+"""Smallest accepted image side in pixels."""
+
+MAX_SIDE = 1024
+"""Larger images are downscaled so their longest side is at most this."""
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageError(ValueError):
+    """An input that cannot be classified, with a message meant for the user."""
+
+
+def _sniff(data: bytes) -> str:
+    """Return a short name for the file type the leading bytes announce."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"%PDF"):
+        return "pdf"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return "tiff"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data.startswith(b"BM"):
+        return "bmp"
+    head = data[:512]
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "text"
+    return "unknown"
+
+
+_TYPE_MESSAGES = {
+    "pdf": "This is a PDF document, not an image. Export the dermoscopic image as JPEG or PNG.",
+    "gif": "GIF images (often animated) are not supported. Export a single frame as JPEG or PNG.",
+    "tiff": "TIFF images are not supported. Export the image as JPEG or PNG.",
+    "webp": "WebP images are not supported. Export the image as JPEG or PNG.",
+    "bmp": "BMP images are not supported. Export the image as JPEG or PNG.",
+    "text": "This is a text file, not an image. Upload a JPEG or PNG dermoscopic image.",
+    "unknown": "This file is not a JPEG or PNG image (its contents are not a known image "
+    "format). It may be damaged or mislabelled; export the image again as JPEG or PNG.",
+}
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Convert any Pillow mode to 8-bit RGB: alpha on white, 16-bit rescaled, CMYK converted."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        grey = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def decode_image(data: bytes, max_side: int = MAX_SIDE) -> np.ndarray:
+    """Decode JPEG or PNG bytes into an upright RGB uint8 array of shape (H, W, 3).
+
+    Args:
+        data: The raw file contents.
+        max_side: Images whose longest side exceeds this are downscaled to it.
+
+    Returns:
+        The decoded image, EXIF orientation applied.
+
+    Raises:
+        ImageError: With a message saying what is wrong and what to do.
+    """
+    if not data:
+        raise ImageError("The file is empty (0 bytes). Upload the image again.")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(
+            f"The file is {len(data) / 2**20:.1f} MB; the limit is "
+            f"{MAX_FILE_BYTES / 2**20:.0f} MB. Export a smaller JPEG."
+        )
+    kind = _sniff(data)
+    if kind not in ("jpeg", "png"):
+        raise ImageError(_TYPE_MESSAGES[kind])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(
+                    f"The image is {width}x{height} pixels ({width * height / 1e6:.0f} MP), "
+                    f"over the {MAX_PIXELS / 1e6:.0f} MP limit; it may be a decompression "
+                    "bomb. Export it at a lower resolution."
+                )
+            if getattr(img, "n_frames", 1) > 1 and img.format != "MPO":
+                raise ImageError(
+                    "This is an animated or multi-frame image. Export a single frame as "
+                    "JPEG or PNG."
+                )
+            if min(width, height) < MIN_SIDE:
+                raise ImageError(
+                    f"The image is only {width}x{height} pixels; at least {MIN_SIDE} pixels "
+                    "per side are needed to classify it."
+                )
+            if img.format == "JPEG" and max(width, height) > 2 * max_side:
+                img.draft("RGB", (max_side, max_side))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if max(img.size) > max_side:
+                img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            return _to_rgb(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(
+            "The image declares an enormous size (a possible decompression bomb) and was "
+            "not opened. Export it at a lower resolution."
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        name = "JPEG" if kind == "jpeg" else "PNG"
+        raise ImageError(
+            f"The {name} file is truncated or corrupt and cannot be decoded ({exc}). "
+            "Copy or export the image again."
+        ) from exc
+
+
+def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize an RGB uint8 image to the square model input (the model rescales itself).
+
+    Args:
+        image: RGB uint8 array of shape (H, W, 3).
+        size: Side of the square model input.
+
+    Returns:
+        Array of shape (size, size, 3), dtype uint8.
+    """
+    pil = Image.fromarray(image)
+    if pil.size != (size, size):
+        pil = pil.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(pil, dtype=np.uint8)

@@ -1,0 +1,278 @@
+"""Loading a model directory and classifying decoded images.
+
+A model directory holds ``model.keras``, ``config.json`` (input size, temperature,
+test-time augmentation, malignant threshold, out-of-distribution threshold),
+``ood.npz``, ``metrics.json``, ``history.csv``, ``split.csv`` and ``MODEL_CARD.md``
+(which records the model file's SHA-256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from skin_model import CLASSES
+from skin_model.evaluate import apply_temperature, malignant_probability
+from skin_model.imaging import resize_for_model
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+OOD_FILE = "ood.npz"
+CARD_FILE = "MODEL_CARD.md"
+CSV_COLUMNS = ("file", "prediction", "malignant_probability", *CLASSES, "error")
+UNSURE_TOP_PROBABILITY = 0.5
+"""Below this top-class probability a prediction is marked unsure."""
+UNSURE_ENTROPY = 0.6
+"""Above this normalised entropy (0 = certain, 1 = uniform) a prediction is marked unsure."""
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory that cannot be used, with a message for the user."""
+
+
+@dataclass
+class ModelBundle:
+    """A loaded model with its settings; calls are serialised by ``lock``."""
+
+    model: object
+    config: dict
+    model_dir: Path
+    ood_mean: np.ndarray | None = None
+    ood_precision: np.ndarray | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _infer: object = None
+    _explainers: dict = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square model input."""
+        return int(self.config["input_size"])
+
+
+@dataclass
+class Prediction:
+    """One image's calibrated result."""
+
+    probabilities: np.ndarray
+    malignant_probability: float
+    suspicious: bool
+    unsure: bool
+    ood_distance: float | None
+    looks_dermoscopic: bool
+
+    @property
+    def top_class(self) -> str:
+        """Code of the most probable class."""
+        return CLASSES[int(np.argmax(self.probabilities))]
+
+    def top_k(self, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` most probable classes with their probabilities."""
+        order = np.argsort(self.probabilities)[::-1][:k]
+        return [(CLASSES[i], float(self.probabilities[i])) for i in order]
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's contents."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def card_sha256(card_text: str) -> str | None:
+    """The model file SHA-256 recorded in a model card, if any."""
+    match = re.search(r"SHA-256[^`]*`([0-9a-f]{64})`", card_text)
+    return match.group(1) if match else None
+
+
+def check_model_file(model_dir: Path) -> Path:
+    """Check the model file is present, real (not a Git LFS pointer) and matches its card.
+
+    Args:
+        model_dir: The model directory.
+
+    Returns:
+        The path of the model file.
+
+    Raises:
+        ModelLoadError: With what is wrong and how to fix it.
+    """
+    path = Path(model_dir) / MODEL_FILE
+    if not path.is_file():
+        raise ModelLoadError(
+            f"No model file at {path}. Restore it with `git checkout -- {path}` or train one "
+            "with `python train.py`."
+        )
+    with open(path, "rb") as fh:
+        head = fh.read(200)
+    if head.startswith(b"version https://git-lfs"):
+        raise ModelLoadError(
+            f"{path} is a Git LFS pointer, not the model. Run `git lfs pull` to fetch it."
+        )
+    card = Path(model_dir) / CARD_FILE
+    expected = card_sha256(card.read_text(encoding="utf-8")) if card.is_file() else None
+    if expected is None:
+        raise ModelLoadError(f"{card} is missing or records no SHA-256 of the model file.")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ModelLoadError(
+            f"{path} is damaged or not the model its card describes (SHA-256 {actual[:12]}... "
+            f"expected {expected[:12]}...). Restore it with `git checkout -- {path}`."
+        )
+    return path
+
+
+def load_bundle(model_dir: Path, verify: bool = True) -> ModelBundle:
+    """Load a model directory for inference.
+
+    Args:
+        model_dir: Folder written by training.
+        verify: Check the model file's SHA-256 against the model card first.
+
+    Returns:
+        The loaded :class:`ModelBundle`.
+
+    Raises:
+        ModelLoadError: If anything is missing, damaged or unreadable.
+    """
+    import keras
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"Model directory {model_dir} does not exist.")
+    path = check_model_file(model_dir) if verify else model_dir / MODEL_FILE
+    try:
+        config = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"Cannot read {model_dir / CONFIG_FILE}: {exc}") from exc
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a damaged file
+        raise ModelLoadError(f"{path} could not be loaded ({type(exc).__name__}: {exc}).") from exc
+    bundle = ModelBundle(model=model, config=config, model_dir=model_dir)
+    ood = model_dir / OOD_FILE
+    if ood.is_file():
+        with np.load(ood) as data:
+            bundle.ood_mean, bundle.ood_precision = data["mean"], data["precision"]
+    return bundle
+
+
+def _infer_fn(bundle: ModelBundle):
+    """A compiled function mapping a float batch to (features, probabilities)."""
+    if bundle._infer is None:
+        import keras
+
+        model = bundle.model
+        two = keras.Model(model.inputs, [model.get_layer("features").output, model.output])
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            spec = tf.TensorSpec([None, bundle.input_size, bundle.input_size, 3], tf.float32)
+            bundle._infer = tf.function(lambda x: two(x, training=False), input_signature=[spec])
+        else:
+            bundle._infer = lambda x: two(x, training=False)
+    return bundle._infer
+
+
+def dihedral_views(batch: np.ndarray) -> np.ndarray:
+    """The 8 rotations/flips of each image: (N, S, S, C) -> (8 * N, S, S, C), view-major."""
+    views = []
+    for flip in (False, True):
+        base = batch[:, :, ::-1] if flip else batch
+        views.extend(np.rot90(base, k, axes=(1, 2)) for k in range(4))
+    return np.ascontiguousarray(np.concatenate(views, axis=0))
+
+
+def raw_outputs(bundle: ModelBundle, batch: np.ndarray, tta: bool, chunk: int = 256):
+    """Uncalibrated probabilities and identity-view features for a float batch.
+
+    Args:
+        bundle: The loaded model.
+        batch: (N, S, S, 3) float32 in [0, 255].
+        tta: Average the probabilities over the 8 dihedral views.
+        chunk: Images per model call.
+
+    Returns:
+        ``(probs (N, K), features (N, F))`` as numpy arrays.
+    """
+    infer = _infer_fn(bundle)
+    probs_out, feats_out = [], []
+    for start in range(0, len(batch), chunk):
+        part = batch[start : start + chunk]
+        x = dihedral_views(part) if tta else part
+        with bundle.lock:
+            feats, probs = infer(x.astype(np.float32))
+        probs, feats = np.asarray(probs), np.asarray(feats)
+        n = len(part)
+        probs_out.append(probs.reshape(-1, n, probs.shape[-1]).mean(axis=0))
+        feats_out.append(feats[:n])
+    return np.concatenate(probs_out), np.concatenate(feats_out)
+
+
+def mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Mahalanobis distance of each feature row from the training distribution."""
+    d = features - mean
+    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, precision, d), 0.0))
+
+
+def normalised_entropy(probs: np.ndarray) -> np.ndarray:
+    """Entropy of each probability row divided by log(K): 0 certain, 1 uniform."""
+    p = np.clip(probs, 1e-12, 1.0)
+    return -(p * np.log(p)).sum(axis=1) / np.log(probs.shape[1])
+
+
+def predict_images(bundle: ModelBundle, images: Sequence[np.ndarray]) -> list[Prediction]:
+    """Classify decoded RGB uint8 images with calibration, TTA and the OOD check.
+
+    Args:
+        bundle: The loaded model.
+        images: Decoded images of any size (see :func:`skin_model.imaging.decode_image`).
+
+    Returns:
+        One :class:`Prediction` per image, in order.
+    """
+    if not images:
+        return []
+    size = bundle.input_size
+    batch = np.stack([resize_for_model(im, size) for im in images]).astype(np.float32)
+    raw, feats = raw_outputs(bundle, batch, tta=bool(bundle.config.get("tta", False)))
+    probs = apply_temperature(raw, float(bundle.config.get("temperature", 1.0)))
+    p_mal = malignant_probability(probs)
+    entropy = normalised_entropy(probs)
+    threshold = float(bundle.config["malignant_threshold"])
+    if bundle.ood_mean is not None:
+        dist = mahalanobis(feats, bundle.ood_mean, bundle.ood_precision)
+        ood_limit = float(bundle.config["ood_threshold"])
+    else:
+        dist, ood_limit = [None] * len(images), float("inf")
+    return [
+        Prediction(
+            probabilities=probs[i],
+            malignant_probability=float(p_mal[i]),
+            suspicious=bool(p_mal[i] >= threshold),
+            unsure=bool(probs[i].max() < UNSURE_TOP_PROBABILITY or entropy[i] > UNSURE_ENTROPY),
+            ood_distance=None if dist[i] is None else float(dist[i]),
+            looks_dermoscopic=dist[i] is None or bool(dist[i] <= ood_limit),
+        )
+        for i in range(len(images))
+    ]
+
+
+def result_row(file: str, prediction: Prediction | None, error: str = "") -> dict:
+    """One results-CSV row (:data:`CSV_COLUMNS`) for a prediction or an error."""
+    row = {c: "" for c in CSV_COLUMNS}
+    row["file"], row["error"] = file, error
+    if prediction is not None:
+        row["prediction"] = prediction.top_class
+        row["malignant_probability"] = round(prediction.malignant_probability, 6)
+        for c, p in zip(CLASSES, prediction.probabilities, strict=True):
+            row[c] = round(float(p), 6)
+    return row
