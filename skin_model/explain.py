@@ -107,3 +107,26 @@ def box_energy_ratio(cam: np.ndarray, box: tuple[int, int, int, int]) -> float:
     inside = float(cam[top : bottom + 1, left : right + 1].sum())
     area = (bottom - top + 1) * (right - left + 1) / cam.size
     return (inside / total) / area
+
+
+def get_explainer(bundle, method: str = "Grad-CAM"):
+    """The bundle's cached explainer for ``method``, built on first use.
+
+    Args:
+        bundle: A :class:`skin_model.inference.ModelBundle`.
+        method: One of :data:`METHODS`.
+
+    Returns:
+        The tf-keras-vis explainer; call it under ``bundle.lock``.
+    """
+    with bundle.lock:
+        if method not in bundle._explainers:
+            bundle._explainers[method] = make_explainer(bundle.model, method)
+        return bundle._explainers[method]
+
+
+def explain(bundle, image: np.ndarray, class_index: int, method: str = "Grad-CAM") -> np.ndarray:
+    """Heatmap (H, W) in [0, 1] of ``class_index`` for one decoded image, thread-safe."""
+    explainer = get_explainer(bundle, method)
+    with bundle.lock:
+        return heatmap(explainer, bundle.model, image, class_index, bundle.input_size)

@@ -47,7 +47,7 @@ def _head(x, dropout: float, num_classes: int):
     """Global pooling, dropout and the softmax classifier."""
     x = layers.GlobalAveragePooling2D(name="features")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
-    return layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
 
 
 def make_skinnet(
@@ -102,7 +102,9 @@ def make_custom_cnn(
     x = layers.GlobalAveragePooling2D(name="features")(x)
     x = layers.Dense(256, activation="relu", name="fc")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    outputs = layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="predictions"
+    )(x)
     return keras.Model(inputs, outputs, name="custom_cnn")
 
 

@@ -1,0 +1,123 @@
+"""The model card: written from a model directory's own files, never by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from skin_model import CLASSES, display_name
+from skin_model.inference import CARD_FILE, MODEL_FILE, sha256_file
+
+INTENDED_USE = """\
+## Intended use
+A research and teaching aid that shows how a small convolutional network trained on
+HAM10000 sorts a dermoscopic image into 7 diagnostic classes, how sure it is, and where
+it looked. It may support a trained clinician's own judgement when reviewing dermoscopic
+images of pigmented lesions.
+
+## Not for
+- **It is not a medical device** and has no regulatory clearance. It must not be used to
+  diagnose, to rule out malignancy, or to decide on treatment or referral by itself.
+- Clinical (non-dermoscopic) photographs, non-skin images, mucosa, nails, or lesion types
+  outside the 7 classes: the model will still answer, and the answer means nothing.
+- Patients under-represented in HAM10000 (mostly fair-skinned European patients from two
+  centres): performance on darker skin types is unknown.
+
+## Known weaknesses
+- Rare classes (dermatofibroma, vascular lesions, actinic keratosis) have few test images,
+  so their figures are uncertain; see the per-class table.
+- Evaluated retrospectively on a held-out part of the same collection, never prospectively
+  nor on another clinic's images. Use `python -m skin_model evaluate --data-dir DIR` to
+  validate it on your own labelled images first.
+- Images are downscaled to the model's input size; fine structures visible at full
+  resolution are lost.
+"""
+
+
+def _fmt(x) -> str:
+    """Format a metric for a table cell."""
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _attempts_table(path: Path) -> str:
+    """Markdown table of every recorded training attempt."""
+    if not path.is_file():
+        return "_No attempts recorded._\n"
+    df = pd.read_csv(path)
+    cols = ["name", "architecture", "input_size", "epochs_run", "best_epoch", "train_seconds",
+            "device", "settings", "val_balanced_accuracy", "test_balanced_accuracy",
+            "test_malignant_auc", "test_macro_auc", "test_ece"]
+    df = df[[c for c in cols if c in df.columns]]
+    head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
+    rows = "".join("| " + " | ".join(str(v) for v in r) + " |\n" for r in df.itertuples(index=False))
+    return head + rows
+
+
+def render_model_card(model_dir: Path) -> str:
+    """Markdown model card built from ``config.json``, ``metrics.json`` and attempts."""
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    m = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))
+    mal = m["malignant"]["operating_point"]
+    tr = m["training"]
+    counts = {s: sum(v.values()) for s, v in m["split"].items()}
+    lines = [
+        f"# Model card: {model_dir.name}",
+        "",
+        f"- Architecture: `{config['architecture']}`, input {config['input_size']}x"
+        f"{config['input_size']} RGB, {m['model']['parameters']:,} parameters, "
+        f"{m['model']['file_bytes'] / 1e6:.1f} MB.",
+        f"- Model file `{MODEL_FILE}` SHA-256: `{sha256_file(model_dir / MODEL_FILE)}`",
+        f"- Trained {config['trained_on']} on {tr['device']} in {tr['train_seconds'] / 60:.1f} "
+        f"min ({tr['epochs_run']} epochs, best epoch {tr['best_epoch']} restored).",
+        f"- Data: HAM10000 (Tschandl et al. 2018, CC BY-NC 4.0), {sum(counts.values())} images "
+        f"split by `lesion_id` into train {counts['train']} / validation {counts['val']} / "
+        f"test {counts['test']}, stratified by diagnosis (`split.csv`).",
+        f"- Calibration: temperature {config['temperature']:.3f} fitted on validation; "
+        f"test-time augmentation over 8 flips/rotations: {'on' if config['tta'] else 'off'}.",
+        f"- Malignant threshold {config['malignant_threshold']:.3f}, chosen on validation for "
+        f"malignant sensitivity >= {config['target_sensitivity']:.2f}.",
+        "",
+        f"## Headline numbers (test split, {m['n_images']} images)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| balanced accuracy (mean per-class recall) | {_fmt(m['balanced_accuracy'])} |",
+        f"| accuracy | {_fmt(m['accuracy'])} |",
+        f"| macro one-vs-rest ROC AUC | {_fmt(m['macro_auc'])} |",
+        f"| malignant-vs-benign ROC AUC | {_fmt(m['malignant']['auc'])} |",
+        f"| malignant sensitivity at threshold | {_fmt(mal['sensitivity'])} |",
+        f"| malignant specificity at threshold | {_fmt(mal['specificity'])} |",
+        f"| expected calibration error (after / before temperature) | "
+        f"{_fmt(m['calibration']['ece'])} / {_fmt(m['calibration'].get('ece_before_temperature'))} |",
+    ]
+    if m.get("cam_localisation"):
+        cam = m["cam_localisation"]
+        lines.append(f"| Grad-CAM energy in lesion box / box area share (mean, median) | "
+                     f"{cam['mean_ratio']:.2f}, {cam['median_ratio']:.2f} |")
+    if m.get("ood"):
+        lines.append(f"| non-dermoscopic flag: AUROC; flagged synthetic / HAM10000 | "
+                     f"{m['ood']['auroc']:.3f}; {m['ood']['non_dermoscopic_flagged']:.2f} / "
+                     f"{m['ood']['ham10000_flagged']:.2f} |")
+    lines += ["", "## Per class (test)", "",
+              "| class | sensitivity | specificity | precision | F1 | AUC | support |",
+              "|---|---|---|---|---|---|---|"]
+    for c in CLASSES:
+        p = m["per_class"][c]
+        lines.append(f"| {display_name(c)} | {_fmt(p['sensitivity'])} | {_fmt(p['specificity'])} "
+                     f"| {_fmt(p['precision'])} | {_fmt(p['f1'])} | {_fmt(p['auc'])} "
+                     f"| {p['support']} |")
+    lines += ["", INTENDED_USE, "## What was tried",
+              "Every `train.py` run appends a row to `models/attempts.csv`; validation decided, "
+              "the test split was read once per run.", "",
+              _attempts_table(model_dir.parent / "attempts.csv")]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(model_dir: Path) -> Path:
+    """Write ``MODEL_CARD.md`` into the model directory and return its path."""
+    path = Path(model_dir) / CARD_FILE
+    path.write_text(render_model_card(model_dir), encoding="utf-8")
+    return path

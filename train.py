@@ -1,0 +1,67 @@
+"""Train a skin-lesion classifier from a HAM10000-layout folder into a model directory.
+
+Example (reproduces the shipped model)::
+
+    python train.py --data-dir ../shared/data/ham10000 --out models/default
+
+Runs on a CPU as it is; on GPUs it uses mixed precision (and MirroredStrategy for several
+GPUs with the TensorFlow backend).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; every TrainConfig field is an option."""
+    from skin_model import DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR
+    from skin_model.models import ARCHITECTURES
+    from skin_model.training import TrainConfig
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", type=Path,
+                   default=Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR)),
+                   help="HAM10000-layout folder (default: $HAM10000_DIR or ../shared/data/ham10000)")
+    p.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, help="model directory to write")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        value = getattr(defaults, f.name)
+        kind = {int: int, float: float}.get(type(value), str)
+        if f.name == "architecture":
+            p.add_argument(flag, default=value, choices=ARCHITECTURES)
+        elif f.name == "limit":
+            p.add_argument(flag, type=int, default=None, help="train on about N images (smoke runs)")
+        else:
+            p.add_argument(flag, type=kind, default=value)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train and report; exit code 2 on unusable data."""
+    args = parse_args(argv)
+    from skin_model.data import DataError
+    from skin_model.training import TrainConfig, train_model
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    try:
+        metrics = train_model(args.data_dir, args.out, cfg)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    op = metrics["malignant"]["operating_point"]
+    print(f"test balanced accuracy {metrics['balanced_accuracy']:.3f}, "
+          f"malignant AUC {metrics['malignant']['auc']:.3f}, sensitivity {op['sensitivity']:.3f} "
+          f"/ specificity {op['specificity']:.3f}; written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
