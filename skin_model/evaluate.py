@@ -173,3 +173,28 @@ def compute_metrics(
             "roc": _roc_points(y_mal, p_mal) if mal_both else None,
         },
     }
+
+
+def operating_point_from_roc(roc: dict, prevalence: float, threshold: float) -> dict:
+    """Sensitivity, specificity and referrals per 1,000 at a threshold, from stored ROC points.
+
+    Uses the stored point with the smallest threshold at or above ``threshold`` (the
+    curve is stepwise between stored points), so no predictions are recomputed.
+
+    Args:
+        roc: ``{"fpr", "tpr", "thresholds"}`` as written in ``metrics.json``.
+        prevalence: Share of malignant cases the referral count assumes.
+        threshold: Malignant-probability threshold.
+
+    Returns:
+        ``{"threshold", "sensitivity", "specificity", "referred_per_1000",
+        "missed_per_1000"}``.
+    """
+    thr = np.asarray(roc["thresholds"], dtype=float)
+    fpr, tpr = np.asarray(roc["fpr"], dtype=float), np.asarray(roc["tpr"], dtype=float)
+    at_or_above = np.where(thr >= threshold)[0]
+    i = int(at_or_above[-1]) if len(at_or_above) else 0
+    sens, spec = float(tpr[i]), float(1.0 - fpr[i])
+    referred = 1000.0 * (prevalence * sens + (1.0 - prevalence) * (1.0 - spec))
+    return {"threshold": float(threshold), "sensitivity": sens, "specificity": spec,
+            "referred_per_1000": referred, "missed_per_1000": 1000.0 * prevalence * (1 - sens)}

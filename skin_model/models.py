@@ -13,6 +13,8 @@ from keras import layers
 from skin_model import CLASSES
 
 ARCHITECTURES = ("skinnet", "custom_cnn", "resnet50")
+BN_MOMENTUM = 0.9
+"""Batch-norm moving-average momentum; 0.9 tracks the weights of short CPU runs closely."""
 
 
 def _conv_bn(x, filters: int, kernel: int, strides: int, name: str):
@@ -20,7 +22,7 @@ def _conv_bn(x, filters: int, kernel: int, strides: int, name: str):
     x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=name)(
         x
     )
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -30,15 +32,15 @@ def _residual_block(x, filters: int, strides: int, name: str):
     y = layers.SeparableConv2D(
         filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_sep1"
     )(x)
-    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sep2")(y)
-    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn2")(y)
     if strides != 1 or shortcut.shape[-1] != filters:
         shortcut = layers.Conv2D(
             filters, 1, strides=strides, use_bias=False, name=f"{name}_proj"
         )(shortcut)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=f"{name}_out")(y)
 

@@ -1,0 +1,41 @@
+"""Training curves: loss, accuracy and learning rate per epoch for every model directory."""
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from skin_model import REPO_ROOT
+from skin_model.artifacts import ArtifactError, best_epoch, find_model_dirs, read_history
+
+st.title("Training curves")
+dirs = find_model_dirs(REPO_ROOT / "models")
+if not dirs:
+    st.error("No model directory with a history.csv was found under models/.")
+    st.stop()
+
+PANELS = [("loss", "Loss"), ("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy")]
+for directory in dirs:
+    st.subheader(directory.name)
+    try:
+        history = read_history(directory)
+    except ArtifactError as exc:
+        st.error(str(exc))
+        continue
+    best = best_epoch(history)
+    st.caption(f"{len(history)} epochs; best epoch {best} (highest validation balanced "
+               "accuracy) was restored.")
+    cols = st.columns(len(PANELS) + 1)
+    rule = alt.Chart(pd.DataFrame({"epoch": [best]})).mark_rule(strokeDash=[4, 4]).encode(x="epoch")
+    for col, (key, title) in zip(cols, PANELS):
+        series = {f"train": key, "validation": f"val_{key}"}
+        present = {k: v for k, v in series.items() if v in history}
+        if not present:
+            continue
+        long = history.melt("epoch", list(present.values()), "series", title)
+        long["series"] = long["series"].map({v: k for k, v in present.items()})
+        chart = alt.Chart(long).mark_line(point=True).encode(
+            x="epoch:Q", y=alt.Y(f"{title}:Q"), color="series:N")
+        col.altair_chart((chart + rule).properties(title=title), width="stretch")
+    if "learning_rate" in history:
+        lr = alt.Chart(history).mark_line().encode(x="epoch:Q", y="learning_rate:Q")
+        cols[-1].altair_chart((lr + rule).properties(title="Learning rate"), width="stretch")

@@ -1,0 +1,284 @@
+"""Command line: ``python -m skin_model predict | evaluate | bench``.
+
+Exit codes: 0 every file succeeded, 1 some files failed (their rows say why),
+2 usage errors (bad options, no inputs, unusable model or data folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from skin_model import CLASSES, DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+CHUNK = 64
+"""Images decoded and classified per batch by ``predict``."""
+
+
+class UsageError(Exception):
+    """A command-line problem: exit code 2."""
+
+
+def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given, and the JPEG/PNG files inside folders (recursively, sorted).
+
+    Args:
+        paths: Files or folders.
+
+    Returns:
+        The files in order; a path that does not exist is kept so its row can say so.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file()
+                              and f.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(p)
+    return out
+
+
+def read_and_decode(path: Path):
+    """Decode one file; return ``(image, "")`` or ``(None, reason)``."""
+    from skin_model.imaging import ImageError, decode_image
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, "file not found"
+    except IsADirectoryError:
+        return None, "is a folder with no JPEG/PNG images"
+    except OSError as exc:
+        return None, f"cannot read file: {exc.strerror or exc}"
+    try:
+        return decode_image(data), ""
+    except ImageError as exc:
+        return None, str(exc)
+
+
+def unique_stem(path: Path, used: set[str]) -> str:
+    """The file's stem, with ``_2``, ``_3``... appended if another input had it."""
+    stem, n = path.stem, 1
+    while (stem if n == 1 else f"{stem}_{n}") in used:
+        n += 1
+    name = stem if n == 1 else f"{stem}_{n}"
+    used.add(name)
+    return name
+
+
+def save_cam(bundle, image: np.ndarray, class_index: int, cam_dir: Path, stem: str) -> None:
+    """Write ``<stem>.npy`` (heatmap, float32 [0, 1], image size) and ``<stem>.png`` (overlay)."""
+    from PIL import Image
+
+    from skin_model.explain import explain, overlay
+
+    cam = explain(bundle, image, class_index)
+    np.save(cam_dir / f"{stem}.npy", cam.astype(np.float32))
+    Image.fromarray(overlay(image, cam)).save(cam_dir / f"{stem}.png")
+
+
+def predict_files(
+    bundle,
+    files: Sequence[Path],
+    cam_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict]:
+    """Classify files in batches; one result row per file, in order.
+
+    Args:
+        bundle: Loaded model.
+        files: Image files.
+        cam_dir: If given, write Grad-CAM heatmaps and overlays there.
+        progress: Called with (done, total) after each batch.
+
+    Returns:
+        Rows with :data:`skin_model.inference.CSV_COLUMNS`.
+    """
+    from skin_model.inference import predict_images, result_row
+
+    rows: list[dict] = []
+    used: set[str] = set()
+    for start in range(0, len(files), CHUNK):
+        chunk = files[start : start + CHUNK]
+        decoded = [read_and_decode(f) for f in chunk]
+        good = [im for im, err in decoded if not err]
+        preds = iter(predict_images(bundle, good))
+        for f, (image, err) in zip(chunk, decoded, strict=True):
+            if err:
+                rows.append(result_row(str(f), None, err))
+                continue
+            pred = next(preds)
+            rows.append(result_row(str(f), pred))
+            if cam_dir is not None:
+                save_cam(bundle, image, CLASSES.index(pred.top_class), cam_dir,
+                         unique_stem(f, used))
+        if progress:
+            progress(min(start + CHUNK, len(files)), len(files))
+    return rows
+
+
+def write_rows(rows: Iterable[dict], out) -> None:
+    """Write result rows as CSV to an open text stream."""
+    from skin_model.inference import CSV_COLUMNS
+
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def progress_bar(stream=sys.stderr, width: int = 30) -> Callable[[int, int], None]:
+    """A text progress bar on ``stream`` (stderr, so CSV on stdout stays clean)."""
+    start = time.perf_counter()
+
+    def show(done: int, total: int) -> None:
+        filled = int(width * done / max(total, 1))
+        rate = done / max(time.perf_counter() - start, 1e-9)
+        end = "\n" if done >= total else ""
+        stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+                     f"{rate:.0f} img/s{end}")
+        stream.flush()
+
+    return show
+
+
+def load_model_or_exit(model_dir: Path):
+    """Load a model directory; turn a load failure into a usage error with its message."""
+    from skin_model.inference import ModelLoadError, load_bundle
+
+    try:
+        return load_bundle(model_dir)
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``predict``: classify files/folders into a results CSV."""
+    files = expand_paths(args.paths)
+    if not files:
+        raise UsageError("no JPEG/PNG images found in the given folder(s)")
+    if args.cam_dir:
+        args.cam_dir.mkdir(parents=True, exist_ok=True)
+    bundle = load_model_or_exit(args.model)
+    show = progress_bar() if (len(files) > CHUNK and not args.quiet) else None
+    rows = predict_files(bundle, files, args.cam_dir, show)
+    if args.out:
+        with open(args.out, "w", newline="", encoding="utf-8") as fh:
+            write_rows(rows, fh)
+    else:
+        write_rows(rows, sys.stdout)
+    failed = sum(bool(r["error"]) for r in rows)
+    if failed:
+        print(f"{failed} of {len(rows)} file(s) could not be classified; see the error column",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate``: metrics of the model on a labelled HAM10000-layout folder."""
+    import pandas as pd
+
+    from skin_model.assessment import evaluate_frame
+    from skin_model.data import DataError, read_metadata
+
+    try:
+        df = read_metadata(args.data_dir)
+    except DataError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.split != "all":
+        split_csv = Path(args.model) / "split.csv"
+        if not split_csv.is_file():
+            raise UsageError(f"{split_csv} not found; use --split all for external data")
+        split = pd.read_csv(split_csv, dtype=str)
+        ids = set(split.loc[split["split"] == args.split, "image_id"])
+        df = df[df["image_id"].isin(ids)].reset_index(drop=True)
+        if df.empty:
+            raise UsageError(f"no images of split {args.split!r} in {args.data_dir}")
+    bundle = load_model_or_exit(args.model)
+    metrics = evaluate_frame(bundle, df)
+    metrics.pop("probabilities")
+    metrics["evaluated_on"] = f"{args.data_dir} ({args.split})"
+    if args.out:
+        Path(args.out).write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    op = metrics["malignant"]["operating_point"]
+    print(f"images: {metrics['n_images']}")
+    print(f"balanced accuracy: {metrics['balanced_accuracy']:.4f}")
+    print(f"accuracy: {metrics['accuracy']:.4f}")
+    print(f"macro AUC: {_f(metrics['macro_auc'])}")
+    print(f"malignant AUC: {_f(metrics['malignant']['auc'])}; at threshold {op['threshold']:.3f} "
+          f"sensitivity {_f(op['sensitivity'])}, specificity {_f(op['specificity'])}")
+    print(f"ECE: {metrics['calibration']['ece']:.4f}")
+    for c in CLASSES:
+        p = metrics["per_class"][c]
+        print(f"  {c:6s} sens {_f(p['sensitivity'])} spec {_f(p['specificity'])} "
+              f"AUC {_f(p['auc'])} n={p['support']}")
+    return 0
+
+
+def _f(x) -> str:
+    """Format an optional float."""
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``bench``: speed, memory and quality figures (see :mod:`skin_model.bench`)."""
+    from skin_model.bench import run_bench
+
+    run_bench(model_dir=args.model, data_dir=args.data_dir, quick=args.quick, out=args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with its three subcommands."""
+    default_data = Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR))
+    parser = argparse.ArgumentParser(prog="python -m skin_model",
+                                     description="Skin-lesion classifier (HAM10000, 7 classes).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("predict", help="classify images or folders into a CSV")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    p.add_argument("--out", type=Path, help="CSV to write (default: standard output)")
+    p.add_argument("--cam-dir", type=Path, help="write <stem>.npy heatmaps and <stem>.png overlays")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+    e = sub.add_parser("evaluate", help="metrics on a labelled HAM10000-layout folder")
+    e.add_argument("--data-dir", type=Path, default=default_data)
+    e.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    e.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
+                   help="rows to use; named splits come from the model's split.csv")
+    e.add_argument("--out", type=Path, help="write the metrics JSON here")
+    e.set_defaults(func=cmd_evaluate)
+    b = sub.add_parser("bench", help="speed, memory and quality benchmark")
+    b.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    b.add_argument("--data-dir", type=Path, default=default_data)
+    b.add_argument("--quick", action="store_true", help="short run (CI)")
+    b.add_argument("--out", type=Path, default=Path("bench.json"))
+    b.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def rows_to_csv_text(rows: Sequence[dict]) -> str:
+    """Result rows as CSV text (the app's download uses the same columns as the CLI)."""
+    buf = io.StringIO()
+    write_rows(rows, buf)
+    return buf.getvalue()
