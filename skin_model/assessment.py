@@ -189,10 +189,10 @@ def finalise_model(model, cfg, parts: dict, out_dir: Path, fit_info: dict, boxes
 
     tta, tta_scores = _choose_tta(bundle, f32["val"], y["val"])
     raw_val, feats_val = raw_outputs(bundle, f32["val"], tta=tta)
-    temperature = fit_temperature(raw_val, y["val"])
+    temperature = round(fit_temperature(raw_val, y["val"]), 6)
     p_val = apply_temperature(raw_val, temperature)
-    threshold = choose_threshold(is_malignant(y["val"]), malignant_probability(p_val),
-                                 cfg.target_sensitivity)
+    threshold = round(choose_threshold(is_malignant(y["val"]), malignant_probability(p_val),
+                                       cfg.target_sensitivity), 6)
     _, feats_train = raw_outputs(bundle, f32["train"], tta=False)
     mean, precision = fit_ood(feats_train)
     d_val = mahalanobis(feats_val, mean, precision)
@@ -203,9 +203,9 @@ def finalise_model(model, cfg, parts: dict, out_dir: Path, fit_info: dict, boxes
         "architecture": cfg.architecture,
         "input_size": cfg.input_size,
         "classes": list(CLASSES),
-        "temperature": round(temperature, 6),
+        "temperature": temperature,
         "tta": bool(tta),
-        "malignant_threshold": round(threshold, 6),
+        "malignant_threshold": threshold,
         "target_sensitivity": cfg.target_sensitivity,
         "ood_threshold": round(ood_threshold, 4),
         "trained_on": dt.date.today().isoformat(),

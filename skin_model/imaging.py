@@ -8,6 +8,7 @@ act on. Nothing is written to disk.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -107,7 +108,8 @@ def decode_image(data: bytes, max_side: int = MAX_SIDE) -> np.ndarray:
         raise ImageError(_TYPE_MESSAGES[kind])
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow only warns up to ~179 MP; our own, lower cap below decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > MAX_PIXELS:
@@ -123,8 +125,8 @@ def decode_image(data: bytes, max_side: int = MAX_SIDE) -> np.ndarray:
                 )
             if min(width, height) < MIN_SIDE:
                 raise ImageError(
-                    f"The image is only {width}x{height} pixels; at least {MIN_SIDE} pixels "
-                    "per side are needed to classify it."
+                    f"The image is only {width}x{height} pixels, too small to classify; at least "
+                    f"{MIN_SIDE} pixels per side are needed."
                 )
             if img.format == "JPEG" and max(width, height) > 2 * max_side:
                 img.draft("RGB", (max_side, max_side))
@@ -135,10 +137,12 @@ def decode_image(data: bytes, max_side: int = MAX_SIDE) -> np.ndarray:
             return _to_rgb(img)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "an enormous number of pixels"
         raise ImageError(
-            "The image declares an enormous size (a possible decompression bomb) and was "
-            "not opened. Export it at a lower resolution."
+            f"The image declares {size}, over the {MAX_PIXELS / 1e6:.0f} MP pixel limit; it may "
+            "be a decompression bomb and was not opened. Export it at a lower resolution."
         ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         name = "JPEG" if kind == "jpeg" else "PNG"

@@ -1,0 +1,115 @@
+"""Shared fixtures: tiny synthetic HAM10000-layout data, a smoke-trained model, images."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from skin_model import CLASSES, DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR  # noqa: E402
+
+COLOURS = {c: np.array(rgb) for c, rgb in zip(CLASSES, [
+    (200, 60, 60), (60, 200, 60), (60, 60, 200), (200, 200, 60), (60, 30, 20),
+    (160, 110, 80), (200, 60, 200)], strict=True)}
+
+
+def lesion_image(dx: str, seed: int, size=(150, 200)) -> np.ndarray:
+    """A synthetic 'lesion': a class-coloured blob on skin-tone background."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx = h / 2 + rng.integers(-15, 15), w / 2 + rng.integers(-20, 20)
+    mask = ((yy - cy) / 40) ** 2 + ((xx - cx) / 55) ** 2 < 1
+    img = np.empty((h, w, 3), dtype=np.float32)
+    img[:] = (225, 180, 160)
+    img[mask] = COLOURS[dx]
+    img += rng.normal(0, 8, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def jpeg_bytes(image: np.ndarray, **kwargs) -> bytes:
+    """Encode an RGB array as JPEG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=92, **kwargs)
+    return buf.getvalue()
+
+
+def png_bytes(img: Image.Image, **kwargs) -> bytes:
+    """Encode a PIL image as PNG bytes."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **kwargs)
+    return buf.getvalue()
+
+
+def make_ham_folder(root: Path, lesions_per_class: int = 8, images_per_lesion: int = 2) -> Path:
+    """Write a tiny HAM10000-layout folder (metadata, extended metadata, images)."""
+    (root / "images").mkdir(parents=True)
+    rows, n = [], 0
+    for dx in CLASSES:
+        for lesion in range(lesions_per_class):
+            for k in range(images_per_lesion):
+                image_id = f"ISIC_{n:07d}"
+                Image.fromarray(lesion_image(dx, n)).save(root / "images" / f"{image_id}.jpg")
+                rows.append({"lesion_id": f"HAM_{dx}_{lesion}", "image_id": image_id, "dx": dx,
+                             "dx_type": "histo", "age": 50.0, "sex": "male",
+                             "localization": "back", "top": 35, "bottom": 115, "left": 45,
+                             "right": 155})
+                n += 1
+    df = pd.DataFrame(rows)
+    df.drop(columns=["top", "bottom", "left", "right"]).to_csv(
+        root / "HAM10000_metadata.csv", index=False)
+    df.to_csv(root / "HAM10000_metadata_ext.csv")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A synthetic HAM10000-layout folder: 7 classes x 8 lesions x 2 images."""
+    return make_ham_folder(tmp_path_factory.mktemp("ham"))
+
+
+@pytest.fixture(scope="session")
+def trained_dir(tiny_data, tmp_path_factory) -> Path:
+    """A model directory written by a 2-epoch training smoke run on the tiny data."""
+    from skin_model.training import TrainConfig, train_model
+
+    out = tmp_path_factory.mktemp("models") / "smoke"
+    cfg = TrainConfig(input_size=32, epochs=2, batch_size=16, patience=5, name="smoke", verbose=0)
+    train_model(tiny_data, out, cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """The real HAM10000 folder ($HAM10000_DIR or ../shared/data/ham10000)."""
+    path = Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR))
+    if not (path / "HAM10000_metadata.csv").is_file():
+        pytest.skip(f"HAM10000 not found at {path}; set HAM10000_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shipped_model_dir() -> Path:
+    """The shipped default model directory."""
+    return DEFAULT_MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def shipped_bundle(shipped_model_dir):
+    """The shipped model, loaded once (with its SHA-256 check)."""
+    from skin_model.inference import load_bundle
+
+    return load_bundle(shipped_model_dir)
+
+
+@pytest.fixture()
+def good_jpeg() -> bytes:
+    """A synthetic dermoscopy-like JPEG."""
+    return jpeg_bytes(lesion_image("mel", 1))

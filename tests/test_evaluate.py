@@ -1,0 +1,94 @@
+"""Metrics against hand-computed values; calibration; the operating point."""
+
+import numpy as np
+import pytest
+
+from skin_model.evaluate import (
+    apply_temperature,
+    binary_operating_point,
+    calibration_bins,
+    choose_threshold,
+    compute_metrics,
+    fit_temperature,
+    malignant_probability,
+    operating_point_from_roc,
+)
+
+# Classes: akiec=0 bcc=1 bkl=2 df=3 mel=4 nv=5 vasc=6
+Y = np.array([5, 5, 5, 4, 4, 1])
+
+
+def _probs(pred):
+    p = np.full((len(pred), 7), 0.05)
+    p[np.arange(len(pred)), pred] = 0.7
+    return p
+
+
+def test_balanced_accuracy_and_confusion_by_hand():
+    pred = np.array([5, 5, 4, 4, 5, 1])  # nv 2/3, mel 1/2, bcc 1/1
+    m = compute_metrics(Y, _probs(pred), threshold=0.5)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["confusion_matrix"]["counts"][4][5] == 1
+    mel = m["per_class"]["mel"]
+    assert mel["sensitivity"] == pytest.approx(0.5)
+    assert mel["specificity"] == pytest.approx(3 / 4)  # one nv predicted mel among 4 non-mel
+    assert mel["precision"] == pytest.approx(0.5)
+    assert m["per_class"]["df"]["auc"] is None and m["per_class"]["df"]["support"] == 0
+
+
+def test_malignant_view_by_hand():
+    pred = np.array([5, 5, 4, 4, 5, 1])
+    m = compute_metrics(Y, _probs(pred), threshold=0.5)
+    # malignant probability: 0.05*3 others + 0.7 if predicted malignant -> 0.8 or 0.15
+    op = m["malignant"]["operating_point"]
+    assert (op["tp"], op["fn"], op["fp"], op["tn"]) == (2, 1, 1, 2)
+    assert op["sensitivity"] == pytest.approx(2 / 3) and op["specificity"] == pytest.approx(2 / 3)
+    assert m["malignant"]["prevalence"] == pytest.approx(0.5)
+
+
+def test_malignant_probability_sums_three_classes():
+    p = np.array([[0.1, 0.2, 0.1, 0.1, 0.3, 0.1, 0.1]])
+    assert malignant_probability(p)[0] == pytest.approx(0.6)
+
+
+def test_temperature_one_is_identity_and_sharpening_reverses():
+    p = np.array([[0.6, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05]])
+    assert np.allclose(apply_temperature(p, 1.0), p)
+    assert apply_temperature(p, 2.0)[0, 0] < 0.6 < apply_temperature(p, 0.5)[0, 0]
+
+
+def test_fit_temperature_softens_overconfident_predictions():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 7, 500)
+    pred = np.where(rng.random(500) < 0.5, y, rng.integers(0, 7, 500))
+    p = np.full((500, 7), 0.01 / 6)
+    p[np.arange(500), pred] = 0.99  # 99% confident, ~57% right
+    t = fit_temperature(p, y)
+    assert t > 1.5
+    assert calibration_bins(apply_temperature(p, t), y)["ece"] < calibration_bins(p, y)["ece"]
+
+
+def test_ece_by_hand():
+    p = np.array([[0.9, 0.1] + [0] * 5, [0.9, 0.1] + [0] * 5, [0.6, 0.4] + [0] * 5])
+    y = np.array([0, 1, 0])
+    cal = calibration_bins(p, y, n_bins=10)
+    # bin (0.8, 0.9]: conf 0.9 acc 0.5 (2 imgs); bin (0.5, 0.6]: conf 0.6 acc 1 (1 img)
+    assert cal["ece"] == pytest.approx(2 / 3 * 0.4 + 1 / 3 * 0.4)
+    assert sum(b["count"] for b in cal["bins"]) == 3
+
+
+def test_choose_threshold_reaches_sensitivity():
+    y = np.array([1, 1, 1, 1, 0, 0])
+    s = np.array([0.9, 0.8, 0.3, 0.2, 0.5, 0.1])
+    assert choose_threshold(y, s, 0.75) == pytest.approx(0.3)
+    assert binary_operating_point(y, s, 0.3)["sensitivity"] == pytest.approx(0.75)
+
+
+def test_operating_point_from_roc():
+    roc = {"fpr": [0.0, 0.1, 0.5, 1.0], "tpr": [0.0, 0.6, 0.9, 1.0],
+           "thresholds": [1.0, 0.7, 0.3, 0.0]}
+    pt = operating_point_from_roc(roc, prevalence=0.2, threshold=0.3)
+    assert pt["sensitivity"] == 0.9 and pt["specificity"] == 0.5
+    assert pt["referred_per_1000"] == pytest.approx(1000 * (0.2 * 0.9 + 0.8 * 0.5))
+    assert operating_point_from_roc(roc, 0.2, 0.5)["sensitivity"] == 0.6

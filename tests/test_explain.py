@@ -1,0 +1,48 @@
+"""Grad-CAM shape and range, overlays and the box-energy ratio, on a tiny named model."""
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from skin_model.explain import METHODS, box_energy_ratio, heatmap, make_explainer, overlay
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = layers.Rescaling(1 / 255.0)(inputs)
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="last_conv")(x)
+    x = layers.GlobalAveragePooling2D(name="features")(x)
+    outputs = layers.Dense(7, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_heatmap_has_image_shape_and_unit_range(tiny_model, method):
+    image = np.random.default_rng(0).integers(0, 255, (45, 60, 3), dtype=np.uint8)
+    cam = heatmap(make_explainer(tiny_model, method), tiny_model, image, 2, 32)
+    assert cam.shape == (45, 60) and cam.dtype == np.float32
+    assert cam.min() >= 0 and cam.max() <= 1
+
+
+def test_explainer_does_not_modify_model(tiny_model):
+    make_explainer(tiny_model)
+    assert tiny_model.layers[-1].activation is keras.activations.softmax
+
+
+def test_overlay_blends():
+    image = np.zeros((10, 10, 3), dtype=np.uint8)
+    cam = np.ones((10, 10), dtype=np.float32)
+    assert overlay(image, cam, 0.0).max() == 0
+    assert overlay(image, cam, 1.0).shape == (10, 10, 3)
+    assert overlay(image, cam, 1.0)[0, 0, 0] > 100  # jet at 1.0 is dark red
+
+
+def test_box_energy_ratio_by_hand():
+    cam = np.zeros((10, 10))
+    cam[0:5, 0:5] = 1.0  # all energy in a box covering a quarter of the image
+    assert box_energy_ratio(cam, (0, 4, 0, 4)) == pytest.approx(4.0)
+    assert box_energy_ratio(np.ones((10, 10)), (0, 4, 0, 4)) == pytest.approx(1.0)
+    assert np.isnan(box_energy_ratio(np.zeros((10, 10)), (0, 4, 0, 4)))

@@ -1,0 +1,52 @@
+"""A missing, truncated, wrong or LFS-pointer model file gives a clear message."""
+
+import shutil
+
+import pytest
+
+from skin_model.inference import ModelLoadError, load_bundle
+
+
+@pytest.fixture()
+def model_copy(trained_dir, tmp_path):
+    dest = tmp_path / "m"
+    shutil.copytree(trained_dir, dest)
+    return dest
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_missing_model_file(model_copy):
+    (model_copy / "model.keras").unlink()
+    with pytest.raises(ModelLoadError, match="No model file"):
+        load_bundle(model_copy)
+
+
+def test_lfs_pointer(model_copy):
+    (model_copy / "model.keras").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n")
+    with pytest.raises(ModelLoadError, match="git lfs pull"):
+        load_bundle(model_copy)
+
+
+def test_truncated_model_fails_sha_check(model_copy):
+    path = model_copy / "model.keras"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="damaged"):
+        load_bundle(model_copy)
+
+
+def test_truncated_model_without_check_still_clear(model_copy):
+    path = model_copy / "model.keras"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="could not be loaded"):
+        load_bundle(model_copy, verify=False)
+
+
+def test_card_without_sha(model_copy):
+    (model_copy / "MODEL_CARD.md").write_text("# card\n")
+    with pytest.raises(ModelLoadError, match="SHA-256"):
+        load_bundle(model_copy)

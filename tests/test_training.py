@@ -1,0 +1,60 @@
+"""A training smoke run on tiny synthetic data writes every artifact, consistently."""
+
+import json
+
+import pandas as pd
+
+from skin_model.artifacts import best_epoch, find_model_dirs, read_history, read_metrics
+from skin_model.inference import card_sha256, load_bundle, sha256_file
+
+ARTIFACTS = ("model.keras", "config.json", "ood.npz", "metrics.json", "history.csv",
+             "split.csv", "MODEL_CARD.md", "test_predictions.csv")
+
+
+def test_smoke_run_writes_every_artifact(trained_dir):
+    for name in ARTIFACTS:
+        assert (trained_dir / name).is_file(), name
+    assert (trained_dir.parent / "attempts.csv").is_file()
+
+
+def test_history_logs_learning_rate_and_balanced_accuracy(trained_dir):
+    history = read_history(trained_dir)
+    assert len(history) == 2
+    for col in ("loss", "val_loss", "accuracy", "val_accuracy", "val_balanced_accuracy",
+                "learning_rate"):
+        assert col in history.columns
+    assert history["learning_rate"].gt(0).all()
+    assert best_epoch(history) in (1, 2)
+    assert find_model_dirs(trained_dir.parent) == [trained_dir]
+
+
+def test_split_is_grouped_and_saved(trained_dir):
+    split = pd.read_csv(trained_dir / "split.csv")
+    assert set(split["split"]) == {"train", "val", "test"}
+    assert (split.groupby("lesion_id")["split"].nunique() == 1).all()
+
+
+def test_metrics_and_config_are_complete(trained_dir):
+    m = read_metrics(trained_dir)
+    for key in ("balanced_accuracy", "accuracy", "macro_auc", "per_class", "confusion_matrix",
+                "calibration", "malignant", "validation", "model", "training", "split", "ood",
+                "cam_localisation"):
+        assert key in m, key
+    assert m["malignant"]["operating_point"]["threshold"] == m["model"]["malignant_threshold"]
+    cfg = json.loads((trained_dir / "config.json").read_text())
+    for key in ("input_size", "temperature", "tta", "malignant_threshold", "ood_threshold"):
+        assert key in cfg
+
+
+def test_card_records_the_model_sha_and_loads(trained_dir):
+    card = (trained_dir / "MODEL_CARD.md").read_text()
+    assert card_sha256(card) == sha256_file(trained_dir / "model.keras")
+    assert "not a medical device" in card.lower()
+    assert load_bundle(trained_dir).input_size == 32
+
+
+def test_train_script_rejects_bad_data_folder(tmp_path, capsys):
+    import train
+
+    assert train.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
+    assert "not found" in capsys.readouterr().err
