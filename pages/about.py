@@ -6,7 +6,7 @@ from app_common import NOT_A_DEVICE, model_dir
 from skin_model.inference import CARD_FILE
 
 st.title("About this model")
-st.warning(NOT_A_DEVICE, icon="⚠️")
+st.warning(NOT_A_DEVICE, icon=":material/warning:")
 st.markdown(
     "**Data.** HAM10000 (Tschandl, Rosendahl & Kittler, *Scientific Data* 5, 180161, 2018), "
     "dermoscopic images of pigmented lesions, licensed CC BY-NC 4.0: non-commercial use with "

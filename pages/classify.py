@@ -1,5 +1,6 @@
 """Classify page: upload or photograph lesions, see diagnosis, risk and Grad-CAM."""
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -20,7 +21,7 @@ from skin_model.service import (
 )
 
 st.title("Classify a skin lesion")
-st.warning(NOT_A_DEVICE, icon="⚠️")
+st.warning(NOT_A_DEVICE, icon=":material/warning:")
 st.caption(PRIVACY)
 
 bundle = get_bundle()
@@ -30,8 +31,9 @@ if bundle is None:
 upload_tab, camera_tab = st.tabs(["Upload images", "Take a photo"])
 with upload_tab:
     files = st.file_uploader(
-        "Dermoscopic images (JPEG or PNG)", type=["jpg", "jpeg", "png"],
+        "Dermoscopic images (JPEG or PNG, up to 20 MB each)",
         accept_multiple_files=True,
+        help="Any file is accepted here so that each unusable one gets its own explanation.",
     )
 with camera_tab:
     photo = st.camera_input("Photograph through the dermatoscope")
@@ -73,8 +75,9 @@ st.dataframe(
     pd.DataFrame([summary_row(c) for c in cases]),
     hide_index=True,
     column_config={
-        "probability": st.column_config.ProgressColumn(format="%.0f%%", min_value=0, max_value=1),
-        "malignant risk": st.column_config.ProgressColumn(format="%.0f%%", min_value=0,
+        "probability": st.column_config.ProgressColumn(format="percent", min_value=0,
+                                                       max_value=1),
+        "malignant risk": st.column_config.ProgressColumn(format="percent", min_value=0,
                                                           max_value=1),
     },
 )
@@ -94,8 +97,14 @@ for i, case in enumerate(cases):
                     f"({pred.probabilities.max():.0%})")
         top3 = pd.DataFrame({"diagnosis": list(top3_table(pred)),
                              "probability": list(top3_table(pred).values())})
-        st.bar_chart(top3, x="diagnosis", y="probability", horizontal=True, sort="-probability",
-                     height=180)
+        st.altair_chart(
+            alt.Chart(top3).mark_bar().encode(
+                x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+                y=alt.Y("diagnosis:N", sort="-x", title=None, axis=alt.Axis(labelLimit=260)),
+                tooltip=["diagnosis", alt.Tooltip("probability:Q", format=".1%")],
+            ).properties(height=120),
+            width="stretch",
+        )
         risk = pred.malignant_probability
         st.metric("Malignant risk (mel + bcc + akiec)", f"{risk:.0%}",
                   help=f"Operating threshold {threshold:.0%}, chosen on validation for "
