@@ -57,7 +57,9 @@ def _metrics(path: str, mtime: float) -> dict:
 def get_metrics():
     """The model's metrics, or ``None`` after showing why they cannot be read."""
     directory = model_dir()
-    mtime = (directory / "metrics.json").stat().st_mtime if (directory / "metrics.json").exists() else 0
+    mtime = (
+        (directory / "metrics.json").stat().st_mtime if (directory / "metrics.json").exists() else 0
+    )
     try:
         return _metrics(str(directory), mtime)
     except ArtifactError as exc:

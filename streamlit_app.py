@@ -2,7 +2,9 @@
 
 import streamlit as st
 
-st.set_page_config(page_title="Skin-lesion classifier", page_icon=":material/biotech:", layout="wide")
+st.set_page_config(
+    page_title="Skin-lesion classifier", page_icon=":material/biotech:", layout="wide"
+)
 
 pages = [
     st.Page("pages/classify.py", title="Classify", icon=":material/biotech:", default=True),

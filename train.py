@@ -26,9 +26,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from skin_model.training import TrainConfig
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", type=Path,
-                   default=Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR)),
-                   help="HAM10000-layout folder (default: $HAM10000_DIR or ../shared/data/ham10000)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR)),
+        help="HAM10000-layout folder (default: $HAM10000_DIR or ../shared/data/ham10000)",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, help="model directory to write")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
@@ -38,7 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if f.name == "architecture":
             p.add_argument(flag, default=value, choices=ARCHITECTURES)
         elif f.name == "limit":
-            p.add_argument(flag, type=int, default=None, help="train on about N images (smoke runs)")
+            p.add_argument(
+                flag, type=int, default=None, help="train on about N images (smoke runs)"
+            )
         else:
             p.add_argument(flag, type=kind, default=value)
     return p.parse_args(argv)
@@ -57,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     op = metrics["malignant"]["operating_point"]
-    print(f"test balanced accuracy {metrics['balanced_accuracy']:.3f}, "
-          f"malignant AUC {metrics['malignant']['auc']:.3f}, sensitivity {op['sensitivity']:.3f} "
-          f"/ specificity {op['specificity']:.3f}; written to {args.out}")
+    print(
+        f"test balanced accuracy {metrics['balanced_accuracy']:.3f}, "
+        f"malignant AUC {metrics['malignant']['auc']:.3f}, sensitivity {op['sensitivity']:.3f} "
+        f"/ specificity {op['specificity']:.3f}; written to {args.out}"
+    )
     return 0
 
 

@@ -67,22 +67,28 @@ for name, _, key in wanted:
     cases.append(case)
 
 threshold = float(bundle.config["malignant_threshold"])
-version = (f"{bundle.config.get('architecture')} {bundle.config.get('input_size')}px, "
-           f"trained {bundle.config.get('trained_on')}")
+version = (
+    f"{bundle.config.get('architecture')} {bundle.config.get('input_size')}px, "
+    f"trained {bundle.config.get('trained_on')}"
+)
 
 st.subheader("Summary")
 st.dataframe(
     pd.DataFrame([summary_row(c) for c in cases]),
     hide_index=True,
     column_config={
-        "probability": st.column_config.ProgressColumn(format="percent", min_value=0,
-                                                       max_value=1),
-        "malignant risk": st.column_config.ProgressColumn(format="percent", min_value=0,
-                                                          max_value=1),
+        "probability": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
+        "malignant risk": st.column_config.ProgressColumn(
+            format="percent", min_value=0, max_value=1
+        ),
     },
 )
-st.download_button("Download results (CSV)", rows_to_csv_text(csv_rows(cases)),
-                   file_name="results.csv", mime="text/csv")
+st.download_button(
+    "Download results (CSV)",
+    rows_to_csv_text(csv_rows(cases)),
+    file_name="results.csv",
+    mime="text/csv",
+)
 
 for i, case in enumerate(cases):
     st.divider()
@@ -93,39 +99,59 @@ for i, case in enumerate(cases):
     pred = case.prediction
     left, right = st.columns(2)
     with left:
-        st.markdown(f"**Most likely: {display_name(pred.top_class)}** "
-                    f"({pred.probabilities.max():.0%})")
-        top3 = pd.DataFrame({"diagnosis": list(top3_table(pred)),
-                             "probability": list(top3_table(pred).values())})
+        st.markdown(
+            f"**Most likely: {display_name(pred.top_class)}** ({pred.probabilities.max():.0%})"
+        )
+        top3 = pd.DataFrame(
+            {"diagnosis": list(top3_table(pred)), "probability": list(top3_table(pred).values())}
+        )
         st.altair_chart(
-            alt.Chart(top3).mark_bar().encode(
+            alt.Chart(top3)
+            .mark_bar()
+            .encode(
                 x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
                 y=alt.Y("diagnosis:N", sort="-x", title=None, axis=alt.Axis(labelLimit=260)),
                 tooltip=["diagnosis", alt.Tooltip("probability:Q", format=".1%")],
-            ).properties(height=120),
+            )
+            .properties(height=120),
             width="stretch",
         )
         risk = pred.malignant_probability
-        st.metric("Malignant risk (mel + bcc + akiec)", f"{risk:.0%}",
-                  help=f"Operating threshold {threshold:.0%}, chosen on validation for "
-                  f"{bundle.config.get('target_sensitivity', 0.9):.0%} malignant sensitivity.")
+        st.metric(
+            "Malignant risk (mel + bcc + akiec)",
+            f"{risk:.0%}",
+            help=f"Operating threshold {threshold:.0%}, chosen on validation for "
+            f"{bundle.config.get('target_sensitivity', 0.9):.0%} malignant sensitivity.",
+        )
         text = flag(pred)
         if text == NOT_DERMOSCOPIC:
-            st.warning("This does not look like a dermoscopic image; the result is not "
-                       "meaningful. Upload a dermoscopic image of a skin lesion.")
+            st.warning(
+                "This does not look like a dermoscopic image; the result is not "
+                "meaningful. Upload a dermoscopic image of a skin lesion."
+            )
         elif text == SUSPICIOUS:
-            st.error(f"**Suspicious — consider biopsy/referral.** Risk {risk:.0%} is at or "
-                     f"above the threshold {threshold:.0%}.")
+            st.error(
+                f"**Suspicious — consider biopsy/referral.** Risk {risk:.0%} is at or "
+                f"above the threshold {threshold:.0%}."
+            )
         else:
-            st.success(f"**Likely benign.** Risk {risk:.0%} is below the threshold "
-                       f"{threshold:.0%}.")
+            st.success(
+                f"**Likely benign.** Risk {risk:.0%} is below the threshold {threshold:.0%}."
+            )
         if pred.unsure:
-            st.info("The model is unsure about this image (low top probability or spread-out "
-                    "probabilities). Weigh the differential, not the top answer.")
+            st.info(
+                "The model is unsure about this image (low top probability or spread-out "
+                "probabilities). Weigh the differential, not the top answer."
+            )
     with right:
         c1, c2, c3 = st.columns(3)
-        cls = c1.selectbox("Explain class", CLASSES, index=CLASSES.index(pred.top_class),
-                           format_func=display_name, key=f"cls{i}")
+        cls = c1.selectbox(
+            "Explain class",
+            CLASSES,
+            index=CLASSES.index(pred.top_class),
+            format_func=display_name,
+            key=f"cls{i}",
+        )
         method = c2.radio("Method", METHODS, key=f"method{i}")
         alpha = c3.slider("Opacity", 0.0, 1.0, 0.4, 0.05, key=f"alpha{i}")
         cam_key = (case.digest, cls, method)
@@ -137,9 +163,22 @@ for i, case in enumerate(cases):
         i2.image(blended, caption=f"{method}: {cls}", width="stretch")
 
     def make_report(case=case, blended=blended):
-        return render_report(case.name, case.image, blended, case.prediction.probabilities,
-                             case.prediction.malignant_probability, threshold,
-                             flag(case.prediction), version)
+        """Render this case's PNG report when the button is clicked."""
+        return render_report(
+            case.name,
+            case.image,
+            blended,
+            case.prediction.probabilities,
+            case.prediction.malignant_probability,
+            threshold,
+            flag(case.prediction),
+            version,
+        )
 
-    st.download_button("Download report (PNG)", make_report, file_name=f"report_{i + 1}.png",
-                       mime="image/png", key=f"report{i}")
+    st.download_button(
+        "Download report (PNG)",
+        make_report,
+        file_name=f"report_{i + 1}.png",
+        mime="image/png",
+        key=f"report{i}",
+    )

@@ -16,14 +16,22 @@ if metrics is None:
 
 mal = metrics["malignant"]
 op = mal["operating_point"]
-st.caption(f"{metrics.get('evaluated_on', 'evaluation')}: {metrics['n_images']} images. "
-           "Every figure on this page is read from the model's metrics.json.")
+st.caption(
+    f"{metrics.get('evaluated_on', 'evaluation')}: {metrics['n_images']} images. "
+    "Every figure on this page is read from the model's metrics.json."
+)
 
 c = st.columns(5)
-c[0].metric("Balanced accuracy", f"{metrics['balanced_accuracy']:.3f}",
-            help="Mean per-class recall (the ISIC ranking metric).")
-c[1].metric("Malignant sensitivity", f"{op['sensitivity']:.3f}",
-            help=f"At the shipped threshold {op['threshold']:.3f}.")
+c[0].metric(
+    "Balanced accuracy",
+    f"{metrics['balanced_accuracy']:.3f}",
+    help="Mean per-class recall (the ISIC ranking metric).",
+)
+c[1].metric(
+    "Malignant sensitivity",
+    f"{op['sensitivity']:.3f}",
+    help=f"At the shipped threshold {op['threshold']:.3f}.",
+)
 c[2].metric("Malignant specificity", f"{op['specificity']:.3f}")
 c[3].metric("Malignant AUC", f"{mal['auc']:.3f}" if mal["auc"] is not None else "n/a")
 c[4].metric("Macro AUC", f"{metrics['macro_auc']:.3f}" if metrics["macro_auc"] else "n/a")
@@ -34,63 +42,102 @@ labels = metrics["confusion_matrix"]["labels"]
 normalise = st.toggle("Row-normalised (share of each true class)", value=True)
 matrix = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalise else counts
 cm = pd.DataFrame(
-    [(t, p, float(matrix[i, j]), int(counts[i, j])) for i, t in enumerate(labels)
-     for j, p in enumerate(labels)],
+    [
+        (t, p, float(matrix[i, j]), int(counts[i, j]))
+        for i, t in enumerate(labels)
+        for j, p in enumerate(labels)
+    ],
     columns=["true", "predicted", "value", "count"],
 )
 base = alt.Chart(cm).encode(x=alt.X("predicted:N", sort=labels), y=alt.Y("true:N", sort=labels))
-heat = base.mark_rect().encode(color=alt.Color("value:Q", scale=alt.Scale(scheme="blues")),
-                               tooltip=["true", "predicted", "count", "value"])
+heat = base.mark_rect().encode(
+    color=alt.Color("value:Q", scale=alt.Scale(scheme="blues")),
+    tooltip=["true", "predicted", "count", "value"],
+)
 text = base.mark_text().encode(
     text=alt.Text("value:Q", format=".2f" if normalise else "d"),
-    color=alt.condition(alt.datum.value > matrix.max() / 2, alt.value("white"),
-                        alt.value("black")),
+    color=alt.condition(alt.datum.value > matrix.max() / 2, alt.value("white"), alt.value("black")),
 )
 st.altair_chart(heat + text, width="stretch")
 
 st.subheader("Per class")
-rows = [{"class": display_name(k), **{m: v[m] for m in
-        ("sensitivity", "specificity", "precision", "f1", "auc", "support")}}
-        for k, v in metrics["per_class"].items()]
-st.dataframe(pd.DataFrame(rows), hide_index=True,
-             column_config={m: st.column_config.NumberColumn(format="%.3f")
-                            for m in ("sensitivity", "specificity", "precision", "f1", "auc")})
+rows = [
+    {
+        "class": display_name(k),
+        **{m: v[m] for m in ("sensitivity", "specificity", "precision", "f1", "auc", "support")},
+    }
+    for k, v in metrics["per_class"].items()
+]
+st.dataframe(
+    pd.DataFrame(rows),
+    hide_index=True,
+    column_config={
+        m: st.column_config.NumberColumn(format="%.3f")
+        for m in ("sensitivity", "specificity", "precision", "f1", "auc")
+    },
+)
 
 st.subheader("ROC curves")
 roc_rows = []
 for k in CLASSES:
     roc = metrics["per_class"][k]["roc"]
     if roc:
-        roc_rows += [{"curve": k, "fpr": x, "tpr": y} for x, y in zip(roc["fpr"], roc["tpr"])]
+        roc_rows += [
+            {"curve": k, "fpr": x, "tpr": y} for x, y in zip(roc["fpr"], roc["tpr"], strict=False)
+        ]
 if mal["roc"]:
-    roc_rows += [{"curve": "malignant vs benign", "fpr": x, "tpr": y}
-                 for x, y in zip(mal["roc"]["fpr"], mal["roc"]["tpr"])]
+    roc_rows += [
+        {"curve": "malignant vs benign", "fpr": x, "tpr": y}
+        for x, y in zip(mal["roc"]["fpr"], mal["roc"]["tpr"], strict=False)
+    ]
 st.altair_chart(
-    alt.Chart(pd.DataFrame(roc_rows)).mark_line().encode(
-        x=alt.X("fpr:Q", title="1 − specificity"), y=alt.Y("tpr:Q", title="sensitivity"),
-        color="curve:N"),
+    alt.Chart(pd.DataFrame(roc_rows))
+    .mark_line()
+    .encode(
+        x=alt.X("fpr:Q", title="1 − specificity"),
+        y=alt.Y("tpr:Q", title="sensitivity"),
+        color="curve:N",
+    ),
     width="stretch",
 )
 
 st.subheader("Calibration")
 cal = metrics["calibration"]
-st.markdown(f"Expected calibration error **{cal['ece']:.3f}** after temperature scaling"
-            + (f" ({cal['ece_before_temperature']:.3f} before)."
-               if "ece_before_temperature" in cal else "."))
+st.markdown(
+    f"Expected calibration error **{cal['ece']:.3f}** after temperature scaling"
+    + (
+        f" ({cal['ece_before_temperature']:.3f} before)."
+        if "ece_before_temperature" in cal
+        else "."
+    )
+)
 bins = pd.DataFrame([b for b in cal["bins"] if b["count"]])
 if not bins.empty:
-    bars = alt.Chart(bins).mark_bar(opacity=0.7).encode(
-        x=alt.X("confidence:Q", scale=alt.Scale(domain=[0, 1]), title="mean confidence"),
-        y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy"),
-        tooltip=["lower", "upper", "count", "confidence", "accuracy"])
-    diag = alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]})).mark_line(
-        strokeDash=[4, 4], color="gray").encode(x="x", y="y")
+    bars = (
+        alt.Chart(bins)
+        .mark_bar(opacity=0.7)
+        .encode(
+            x=alt.X("confidence:Q", scale=alt.Scale(domain=[0, 1]), title="mean confidence"),
+            y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy"),
+            tooltip=["lower", "upper", "count", "confidence", "accuracy"],
+        )
+    )
+    diag = (
+        alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]}))
+        .mark_line(strokeDash=[4, 4], color="gray")
+        .encode(x="x", y="y")
+    )
     st.altair_chart(bars + diag, width="stretch")
 
 st.subheader("Operating-point explorer (malignant vs benign)")
 if mal["roc"]:
-    prevalence = st.slider("Malignant prevalence in your population", 0.01, 0.5,
-                           float(round(mal["prevalence"], 2)), 0.01)
+    prevalence = st.slider(
+        "Malignant prevalence in your population",
+        0.01,
+        0.5,
+        float(round(mal["prevalence"], 2)),
+        0.01,
+    )
     thr = st.slider("Malignant threshold", 0.0, 1.0, float(round(op["threshold"], 2)), 0.01)
     point = operating_point_from_roc(mal["roc"], prevalence, thr)
     e = st.columns(4)
@@ -98,5 +145,7 @@ if mal["roc"]:
     e[1].metric("Specificity", f"{point['specificity']:.3f}")
     e[2].metric("Referred per 1,000 patients", f"{point['referred_per_1000']:.0f}")
     e[3].metric("Malignant cases missed per 1,000", f"{point['missed_per_1000']:.1f}")
-    st.caption(f"The shipped threshold is {op['threshold']:.3f}. Figures come from the stored "
-               "test ROC points; nothing is recomputed.")
+    st.caption(
+        f"The shipped threshold is {op['threshold']:.3f}. Figures come from the stored "
+        "test ROC points; nothing is recomputed."
+    )

@@ -22,19 +22,24 @@ for directory in dirs:
         st.error(str(exc))
         continue
     best = best_epoch(history)
-    st.caption(f"{len(history)} epochs; best epoch {best} (highest validation balanced "
-               "accuracy) was restored.")
+    st.caption(
+        f"{len(history)} epochs; best epoch {best} (highest validation balanced "
+        "accuracy) was restored."
+    )
     cols = st.columns(len(PANELS) + 1)
     rule = alt.Chart(pd.DataFrame({"epoch": [best]})).mark_rule(strokeDash=[4, 4]).encode(x="epoch")
-    for col, (key, title) in zip(cols, PANELS):
-        series = {f"train": key, "validation": f"val_{key}"}
+    for col, (key, title) in zip(cols, PANELS, strict=False):
+        series = {"train": key, "validation": f"val_{key}"}
         present = {k: v for k, v in series.items() if v in history}
         if not present:
             continue
         long = history.melt("epoch", list(present.values()), "series", title)
         long["series"] = long["series"].map({v: k for k, v in present.items()})
-        chart = alt.Chart(long).mark_line(point=True).encode(
-            x="epoch:Q", y=alt.Y(f"{title}:Q"), color="series:N")
+        chart = (
+            alt.Chart(long)
+            .mark_line(point=True)
+            .encode(x="epoch:Q", y=alt.Y(f"{title}:Q"), color="series:N")
+        )
         col.altair_chart((chart + rule).properties(title=title), width="stretch")
     if "learning_rate" in history:
         lr = alt.Chart(history).mark_line().encode(x="epoch:Q", y="learning_rate:Q")

@@ -1,3 +1,5 @@
+"""Entry point: ``python -m skin_model``."""
+
 import sys
 
 from skin_model.cli import main

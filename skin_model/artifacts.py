@@ -56,12 +56,17 @@ def read_metrics(model_dir: Path) -> dict:
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ArtifactError(f"No metrics file at {path}; run `python train.py` or "
-                            "`python -m skin_model evaluate --out`.") from exc
+        raise ArtifactError(
+            f"No metrics file at {path}; run `python train.py` or "
+            "`python -m skin_model evaluate --out`."
+        ) from exc
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is damaged ({exc}); restore it with git.") from exc
-    missing = [k for k in ("balanced_accuracy", "per_class", "malignant", "calibration")
-               if k not in metrics]
+    missing = [
+        k
+        for k in ("balanced_accuracy", "per_class", "malignant", "calibration")
+        if k not in metrics
+    ]
     if missing:
         raise ArtifactError(f"{path} lacks {', '.join(missing)}; it was not written by evaluation.")
     return metrics

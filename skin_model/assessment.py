@@ -83,8 +83,14 @@ def synthetic_non_dermoscopic(n: int, size: int = 160, seed: int = 0) -> list[np
             im = np.repeat(np.repeat(stripe[None, :, None], size, 0), 3, 2)
         else:  # gradient
             ramp = np.linspace(0, 255, size, dtype=np.float32)
-            im = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1),
-                           np.full((size, size), rng.integers(0, 256))], -1).astype(np.uint8)
+            im = np.stack(
+                [
+                    ramp[None, :].repeat(size, 0),
+                    ramp[:, None].repeat(size, 1),
+                    np.full((size, size), rng.integers(0, 256)),
+                ],
+                -1,
+            ).astype(np.uint8)
         out.append(im)
     return out
 
@@ -140,13 +146,19 @@ def cam_localisation(bundle: ModelBundle, boxes: pd.DataFrame, n: int = 150, see
         image = decode_image(Path(row.path).read_bytes())
         pred = predict_images(bundle, [image])[0]
         with bundle.lock:
-            cam = heatmap(explainer, bundle.model, image, CLASSES.index(pred.top_class),
-                          bundle.input_size)
+            cam = heatmap(
+                explainer, bundle.model, image, CLASSES.index(pred.top_class), bundle.input_size
+            )
         box = (int(row.top), int(row.bottom), int(row.left), int(row.right))
         ratios.append(box_energy_ratio(cam, box))
     r = np.array([x for x in ratios if np.isfinite(x)])
-    return {"method": "Grad-CAM", "n_images": len(r), "mean_ratio": float(r.mean()),
-            "median_ratio": float(np.median(r)), "share_above_1": float(np.mean(r > 1))}
+    return {
+        "method": "Grad-CAM",
+        "n_images": len(r),
+        "mean_ratio": float(r.mean()),
+        "median_ratio": float(np.median(r)),
+        "share_above_1": float(np.mean(r > 1)),
+    }
 
 
 def _choose_tta(bundle: ModelBundle, x_val: np.ndarray, y_val: np.ndarray) -> tuple[bool, dict]:
@@ -191,8 +203,12 @@ def finalise_model(model, cfg, parts: dict, out_dir: Path, fit_info: dict, boxes
     raw_val, feats_val = raw_outputs(bundle, f32["val"], tta=tta)
     temperature = round(fit_temperature(raw_val, y["val"]), 6)
     p_val = apply_temperature(raw_val, temperature)
-    threshold = round(choose_threshold(is_malignant(y["val"]), malignant_probability(p_val),
-                                       cfg.target_sensitivity), 6)
+    threshold = round(
+        choose_threshold(
+            is_malignant(y["val"]), malignant_probability(p_val), cfg.target_sensitivity
+        ),
+        6,
+    )
     _, feats_train = raw_outputs(bundle, f32["train"], tta=False)
     mean, precision = fit_ood(feats_train)
     d_val = mahalanobis(feats_val, mean, precision)
@@ -228,22 +244,24 @@ def finalise_model(model, cfg, parts: dict, out_dir: Path, fit_info: dict, boxes
         "ece_before_temperature": calibration_bins(raw_val, y["val"])["ece"],
         "ece": calibration_bins(p_val, y["val"])["ece"],
         "malignant_operating_point": binary_operating_point(
-            is_malignant(y["val"]), malignant_probability(p_val), threshold),
+            is_malignant(y["val"]), malignant_probability(p_val), threshold
+        ),
     }
     metrics["model"] = {
-        "architecture": cfg.architecture, "input_size": cfg.input_size,
+        "architecture": cfg.architecture,
+        "input_size": cfg.input_size,
         "parameters": int(model.count_params()),
         "file_bytes": (out_dir / MODEL_FILE).stat().st_size,
         "sha256": sha256_file(out_dir / MODEL_FILE),
-        "temperature": config["temperature"], "tta": config["tta"],
+        "temperature": config["temperature"],
+        "tta": config["tta"],
         "malignant_threshold": config["malignant_threshold"],
     }
     metrics["training"] = {**fit_info, "settings": config_dict(cfg)}
     metrics["split"] = split_counts(parts)
     metrics["ood"] = ood_separation(bundle, parts["test"][0])
     metrics["cam_localisation"] = cam_localisation(bundle, boxes)
-    write_predictions(out_dir / PREDICTIONS_FILE, parts["test"][1], p_test,
-                      _test_ids(out_dir))
+    write_predictions(out_dir / PREDICTIONS_FILE, parts["test"][1], p_test, _test_ids(out_dir))
     write_json(out_dir / METRICS_FILE, metrics)
     return metrics
 
@@ -279,8 +297,9 @@ def evaluate_frame(bundle: ModelBundle, df: pd.DataFrame, batch: int = 256) -> d
         images = [decode_image(Path(p).read_bytes()) for p in paths]
         probs.extend(p.probabilities for p in predict_images(bundle, images))
     probs = np.array(probs)
-    metrics = compute_metrics(class_indices(df["dx"]), probs,
-                              float(bundle.config["malignant_threshold"]))
+    metrics = compute_metrics(
+        class_indices(df["dx"]), probs, float(bundle.config["malignant_threshold"])
+    )
     metrics["probabilities"] = probs
     return metrics
 

@@ -46,12 +46,26 @@ def _attempts_table(path: Path) -> str:
     if not path.is_file():
         return "_No attempts recorded._\n"
     df = pd.read_csv(path)
-    cols = ["name", "architecture", "input_size", "epochs_run", "best_epoch", "train_seconds",
-            "device", "settings", "val_balanced_accuracy", "test_balanced_accuracy",
-            "test_malignant_auc", "test_macro_auc", "test_ece"]
+    cols = [
+        "name",
+        "architecture",
+        "input_size",
+        "epochs_run",
+        "best_epoch",
+        "train_seconds",
+        "device",
+        "settings",
+        "val_balanced_accuracy",
+        "test_balanced_accuracy",
+        "test_malignant_auc",
+        "test_macro_auc",
+        "test_ece",
+    ]
     df = df[[c for c in cols if c in df.columns]]
     head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
-    rows = "".join("| " + " | ".join(str(v) for v in r) + " |\n" for r in df.itertuples(index=False))
+    rows = "".join(
+        "| " + " | ".join(str(v) for v in r) + " |\n" for r in df.itertuples(index=False)
+    )
     return head + rows
 
 
@@ -91,28 +105,44 @@ def render_model_card(model_dir: Path) -> str:
         f"| malignant sensitivity at threshold | {_fmt(mal['sensitivity'])} |",
         f"| malignant specificity at threshold | {_fmt(mal['specificity'])} |",
         f"| expected calibration error (after / before temperature) | "
-        f"{_fmt(m['calibration']['ece'])} / {_fmt(m['calibration'].get('ece_before_temperature'))} |",
+        f"{_fmt(m['calibration']['ece'])} / "
+        f"{_fmt(m['calibration'].get('ece_before_temperature'))} |",
     ]
     if m.get("cam_localisation"):
         cam = m["cam_localisation"]
-        lines.append(f"| Grad-CAM energy in lesion box / box area share (mean, median) | "
-                     f"{cam['mean_ratio']:.2f}, {cam['median_ratio']:.2f} |")
+        lines.append(
+            f"| Grad-CAM energy in lesion box / box area share (mean, median) | "
+            f"{cam['mean_ratio']:.2f}, {cam['median_ratio']:.2f} |"
+        )
     if m.get("ood"):
-        lines.append(f"| non-dermoscopic flag: AUROC; flagged synthetic / HAM10000 | "
-                     f"{m['ood']['auroc']:.3f}; {m['ood']['non_dermoscopic_flagged']:.2f} / "
-                     f"{m['ood']['ham10000_flagged']:.2f} |")
-    lines += ["", "## Per class (test)", "",
-              "| class | sensitivity | specificity | precision | F1 | AUC | support |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| non-dermoscopic flag: AUROC; flagged synthetic / HAM10000 | "
+            f"{m['ood']['auroc']:.3f}; {m['ood']['non_dermoscopic_flagged']:.2f} / "
+            f"{m['ood']['ham10000_flagged']:.2f} |"
+        )
+    lines += [
+        "",
+        "## Per class (test)",
+        "",
+        "| class | sensitivity | specificity | precision | F1 | AUC | support |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c in CLASSES:
         p = m["per_class"][c]
-        lines.append(f"| {display_name(c)} | {_fmt(p['sensitivity'])} | {_fmt(p['specificity'])} "
-                     f"| {_fmt(p['precision'])} | {_fmt(p['f1'])} | {_fmt(p['auc'])} "
-                     f"| {p['support']} |")
-    lines += ["", INTENDED_USE, "## What was tried",
-              "Every `train.py` run appends a row to `models/attempts.csv`; validation decided, "
-              "the test split was read once per run.", "",
-              _attempts_table(model_dir.parent / "attempts.csv")]
+        lines.append(
+            f"| {display_name(c)} | {_fmt(p['sensitivity'])} | {_fmt(p['specificity'])} "
+            f"| {_fmt(p['precision'])} | {_fmt(p['f1'])} | {_fmt(p['auc'])} "
+            f"| {p['support']} |"
+        )
+    lines += [
+        "",
+        INTENDED_USE,
+        "## What was tried",
+        "Every `train.py` run appends a row to `models/attempts.csv`; validation decided, "
+        "the test split was read once per run.",
+        "",
+        _attempts_table(model_dir.parent / "attempts.csv"),
+    ]
     return "\n".join(lines) + "\n"
 
 

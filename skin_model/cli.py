@@ -41,8 +41,11 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file()
-                              and f.suffix.lower() in IMAGE_SUFFIXES))
+            out.extend(
+                sorted(
+                    f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                )
+            )
         else:
             out.append(p)
     return out
@@ -120,8 +123,9 @@ def predict_files(
             pred = next(preds)
             rows.append(result_row(str(f), pred))
             if cam_dir is not None:
-                save_cam(bundle, image, CLASSES.index(pred.top_class), cam_dir,
-                         unique_stem(f, used))
+                save_cam(
+                    bundle, image, CLASSES.index(pred.top_class), cam_dir, unique_stem(f, used)
+                )
         if progress:
             progress(min(start + CHUNK, len(files)), len(files))
     return rows
@@ -144,8 +148,9 @@ def progress_bar(stream=sys.stderr, width: int = 30) -> Callable[[int, int], Non
         filled = int(width * done / max(total, 1))
         rate = done / max(time.perf_counter() - start, 1e-9)
         end = "\n" if done >= total else ""
-        stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
-                     f"{rate:.0f} img/s{end}")
+        stream.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:.0f} img/s{end}"
+        )
         stream.flush()
 
     return show
@@ -178,8 +183,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_rows(rows, sys.stdout)
     failed = sum(bool(r["error"]) for r in rows)
     if failed:
-        print(f"{failed} of {len(rows)} file(s) could not be classified; see the error column",
-              file=sys.stderr)
+        print(
+            f"{failed} of {len(rows)} file(s) could not be classified; see the error column",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 
@@ -214,13 +221,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"balanced accuracy: {metrics['balanced_accuracy']:.4f}")
     print(f"accuracy: {metrics['accuracy']:.4f}")
     print(f"macro AUC: {_f(metrics['macro_auc'])}")
-    print(f"malignant AUC: {_f(metrics['malignant']['auc'])}; at threshold {op['threshold']:.3f} "
-          f"sensitivity {_f(op['sensitivity'])}, specificity {_f(op['specificity'])}")
+    print(
+        f"malignant AUC: {_f(metrics['malignant']['auc'])}; at threshold {op['threshold']:.3f} "
+        f"sensitivity {_f(op['sensitivity'])}, specificity {_f(op['specificity'])}"
+    )
     print(f"ECE: {metrics['calibration']['ece']:.4f}")
     for c in CLASSES:
         p = metrics["per_class"][c]
-        print(f"  {c:6s} sens {_f(p['sensitivity'])} spec {_f(p['specificity'])} "
-              f"AUC {_f(p['auc'])} n={p['support']}")
+        print(
+            f"  {c:6s} sens {_f(p['sensitivity'])} spec {_f(p['specificity'])} "
+            f"AUC {_f(p['auc'])} n={p['support']}"
+        )
     return 0
 
 
@@ -240,8 +251,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its three subcommands."""
     default_data = Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR))
-    parser = argparse.ArgumentParser(prog="python -m skin_model",
-                                     description="Skin-lesion classifier (HAM10000, 7 classes).")
+    parser = argparse.ArgumentParser(
+        prog="python -m skin_model", description="Skin-lesion classifier (HAM10000, 7 classes)."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="classify images or folders into a CSV")
     p.add_argument("paths", nargs="+", help="image files or folders")
@@ -253,8 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="metrics on a labelled HAM10000-layout folder")
     e.add_argument("--data-dir", type=Path, default=default_data)
     e.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
-    e.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
-                   help="rows to use; named splits come from the model's split.csv")
+    e.add_argument(
+        "--split",
+        choices=("all", "train", "val", "test"),
+        default="all",
+        help="rows to use; named splits come from the model's split.csv",
+    )
     e.add_argument("--out", type=Path, help="write the metrics JSON here")
     e.set_defaults(func=cmd_evaluate)
     b = sub.add_parser("bench", help="speed, memory and quality benchmark")

@@ -110,8 +110,8 @@ def split_by_lesion(
     for dx in sorted(lesions["dx"].unique()):
         ids = lesions.loc[lesions["dx"] == dx, "lesion_id"].to_numpy()
         ids = ids[rng.permutation(len(ids))]
-        n_test = int(round(len(ids) * test_frac))
-        n_val = int(round(len(ids) * val_frac))
+        n_test = round(len(ids) * test_frac)
+        n_val = round(len(ids) * val_frac)
         for i, lesion in enumerate(ids):
             part[lesion] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     return df["lesion_id"].map(part).rename("split")

@@ -70,8 +70,13 @@ def calibration_bins(probs: np.ndarray, y_idx: np.ndarray, n_bins: int = 10) -> 
         if count:
             ece += count / len(conf) * abs(a - c)
         bins.append(
-            {"lower": float(edges[b]), "upper": float(edges[b + 1]), "confidence": c,
-             "accuracy": a, "count": count}
+            {
+                "lower": float(edges[b]),
+                "upper": float(edges[b + 1]),
+                "confidence": c,
+                "accuracy": a,
+                "count": count,
+            }
         )
     return {"ece": float(ece), "bins": bins}
 
@@ -101,19 +106,30 @@ def _roc_points(y: np.ndarray, score: np.ndarray, max_points: int = 101) -> dict
         keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
         fpr, tpr, thr = fpr[keep], tpr[keep], thr[keep]
     thr = np.minimum(thr, 1.0)
-    return {"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist(),
-            "thresholds": thr.round(6).tolist()}
+    return {
+        "fpr": fpr.round(5).tolist(),
+        "tpr": tpr.round(5).tolist(),
+        "thresholds": thr.round(6).tolist(),
+    }
 
 
 def binary_operating_point(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
     """Sensitivity, specificity, PPV, NPV and referral rate at ``threshold``."""
     pred = (score >= threshold).astype(int)
     tn, fp, fn, tp = skm.confusion_matrix(y, pred, labels=[0, 1]).ravel()
-    div = lambda a, b: float(a / b) if b else None  # noqa: E731
-    return {"threshold": float(threshold), "sensitivity": div(tp, tp + fn),
-            "specificity": div(tn, tn + fp), "ppv": div(tp, tp + fp), "npv": div(tn, tn + fn),
-            "referral_rate": div(tp + fp, len(y)), "tp": int(tp), "fp": int(fp),
-            "tn": int(tn), "fn": int(fn)}
+    div = lambda a, b: float(a / b) if b else None
+    return {
+        "threshold": float(threshold),
+        "sensitivity": div(tp, tp + fn),
+        "specificity": div(tn, tn + fp),
+        "ppv": div(tp, tp + fp),
+        "npv": div(tn, tn + fn),
+        "referral_rate": div(tp + fp, len(y)),
+        "tp": int(tp),
+        "fp": int(fp),
+        "tn": int(tn),
+        "fn": int(fn),
+    }
 
 
 def compute_metrics(
@@ -148,16 +164,19 @@ def compute_metrics(
         if auc is not None:
             aucs.append(auc)
         per_class[c] = {
-            "precision": float(prec[i]), "sensitivity": float(rec[i]),
-            "specificity": float(tn / (tn + fp)) if tn + fp else None, "f1": float(f1[i]),
-            "auc": auc, "support": int(support[i]),
+            "precision": float(prec[i]),
+            "sensitivity": float(rec[i]),
+            "specificity": float(tn / (tn + fp)) if tn + fp else None,
+            "f1": float(f1[i]),
+            "auc": auc,
+            "support": int(support[i]),
             "roc": _roc_points(y_bin, probs[:, i]) if both else None,
         }
     present = [i for i in labels if support[i] > 0]
     y_mal, p_mal = is_malignant(y_idx), malignant_probability(probs)
     mal_both = 0 < y_mal.sum() < len(y_mal)
     return {
-        "n_images": int(len(y_idx)),
+        "n_images": len(y_idx),
         "balanced_accuracy": float(np.mean(rec[present])),
         "accuracy": float(skm.accuracy_score(y_idx, pred)),
         "macro_auc": float(np.mean(aucs)) if aucs else None,
@@ -196,5 +215,10 @@ def operating_point_from_roc(roc: dict, prevalence: float, threshold: float) -> 
     i = int(at_or_above[-1]) if len(at_or_above) else 0
     sens, spec = float(tpr[i]), float(1.0 - fpr[i])
     referred = 1000.0 * (prevalence * sens + (1.0 - prevalence) * (1.0 - spec))
-    return {"threshold": float(threshold), "sensitivity": sens, "specificity": spec,
-            "referred_per_1000": referred, "missed_per_1000": 1000.0 * prevalence * (1 - sens)}
+    return {
+        "threshold": float(threshold),
+        "sensitivity": sens,
+        "specificity": spec,
+        "referred_per_1000": referred,
+        "missed_per_1000": 1000.0 * prevalence * (1 - sens),
+    }

@@ -155,7 +155,7 @@ def load_bundle(model_dir: Path, verify: bool = True) -> ModelBundle:
         raise ModelLoadError(f"Cannot read {model_dir / CONFIG_FILE}: {exc}") from exc
     try:
         model = keras.models.load_model(path, compile=False)
-    except Exception as exc:  # noqa: BLE001 - any loader failure is a damaged file
+    except Exception as exc:
         raise ModelLoadError(f"{path} could not be loaded ({type(exc).__name__}: {exc}).") from exc
     bundle = ModelBundle(model=model, config=config, model_dir=model_dir)
     ood = model_dir / OOD_FILE

@@ -37,9 +37,9 @@ def _residual_block(x, filters: int, strides: int, name: str):
     y = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sep2")(y)
     y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn2")(y)
     if strides != 1 or shortcut.shape[-1] != filters:
-        shortcut = layers.Conv2D(
-            filters, 1, strides=strides, use_bias=False, name=f"{name}_proj"
-        )(shortcut)
+        shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_proj")(
+            shortcut
+        )
         shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=f"{name}_out")(y)
@@ -104,9 +104,9 @@ def make_custom_cnn(
     x = layers.GlobalAveragePooling2D(name="features")(x)
     x = layers.Dense(256, activation="relu", name="fc")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="predictions"
-    )(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(
+        x
+    )
     return keras.Model(inputs, outputs, name="custom_cnn")
 
 

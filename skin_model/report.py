@@ -53,9 +53,11 @@ def render_report(
     ax3.barh([display_name(CLASSES[i]) for i in order], probabilities[order], color="#4472c4")
     ax3.set_xlim(0, 1)
     ax3.set_xlabel("calibrated probability")
-    text = (f"Malignant risk (mel + bcc + akiec): {malignant_probability:.1%} "
-            f"(operating threshold {threshold:.1%})\nFlag: {flag_text}\n"
-            f"Model: {model_version}\n\n{DISCLAIMER}")
+    text = (
+        f"Malignant risk (mel + bcc + akiec): {malignant_probability:.1%} "
+        f"(operating threshold {threshold:.1%})\nFlag: {flag_text}\n"
+        f"Model: {model_version}\n\n{DISCLAIMER}"
+    )
     fig.text(0.05, 0.05, text, fontsize=9, wrap=True, va="bottom")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

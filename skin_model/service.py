@@ -71,12 +71,20 @@ def summary_row(case: Case) -> dict:
     """One row of the batch summary table."""
     p = case.prediction
     if p is None:
-        return {"file": case.name, "top diagnosis": "—", "probability": None,
-                "malignant risk": None, "flag": f"error: {case.error}"}
-    return {"file": case.name, "top diagnosis": display_name(p.top_class),
-            "probability": float(p.probabilities.max()),
-            "malignant risk": p.malignant_probability,
-            "flag": flag(p) + (" (model unsure)" if p.unsure else "")}
+        return {
+            "file": case.name,
+            "top diagnosis": "—",
+            "probability": None,
+            "malignant risk": None,
+            "flag": f"error: {case.error}",
+        }
+    return {
+        "file": case.name,
+        "top diagnosis": display_name(p.top_class),
+        "probability": float(p.probabilities.max()),
+        "malignant risk": p.malignant_probability,
+        "flag": flag(p) + (" (model unsure)" if p.unsure else ""),
+    }
 
 
 def csv_rows(cases: Sequence[Case]) -> list[dict]:

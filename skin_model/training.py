@@ -36,9 +36,19 @@ SPLIT_FILE = "split.csv"
 METRICS_FILE = "metrics.json"
 ATTEMPTS_FILE = "attempts.csv"
 ATTEMPT_COLUMNS = (
-    "name", "architecture", "input_size", "epochs_run", "best_epoch", "train_seconds",
-    "device", "settings", "val_balanced_accuracy", "test_balanced_accuracy",
-    "test_malignant_auc", "test_macro_auc", "test_ece",
+    "name",
+    "architecture",
+    "input_size",
+    "epochs_run",
+    "best_epoch",
+    "train_seconds",
+    "device",
+    "settings",
+    "val_balanced_accuracy",
+    "test_balanced_accuracy",
+    "test_malignant_auc",
+    "test_macro_auc",
+    "test_ece",
 )
 
 
@@ -83,7 +93,7 @@ def subsample_lesions(df: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
     share = min(1.0, limit / len(df))
     keep = []
     for _, group in lesions.groupby("dx"):
-        n = max(3, int(round(len(group) * share)))
+        n = max(3, round(len(group) * share))
         keep.extend(group["lesion_id"].to_numpy()[rng.permutation(len(group))[:n]])
     return df[df["lesion_id"].isin(keep)].reset_index(drop=True)
 
@@ -223,7 +233,9 @@ def fit_model(cfg: TrainConfig, parts: dict, history_csv: Path):
     with distribution_scope():
         model = build_model(cfg.architecture, cfg.input_size, **kwargs)
         model.compile(
-            optimizer=keras.optimizers.AdamW(lr_schedule(cfg, steps), weight_decay=cfg.weight_decay),
+            optimizer=keras.optimizers.AdamW(
+                lr_schedule(cfg, steps), weight_decay=cfg.weight_decay
+            ),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
             metrics=["accuracy"],
         )
@@ -302,8 +314,17 @@ def _boxes_for(data_dir: Path, test_df: pd.DataFrame) -> pd.DataFrame | None:
 
 def settings_summary(cfg: TrainConfig) -> str:
     """The non-default-looking settings of a run as one short string."""
-    keys = ("batch_size", "learning_rate", "weight_decay", "label_smoothing",
-            "class_weight_power", "epochs", "patience", "limit", "seed")
+    keys = (
+        "batch_size",
+        "learning_rate",
+        "weight_decay",
+        "label_smoothing",
+        "class_weight_power",
+        "epochs",
+        "patience",
+        "limit",
+        "seed",
+    )
     return " ".join(f"{k}={getattr(cfg, k)}" for k in keys)
 
 

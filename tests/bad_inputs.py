@@ -18,7 +18,7 @@ def png_header_bomb(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunk = b"IHDR" + ihdr
     patched = struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    return data[:8] + patched + data[8 + 25:]
+    return data[:8] + patched + data[8 + 25 :]
 
 
 def truncated_jpeg() -> bytes:

@@ -43,12 +43,25 @@ def streamlit_server(env: dict | None = None, log_path: Path | None = None, time
         timeout: Seconds to wait for the health check.
     """
     port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "streamlit_app.py"),
-           "--server.address", "127.0.0.1", "--server.port", str(port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(REPO_ROOT / "streamlit_app.py"),
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env={**os.environ, **(env or {})},
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout
@@ -75,8 +88,11 @@ def streamlit_server(env: dict | None = None, log_path: Path | None = None, time
 
 def launch_browser(playwright):
     """Headless Debian Chromium driven by Playwright (no Playwright browser download)."""
-    return playwright.chromium.launch(executable_path=chromium_path(), headless=True,
-                                      args=["--no-sandbox", "--disable-dev-shm-usage"])
+    return playwright.chromium.launch(
+        executable_path=chromium_path(),
+        headless=True,
+        args=["--no-sandbox", "--disable-dev-shm-usage"],
+    )
 
 
 def upload_and_wait(page, files: list[dict], timeout_ms: int = 120_000) -> None:
@@ -85,4 +101,6 @@ def upload_and_wait(page, files: list[dict], timeout_ms: int = 120_000) -> None:
     page.get_by_text("Download results (CSV)").wait_for(timeout=timeout_ms)
     page.wait_for_function(
         "n => document.querySelectorAll('[data-testid=stImage] img').length >= n",
-        arg=2, timeout=timeout_ms)
+        arg=2,
+        timeout=timeout_ms,
+    )

@@ -13,11 +13,24 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from skin_model import CLASSES, DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR  # noqa: E402
+from skin_model import CLASSES, DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR
 
-COLOURS = {c: np.array(rgb) for c, rgb in zip(CLASSES, [
-    (200, 60, 60), (60, 200, 60), (60, 60, 200), (200, 200, 60), (60, 30, 20),
-    (160, 110, 80), (200, 60, 200)], strict=True)}
+COLOURS = {
+    c: np.array(rgb)
+    for c, rgb in zip(
+        CLASSES,
+        [
+            (200, 60, 60),
+            (60, 200, 60),
+            (60, 60, 200),
+            (200, 200, 60),
+            (60, 30, 20),
+            (160, 110, 80),
+            (200, 60, 200),
+        ],
+        strict=True,
+    )
+}
 
 
 def lesion_image(dx: str, seed: int, size=(150, 200)) -> np.ndarray:
@@ -54,17 +67,29 @@ def make_ham_folder(root: Path, lesions_per_class: int = 8, images_per_lesion: i
     rows, n = [], 0
     for dx in CLASSES:
         for lesion in range(lesions_per_class):
-            for k in range(images_per_lesion):
+            for _k in range(images_per_lesion):
                 image_id = f"ISIC_{n:07d}"
                 Image.fromarray(lesion_image(dx, n)).save(root / "images" / f"{image_id}.jpg")
-                rows.append({"lesion_id": f"HAM_{dx}_{lesion}", "image_id": image_id, "dx": dx,
-                             "dx_type": "histo", "age": 50.0, "sex": "male",
-                             "localization": "back", "top": 35, "bottom": 115, "left": 45,
-                             "right": 155})
+                rows.append(
+                    {
+                        "lesion_id": f"HAM_{dx}_{lesion}",
+                        "image_id": image_id,
+                        "dx": dx,
+                        "dx_type": "histo",
+                        "age": 50.0,
+                        "sex": "male",
+                        "localization": "back",
+                        "top": 35,
+                        "bottom": 115,
+                        "left": 45,
+                        "right": 155,
+                    }
+                )
                 n += 1
     df = pd.DataFrame(rows)
     df.drop(columns=["top", "bottom", "left", "right"]).to_csv(
-        root / "HAM10000_metadata.csv", index=False)
+        root / "HAM10000_metadata.csv", index=False
+    )
     df.to_csv(root / "HAM10000_metadata_ext.csv")
     return root
 

@@ -34,8 +34,10 @@ def test_every_page_renders_with_shipped_model(monkeypatch, shipped_model_dir, p
 
 def test_classify_uploads_show_diagnosis_gradcam_and_downloads(monkeypatch, trained_dir):
     at = _app(monkeypatch, trained_dir).run()
-    files = [(f"case{i}.jpg", jpeg_bytes(lesion_image(dx, i)), "image/jpeg")
-             for i, dx in enumerate(("mel", "nv"))]
+    files = [
+        (f"case{i}.jpg", jpeg_bytes(lesion_image(dx, i)), "image/jpeg")
+        for i, dx in enumerate(("mel", "nv"))
+    ]
     at.file_uploader[0].set_value(files).run()
     assert not at.exception
     assert len(at.get("image")) == 4  # original + overlay per case
@@ -70,8 +72,9 @@ def test_opacity_and_class_change_do_not_rerun_classifier(monkeypatch, trained_d
 
     monkeypatch.setattr(skin_model.service, "predict_images", counting)
     at = _app(monkeypatch, trained_dir).run()
-    at.file_uploader[0].set_value([("a.jpg", jpeg_bytes(lesion_image("mel", 4)),
-                                    "image/jpeg")]).run()
+    at.file_uploader[0].set_value(
+        [("a.jpg", jpeg_bytes(lesion_image("mel", 4)), "image/jpeg")]
+    ).run()
     assert calls == [1]
     at.slider[0].set_value(0.8).run()
     at.selectbox[0].set_value("vasc").run()

@@ -19,8 +19,12 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 if chromium_path() is None:
     pytest.skip("Debian chromium not installed (apt-get install chromium)", allow_module_level=True)
 
-PAGES = [("", "Classify a skin lesion", "classify"), ("metrics", "Model metrics", "metrics"),
-         ("training", "Training curves", "training"), ("about", "About this model", "about")]
+PAGES = [
+    ("", "Classify a skin lesion", "classify"),
+    ("metrics", "Model metrics", "metrics"),
+    ("training", "Training curves", "training"),
+    ("about", "About this model", "about"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +38,7 @@ def test_upload_shows_diagnosis_overlay_and_every_page_renders(server, tmp_path)
     url, _, _ = server
     shots = Path(os.environ.get("SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    image = (REPO_ROOT.parent / "shared/data/ham10000/images/ISIC_0024306.jpg")
+    image = REPO_ROOT.parent / "shared/data/ham10000/images/ISIC_0024306.jpg"
     data = image.read_bytes() if image.is_file() else jpeg_bytes(lesion_image("nv", 0))
     with playwright_api.sync_playwright() as p:
         browser = launch_browser(p)
@@ -44,8 +48,9 @@ def test_upload_shows_diagnosis_overlay_and_every_page_renders(server, tmp_path)
             page.get_by_role("heading", name=title).wait_for(timeout=120_000)
             if name == "classify":
                 start = time.perf_counter()
-                upload_and_wait(page, [{"name": "lesion.jpg", "mimeType": "image/jpeg",
-                                        "buffer": data}])
+                upload_and_wait(
+                    page, [{"name": "lesion.jpg", "mimeType": "image/jpeg", "buffer": data}]
+                )
                 page.get_by_text("Malignant risk (mel + bcc + akiec)").first.wait_for()
                 print(f"upload to overlay: {time.perf_counter() - start:.2f}s")
             else:

@@ -27,7 +27,8 @@ def image_folder(tmp_path):
     (folder / "sub").mkdir(parents=True)
     for i, dx in enumerate(("mel", "nv", "bcc")):
         (folder / ("sub" if i == 2 else "") / f"case{i}.jpg").write_bytes(
-            jpeg_bytes(lesion_image(dx, i)))
+            jpeg_bytes(lesion_image(dx, i))
+        )
     (folder / "notes.txt").write_text("ignored: not an image suffix")
     return folder
 
@@ -42,7 +43,8 @@ def test_predict_folder_csv(trained_dir, image_folder, capsys):
         assert probs.sum() == pytest.approx(1, abs=1e-4)
         assert r["prediction"] == CLASSES[int(probs.argmax())]
         assert float(r["malignant_probability"]) == pytest.approx(
-            float(r["akiec"]) + float(r["bcc"]) + float(r["mel"]), abs=1e-4)
+            float(r["akiec"]) + float(r["bcc"]) + float(r["mel"]), abs=1e-4
+        )
         assert r["error"] == ""
 
 
@@ -68,8 +70,22 @@ def test_bad_files_among_good_ones_keep_order_and_exit_1(trained_dir, tmp_path, 
 
 def test_cam_dir_outputs(trained_dir, image_folder, tmp_path):
     cams = tmp_path / "cams"
-    assert main(["predict", "--quiet", "--model", str(trained_dir), "--out",
-                 str(tmp_path / "r.csv"), "--cam-dir", str(cams), str(image_folder)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--quiet",
+                "--model",
+                str(trained_dir),
+                "--out",
+                str(tmp_path / "r.csv"),
+                "--cam-dir",
+                str(cams),
+                str(image_folder),
+            ]
+        )
+        == 0
+    )
     for i in range(3):
         cam = np.load(cams / f"case{i}.npy")
         assert cam.shape == (150, 200) and cam.dtype == np.float32
@@ -89,8 +105,22 @@ def test_usage_errors_exit_2(trained_dir, tmp_path, capsys):
 
 def test_evaluate_on_tiny_folder(trained_dir, tiny_data, tmp_path, capsys):
     out = tmp_path / "m.json"
-    assert main(["evaluate", "--model", str(trained_dir), "--data-dir", str(tiny_data),
-                 "--split", "test", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(trained_dir),
+                "--data-dir",
+                str(tiny_data),
+                "--split",
+                "test",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "balanced accuracy" in printed and out.is_file()
     assert main(["evaluate", "--model", str(trained_dir), "--data-dir", str(tmp_path)]) == 2
@@ -98,8 +128,19 @@ def test_evaluate_on_tiny_folder(trained_dir, tiny_data, tmp_path, capsys):
 
 def test_module_entry_point_runs(trained_dir, image_folder):
     proc = subprocess.run(
-        [sys.executable, "-m", "skin_model", "predict", "--model", str(trained_dir),
-         str(image_folder / "case0.jpg")], capture_output=True, text=True, cwd=REPO_ROOT,
-        timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "skin_model",
+            "predict",
+            "--model",
+            str(trained_dir),
+            str(image_folder / "case0.jpg"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == ",".join(CSV_COLUMNS)

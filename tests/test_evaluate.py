@@ -86,8 +86,11 @@ def test_choose_threshold_reaches_sensitivity():
 
 
 def test_operating_point_from_roc():
-    roc = {"fpr": [0.0, 0.1, 0.5, 1.0], "tpr": [0.0, 0.6, 0.9, 1.0],
-           "thresholds": [1.0, 0.7, 0.3, 0.0]}
+    roc = {
+        "fpr": [0.0, 0.1, 0.5, 1.0],
+        "tpr": [0.0, 0.6, 0.9, 1.0],
+        "thresholds": [1.0, 0.7, 0.3, 0.0],
+    }
     pt = operating_point_from_roc(roc, prevalence=0.2, threshold=0.3)
     assert pt["sensitivity"] == 0.9 and pt["specificity"] == 0.5
     assert pt["referred_per_1000"] == pytest.approx(1000 * (0.2 * 0.9 + 0.8 * 0.5))

@@ -27,7 +27,8 @@ def test_missing_model_file(model_copy):
 
 def test_lfs_pointer(model_copy):
     (model_copy / "model.keras").write_text(
-        "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n")
+        "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n"
+    )
     with pytest.raises(ModelLoadError, match="git lfs pull"):
         load_bundle(model_copy)
 

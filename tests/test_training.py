@@ -7,8 +7,16 @@ import pandas as pd
 from skin_model.artifacts import best_epoch, find_model_dirs, read_history, read_metrics
 from skin_model.inference import card_sha256, load_bundle, sha256_file
 
-ARTIFACTS = ("model.keras", "config.json", "ood.npz", "metrics.json", "history.csv",
-             "split.csv", "MODEL_CARD.md", "test_predictions.csv")
+ARTIFACTS = (
+    "model.keras",
+    "config.json",
+    "ood.npz",
+    "metrics.json",
+    "history.csv",
+    "split.csv",
+    "MODEL_CARD.md",
+    "test_predictions.csv",
+)
 
 
 def test_smoke_run_writes_every_artifact(trained_dir):
@@ -20,8 +28,14 @@ def test_smoke_run_writes_every_artifact(trained_dir):
 def test_history_logs_learning_rate_and_balanced_accuracy(trained_dir):
     history = read_history(trained_dir)
     assert len(history) == 2
-    for col in ("loss", "val_loss", "accuracy", "val_accuracy", "val_balanced_accuracy",
-                "learning_rate"):
+    for col in (
+        "loss",
+        "val_loss",
+        "accuracy",
+        "val_accuracy",
+        "val_balanced_accuracy",
+        "learning_rate",
+    ):
         assert col in history.columns
     assert history["learning_rate"].gt(0).all()
     assert best_epoch(history) in (1, 2)
@@ -36,9 +50,21 @@ def test_split_is_grouped_and_saved(trained_dir):
 
 def test_metrics_and_config_are_complete(trained_dir):
     m = read_metrics(trained_dir)
-    for key in ("balanced_accuracy", "accuracy", "macro_auc", "per_class", "confusion_matrix",
-                "calibration", "malignant", "validation", "model", "training", "split", "ood",
-                "cam_localisation"):
+    for key in (
+        "balanced_accuracy",
+        "accuracy",
+        "macro_auc",
+        "per_class",
+        "confusion_matrix",
+        "calibration",
+        "malignant",
+        "validation",
+        "model",
+        "training",
+        "split",
+        "ood",
+        "cam_localisation",
+    ):
         assert key in m, key
     assert m["malignant"]["operating_point"]["threshold"] == m["model"]["malignant_threshold"]
     cfg = json.loads((trained_dir / "config.json").read_text())
