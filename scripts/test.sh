@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up (first run) and run every check: lint, the test suite (incl. the real-browser and
+# privacy tests), the quick benchmark and the dependency audit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "== installing Debian chromium for the browser tests"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+bash scripts/setup.sh requirements-dev.txt
+export TF_CPP_MIN_LOG_LEVEL=2
+echo "== ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "== pytest"
+.venv/bin/python -m pytest -q "$@"
+echo "== benchmark (quick; figures only, no time assertions)"
+.venv/bin/python -m skin_model bench --quick --out "${TMPDIR:-/tmp}/bench-quick.json"
+echo "== dependency audit"
+.venv/bin/python scripts/audit.py
