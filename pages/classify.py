@@ -1,5 +1,7 @@
 """Classify page: upload or photograph lesions, see diagnosis, risk and Grad-CAM."""
 
+import dataclasses
+
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -60,11 +62,7 @@ for key in [k for k in state if k not in keys]:
     del state[key]
 for key in [k for k in cams if k[0] not in keys]:
     del cams[key]
-cases = []
-for name, _, key in wanted:
-    case = state[key]
-    case.name = name
-    cases.append(case)
+cases = [dataclasses.replace(state[key], name=name) for name, _, key in wanted]
 
 threshold = float(bundle.config["malignant_threshold"])
 version = (

@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from skin_model import DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR, display_name  # noqa: E402
-from tests.browser import chromium_path, streamlit_server  # noqa: E402
+from skin_model import DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR, display_name
+from tests.browser import chromium_path, streamlit_server
 
 
 def server_peak_mb(pid: int) -> float:
@@ -87,8 +87,9 @@ def main() -> int:
     """Run the rounds and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[4, 8, 16])
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("HAM10000_DIR",
-                                                                             DEFAULT_DATA_DIR)))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR))
+    )
     parser.add_argument("--out", type=Path, default=Path("load_test.json"))
     args = parser.parse_args()
     pool = sorted((args.data_dir / "images").glob("*.jpg"))[: max(args.sessions)]
@@ -104,10 +105,15 @@ def main() -> int:
         lat = np.array([r["latency_s"] for r in results])
         correct = sum(r["shown"] == expected[r["file"]] for r in results)
         leaks = sum(bool(r["foreign"]) for r in results)
-        row = {"sessions": n, "p50_s": round(float(np.percentile(lat, 50)), 2),
-               "p95_s": round(float(np.percentile(lat, 95)), 2), "correct": correct,
-               "cross_session_leaks": leaks, "server_alive": alive,
-               "server_peak_mb": round(peak, 1)}
+        row = {
+            "sessions": n,
+            "p50_s": round(float(np.percentile(lat, 50)), 2),
+            "p95_s": round(float(np.percentile(lat, 95)), 2),
+            "correct": correct,
+            "cross_session_leaks": leaks,
+            "server_alive": alive,
+            "server_peak_mb": round(peak, 1),
+        }
         for r in results:
             if r["shown"] != expected[r["file"]]:
                 print(f"  MISMATCH {r['file']}: app {r['shown']!r} vs CLI {expected[r['file']]!r}")
@@ -117,8 +123,10 @@ def main() -> int:
     print("\n| sessions | latency p50 (s) | p95 (s) | correct vs CLI | leaks | server peak RSS |")
     print("|---|---|---|---|---|---|")
     for r in report:
-        print(f"| {r['sessions']} | {r['p50_s']} | {r['p95_s']} | {r['correct']}/{r['sessions']} "
-              f"| {r['cross_session_leaks']} | {r['server_peak_mb']} MB |")
+        print(
+            f"| {r['sessions']} | {r['p50_s']} | {r['p95_s']} | {r['correct']}/{r['sessions']} "
+            f"| {r['cross_session_leaks']} | {r['server_peak_mb']} MB |"
+        )
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     return 0 if ok else 1
 

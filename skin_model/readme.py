@@ -1,5 +1,6 @@
 """Generated README sections: every figure in the README comes from a file evaluation,
-the benchmark or the load test wrote (``python -m skin_model.readme`` rewrites them)."""
+the benchmark or the load test wrote (``python -m skin_model.readme`` rewrites them).
+"""
 
 from __future__ import annotations
 
@@ -44,18 +45,28 @@ def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
     ]
     if m.get("cam_localisation"):
         c = m["cam_localisation"]
-        lines.append(f"| Grad-CAM energy in lesion box ÷ box area share (mean / median) | "
-                     f"{c['mean_ratio']:.2f} / {c['median_ratio']:.2f} |")
+        lines.append(
+            f"| Grad-CAM energy in lesion box ÷ box area share (mean / median) | "
+            f"{c['mean_ratio']:.2f} / {c['median_ratio']:.2f} |"
+        )
     if m.get("ood"):
         o = m["ood"]
-        lines.append(f"| 'not dermoscopic' flag: AUROC; flagged synthetic / HAM10000 test | "
-                     f"{o['auroc']:.3f}; {o['non_dermoscopic_flagged']:.0%} / "
-                     f"{o['ham10000_flagged']:.1%} |")
-    lines += ["", "| class | sensitivity | specificity | AUC | test images |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| 'not dermoscopic' flag: AUROC; flagged synthetic / HAM10000 test | "
+            f"{o['auroc']:.3f}; {o['non_dermoscopic_flagged']:.0%} / "
+            f"{o['ham10000_flagged']:.1%} |"
+        )
+    lines += [
+        "",
+        "| class | sensitivity | specificity | AUC | test images |",
+        "|---|---|---|---|---|",
+    ]
     for c in CLASSES:
         p = m["per_class"][c]
-        lines.append(f"| {display_name(c)} | {_f(p['sensitivity'])} | {_f(p['specificity'])} "
-                     f"| {_f(p['auc'])} | {p['support']} |")
+        lines.append(
+            f"| {display_name(c)} | {_f(p['sensitivity'])} | {_f(p['specificity'])} "
+            f"| {_f(p['auc'])} | {p['support']} |"
+        )
     return "\n".join(lines)
 
 
@@ -64,7 +75,9 @@ def bench_section(path: Path = BENCH_FILE) -> str:
     from skin_model.bench import format_table
 
     if not path.is_file():
-        return "_No benchmark recorded yet: run `python -m skin_model bench --out docs/bench.json`._"
+        return (
+            "_No benchmark recorded yet: run `python -m skin_model bench --out docs/bench.json`._"
+        )
     return "```\n" + format_table(json.loads(path.read_text())) + "\n```"
 
 
@@ -73,11 +86,16 @@ def load_section(path: Path = LOAD_FILE) -> str:
     if not path.is_file():
         return "_No load test recorded yet: run `scripts/load_test.py --out docs/load_test.json`._"
     rows = json.loads(path.read_text())
-    lines = ["| sessions | latency p50 (s) | p95 (s) | correct vs CLI | cross-session leaks "
-             "| server alive | server peak RSS |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['sessions']} | {r['p50_s']} | {r['p95_s']} | {r['correct']}/{r['sessions']} "
-              f"| {r['cross_session_leaks']} | {r['server_alive']} | {r['server_peak_mb']} MB |"
-              for r in rows]
+    lines = [
+        "| sessions | latency p50 (s) | p95 (s) | correct vs CLI | cross-session leaks "
+        "| server alive | server peak RSS |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['sessions']} | {r['p50_s']} | {r['p95_s']} | {r['correct']}/{r['sessions']} "
+        f"| {r['cross_session_leaks']} | {r['server_alive']} | {r['server_peak_mb']} MB |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -87,8 +105,8 @@ SECTIONS = {"metrics": metrics_section, "bench": bench_section, "load": load_sec
 def render(text: str) -> str:
     """README text with every generated section replaced by its current content."""
     for name, make in SECTIONS.items():
-        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.S)
-        text = pattern.sub(lambda m, make=make: m.group(1) + make() + m.group(2), text)
+        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
     return text
 
 

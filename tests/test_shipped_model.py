@@ -1,0 +1,59 @@
+"""The shipped model: loads, is small, and its files agree with a fresh evaluation."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skin_model import CLASSES
+from skin_model.artifacts import read_history, read_metrics
+from skin_model.assessment import class_indices
+from skin_model.evaluate import compute_metrics
+from skin_model.imaging import decode_image
+from skin_model.inference import predict_images
+
+
+def test_shipped_model_is_small_and_verified(shipped_model_dir, shipped_bundle):
+    assert (shipped_model_dir / "model.keras").stat().st_size < 25 * 2**20
+    assert shipped_bundle.model.layers[-1].name == "predictions"
+
+
+def test_metrics_file_matches_its_per_image_predictions(shipped_model_dir):
+    m = read_metrics(shipped_model_dir)
+    preds = pd.read_csv(shipped_model_dir / "test_predictions.csv")
+    probs = preds[list(CLASSES)].to_numpy()
+    again = compute_metrics(class_indices(preds["dx"]), probs, m["model"]["malignant_threshold"])
+    assert again["balanced_accuracy"] == pytest.approx(m["balanced_accuracy"], abs=1e-4)
+    assert again["malignant"]["auc"] == pytest.approx(m["malignant"]["auc"], abs=1e-4)
+    assert again["confusion_matrix"] == m["confusion_matrix"]
+    assert m["n_images"] == len(preds)
+
+
+def test_fresh_predictions_agree_with_stored_ones(shipped_model_dir, shipped_bundle, real_data_dir):
+    preds = pd.read_csv(shipped_model_dir / "test_predictions.csv").sample(24, random_state=0)
+    images = [
+        decode_image((real_data_dir / "images" / f"{i}.jpg").read_bytes())
+        for i in preds["image_id"]
+    ]
+    fresh = np.array([p.probabilities for p in predict_images(shipped_bundle, images)])
+    assert np.allclose(fresh, preds[list(CLASSES)].to_numpy(), atol=2e-3)
+
+
+def test_test_split_is_disjoint_from_training_lesions(shipped_model_dir):
+    split = pd.read_csv(shipped_model_dir / "split.csv")
+    test_lesions = set(split.loc[split["split"] == "test", "lesion_id"])
+    assert not test_lesions & set(split.loc[split["split"] != "test", "lesion_id"])
+    preds = pd.read_csv(shipped_model_dir / "test_predictions.csv")
+    assert set(preds["image_id"]) == set(split.loc[split["split"] == "test", "image_id"])
+
+
+def test_config_matches_metrics(shipped_model_dir):
+    cfg = json.loads((shipped_model_dir / "config.json").read_text())
+    m = read_metrics(shipped_model_dir)
+    assert cfg["malignant_threshold"] == pytest.approx(m["model"]["malignant_threshold"], abs=1e-6)
+    assert (
+        m["training"]["best_epoch"]
+        <= m["training"]["epochs_run"]
+        == len(read_history(shipped_model_dir))
+    )
