@@ -46,3 +46,18 @@ def test_box_energy_ratio_by_hand():
     assert box_energy_ratio(cam, (0, 4, 0, 4)) == pytest.approx(4.0)
     assert box_energy_ratio(np.ones((10, 10)), (0, 4, 0, 4)) == pytest.approx(1.0)
     assert np.isnan(box_energy_ratio(np.zeros((10, 10)), (0, 4, 0, 4)))
+
+
+def test_compiled_gradcam_matches_tf_keras_vis(trained_dir):
+    from skin_model.explain import explain, get_explainer
+    from skin_model.inference import load_bundle
+    from tests.conftest import lesion_image
+
+    bundle = load_bundle(trained_dir)
+    for k, dx in enumerate(("mel", "nv", "vasc")):
+        image = lesion_image(dx, k)
+        fast = explain(bundle, image, k)
+        reference = heatmap(get_explainer(bundle), bundle.model, image, k, bundle.input_size)
+        assert fast.shape == reference.shape
+        assert np.allclose(fast, reference, atol=2e-3)
+    assert bundle._explainers["compiled"] is not None
