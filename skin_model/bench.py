@@ -35,6 +35,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_breakdown_mb() -> dict:
+    """Current resident memory split into anonymous (heap, tensors) and file-backed (shared
+    libraries, reclaimable and shared between processes) parts, in MB.
+    """
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(("RssAnon:", "RssFile:")):
+                out[line.split(":")[0].lower()] = round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return out
+
+
 def percentiles(samples_s: list[float]) -> dict:
     """p50/p95 in milliseconds of a list of seconds."""
     a = np.array(samples_s) * 1000
@@ -258,7 +272,7 @@ print(json.dumps({{"rc": rc, "rss_mb": peak_rss_mb()}}))
 
 APP_RSS = """
 import json, os, time
-from skin_model.bench import peak_rss_mb
+from skin_model.bench import peak_rss_mb, rss_breakdown_mb
 os.environ["SKIN_MODEL_DIR"] = {model!r}
 from pathlib import Path
 from streamlit.testing.v1 import AppTest
@@ -269,7 +283,7 @@ files = sorted(Path({folder!r}).glob("*.jpg"))[:{n}]
 at.file_uploader[0].set_value([(f.name, f.read_bytes(), "image/jpeg") for f in files]).run()
 assert not at.exception
 print(json.dumps({{"first_render_s": first, "images": len(files),
-                   "rss_mb": peak_rss_mb()}}))
+                   "rss_mb": peak_rss_mb(), **rss_breakdown_mb()}}))
 """
 
 
@@ -328,7 +342,9 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
             )
         )
         r["app"] = {
-            k: round(v, 2) for k, v in app.items() if k in ("first_render_s", "images", "rss_mb")
+            k: round(v, 2)
+            for k, v in app.items()
+            if k in ("first_render_s", "images", "rss_mb", "rssanon", "rssfile")
         } or app
     cold = _child(COLD_START.format(model=str(model_dir)))
     r["cold_start_s"] = round(cold["done"] - cold["parent_start"], 2) if "done" in cold else cold
