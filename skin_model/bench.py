@@ -461,6 +461,10 @@ def format_table(r: dict) -> str:
             f"{r['cli_peak_rss_mb']} MB / {r['app'].get('rss_mb')} MB "
             f"({r['app'].get('images')} images; target < 1024 MB)",
         ),
+        (
+            "  app memory: anonymous / shared-library pages",
+            f"{r['app'].get('rssanon')} MB / {r['app'].get('rssfile')} MB",
+        ),
         ("training throughput", f"{r['train_images_per_s']} img/s"),
         (
             "model",
