@@ -108,7 +108,12 @@ for i, case in enumerate(cases):
             .mark_bar()
             .encode(
                 x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-                y=alt.Y("diagnosis:N", sort="-x", title=None, axis=alt.Axis(labelLimit=260)),
+                y=alt.Y(
+                    "diagnosis:N",
+                    sort="-x",
+                    title=None,
+                    axis=alt.Axis(labelLimit=260, labelOverlap=False),
+                ),
                 tooltip=["diagnosis", alt.Tooltip("probability:Q", format=".1%")],
             )
             .properties(height=120),

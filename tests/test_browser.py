@@ -42,7 +42,7 @@ def test_upload_shows_diagnosis_overlay_and_every_page_renders(server, tmp_path)
     data = image.read_bytes() if image.is_file() else jpeg_bytes(lesion_image("nv", 0))
     with playwright_api.sync_playwright() as p:
         browser = launch_browser(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 1700})
         for path, title, name in PAGES:
             page.goto(f"{url}/{path}")
             page.get_by_role("heading", name=title).wait_for(timeout=120_000)
