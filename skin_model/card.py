@@ -9,6 +9,7 @@ import pandas as pd
 
 from skin_model import CLASSES, display_name
 from skin_model.inference import CARD_FILE, MODEL_FILE, sha256_file
+from skin_model.training import ATTEMPT_COLUMNS
 
 INTENDED_USE = """\
 ## Intended use
@@ -41,26 +42,59 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def headline_table(m: dict) -> list[str]:
+    """Markdown rows of the headline test figures of a ``metrics.json`` dict."""
+    op = m["malignant"]["operating_point"]
+    cal = m["calibration"]
+    lines = [
+        "| metric | value |",
+        "|---|---|",
+        f"| balanced accuracy (mean per-class recall) | {_fmt(m['balanced_accuracy'])} |",
+        f"| accuracy | {_fmt(m['accuracy'])} |",
+        f"| macro one-vs-rest ROC AUC | {_fmt(m['macro_auc'])} |",
+        f"| malignant-vs-benign ROC AUC | {_fmt(m['malignant']['auc'])} |",
+        f"| malignant sensitivity / specificity at threshold {op['threshold']:.3f} | "
+        f"{_fmt(op['sensitivity'])} / {_fmt(op['specificity'])} |",
+        f"| expected calibration error after / before temperature scaling | "
+        f"{_fmt(cal['ece'])} / {_fmt(cal.get('ece_before_temperature'))} |",
+    ]
+    if m.get("cam_localisation"):
+        c = m["cam_localisation"]
+        lines.append(
+            f"| Grad-CAM energy in lesion box ÷ box area share (mean / median) | "
+            f"{c['mean_ratio']:.2f} / {c['median_ratio']:.2f} |"
+        )
+    if m.get("ood"):
+        o = m["ood"]
+        lines.append(
+            f"| 'not dermoscopic' flag: AUROC; flagged synthetic / HAM10000 test | "
+            f"{o['auroc']:.3f}; {o['non_dermoscopic_flagged']:.0%} / "
+            f"{o['ham10000_flagged']:.1%} |"
+        )
+    return lines
+
+
+def per_class_table(m: dict) -> list[str]:
+    """Markdown rows of the per-class test figures of a ``metrics.json`` dict."""
+    lines = [
+        "| class | sensitivity | specificity | precision | F1 | AUC | test images |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in CLASSES:
+        p = m["per_class"][c]
+        lines.append(
+            f"| {display_name(c)} | {_fmt(p['sensitivity'])} | {_fmt(p['specificity'])} "
+            f"| {_fmt(p['precision'])} | {_fmt(p['f1'])} | {_fmt(p['auc'])} | {p['support']} |"
+        )
+    return lines
+
+
 def _attempts_table(path: Path) -> str:
     """Markdown table of every recorded training attempt."""
     if not path.is_file():
         return "_No attempts recorded._\n"
     df = pd.read_csv(path)
-    cols = [
-        "name",
-        "architecture",
-        "input_size",
-        "epochs_run",
-        "best_epoch",
-        "train_seconds",
-        "device",
-        "settings",
-        "val_balanced_accuracy",
-        "test_balanced_accuracy",
-        "test_malignant_auc",
-        "test_macro_auc",
-        "test_ece",
-    ]
+    cols = ATTEMPT_COLUMNS
     df = df[[c for c in cols if c in df.columns]]
     head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
     rows = "".join(
@@ -74,7 +108,6 @@ def render_model_card(model_dir: Path) -> str:
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     m = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))
-    mal = m["malignant"]["operating_point"]
     tr = m["training"]
     counts = {s: sum(v.values()) for s, v in m["split"].items()}
     lines = [
@@ -96,44 +129,12 @@ def render_model_card(model_dir: Path) -> str:
         "",
         f"## Headline numbers (test split, {m['n_images']} images)",
         "",
-        "| metric | value |",
-        "|---|---|",
-        f"| balanced accuracy (mean per-class recall) | {_fmt(m['balanced_accuracy'])} |",
-        f"| accuracy | {_fmt(m['accuracy'])} |",
-        f"| macro one-vs-rest ROC AUC | {_fmt(m['macro_auc'])} |",
-        f"| malignant-vs-benign ROC AUC | {_fmt(m['malignant']['auc'])} |",
-        f"| malignant sensitivity at threshold | {_fmt(mal['sensitivity'])} |",
-        f"| malignant specificity at threshold | {_fmt(mal['specificity'])} |",
-        f"| expected calibration error (after / before temperature) | "
-        f"{_fmt(m['calibration']['ece'])} / "
-        f"{_fmt(m['calibration'].get('ece_before_temperature'))} |",
-    ]
-    if m.get("cam_localisation"):
-        cam = m["cam_localisation"]
-        lines.append(
-            f"| Grad-CAM energy in lesion box / box area share (mean, median) | "
-            f"{cam['mean_ratio']:.2f}, {cam['median_ratio']:.2f} |"
-        )
-    if m.get("ood"):
-        lines.append(
-            f"| non-dermoscopic flag: AUROC; flagged synthetic / HAM10000 | "
-            f"{m['ood']['auroc']:.3f}; {m['ood']['non_dermoscopic_flagged']:.2f} / "
-            f"{m['ood']['ham10000_flagged']:.2f} |"
-        )
-    lines += [
+        *headline_table(m),
         "",
         "## Per class (test)",
         "",
-        "| class | sensitivity | specificity | precision | F1 | AUC | support |",
-        "|---|---|---|---|---|---|---|",
+        *per_class_table(m),
     ]
-    for c in CLASSES:
-        p = m["per_class"][c]
-        lines.append(
-            f"| {display_name(c)} | {_fmt(p['sensitivity'])} | {_fmt(p['specificity'])} "
-            f"| {_fmt(p['precision'])} | {_fmt(p['f1'])} | {_fmt(p['auc'])} "
-            f"| {p['support']} |"
-        )
     lines += [
         "",
         INTENDED_USE,

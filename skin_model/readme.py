@@ -9,64 +9,28 @@ import re
 import sys
 from pathlib import Path
 
-from skin_model import CLASSES, DEFAULT_MODEL_DIR, REPO_ROOT, display_name
+from skin_model import DEFAULT_MODEL_DIR, REPO_ROOT
 from skin_model.artifacts import read_metrics
+from skin_model.card import headline_table, per_class_table
 
 README = REPO_ROOT / "README.md"
 BENCH_FILE = REPO_ROOT / "docs" / "bench.json"
 LOAD_FILE = REPO_ROOT / "docs" / "load_test.json"
 
 
-def _f(x) -> str:
-    """Three decimals or n/a."""
-    return "n/a" if x is None else f"{x:.3f}"
-
-
 def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
     """Headline and per-class tables from the shipped model's metrics.json."""
     m = read_metrics(model_dir)
-    op = m["malignant"]["operating_point"]
     tr = m["training"]
     lines = [
         f"Test split: {m['n_images']} images of lesions never seen in training or validation. "
         f"Trained on {tr['device']} in {tr['train_seconds'] / 60:.0f} min "
         f"({tr['epochs_run']} epochs, best epoch {tr['best_epoch']}).",
         "",
-        "| metric | value |",
-        "|---|---|",
-        f"| balanced accuracy (mean per-class recall) | {_f(m['balanced_accuracy'])} |",
-        f"| accuracy | {_f(m['accuracy'])} |",
-        f"| macro one-vs-rest ROC AUC | {_f(m['macro_auc'])} |",
-        f"| malignant-vs-benign ROC AUC | {_f(m['malignant']['auc'])} |",
-        f"| malignant sensitivity / specificity at threshold {op['threshold']:.3f} | "
-        f"{_f(op['sensitivity'])} / {_f(op['specificity'])} |",
-        f"| expected calibration error after / before temperature scaling | "
-        f"{_f(m['calibration']['ece'])} / {_f(m['calibration'].get('ece_before_temperature'))} |",
-    ]
-    if m.get("cam_localisation"):
-        c = m["cam_localisation"]
-        lines.append(
-            f"| Grad-CAM energy in lesion box ÷ box area share (mean / median) | "
-            f"{c['mean_ratio']:.2f} / {c['median_ratio']:.2f} |"
-        )
-    if m.get("ood"):
-        o = m["ood"]
-        lines.append(
-            f"| 'not dermoscopic' flag: AUROC; flagged synthetic / HAM10000 test | "
-            f"{o['auroc']:.3f}; {o['non_dermoscopic_flagged']:.0%} / "
-            f"{o['ham10000_flagged']:.1%} |"
-        )
-    lines += [
+        *headline_table(m),
         "",
-        "| class | sensitivity | specificity | AUC | test images |",
-        "|---|---|---|---|---|",
+        *per_class_table(m),
     ]
-    for c in CLASSES:
-        p = m["per_class"][c]
-        lines.append(
-            f"| {display_name(c)} | {_f(p['sensitivity'])} | {_f(p['specificity'])} "
-            f"| {_f(p['auc'])} | {p['support']} |"
-        )
     return "\n".join(lines)
 
 
