@@ -100,9 +100,7 @@ for i, case in enumerate(cases):
         st.markdown(
             f"**Most likely: {display_name(pred.top_class)}** ({pred.probabilities.max():.0%})"
         )
-        top3 = pd.DataFrame(
-            {"diagnosis": list(top3_table(pred)), "probability": list(top3_table(pred).values())}
-        )
+        top3 = pd.DataFrame(list(top3_table(pred).items()), columns=["diagnosis", "probability"])
         st.altair_chart(
             alt.Chart(top3)
             .mark_bar()

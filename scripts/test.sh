@@ -10,6 +10,8 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
 fi
 bash scripts/setup.sh requirements-dev.txt
 export TF_CPP_MIN_LOG_LEVEL=2
+# Every test must run here: a missing dataset, Playwright or Chromium fails instead of skipping.
+export SKIN_TESTS_STRICT=1
 echo "== ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -7,7 +7,6 @@ malignant threshold and the out-of-distribution limit; the test split is read on
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import numpy as np
@@ -135,20 +134,16 @@ def cam_localisation(bundle: ModelBundle, boxes: pd.DataFrame, n: int = 150, see
     Returns:
         Mean and median ratio (1.0 = chance) and the share of images above 1.
     """
-    from skin_model.explain import box_energy_ratio, get_explainer, heatmap
+    from skin_model.explain import box_energy_ratio, explain
 
     if boxes is None or boxes.empty:
         return None
     rows = boxes.sample(min(n, len(boxes)), random_state=seed)
-    explainer = get_explainer(bundle, "Grad-CAM")
     ratios = []
     for row in rows.itertuples():
         image = decode_image(Path(row.path).read_bytes())
         pred = predict_images(bundle, [image])[0]
-        with bundle.lock:
-            cam = heatmap(
-                explainer, bundle.model, image, CLASSES.index(pred.top_class), bundle.input_size
-            )
+        cam = explain(bundle, image, CLASSES.index(pred.top_class))
         box = (int(row.top), int(row.bottom), int(row.left), int(row.right))
         ratios.append(box_energy_ratio(cam, box))
     r = np.array([x for x in ratios if np.isfinite(x)])
@@ -178,7 +173,9 @@ def split_counts(parts: dict) -> dict:
     return {s: {c: int(list(codes).count(c)) for c in CLASSES} for s, (_, codes) in parts.items()}
 
 
-def finalise_model(model, cfg, parts: dict, out_dir: Path, fit_info: dict, boxes) -> dict:
+def finalise_model(
+    model, cfg, parts: dict, out_dir: Path, fit_info: dict, boxes, test_ids: list[str]
+) -> dict:
     """Fit calibration/threshold/OOD on validation, evaluate on test, write the artifacts.
 
     Args:
@@ -188,6 +185,7 @@ def finalise_model(model, cfg, parts: dict, out_dir: Path, fit_info: dict, boxes
         out_dir: Model directory.
         fit_info: Epochs, best epoch, seconds and device of the fit.
         boxes: Test rows with lesion boxes (or None) for the Grad-CAM check.
+        test_ids: Image ids of the test part, in the order of ``parts["test"]``.
 
     Returns:
         The dict written to ``metrics.json``.
@@ -261,15 +259,9 @@ def finalise_model(model, cfg, parts: dict, out_dir: Path, fit_info: dict, boxes
     metrics["split"] = split_counts(parts)
     metrics["ood"] = ood_separation(bundle, parts["test"][0])
     metrics["cam_localisation"] = cam_localisation(bundle, boxes)
-    write_predictions(out_dir / PREDICTIONS_FILE, parts["test"][1], p_test, _test_ids(out_dir))
+    write_predictions(out_dir / PREDICTIONS_FILE, parts["test"][1], p_test, test_ids)
     write_json(out_dir / METRICS_FILE, metrics)
     return metrics
-
-
-def _test_ids(out_dir: Path) -> list[str]:
-    """Image ids of the test split, in split-file order."""
-    split = pd.read_csv(out_dir / "split.csv", dtype=str)
-    return split.loc[split["split"] == "test", "image_id"].tolist()
 
 
 def write_predictions(path: Path, truth, probs: np.ndarray, image_ids) -> None:
@@ -302,8 +294,3 @@ def evaluate_frame(bundle: ModelBundle, df: pd.DataFrame, batch: int = 256) -> d
     )
     metrics["probabilities"] = probs
     return metrics
-
-
-def load_metrics(model_dir: Path) -> dict:
-    """Read a model directory's ``metrics.json``."""
-    return json.loads((Path(model_dir) / "metrics.json").read_text(encoding="utf-8"))

@@ -117,11 +117,6 @@ def split_by_lesion(
     return df["lesion_id"].map(part).rename("split")
 
 
-def read_split(split_csv: Path) -> pd.DataFrame:
-    """Read a split CSV written by training (``image_id``, ``lesion_id``, ``dx``, ``split``)."""
-    return pd.read_csv(split_csv, dtype=str)
-
-
 def one_hot(labels: Sequence[str]) -> np.ndarray:
     """Return a float32 one-hot matrix of class codes in :data:`CLASSES` order."""
     index = {c: i for i, c in enumerate(CLASSES)}

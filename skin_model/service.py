@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from skin_model import CLASSES, display_name
+from skin_model import display_name
 from skin_model.imaging import ImageError, decode_image
 from skin_model.inference import ModelBundle, Prediction, predict_images, result_row
 
@@ -95,8 +95,3 @@ def csv_rows(cases: Sequence[Case]) -> list[dict]:
 def top3_table(prediction: Prediction) -> dict[str, float]:
     """The three most probable classes as ``{"Melanoma (mel)": 0.61, ...}``."""
     return {display_name(c): p for c, p in prediction.top_k(3)}
-
-
-def class_options() -> list[str]:
-    """Class codes in output order (for the explained-class chooser)."""
-    return list(CLASSES)

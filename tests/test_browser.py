@@ -12,12 +12,15 @@ import pytest
 
 from skin_model import REPO_ROOT
 from tests.browser import chromium_path, launch_browser, streamlit_server, upload_and_wait
-from tests.conftest import jpeg_bytes, lesion_image
+from tests.conftest import jpeg_bytes, lesion_image, skip_or_fail
 
 pytestmark = pytest.mark.browser
-playwright_api = pytest.importorskip("playwright.sync_api")
+try:
+    import playwright.sync_api as playwright_api
+except ImportError:
+    skip_or_fail("playwright is not installed (pip install -r requirements-dev.txt)")
 if chromium_path() is None:
-    pytest.skip("Debian chromium not installed (apt-get install chromium)", allow_module_level=True)
+    skip_or_fail("Debian chromium not installed (apt-get install chromium)")
 
 PAGES = [
     ("", "Classify a skin lesion", "classify"),
