@@ -7,7 +7,7 @@ import streamlit as st
 
 from app_common import get_metrics
 from skin_model import CLASSES, display_name
-from skin_model.evaluate import operating_point_from_roc
+from skin_model.evaluate import operating_point_from_roc, target_status
 
 st.title("Model metrics")
 metrics = get_metrics()
@@ -35,6 +35,26 @@ c[1].metric(
 c[2].metric("Malignant specificity", f"{op['specificity']:.3f}")
 c[3].metric("Malignant AUC", f"{mal['auc']:.3f}" if mal["auc"] is not None else "n/a")
 c[4].metric("Macro AUC", f"{metrics['macro_auc']:.3f}" if metrics["macro_auc"] else "n/a")
+
+st.subheader("Against the quality targets")
+targets = pd.DataFrame(
+    [
+        {
+            "target": r["label"],
+            "goal": f"{r['direction']} {r['goal']:g}",
+            "achieved": r["achieved"],
+            "95% interval": "–".join(f"{v:.3f}" for v in r["interval"]) if r["interval"] else "",
+            "met": {True: "yes", False: "no", None: "n/a"}[r["met"]],
+        }
+        for r in target_status(metrics)
+    ]
+)
+st.dataframe(
+    targets,
+    hide_index=True,
+    column_config={"achieved": st.column_config.NumberColumn(format="%.3f")},
+)
+st.caption(metrics.get("intervals_method", "No intervals were computed for this model."))
 
 st.subheader("Confusion matrix")
 counts = np.array(metrics["confusion_matrix"]["counts"])

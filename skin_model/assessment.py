@@ -17,12 +17,14 @@ from skin_model import CLASSES, __version__
 from skin_model.evaluate import (
     apply_temperature,
     binary_operating_point,
+    bootstrap_intervals,
     calibration_bins,
     choose_threshold,
     compute_metrics,
     fit_temperature,
     is_malignant,
     malignant_probability,
+    target_status,
 )
 from skin_model.imaging import decode_image
 from skin_model.inference import (
@@ -260,7 +262,39 @@ def finalise_model(
     metrics["ood"] = ood_separation(bundle, parts["test"][0])
     metrics["cam_localisation"] = cam_localisation(bundle, boxes)
     write_predictions(out_dir / PREDICTIONS_FILE, parts["test"][1], p_test, test_ids)
+    add_intervals(metrics, out_dir)
     write_json(out_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+def add_intervals(metrics: dict, model_dir: Path, n_boot: int = 500) -> dict:
+    """Add lesion-bootstrap intervals and the target check to a ``metrics.json`` dict.
+
+    Reads the test probabilities and lesion ids from the model directory's
+    ``test_predictions.csv`` and ``split.csv`` (files the evaluation wrote).
+
+    Args:
+        metrics: The dict to update in place.
+        model_dir: Model directory holding both files.
+        n_boot: Bootstrap resamples.
+
+    Returns:
+        ``metrics``, with ``intervals`` and ``targets``.
+    """
+    model_dir = Path(model_dir)
+    preds = pd.read_csv(model_dir / PREDICTIONS_FILE)
+    split = pd.read_csv(model_dir / "split.csv", usecols=["image_id", "lesion_id"])
+    preds = preds.merge(split, on="image_id", how="left", validate="one_to_one")
+    probs = preds[list(CLASSES)].to_numpy(dtype=np.float64)
+    probs /= probs.sum(axis=1, keepdims=True)
+    threshold = metrics["malignant"]["operating_point"]["threshold"]
+    metrics["intervals"] = bootstrap_intervals(
+        class_indices(preds["dx"]), probs, preds["lesion_id"].to_numpy(), threshold, n_boot
+    )
+    metrics["intervals_method"] = (
+        f"95% percentile bootstrap over test lesions ({n_boot} resamples of whole lesions)"
+    )
+    metrics["targets"] = target_status(metrics)
     return metrics
 
 

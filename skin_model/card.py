@@ -74,6 +74,22 @@ def headline_table(m: dict) -> list[str]:
     return lines
 
 
+def targets_table(m: dict) -> list[str]:
+    """Markdown rows: each quality target, the achieved value with its interval, met or not."""
+    from skin_model.evaluate import target_status
+
+    lines = ["| target | goal | achieved (95% interval) | met |", "|---|---|---|---|"]
+    for r in target_status(m):
+        interval = r["interval"]
+        span = f" ({interval[0]:.3f}–{interval[1]:.3f})" if interval else ""
+        met = {True: "yes", False: "**no**", None: "n/a"}[r["met"]]
+        lines.append(
+            f"| {r['label']} | {r['direction']} {r['goal']:g} | {_fmt(r['achieved'])}{span} "
+            f"| {met} |"
+        )
+    return lines
+
+
 def per_class_table(m: dict) -> list[str]:
     """Markdown rows of the per-class test figures of a ``metrics.json`` dict."""
     lines = [
@@ -130,6 +146,10 @@ def render_model_card(model_dir: Path) -> str:
         f"## Headline numbers (test split, {m['n_images']} images)",
         "",
         *headline_table(m),
+        "",
+        "## Against the quality targets (test)",
+        "",
+        *targets_table(m),
         "",
         "## Per class (test)",
         "",

@@ -222,3 +222,121 @@ def operating_point_from_roc(roc: dict, prevalence: float, threshold: float) -> 
         "referred_per_1000": referred,
         "missed_per_1000": 1000.0 * prevalence * (1 - sens),
     }
+
+
+# (key, label, goal, direction): the quality goals the shipped model is measured against.
+QUALITY_TARGETS = (
+    ("balanced_accuracy", "balanced accuracy", 0.80, ">="),
+    ("malignant_auc", "malignant-vs-benign ROC AUC", 0.95, ">="),
+    ("mel_auc", "melanoma ROC AUC", 0.92, ">="),
+    ("macro_auc", "macro ROC AUC", 0.95, ">="),
+    ("malignant_sensitivity", "malignant sensitivity at the shipped threshold", 0.90, ">="),
+    ("ece", "expected calibration error (after temperature)", 0.03, "<="),
+    ("cam_ratio", "Grad-CAM energy in lesion box ÷ box area share", 2.0, ">="),
+)
+
+
+def _interval_stats(y_idx: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
+    """The statistics that get bootstrap intervals, for one (re)sample."""
+    recalls = [np.mean(probs[y_idx == i].argmax(axis=1) == i) for i in np.unique(y_idx).tolist()]
+    y_mal = is_malignant(y_idx)
+    mel = (y_idx == CLASSES.index("mel")).astype(int)
+    aucs = [
+        skm.roc_auc_score((y_idx == i).astype(int), probs[:, i])
+        for i in range(probs.shape[1])
+        if 0 < (y_idx == i).sum() < len(y_idx)
+    ]
+    p_mal = malignant_probability(probs)
+    return {
+        "balanced_accuracy": float(np.mean(recalls)),
+        "malignant_auc": float(skm.roc_auc_score(y_mal, p_mal)),
+        "malignant_sensitivity": float(np.mean(p_mal[y_mal == 1] >= threshold)),
+        "malignant_specificity": float(np.mean(p_mal[y_mal == 0] < threshold)),
+        "ece": calibration_bins(probs, y_idx)["ece"],
+        "mel_auc": float(skm.roc_auc_score(mel, probs[:, CLASSES.index("mel")])),
+        "macro_auc": float(np.mean(aucs)),
+    }
+
+
+def bootstrap_intervals(
+    y_idx: np.ndarray,
+    probs: np.ndarray,
+    groups: Sequence[str],
+    threshold: float,
+    n_boot: int = 500,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals, resampling whole lesions (images of one lesion are
+    correlated, so resampling images would give intervals that are too narrow).
+
+    Args:
+        y_idx: (N,) true class indices.
+        probs: (N, K) probabilities.
+        groups: (N,) lesion id of each image.
+        threshold: Malignant operating threshold (for sensitivity and specificity).
+        n_boot: Resamples.
+        level: Coverage of the interval.
+        seed: Seed of the resampling.
+
+    Returns:
+        ``{statistic: [low, high]}`` for balanced accuracy, malignant, melanoma and macro
+        AUC, malignant sensitivity and specificity at ``threshold``, and ECE.
+    """
+    rng = np.random.default_rng(seed)
+    codes, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(codes))]
+    samples: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(codes), len(codes))])
+        y = y_idx[idx]
+        if len(np.unique(is_malignant(y))) < 2 or not (y == CLASSES.index("mel")).any():
+            continue
+        for key, value in _interval_stats(y, probs[idx], threshold).items():
+            samples.setdefault(key, []).append(value)
+    tail = (1 - level) / 2 * 100
+    return {k: np.percentile(v, [tail, 100 - tail]).round(4).tolist() for k, v in samples.items()}
+
+
+def headline_values(metrics: dict) -> dict[str, float | None]:
+    """The figures :data:`QUALITY_TARGETS` refer to, read from a ``metrics.json`` dict."""
+    cam = metrics.get("cam_localisation") or {}
+    return {
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        "malignant_auc": metrics["malignant"]["auc"],
+        "mel_auc": metrics["per_class"]["mel"]["auc"],
+        "macro_auc": metrics["macro_auc"],
+        "malignant_sensitivity": metrics["malignant"]["operating_point"]["sensitivity"],
+        "ece": metrics["calibration"]["ece"],
+        "cam_ratio": cam.get("mean_ratio"),
+    }
+
+
+def target_status(metrics: dict) -> list[dict]:
+    """Each quality target with the achieved value, its interval (when known) and whether
+    it is met.
+
+    Args:
+        metrics: A ``metrics.json`` dict (``intervals`` optional).
+
+    Returns:
+        Rows ``{"key", "label", "goal", "direction", "achieved", "interval", "met"}``.
+    """
+    values = headline_values(metrics)
+    intervals = metrics.get("intervals") or {}
+    rows = []
+    for key, label, goal, direction in QUALITY_TARGETS:
+        value = values[key]
+        met = None if value is None else (value >= goal if direction == ">=" else value <= goal)
+        rows.append(
+            {
+                "key": key,
+                "label": label,
+                "goal": goal,
+                "direction": direction,
+                "achieved": value,
+                "interval": intervals.get(key),
+                "met": met,
+            }
+        )
+    return rows

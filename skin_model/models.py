@@ -58,6 +58,7 @@ def make_skinnet(
     blocks_per_stage: int = 2,
     dropout: float = 0.3,
     num_classes: int = len(CLASSES),
+    width: float = 1.0,
 ) -> keras.Model:
     """The shipped design: a small residual depthwise-separable CNN for CPU inference.
 
@@ -67,10 +68,12 @@ def make_skinnet(
         blocks_per_stage: Residual blocks per stage.
         dropout: Dropout before the classifier.
         num_classes: Number of output classes.
+        width: Multiplier of every stage's channels (rounded to a multiple of 8).
 
     Returns:
         An uncompiled flat Functional model.
     """
+    widths = tuple(max(8, round(w * width / 8) * 8) for w in widths)
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
     x = _conv_bn(x, widths[0], 3, 2, "stem")

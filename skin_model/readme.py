@@ -11,7 +11,7 @@ from pathlib import Path
 
 from skin_model import DEFAULT_MODEL_DIR, REPO_ROOT
 from skin_model.artifacts import read_metrics
-from skin_model.card import headline_table, per_class_table
+from skin_model.card import headline_table, per_class_table, targets_table
 
 README = REPO_ROOT / "README.md"
 BENCH_FILE = REPO_ROOT / "docs" / "bench.json"
@@ -28,6 +28,11 @@ def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
         f"({tr['epochs_run']} epochs, best epoch {tr['best_epoch']}).",
         "",
         *headline_table(m),
+        "",
+        "Against the quality targets (intervals: "
+        f"{m.get('intervals_method', 'not computed for this model')}):",
+        "",
+        *targets_table(m),
         "",
         *per_class_table(m),
     ]

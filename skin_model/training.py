@@ -58,6 +58,7 @@ class TrainConfig:
 
     architecture: str = "skinnet"
     input_size: int = 96
+    width: float = 1.0
     epochs: int = 40
     batch_size: int = 64
     learning_rate: float = 2e-3
@@ -229,7 +230,10 @@ def fit_model(cfg: TrainConfig, parts: dict, history_csv: Path):
     x_tr, y_tr = parts["train"]
     x_va, y_va = parts["val"]
     steps = int(np.ceil(len(x_tr) / cfg.batch_size))
-    kwargs = {"weights": cfg.weights} if cfg.architecture == "resnet50" else {}
+    kwargs = {
+        "resnet50": {"weights": cfg.weights},
+        "skinnet": {"width": cfg.width},
+    }.get(cfg.architecture, {})
     with distribution_scope():
         model = build_model(cfg.architecture, cfg.input_size, **kwargs)
         model.compile(
@@ -316,6 +320,7 @@ def _boxes_for(data_dir: Path, test_df: pd.DataFrame) -> pd.DataFrame | None:
 def settings_summary(cfg: TrainConfig) -> str:
     """The non-default-looking settings of a run as one short string."""
     keys = (
+        "width",
         "batch_size",
         "learning_rate",
         "weight_decay",

@@ -1,5 +1,6 @@
 """AppTest for every page: renders, classifies uploads, isolates bad files, missing artifacts."""
 
+import json
 import shutil
 
 import pytest
@@ -114,3 +115,14 @@ def test_about_without_card_shows_message(monkeypatch, tmp_path):
     at = _app(monkeypatch, tmp_path)
     at.switch_page("pages/about.py").run()
     assert not at.exception and any("cannot be read" in e for e in _errors(at))
+
+
+def test_metrics_page_shows_targets_from_metrics_file(monkeypatch, shipped_model_dir):
+    at = _app(monkeypatch, shipped_model_dir)
+    at.switch_page("pages/metrics.py").run()
+    m = json.loads((shipped_model_dir / "metrics.json").read_text())
+    table = next(df.value for df in at.dataframe if "target" in df.value.columns)
+    first = table.iloc[0]
+    assert first["achieved"] == pytest.approx(m["balanced_accuracy"])
+    assert first["met"] == ("yes" if m["balanced_accuracy"] >= 0.8 else "no")
+    assert len(table) == len(m["targets"])

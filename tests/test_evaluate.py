@@ -6,12 +6,14 @@ import pytest
 from skin_model.evaluate import (
     apply_temperature,
     binary_operating_point,
+    bootstrap_intervals,
     calibration_bins,
     choose_threshold,
     compute_metrics,
     fit_temperature,
     malignant_probability,
     operating_point_from_roc,
+    target_status,
 )
 
 # Classes: akiec=0 bcc=1 bkl=2 df=3 mel=4 nv=5 vasc=6
@@ -95,3 +97,58 @@ def test_operating_point_from_roc():
     assert pt["sensitivity"] == 0.9 and pt["specificity"] == 0.5
     assert pt["referred_per_1000"] == pytest.approx(1000 * (0.2 * 0.9 + 0.8 * 0.5))
     assert operating_point_from_roc(roc, 0.2, 0.5)["sensitivity"] == 0.6
+
+
+def _noisy_set(n_per_class=12, seed=0):
+    """A labelled set where the true class gets a random boost (imperfect predictions)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(7), n_per_class)
+    logits = rng.normal(size=(len(y), 7))
+    logits[np.arange(len(y)), y] += 1.5
+    p = np.exp(logits)
+    return y, p / p.sum(axis=1, keepdims=True)
+
+
+def test_bootstrap_intervals_are_one_for_perfect_predictions():
+    y = np.repeat(np.arange(7), 4)
+    iv = bootstrap_intervals(y, _probs(y), [str(i) for i in range(len(y))], 0.5, n_boot=50)
+    for key in ("balanced_accuracy", "malignant_auc", "mel_auc", "macro_auc"):
+        assert iv[key] == [1.0, 1.0], key
+    assert iv["malignant_sensitivity"] == [1.0, 1.0]
+
+
+def test_bootstrap_interval_brackets_the_estimate():
+    y, p = _noisy_set()
+    iv = bootstrap_intervals(y, p, np.arange(len(y)).astype(str), 0.5, n_boot=200)
+    point = compute_metrics(y, p, 0.5)
+    low, high = iv["balanced_accuracy"]
+    assert low < point["balanced_accuracy"] < high
+    assert iv["malignant_auc"][0] < point["malignant"]["auc"] < iv["malignant_auc"][1]
+
+
+def test_bootstrap_resamples_whole_lesions():
+    # Five identical images per lesion carry the information of one: grouped by lesion the
+    # interval stays as wide as for one image per lesion; treated as separate it shrinks.
+    y, p = _noisy_set()
+    ids = np.arange(len(y)).astype(str)
+    y5, p5, ids5 = np.repeat(y, 5), np.repeat(p, 5, axis=0), np.repeat(ids, 5)
+    one = np.diff(bootstrap_intervals(y, p, ids, 0.5, n_boot=300)["balanced_accuracy"])[0]
+    grouped = np.diff(bootstrap_intervals(y5, p5, ids5, 0.5, n_boot=300)["balanced_accuracy"])[0]
+    naive = np.diff(
+        bootstrap_intervals(y5, p5, np.arange(len(y5)).astype(str), 0.5, n_boot=300)[
+            "balanced_accuracy"
+        ]
+    )[0]
+    assert grouped == pytest.approx(one, rel=0.25)
+    assert naive < 0.7 * grouped
+
+
+def test_target_status_by_hand():
+    m = compute_metrics(Y, _probs(np.array([5, 5, 4, 4, 5, 1])), threshold=0.5)
+    m["calibration"]["ece"] = 0.02
+    m["intervals"] = {"balanced_accuracy": [0.5, 0.9]}
+    rows = {r["key"]: r for r in target_status(m)}
+    assert rows["balanced_accuracy"]["met"] is False  # 0.722 < 0.80
+    assert rows["balanced_accuracy"]["interval"] == [0.5, 0.9]
+    assert rows["ece"]["met"] is True  # 0.02 <= 0.03
+    assert rows["cam_ratio"]["met"] is None  # not measured

@@ -28,3 +28,9 @@ def test_resnet50_missing_local_weights_file_is_clear(tmp_path):
 def test_unknown_architecture():
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("vgg", 64)
+
+
+def test_skinnet_width_multiplier_scales_channels():
+    narrow, wide = build_model("skinnet", 32), build_model("skinnet", 32, width=1.5)
+    assert wide.get_layer("last_conv").output.shape[-1] == 768
+    assert narrow.get_layer("last_conv").output.shape[-1] == 512

@@ -64,8 +64,13 @@ def test_metrics_and_config_are_complete(trained_dir):
         "split",
         "ood",
         "cam_localisation",
+        "intervals",
+        "targets",
     ):
         assert key in m, key
+    assert [r["key"] for r in m["targets"]][:2] == ["balanced_accuracy", "malignant_auc"]
+    low, high = m["intervals"]["balanced_accuracy"]
+    assert low <= m["balanced_accuracy"] <= high
     assert m["malignant"]["operating_point"]["threshold"] == m["model"]["malignant_threshold"]
     cfg = json.loads((trained_dir / "config.json").read_text())
     for key in ("input_size", "temperature", "tta", "malignant_threshold", "ood_threshold"):
