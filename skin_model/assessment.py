@@ -134,27 +134,32 @@ def cam_localisation(bundle: ModelBundle, boxes: pd.DataFrame, n: int = 150, see
         seed: Sample seed.
 
     Returns:
-        Mean and median ratio (1.0 = chance) and the share of images above 1.
+        Mean and median ratio (1.0 = chance), the share of images above 1, and the ceiling
+        (mean and median of 1 / box share: all energy inside the box).
     """
-    from skin_model.explain import box_energy_ratio, explain
+    from skin_model.explain import box_area_share, box_energy_ratio, explain
 
     if boxes is None or boxes.empty:
         return None
     rows = boxes.sample(min(n, len(boxes)), random_state=seed)
-    ratios = []
+    ratios, ceilings = [], []
     for row in rows.itertuples():
         image = decode_image(Path(row.path).read_bytes())
         pred = predict_images(bundle, [image])[0]
         cam = explain(bundle, image, CLASSES.index(pred.top_class))
         box = (int(row.top), int(row.bottom), int(row.left), int(row.right))
         ratios.append(box_energy_ratio(cam, box))
-    r = np.array([x for x in ratios if np.isfinite(x)])
+        ceilings.append(1 / box_area_share(box, cam.shape))
+    ok = np.isfinite(ratios)
+    r, best = np.array(ratios)[ok], np.array(ceilings)[ok]
     return {
         "method": "Grad-CAM",
         "n_images": len(r),
         "mean_ratio": float(r.mean()),
         "median_ratio": float(np.median(r)),
         "share_above_1": float(np.mean(r > 1)),
+        "ceiling_mean_ratio": float(best.mean()),
+        "ceiling_median_ratio": float(np.median(best)),
     }
 
 

@@ -108,8 +108,16 @@ def box_energy_ratio(cam: np.ndarray, box: tuple[int, int, int, int]) -> float:
     if total <= 0:
         return float("nan")
     inside = float(cam[top : bottom + 1, left : right + 1].sum())
-    area = (bottom - top + 1) * (right - left + 1) / cam.size
-    return (inside / total) / area
+    return (inside / total) / box_area_share(box, cam.shape)
+
+
+def box_area_share(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> float:
+    """Share of an image of ``shape`` (H, W, ...) covered by an inclusive ``box``.
+
+    Its inverse is the best :func:`box_energy_ratio` any map can reach (all energy inside).
+    """
+    top, bottom, left, right = box
+    return (bottom - top + 1) * (right - left + 1) / (shape[0] * shape[1])
 
 
 def get_explainer(bundle, method: str = "Grad-CAM"):

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 from keras import layers
 
-from skin_model.explain import METHODS, box_energy_ratio, heatmap, make_explainer, overlay
+from skin_model.explain import (
+    METHODS,
+    box_area_share,
+    box_energy_ratio,
+    heatmap,
+    make_explainer,
+    overlay,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +68,8 @@ def test_compiled_gradcam_matches_tf_keras_vis(trained_dir):
         assert fast.shape == reference.shape
         assert np.allclose(fast, reference, atol=2e-3)
     assert bundle._explainers["compiled"] is not None
+
+
+def test_box_area_share_is_the_ratio_ceiling():
+    assert box_area_share((0, 4, 0, 4), (10, 10, 3)) == pytest.approx(0.25)
+    assert box_area_share((0, 9, 0, 19), (10, 20)) == pytest.approx(1.0)

@@ -69,6 +69,8 @@ def test_metrics_and_config_are_complete(trained_dir):
     ):
         assert key in m, key
     assert [r["key"] for r in m["targets"]][:2] == ["balanced_accuracy", "malignant_auc"]
+    cam = m["cam_localisation"]
+    assert cam["ceiling_mean_ratio"] >= 1 and cam["ceiling_median_ratio"] >= 1
     low, high = m["intervals"]["balanced_accuracy"]
     assert low <= m["balanced_accuracy"] <= high
     assert m["malignant"]["operating_point"]["threshold"] == m["model"]["malignant_threshold"]
