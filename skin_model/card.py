@@ -111,6 +111,32 @@ def per_class_table(m: dict) -> list[str]:
     return lines
 
 
+def reproduce_command(training: dict, out: str = "models/default") -> str:
+    """The ``train.py`` command that reproduces a model from its recorded settings.
+
+    Args:
+        training: The ``training`` settings of a ``config.json``.
+        out: Model directory the command writes.
+
+    Returns:
+        One shell line with every setting that differs from the defaults.
+    """
+    from dataclasses import fields
+
+    from skin_model.training import TrainConfig
+
+    defaults = TrainConfig()
+    flags = [
+        f"--{f.name.replace('_', '-')} {training[f.name]}"
+        for f in fields(TrainConfig)
+        if f.name in training
+        and f.name != "verbose"
+        and training[f.name] is not None
+        and training[f.name] != getattr(defaults, f.name)
+    ]
+    return " ".join(["python train.py --data-dir ../shared/data/ham10000", f"--out {out}", *flags])
+
+
 def _attempts_table(path: Path) -> str:
     """Markdown table of every recorded training attempt."""
     if not path.is_file():
@@ -148,6 +174,7 @@ def render_model_card(model_dir: Path) -> str:
         f"test-time augmentation over 8 flips/rotations: {'on' if config['tta'] else 'off'}.",
         f"- Malignant threshold {config['malignant_threshold']:.3f}, chosen on validation for "
         f"malignant sensitivity >= {config['target_sensitivity']:.2f}.",
+        f"- Reproduce: `{reproduce_command(config['training'], f'models/{model_dir.name}')}`",
         "",
         f"## Headline numbers (test split, {m['n_images']} images)",
         "",

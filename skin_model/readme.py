@@ -11,7 +11,7 @@ from pathlib import Path
 
 from skin_model import DEFAULT_MODEL_DIR, REPO_ROOT
 from skin_model.artifacts import read_metrics
-from skin_model.card import headline_table, per_class_table, targets_table
+from skin_model.card import headline_table, per_class_table, reproduce_command, targets_table
 
 README = REPO_ROOT / "README.md"
 BENCH_FILE = REPO_ROOT / "docs" / "bench.json"
@@ -25,7 +25,11 @@ def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
     lines = [
         f"Test split: {m['n_images']} images of lesions never seen in training or validation. "
         f"Trained on {tr['device']} in {tr['train_seconds'] / 60:.0f} min "
-        f"({tr['epochs_run']} epochs, best epoch {tr['best_epoch']}).",
+        f"({tr['epochs_run']} epochs, best epoch {tr['best_epoch']}). Reproduce it with:",
+        "",
+        "```bash",
+        reproduce_command(tr["settings"]),
+        "```",
         "",
         *headline_table(m),
         "",

@@ -91,3 +91,19 @@ def test_train_script_rejects_bad_data_folder(tmp_path, capsys):
 
     assert train.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_reproduce_command_round_trips_through_train_py(trained_dir):
+    import shlex
+    from dataclasses import asdict, fields
+
+    import train
+    from skin_model.card import reproduce_command
+    from skin_model.training import TrainConfig
+
+    recorded = json.loads((trained_dir / "config.json").read_text())["training"]
+    args = train.parse_args(shlex.split(reproduce_command(recorded))[2:])
+    again = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    assert {k: v for k, v in asdict(again).items() if k != "verbose"} == {
+        k: v for k, v in recorded.items() if k != "verbose"
+    }
