@@ -59,14 +59,14 @@ class TrainConfig:
     architecture: str = "skinnet"
     input_size: int = 96
     width: float = 1.0
-    epochs: int = 40
+    epochs: int = 75
     batch_size: int = 64
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     warmup_epochs: int = 2
     label_smoothing: float = 0.1
     class_weight_power: float = 1.0
-    patience: int = 10
+    patience: int = 25
     seed: int = 42
     val_frac: float = 0.15
     test_frac: float = 0.15
