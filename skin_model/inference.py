@@ -205,8 +205,9 @@ def raw_outputs(bundle: ModelBundle, batch: np.ndarray, tta: bool, chunk: int = 
     """
     infer = _infer_fn(bundle)
     probs_out, feats_out = [], []
-    for start in range(0, len(batch), chunk):
-        part = batch[start : start + chunk]
+    step = max(1, chunk // 8) if tta else chunk  # 8 views per image: same memory per call
+    for start in range(0, len(batch), step):
+        part = batch[start : start + step]
         x = dihedral_views(part) if tta else part
         with bundle.lock:
             feats, probs = infer(x.astype(np.float32))

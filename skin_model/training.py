@@ -71,6 +71,7 @@ class TrainConfig:
     val_frac: float = 0.15
     test_frac: float = 0.15
     target_sensitivity: float = 0.90
+    tta_min_gain: float = 0.01
     ood_quantile: float = 0.99
     limit: int | None = None
     weights: str | None = None
