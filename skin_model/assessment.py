@@ -185,7 +185,7 @@ def split_counts(parts: dict) -> dict:
 
 
 def finalise_model(
-    model, cfg, parts: dict, out_dir: Path, fit_info: dict, boxes, test_ids: list[str]
+    model, cfg, parts: dict, out_dir: Path, fit_info: dict, boxes, test_rows: pd.DataFrame
 ) -> dict:
     """Fit calibration/threshold/OOD on validation, evaluate on test, write the artifacts.
 
@@ -196,7 +196,7 @@ def finalise_model(
         out_dir: Model directory.
         fit_info: Epochs, best epoch, seconds and device of the fit.
         boxes: Test rows with lesion boxes (or None) for the Grad-CAM check.
-        test_ids: Image ids of the test part, in the order of ``parts["test"]``.
+        test_rows: ``image_id`` and ``lesion_id`` of the test part, in ``parts["test"]`` order.
 
     Returns:
         The dict written to ``metrics.json``.
@@ -270,36 +270,29 @@ def finalise_model(
     metrics["split"] = split_counts(parts)
     metrics["ood"] = ood_separation(bundle, parts["test"][0])
     metrics["cam_localisation"] = cam_localisation(bundle, boxes)
-    write_predictions(out_dir / PREDICTIONS_FILE, parts["test"][1], p_test, test_ids)
-    add_intervals(metrics, out_dir)
+    write_predictions(out_dir / PREDICTIONS_FILE, parts["test"][1], p_test, test_rows["image_id"])
+    add_intervals(metrics, y["test"], p_test, test_rows["lesion_id"].to_numpy())
     write_json(out_dir / METRICS_FILE, metrics)
     return metrics
 
 
-def add_intervals(metrics: dict, model_dir: Path, n_boot: int = 500) -> dict:
+def add_intervals(
+    metrics: dict, y_idx: np.ndarray, probs: np.ndarray, lesion_ids: np.ndarray, n_boot: int = 500
+) -> dict:
     """Add lesion-bootstrap intervals and the target check to a ``metrics.json`` dict.
 
-    Reads the test probabilities and lesion ids from the model directory's
-    ``test_predictions.csv`` and ``split.csv`` (files the evaluation wrote).
-
     Args:
-        metrics: The dict to update in place.
-        model_dir: Model directory holding both files.
+        metrics: The dict to update in place (its malignant threshold is used).
+        y_idx: (N,) true class indices of the evaluated images.
+        probs: (N, K) calibrated probabilities.
+        lesion_ids: (N,) lesion id of each image.
         n_boot: Bootstrap resamples.
 
     Returns:
-        ``metrics``, with ``intervals`` and ``targets``.
+        ``metrics``, with ``intervals``, ``intervals_method`` and ``targets``.
     """
-    model_dir = Path(model_dir)
-    preds = pd.read_csv(model_dir / PREDICTIONS_FILE)
-    split = pd.read_csv(model_dir / "split.csv", usecols=["image_id", "lesion_id"])
-    preds = preds.merge(split, on="image_id", how="left", validate="one_to_one")
-    probs = preds[list(CLASSES)].to_numpy(dtype=np.float64)
-    probs /= probs.sum(axis=1, keepdims=True)
     threshold = metrics["malignant"]["operating_point"]["threshold"]
-    metrics["intervals"] = bootstrap_intervals(
-        class_indices(preds["dx"]), probs, preds["lesion_id"].to_numpy(), threshold, n_boot
-    )
+    metrics["intervals"] = bootstrap_intervals(y_idx, probs, lesion_ids, threshold, n_boot)
     metrics["intervals_method"] = (
         f"95% percentile bootstrap over test lesions ({n_boot} resamples of whole lesions)"
     )

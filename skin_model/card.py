@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
 
 from skin_model import CLASSES, display_name
+from skin_model.evaluate import target_status
 from skin_model.inference import CARD_FILE, MODEL_FILE, sha256_file
-from skin_model.training import ATTEMPT_COLUMNS
+from skin_model.training import ATTEMPT_COLUMNS, TrainConfig
 
 INTENDED_USE = """\
 ## Intended use
@@ -82,8 +84,6 @@ def headline_table(m: dict) -> list[str]:
 
 def targets_table(m: dict) -> list[str]:
     """Markdown rows: each quality target, the achieved value with its interval, met or not."""
-    from skin_model.evaluate import target_status
-
     lines = ["| target | goal | achieved (95% interval) | met |", "|---|---|---|---|"]
     for r in target_status(m):
         interval = r["interval"]
@@ -121,10 +121,6 @@ def reproduce_command(training: dict, out: str = "models/default") -> str:
     Returns:
         One shell line with every setting that differs from the defaults.
     """
-    from dataclasses import fields
-
-    from skin_model.training import TrainConfig
-
     defaults = TrainConfig()
     flags = [
         f"--{f.name.replace('_', '-')} {training[f.name]}"

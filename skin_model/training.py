@@ -300,8 +300,8 @@ def train_model(data_dir: Path, out_dir: Path, cfg: TrainConfig) -> dict:
     model, fit_info = fit_model(cfg, parts, out_dir / HISTORY_FILE)
     fit_info["device"] = describe_device()
     boxes = _boxes_for(Path(data_dir), df[df["split"] == "test"])
-    test_ids = df.loc[df["split"] == "test", "image_id"].tolist()
-    metrics = finalise_model(model, cfg, parts, out_dir, fit_info, boxes, test_ids)
+    test_rows = df.loc[df["split"] == "test", ["image_id", "lesion_id"]]
+    metrics = finalise_model(model, cfg, parts, out_dir, fit_info, boxes, test_rows)
     append_attempt(out_dir.parent / ATTEMPTS_FILE, cfg, fit_info, metrics)
     from skin_model.card import write_model_card
 
