@@ -19,6 +19,15 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _flag(text: str) -> bool:
+    """Parse a true/false option value."""
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; every TrainConfig field is an option."""
     from skin_model import DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR
@@ -33,31 +42,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="HAM10000-layout folder (default: $HAM10000_DIR or ../shared/data/ham10000)",
     )
     p.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, help="model directory to write")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="continue the interrupted run in DIR (its settings, last checkpoint and "
+        "optimizer state); other training options are ignored",
+    )
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         value = getattr(defaults, f.name)
-        kind = {int: int, float: float}.get(type(value), str)
+        kind = {int: int, float: float, bool: _flag}.get(type(value), str)
         if f.name == "architecture":
             p.add_argument(flag, default=value, choices=ARCHITECTURES)
+        elif f.name == "weights":
+            p.add_argument(
+                flag,
+                default=value,
+                help="nsfwjs (offline ImageNet MobileNetV2, fetched once with npm), imagenet "
+                "(Keras download), a .weights.h5/.h5 file, or none",
+            )
         elif f.name == "limit":
             p.add_argument(
                 flag, type=int, default=None, help="train on about N images (smoke runs)"
             )
         else:
             p.add_argument(flag, type=kind, default=value)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.weights in ("none", ""):
+        args.weights = None  # random initialisation
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Train and report; exit code 2 on unusable data."""
     args = parse_args(argv)
     from skin_model.data import DataError
-    from skin_model.training import TrainConfig, train_model
+    from skin_model.training import TrainConfig, read_run_config, train_model
 
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    out, resume = args.out, args.resume is not None
+    if resume:
+        out = args.resume
+        try:
+            cfg = read_run_config(out)
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     try:
-        metrics = train_model(args.data_dir, args.out, cfg)
+        metrics = train_model(args.data_dir, out, cfg, resume=resume)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -65,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"test balanced accuracy {metrics['balanced_accuracy']:.3f}, "
         f"malignant AUC {metrics['malignant']['auc']:.3f}, sensitivity {op['sensitivity']:.3f} "
-        f"/ specificity {op['specificity']:.3f}; written to {args.out}"
+        f"/ specificity {op['specificity']:.3f}; written to {out}"
     )
     return 0
 

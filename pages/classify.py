@@ -6,21 +6,28 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app_common import NOT_A_DEVICE, PRIVACY, get_bundle
+from app_common import NOT_A_DEVICE, PRIVACY, get_bundle, get_metrics
 from skin_model import CLASSES, display_name
-from skin_model.cli import rows_to_csv_text
-from skin_model.explain import METHODS, explain, overlay
-from skin_model.report import render_report
+from skin_model.card import operating_point_text
+from skin_model.explain import METHODS
+from skin_model.inference import display_threshold
+from skin_model.metadata import SEXES, SITES, PatientContext, site_label
 from skin_model.service import (
     NOT_DERMOSCOPIC,
     SUSPICIOUS,
-    classify_uploads,
-    csv_rows,
+    case_report,
+    csv_text,
+    decode_uploads,
     digest,
+    explanation,
     flag,
+    overlay_image,
+    predict_cases,
     summary_row,
     top3_table,
 )
+
+NOT_GIVEN = "not given"
 
 st.title("Classify a skin lesion")
 st.warning(NOT_A_DEVICE, icon=":material/warning:")
@@ -29,6 +36,25 @@ st.caption(PRIVACY)
 bundle = get_bundle()
 if bundle is None:
     st.stop()
+metrics = get_metrics()
+takes_context = bool(bundle.config.get("metadata_input"))
+trained_share = bundle.malignant_share
+
+with st.expander("Your clinic's malignant share (prevalence)", expanded=False):
+    default_pct = round(100 * trained_share, 1) if trained_share else 20.0
+    pct = st.number_input(
+        "Share of malignant lesions among the patients you see (%)",
+        min_value=0.1,
+        max_value=99.9,
+        value=default_pct,
+        step=0.5,
+        key="prevalence_pct",
+        disabled=not trained_share,
+        help="Probabilities and the malignant risk are re-weighted to this share by Bayes' "
+        f"rule. Default: the training data's share ({default_pct}%). The referral flag keeps "
+        "the same cases (and so the measured sensitivity); its threshold moves with the risk.",
+    )
+prevalence = None if not trained_share or abs(pct - default_pct) < 1e-9 else pct / 100
 
 upload_tab, camera_tab = st.tabs(["Upload images", "Take a photo"])
 with upload_tab:
@@ -47,59 +73,92 @@ if not uploads:
     st.info("Upload one or more dermoscopic images to classify them.")
     st.stop()
 
-# Each image is classified once per upload: results are kept for this session only,
-# keyed by content hash, and dropped when the upload is removed.
+# Decoded images and their predictions are kept for this session only, keyed by content
+# hash, and dropped when the upload is removed; widgets are keyed by the same hash (with
+# a count for a file uploaded twice), so removing one upload moves nothing onto another.
 state = st.session_state.setdefault("cases", {})
+cases, keys, seen = [], [], {}
+for name, data in uploads:
+    h = digest(data)
+    if h not in state:
+        state[h] = decode_uploads([(name, data)])[0]
+    cases.append(dataclasses.replace(state[h], name=name))
+    seen[h] = seen.get(h, 0) + 1
+    keys.append(h if seen[h] == 1 else f"{h}-{seen[h]}")
+for h in [k for k in state if k not in seen]:
+    del state[h]
 cams = st.session_state.setdefault("cams", {})
-wanted = [(name, data, digest(data)) for name, data in uploads]
-new = [(name, data) for name, data, key in wanted if key not in state]
-if new:
-    with st.spinner(f"Classifying {len(new)} image(s)…"):
-        for case in classify_uploads(bundle, new):
-            state[case.digest] = case
-keys = {key for _, _, key in wanted}
-for key in [k for k in state if k not in keys]:
-    del state[key]
-for key in [k for k in cams if k[0] not in keys]:
-    del cams[key]
-cases = [dataclasses.replace(state[key], name=name) for name, _, key in wanted]
+for k in [k for k in cams if k[0].split("-")[0] not in seen]:
+    del cams[k]
 
-threshold = float(bundle.config["malignant_threshold"])
-version = (
-    f"{bundle.config.get('architecture')} {bundle.config.get('input_size')}px, "
-    f"trained {bundle.config.get('trained_on')}"
-)
+
+def context_of(key: str) -> PatientContext | None:
+    """The patient context entered for a case (None when the model takes none)."""
+    if not takes_context:
+        return None
+    age = st.session_state.get(f"age_{key}")
+    sex = st.session_state.get(f"sex_{key}", NOT_GIVEN)
+    site = st.session_state.get(f"site_{key}", NOT_GIVEN)
+    return PatientContext(
+        None if age is None else float(age),
+        None if sex == NOT_GIVEN else sex,
+        None if site == NOT_GIVEN else site,
+    )
+
+
+contexts = [context_of(k) for k in keys]
+with st.spinner(f"Classifying {len(cases)} image(s)…"):
+    preds = predict_cases(bundle, cases, contexts, prevalence)
 
 st.subheader("Summary")
 st.dataframe(
-    pd.DataFrame([summary_row(c) for c in cases]),
+    pd.DataFrame([summary_row(c, p) for c, p in zip(cases, preds, strict=True)]),
     hide_index=True,
     column_config={
-        "probability": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
+        "its probability": st.column_config.ProgressColumn(
+            format="percent", min_value=0, max_value=1
+        ),
         "malignant risk": st.column_config.ProgressColumn(
             format="percent", min_value=0, max_value=1
         ),
     },
 )
 st.download_button(
-    "Download results (CSV)",
-    rows_to_csv_text(csv_rows(cases)),
-    file_name="results.csv",
-    mime="text/csv",
+    "Download results (CSV)", csv_text(cases, preds), file_name="results.csv", mime="text/csv"
+)
+at = (
+    f"at your prevalence of {prevalence:.1%}"
+    if prevalence is not None
+    else "at HAM10000's class frequencies"
+)
+st.caption(
+    f"**Probabilities** are {at}: how often lesions like this one are each class. The "
+    "**suggested diagnosis** uses the balanced rule (probability divided by the class's "
+    "frequency), which keeps rare classes such as melanoma visible; it can differ from the "
+    "most probable class."
 )
 
-for i, case in enumerate(cases):
+for case, pred, ctx, key in zip(cases, preds, contexts, keys, strict=True):
     st.divider()
     st.subheader(case.name)
-    if case.prediction is None:
+    if pred is None:
         st.error(f"{case.name}: {case.error}")
         continue
-    pred = case.prediction
+    if takes_context:
+        a, s, b = st.columns(3)
+        a.number_input("Age (years)", 0, 120, value=None, step=1, key=f"age_{key}")
+        s.selectbox("Sex", [NOT_GIVEN, *SEXES], key=f"sex_{key}")
+        b.selectbox(
+            "Body site",
+            [NOT_GIVEN, *SITES],
+            format_func=lambda v: v if v == NOT_GIVEN else site_label(v),
+            key=f"site_{key}",
+        )
+    threshold = display_threshold(bundle, prevalence, pred.threshold)
     left, right = st.columns(2)
     with left:
-        st.markdown(
-            f"**Most likely: {display_name(pred.top_class)}** ({pred.probabilities.max():.0%})"
-        )
+        share = pred.probabilities[CLASSES.index(pred.top_class)]
+        st.markdown(f"**Suggested diagnosis: {display_name(pred.top_class)}** ({share:.0%})")
         top3 = pd.DataFrame(list(top3_table(pred).items()), columns=["diagnosis", "probability"])
         st.altair_chart(
             alt.Chart(top3)
@@ -118,11 +177,12 @@ for i, case in enumerate(cases):
             width="stretch",
         )
         risk = pred.malignant_probability
+        expected = operating_point_text(metrics, bool(ctx and ctx.given))
         st.metric(
             "Malignant risk (mel + bcc + akiec)",
             f"{risk:.0%}",
-            help=f"Operating threshold {threshold:.0%}, chosen on validation for "
-            f"{bundle.config.get('target_sensitivity', 0.9):.0%} malignant sensitivity.",
+            help=f"Probability that a lesion like this is malignant, {at}. Referral "
+            f"threshold {threshold:.0%}. {expected}",
         )
         text = flag(pred)
         if text == NOT_DERMOSCOPIC:
@@ -133,17 +193,19 @@ for i, case in enumerate(cases):
         elif text == SUSPICIOUS:
             st.error(
                 f"**Suspicious — consider biopsy/referral.** Risk {risk:.0%} is at or "
-                f"above the threshold {threshold:.0%}."
+                f"above the threshold {threshold:.0%}. {expected}"
             )
         else:
             st.success(
-                f"**Likely benign.** Risk {risk:.0%} is below the threshold {threshold:.0%}."
+                f"**Below the referral threshold.** Risk {risk:.0%} < {threshold:.0%}. {expected}"
             )
         if pred.unsure:
             st.info(
                 "The model is unsure about this image (low top probability or spread-out "
                 "probabilities). Weigh the differential, not the top answer."
             )
+        if takes_context:
+            st.caption(f"Patient context used: {pred.context_used}.")
     with right:
         c1, c2, c3 = st.columns(3)
         cls = c1.selectbox(
@@ -151,35 +213,29 @@ for i, case in enumerate(cases):
             CLASSES,
             index=CLASSES.index(pred.top_class),
             format_func=display_name,
-            key=f"cls{i}",
+            key=f"cls_{key}",
         )
-        method = c2.radio("Method", METHODS, key=f"method{i}")
-        alpha = c3.slider("Opacity", 0.0, 1.0, 0.4, 0.05, key=f"alpha{i}")
-        cam_key = (case.digest, cls, method)
+        method = c2.radio("Method", METHODS, key=f"method_{key}")
+        alpha = c3.slider("Opacity", 0.0, 1.0, 0.4, 0.05, key=f"alpha_{key}")
+        cam_key = (key, cls, method, ctx)
         if cam_key not in cams:
-            cams[cam_key] = explain(bundle, case.image, CLASSES.index(cls), method)
-        blended = overlay(case.image, cams[cam_key], alpha)
+            cams[cam_key] = explanation(bundle, case, cls, method, ctx)
         i1, i2 = st.columns(2)
         i1.image(case.image, caption="Original", width="stretch")
-        i2.image(blended, caption=f"{method}: {cls}", width="stretch")
-
-    def make_report(case=case, blended=blended):
-        """Render this case's PNG report when the button is clicked."""
-        return render_report(
-            case.name,
-            case.image,
-            blended,
-            case.prediction.probabilities,
-            case.prediction.malignant_probability,
-            threshold,
-            flag(case.prediction),
-            version,
+        i2.image(
+            overlay_image(case, cams[cam_key], alpha),
+            caption=f"{method}: {display_name(cls)}",
+            width="stretch",
         )
+
+    def make_report(case=case, pred=pred, cam=cams[cam_key], cls=cls, method=method, a=alpha):
+        """Render this case's PNG report when the button is clicked."""
+        return case_report(bundle, case, pred, cam, cls, method, a)
 
     st.download_button(
         "Download report (PNG)",
         make_report,
-        file_name=f"report_{i + 1}.png",
+        file_name=f"report_{case.name.rsplit('.', 1)[0]}.png",
         mime="image/png",
-        key=f"report{i}",
+        key=f"report_{key}",
     )

@@ -123,23 +123,29 @@ st.altair_chart(
 
 st.subheader("Calibration")
 cal = metrics["calibration"]
-st.markdown(
-    f"Expected calibration error **{cal['ece']:.3f}** after temperature scaling"
-    + (
-        f" ({cal['ece_before_temperature']:.3f} before)."
-        if "ece_before_temperature" in cal
-        else "."
+mal_cal = mal.get("calibration")
+fit = metrics.get("calibration_fit")
+if fit:
+    st.markdown(
+        f"Probabilities are the network's outputs re-weighted to the training class "
+        f"frequencies; temperature **{fit['temperature']:.3f}**, fitted on the calibration "
+        f"part ({fit['n_images']} validation images that chose nothing) and kept at 1 unless "
+        "held-out lesions showed a gain."
     )
-)
-bins = pd.DataFrame([b for b in cal["bins"] if b["count"]])
-if not bins.empty:
+
+
+def reliability(bins: list[dict], x: str, y: str, x_title: str, y_title: str):
+    """A reliability diagram (bars per bin, the diagonal) from stored bins."""
+    frame = pd.DataFrame([b for b in bins if b["count"]])
+    if frame.empty:
+        return None
     bars = (
-        alt.Chart(bins)
+        alt.Chart(frame)
         .mark_bar(opacity=0.7)
         .encode(
-            x=alt.X("confidence:Q", scale=alt.Scale(domain=[0, 1]), title="mean confidence"),
-            y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy"),
-            tooltip=["lower", "upper", "count", "confidence", "accuracy"],
+            x=alt.X(f"{x}:Q", scale=alt.Scale(domain=[0, 1]), title=x_title),
+            y=alt.Y(f"{y}:Q", scale=alt.Scale(domain=[0, 1]), title=y_title),
+            tooltip=["lower", "upper", "count", x, y],
         )
     )
     diag = (
@@ -147,7 +153,80 @@ if not bins.empty:
         .mark_line(strokeDash=[4, 4], color="gray")
         .encode(x="x", y="y")
     )
-    st.altair_chart(bars + diag, width="stretch")
+    return bars + diag
+
+
+left, right = st.columns(2)
+if mal_cal:
+    iv = (metrics.get("intervals") or {}).get("malignant_ece")
+    span = f" (95% interval {iv[0]:.3f}–{iv[1]:.3f})" if iv else ""
+    left.markdown(
+        f"**Malignant risk** (P(mel) + P(bcc) + P(akiec) vs malignant truth): ECE "
+        f"**{mal_cal['ece']:.3f}**{span}; mean risk {mal_cal['mean_risk']:.3f} vs observed "
+        f"malignant share {mal_cal['observed_share']:.3f}."
+    )
+    chart = reliability(mal_cal["bins"], "mean_risk", "observed", "mean risk", "observed share")
+    if chart is not None:
+        left.altair_chart(chart, width="stretch")
+raw = cal.get("ece_raw_outputs", cal.get("ece_before_temperature"))
+right.markdown(
+    f"**Top label**: ECE **{cal['ece']:.3f}** as shown"
+    + (f" ({raw:.3f} for the raw network outputs)." if raw is not None else ".")
+)
+chart = reliability(cal["bins"], "confidence", "accuracy", "mean confidence", "accuracy")
+if chart is not None:
+    right.altair_chart(chart, width="stretch")
+
+if metrics.get("with_metadata"):
+    st.subheader("With and without patient context")
+    wm, base = metrics["with_metadata"], metrics.get("metadata_only_baseline") or {}
+
+    def row(name: str, m: dict) -> dict:
+        """Headline figures of one evaluation."""
+        return {
+            "evaluation": name,
+            "balanced accuracy": m["balanced_accuracy"],
+            "malignant AUC": m["malignant"]["auc"],
+            "melanoma AUC": m["per_class"]["mel"]["auc"],
+            "melanoma sensitivity": m["per_class"]["mel"]["sensitivity"],
+            "malignant-risk ECE": (m["malignant"].get("calibration") or {}).get("ece"),
+        }
+
+    table = [row("image only", metrics), row("image + age, sex, site", wm)]
+    if base:
+        table.append(
+            {
+                "evaluation": "age, sex, site only (logistic regression)",
+                "balanced accuracy": base["balanced_accuracy"],
+                "malignant AUC": base["malignant_auc"],
+                "melanoma AUC": base["mel_auc"],
+            }
+        )
+    st.dataframe(
+        pd.DataFrame(table),
+        hide_index=True,
+        column_config={
+            k: st.column_config.NumberColumn(format="%.3f") for k in table[0] if k != "evaluation"
+        },
+    )
+    st.caption("Same test images; the patient context comes from HAM10000's metadata.")
+
+ood = metrics.get("ood") or {}
+if ood.get("photos"):
+    st.subheader("The 'not dermoscopic' flag")
+    photos, synth = ood["photos"], ood["synthetic"]
+    o = st.columns(3)
+    o[0].metric(
+        "Real photographs flagged",
+        f"{photos['non_dermoscopic_flagged']:.1%}",
+        help=f"{photos['n_non_dermoscopic']} images: {photos['sources']}.",
+    )
+    o[1].metric("Synthetic patterns flagged", f"{synth['non_dermoscopic_flagged']:.0%}")
+    o[2].metric(
+        "HAM10000 test images flagged",
+        f"{photos['ham10000_flagged']:.1%}",
+        help=f"of {photos['n_ham10000']} test images",
+    )
 
 st.subheader("Operating-point explorer (malignant vs benign)")
 if mal["roc"]:

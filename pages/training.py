@@ -23,8 +23,9 @@ for directory in dirs:
         continue
     best = best_epoch(history)
     st.caption(
-        f"{len(history)} epochs; best epoch {best} (highest validation balanced "
-        "accuracy) was restored."
+        f"{len(history)} epochs; dashed line: epoch {best}, the highest validation balanced "
+        "accuracy (restored only in runs that asked for it; the pretrained runs keep the "
+        "last epoch of their cosine schedule)."
     )
     cols = st.columns(len(PANELS) + 1)
     rule = alt.Chart(pd.DataFrame({"epoch": [best]})).mark_rule(strokeDash=[4, 4]).encode(x="epoch")

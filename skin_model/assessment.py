@@ -14,16 +14,22 @@ import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from skin_model import CLASSES, __version__
+from skin_model.calibration import (
+    binary_calibration,
+    calibrated_probabilities,
+    choose_temperature,
+    fit_ood,
+    is_malignant,
+    mahalanobis,
+    malignant_probability,
+    ood_report,
+    threshold_for_sensitivity,
+)
 from skin_model.evaluate import (
-    apply_temperature,
     binary_operating_point,
     bootstrap_intervals,
     calibration_bins,
-    choose_threshold,
     compute_metrics,
-    fit_temperature,
-    is_malignant,
-    malignant_probability,
     target_status,
 )
 from skin_model.imaging import decode_image
@@ -32,7 +38,6 @@ from skin_model.inference import (
     MODEL_FILE,
     OOD_FILE,
     ModelBundle,
-    mahalanobis,
     predict_images,
     raw_outputs,
     sha256_file,
@@ -44,14 +49,6 @@ PREDICTIONS_FILE = "test_predictions.csv"
 def class_indices(codes) -> np.ndarray:
     """Class codes to indices in :data:`CLASSES` order."""
     return np.array([CLASSES.index(c) for c in codes], dtype=int)
-
-
-def fit_ood(train_features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and Ledoit-Wolf shrunk precision matrix of the training features."""
-    from sklearn.covariance import LedoitWolf
-
-    lw = LedoitWolf().fit(train_features.astype(np.float64))
-    return lw.location_.astype(np.float32), lw.precision_.astype(np.float32)
 
 
 def synthetic_non_dermoscopic(n: int, size: int = 160, seed: int = 0) -> list[np.ndarray]:
@@ -96,35 +93,84 @@ def synthetic_non_dermoscopic(n: int, size: int = 160, seed: int = 0) -> list[np
     return out
 
 
+def ood_distances(bundle: ModelBundle, images: list[np.ndarray]) -> np.ndarray:
+    """Out-of-distribution distance of each decoded image (batches of 64)."""
+    out = []
+    for start in range(0, len(images), 64):
+        out += [p.ood_distance for p in predict_images(bundle, images[start : start + 64])]
+    return np.array(out, dtype=float)
+
+
 def ood_separation(bundle: ModelBundle, in_dist: np.ndarray, n_synthetic: int = 100) -> dict:
-    """How well the OOD flag separates HAM10000 images from non-dermoscopic ones.
+    """How well the "not dermoscopic" flag separates held-out HAM10000 images from
+    synthetic patterns and from real photographs that are not dermoscopy.
 
     Args:
         bundle: Loaded model with its OOD statistics and ``ood_threshold``.
-        in_dist: HAM10000 images (uint8, model size) not used to fit the statistics.
+        in_dist: HAM10000 test images (uint8, model size) not used to fit anything.
         n_synthetic: Number of synthetic non-dermoscopic images.
 
     Returns:
-        AUROC of the distance, share of HAM10000 images flagged, share of synthetic
-        images flagged.
+        ``{"synthetic": report, "photos": report + sources and misses}``; ``photos`` is
+        None where scikit-image (a dev requirement) is missing.
     """
-    fake = synthetic_non_dermoscopic(n_synthetic)
-    d_in = [p.ood_distance for p in predict_images(bundle, list(in_dist))]
-    d_out = [p.ood_distance for p in predict_images(bundle, fake)]
     limit = float(bundle.config["ood_threshold"])
-    y = np.r_[np.zeros(len(d_in)), np.ones(len(d_out))]
-    return {
-        "threshold": limit,
-        "auroc": float(roc_auc_score(y, np.r_[d_in, d_out])),
-        "ham10000_flagged": float(np.mean(np.array(d_in) > limit)),
-        "non_dermoscopic_flagged": float(np.mean(np.array(d_out) > limit)),
-        "n_ham10000": len(d_in),
-        "n_non_dermoscopic": len(d_out),
-        "non_dermoscopic_kinds": ["flat colour", "text document", "noise", "stripes", "gradient"],
+    d_in = ood_distances(bundle, list(in_dist))
+    d_fake = ood_distances(bundle, synthetic_non_dermoscopic(n_synthetic))
+    out = {
+        "synthetic": {
+            **ood_report(d_in, d_fake, limit),
+            "kinds": ["flat colour", "text document", "noise", "stripes", "gradient"],
+        },
+        "photos": None,
     }
+    try:
+        from skin_model.photos import reference_photos
+    except ModuleNotFoundError:
+        return out
+    photos = reference_photos()
+    d_photo = ood_distances(bundle, [im for _, im in photos])
+    missed = [label for (label, _), d in zip(photos, d_photo, strict=True) if d <= limit]
+    out["photos"] = {
+        **ood_report(d_in, d_photo, limit),
+        "sources": "scikit-image, matplotlib and scikit-learn sample photographs (whole and "
+        "quadrant crops) and scikit-image's 100 LFW face photographs",
+        "not_flagged": missed,
+    }
+    return out
 
 
-def cam_localisation(bundle: ModelBundle, boxes: pd.DataFrame, n: int = 150, seed: int = 0):
+CAM_CANDIDATES = {
+    "mobilenetv2": ("out_relu", "block_13_expand_relu", "block_6_expand_relu"),
+    "skinnet": ("last_conv", "last_conv_relu"),
+}
+"""Post-activation layers (and the old default) Grad-CAM may read, per architecture."""
+
+
+def choose_cam_layer(bundle: ModelBundle, boxes: pd.DataFrame | None, n: int = 100) -> dict:
+    """The candidate layer whose Grad-CAM puts most energy in the lesion box (validation).
+
+    Returns:
+        ``{"layer": name, "mean_ratio_by_layer": {name: ratio}}``.
+    """
+    names = {layer.name for layer in bundle.model.layers}
+    arch = bundle.config.get("architecture", "")
+    candidates = [c for c in CAM_CANDIDATES.get(arch, ()) if c in names]
+    if boxes is None or boxes.empty or len(candidates) < 2:
+        return {"layer": candidates[0] if candidates else None, "mean_ratio_by_layer": {}}
+    found = {c: cam_localisation(bundle, boxes, n, layer=c) for c in candidates}
+    scores = {c: r["mean_ratio"] for c, r in found.items() if r is not None}
+    best = max(scores, key=scores.get) if scores else candidates[0]
+    return {"layer": best, "mean_ratio_by_layer": scores}
+
+
+def cam_localisation(
+    bundle: ModelBundle,
+    boxes: pd.DataFrame,
+    n: int = 150,
+    seed: int = 0,
+    layer: str | None = None,
+):
     """Grad-CAM energy inside the lesion box over the box's area share, on ``n`` images.
 
     Args:
@@ -132,6 +178,7 @@ def cam_localisation(bundle: ModelBundle, boxes: pd.DataFrame, n: int = 150, see
         boxes: Rows with ``path``, ``top``, ``bottom``, ``left``, ``right``.
         n: Number of images sampled.
         seed: Sample seed.
+        layer: Layer to read (default: the bundle's ``cam_layer``).
 
     Returns:
         Mean and median ratio (1.0 = chance), the share of images above 1, and the ceiling
@@ -146,14 +193,17 @@ def cam_localisation(bundle: ModelBundle, boxes: pd.DataFrame, n: int = 150, see
     for row in rows.itertuples():
         image = decode_image(Path(row.path).read_bytes())
         pred = predict_images(bundle, [image])[0]
-        cam = explain(bundle, image, CLASSES.index(pred.top_class))
+        cam = explain(bundle, image, CLASSES.index(pred.top_class), layer=layer)
         box = (int(row.top), int(row.bottom), int(row.left), int(row.right))
         ratios.append(box_energy_ratio(cam, box))
         ceilings.append(1 / box_area_share(box, cam.shape))
     ok = np.isfinite(ratios)
     r, best = np.array(ratios)[ok], np.array(ceilings)[ok]
+    if not ok.any():  # e.g. a 1x1 feature map: a flat heatmap has no location
+        return None
     return {
         "method": "Grad-CAM",
+        "layer": layer or bundle.config.get("cam_layer"),
         "n_images": len(r),
         "mean_ratio": float(r.mean()),
         "median_ratio": float(np.median(r)),
@@ -184,19 +234,50 @@ def split_counts(parts: dict) -> dict:
     return {s: {c: int(list(codes).count(c)) for c in CLASSES} for s, (_, codes) in parts.items()}
 
 
+def output_prior(cfg, train_codes) -> list[float] | None:
+    """The class prior the raw outputs are re-weighted by to reach the training frequencies.
+
+    A logit-adjusted model's outputs assume a uniform prior: multiply by the training
+    frequencies. A model trained with class weights ``w ∝ freq ** -power`` is undone by
+    ``freq ** power``. Plain cross-entropy needs nothing (None).
+    """
+    freq = np.array([max(1, list(train_codes).count(c)) for c in CLASSES], dtype=float)
+    freq /= freq.sum()
+    power = 1.0 if cfg.loss == "logit_adjusted" else float(cfg.class_weight_power)
+    if power == 0:
+        return None
+    corr = freq**power
+    return (corr / corr.sum()).round(8).tolist()
+
+
 def finalise_model(
-    model, cfg, parts: dict, out_dir: Path, fit_info: dict, boxes, test_rows: pd.DataFrame
+    model,
+    cfg,
+    parts: dict,
+    out_dir: Path,
+    fit_info: dict,
+    boxes,
+    rows: dict,
+    metas: dict | None = None,
 ) -> dict:
-    """Fit calibration/threshold/OOD on validation, evaluate on test, write the artifacts.
+    """Fit calibration, threshold and OOD limit on the calibration part, evaluate on test,
+    write the artifacts.
+
+    Validation (``val``) chose the epoch, the attempt and test-time augmentation; the
+    calibration part (``calib``) chose nothing, so the temperature, the threshold's
+    sensitivity interval and the OOD limit are fitted on it; the test split is read once.
 
     Args:
-        model: The trained Keras model (best epoch restored).
+        model: The trained Keras model.
         cfg: The :class:`skin_model.training.TrainConfig` used.
-        parts: ``{"train"|"val"|"test": (uint8 images, class codes)}``.
+        parts: ``{"train"|"val"|"calib"|"test": (uint8 images at input size, codes)}``.
         out_dir: Model directory.
         fit_info: Epochs, best epoch, seconds and device of the fit.
-        boxes: Test rows with lesion boxes (or None) for the Grad-CAM check.
-        test_rows: ``image_id`` and ``lesion_id`` of the test part, in ``parts["test"]`` order.
+        boxes: ``{"val"|"test": rows with lesion boxes}`` (or None) for choosing and
+            checking the Grad-CAM layer.
+        rows: ``{"calib"|"test": frame of image_id, lesion_id}`` in ``parts`` order.
+        metas: ``{split: (N, DIM) patient-context vectors}`` for a two-input model; the
+            test split is then evaluated with and without them.
 
     Returns:
         The dict written to ``metrics.json``.
@@ -207,53 +288,100 @@ def finalise_model(
     bundle = ModelBundle(model=model, config={"input_size": cfg.input_size}, model_dir=out_dir)
     f32 = {s: x.astype(np.float32) for s, (x, _) in parts.items()}
     y = {s: class_indices(codes) for s, (_, codes) in parts.items()}
+    prior = output_prior(cfg, parts["train"][1])
+    train_mal = float(is_malignant(y["train"]).mean())
+    groups_cal = rows["calib"]["lesion_id"].to_numpy()
 
     tta, tta_scores = _choose_tta(bundle, f32["val"], y["val"], cfg.tta_min_gain)
-    raw_val, feats_val = raw_outputs(bundle, f32["val"], tta=tta)
-    temperature = round(fit_temperature(raw_val, y["val"]), 6)
-    p_val = apply_temperature(raw_val, temperature)
-    threshold = round(
-        choose_threshold(
-            is_malignant(y["val"]), malignant_probability(p_val), cfg.target_sensitivity
-        ),
-        6,
+    raw_val, _ = raw_outputs(bundle, f32["val"], tta=tta)
+    raw_cal, feats_cal = raw_outputs(bundle, f32["calib"], tta=tta)
+    y_cal, g_cal = y["calib"], groups_cal
+    if metas:
+        raw_val_m, _ = raw_outputs(bundle, f32["val"], tta=tta, metadata=metas["val"])
+        raw_cal_m, _ = raw_outputs(bundle, f32["calib"], tta=tta, metadata=metas["calib"])
+        # one temperature for both modes: fitted on the pooled calibration predictions
+        pooled = np.concatenate([raw_cal, raw_cal_m])
+        y_cal, g_cal = np.r_[y_cal, y_cal], np.r_[g_cal, g_cal]
+    else:
+        pooled = raw_cal
+    temperature, t_info = choose_temperature(calibrated_probabilities(pooled, prior), y_cal, g_cal)
+    q_cal = calibrated_probabilities(raw_cal, prior, temperature)
+    thr = threshold_for_sensitivity(
+        malignant_probability(q_cal), is_malignant(y["calib"]), groups_cal, cfg.target_sensitivity
     )
+    thr_meta = None
+    if metas:
+        thr_meta = threshold_for_sensitivity(
+            malignant_probability(calibrated_probabilities(raw_cal_m, prior, temperature)),
+            is_malignant(y["calib"]),
+            groups_cal,
+            cfg.target_sensitivity,
+        )
     _, feats_train = raw_outputs(bundle, f32["train"], tta=False)
     mean, precision = fit_ood(feats_train)
-    d_val = mahalanobis(feats_val, mean, precision)
-    ood_threshold = float(np.quantile(d_val, cfg.ood_quantile))
+    d_cal = mahalanobis(feats_cal, mean, precision)
+    ood_threshold = float(np.quantile(d_cal, cfg.ood_quantile))
 
     config = {
         "version": __version__,
         "architecture": cfg.architecture,
         "input_size": cfg.input_size,
         "classes": list(CLASSES),
+        "class_prior": prior,
+        "malignant_share": round(train_mal, 6),
+        "decision_rule": "balanced: argmax of probability / class_prior",
         "temperature": temperature,
         "tta": bool(tta),
-        "malignant_threshold": threshold,
+        "malignant_threshold": round(thr["threshold"], 6),
+        "malignant_threshold_metadata": round(thr_meta["threshold"], 6) if thr_meta else None,
+        "metadata_input": bool(metas),
         "target_sensitivity": cfg.target_sensitivity,
         "ood_threshold": round(ood_threshold, 4),
         "trained_on": dt.date.today().isoformat(),
         "training": config_dict(cfg),
     }
-    model.save(out_dir / MODEL_FILE)
+    if cfg.architecture == "mobilenetv2" and cfg.weights == "nsfwjs":
+        from skin_model.backbones import PROVENANCE
+
+        config["weights_provenance"] = PROVENANCE
+    from skin_model.models import inference_copy
+
+    inference_copy(model).save(out_dir / MODEL_FILE)
     write_json(out_dir / CONFIG_FILE, config)
     np.savez(out_dir / OOD_FILE, mean=mean, precision=precision)
     bundle.config = config
     bundle.ood_mean, bundle.ood_precision = mean, precision
 
     raw_test, _ = raw_outputs(bundle, f32["test"], tta=tta)
-    p_test = apply_temperature(raw_test, temperature)
-    metrics = compute_metrics(y["test"], p_test, threshold)
-    metrics["calibration"]["ece_before_temperature"] = calibration_bins(raw_test, y["test"])["ece"]
+    p_test = calibrated_probabilities(raw_test, prior, temperature)
+    dec_test = raw_test.argmax(1) if prior is not None else p_test.argmax(1)
+    metrics = compute_metrics(y["test"], p_test, config["malignant_threshold"], decisions=dec_test)
+    metrics["decision_rule"] = config["decision_rule"]
+    metrics["calibration"]["ece_raw_outputs"] = calibration_bins(raw_test, y["test"])["ece"]
+    metrics["malignant"]["calibration_raw_outputs_ece"] = binary_calibration(
+        malignant_probability(raw_test), is_malignant(y["test"])
+    )["ece"]
+    metrics["malignant"]["training_share"] = train_mal
     metrics["evaluated_on"] = "test split (lesion-grouped), read once after all choices"
+    metrics["calibration_fit"] = {
+        "data": "calibration part: half of the validation lesions, which chose nothing",
+        "n_images": len(y["calib"]),
+        "n_lesions": len(np.unique(groups_cal)),
+        "temperature": temperature,
+        "temperature_check": t_info,
+        "threshold": thr,
+        "threshold_metadata": thr_meta,
+        "ood_quantile": cfg.ood_quantile,
+    }
     metrics["validation"] = {
         **tta_scores,
-        "balanced_accuracy": float(balanced_accuracy_score(y["val"], p_val.argmax(1))),
-        "ece_before_temperature": calibration_bins(raw_val, y["val"])["ece"],
-        "ece": calibration_bins(p_val, y["val"])["ece"],
+        "balanced_accuracy": float(balanced_accuracy_score(y["val"], raw_val.argmax(1))),
+        "n_images": len(y["val"]),
+        "malignant_auc": float(
+            roc_auc_score(is_malignant(y["val"]), malignant_probability(raw_val))
+        ),
         "malignant_operating_point": binary_operating_point(
-            is_malignant(y["val"]), malignant_probability(p_val), threshold
+            is_malignant(y["calib"]), malignant_probability(q_cal), config["malignant_threshold"]
         ),
     }
     metrics["model"] = {
@@ -265,19 +393,72 @@ def finalise_model(
         "temperature": config["temperature"],
         "tta": config["tta"],
         "malignant_threshold": config["malignant_threshold"],
+        "weights_provenance": config.get("weights_provenance"),
     }
     metrics["training"] = {**fit_info, "settings": config_dict(cfg)}
     metrics["split"] = split_counts(parts)
     metrics["ood"] = ood_separation(bundle, parts["test"][0])
-    metrics["cam_localisation"] = cam_localisation(bundle, boxes)
+    boxes = boxes or {}
+    cam_choice = choose_cam_layer(bundle, boxes.get("val"))
+    config["cam_layer"] = cam_choice["layer"]
+    write_json(out_dir / CONFIG_FILE, config)
+    metrics["cam_layer_choice"] = {**cam_choice, "chosen_on": "validation lesion boxes"}
+    metrics["cam_localisation"] = cam_localisation(bundle, boxes.get("test"))
+    test_rows = rows["test"]
     write_predictions(out_dir / PREDICTIONS_FILE, parts["test"][1], p_test, test_rows["image_id"])
-    add_intervals(metrics, y["test"], p_test, test_rows["lesion_id"].to_numpy())
+    add_intervals(metrics, y["test"], p_test, test_rows["lesion_id"].to_numpy(), dec_test)
+    if metas:
+        metrics["validation"]["balanced_accuracy_with_metadata"] = float(
+            balanced_accuracy_score(y["val"], raw_val_m.argmax(1))
+        )
+        raw_test_m, _ = raw_outputs(bundle, f32["test"], tta=tta, metadata=metas["test"])
+        p_test_m = calibrated_probabilities(raw_test_m, prior, temperature)
+        dec_m = raw_test_m.argmax(1) if prior is not None else p_test_m.argmax(1)
+        with_meta = compute_metrics(
+            y["test"], p_test_m, config["malignant_threshold_metadata"], decisions=dec_m
+        )
+        add_intervals(with_meta, y["test"], p_test_m, test_rows["lesion_id"].to_numpy(), dec_m)
+        for key in ("targets", "intervals_method"):
+            with_meta.pop(key, None)
+        metrics["with_metadata"] = with_meta
+        metrics["metadata_only_baseline"] = metadata_only_baseline(
+            metas["train"], y["train"], metas["test"], y["test"]
+        )
     write_json(out_dir / METRICS_FILE, metrics)
     return metrics
 
 
+def metadata_only_baseline(
+    m_train: np.ndarray, y_train: np.ndarray, m_test: np.ndarray, y_test: np.ndarray
+) -> dict:
+    """A class-balanced logistic regression on age, sex and site alone: what the patient
+    context predicts without the image (so the fused model is seen not to lean on it).
+
+    Returns:
+        Test balanced accuracy, macro AUC, malignant AUC and melanoma AUC.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(class_weight="balanced", max_iter=2000).fit(m_train, y_train)
+    probs = np.zeros((len(m_test), len(CLASSES)))
+    probs[:, clf.classes_] = clf.predict_proba(m_test)
+    m = compute_metrics(y_test, probs, 0.5)
+    return {
+        "model": "logistic regression (class-balanced) on the encoded age, sex and site",
+        "balanced_accuracy": m["balanced_accuracy"],
+        "macro_auc": m["macro_auc"],
+        "malignant_auc": m["malignant"]["auc"],
+        "mel_auc": m["per_class"]["mel"]["auc"],
+    }
+
+
 def add_intervals(
-    metrics: dict, y_idx: np.ndarray, probs: np.ndarray, lesion_ids: np.ndarray, n_boot: int = 500
+    metrics: dict,
+    y_idx: np.ndarray,
+    probs: np.ndarray,
+    lesion_ids: np.ndarray,
+    decisions: np.ndarray | None = None,
+    n_boot: int = 500,
 ) -> dict:
     """Add lesion-bootstrap intervals and the target check to a ``metrics.json`` dict.
 
@@ -286,13 +467,16 @@ def add_intervals(
         y_idx: (N,) true class indices of the evaluated images.
         probs: (N, K) calibrated probabilities.
         lesion_ids: (N,) lesion id of each image.
+        decisions: (N,) decided class indices (default: argmax of ``probs``).
         n_boot: Bootstrap resamples.
 
     Returns:
         ``metrics``, with ``intervals``, ``intervals_method`` and ``targets``.
     """
     threshold = metrics["malignant"]["operating_point"]["threshold"]
-    metrics["intervals"] = bootstrap_intervals(y_idx, probs, lesion_ids, threshold, n_boot)
+    metrics["intervals"] = bootstrap_intervals(
+        y_idx, probs, lesion_ids, threshold, n_boot, decisions=decisions
+    )
     metrics["intervals_method"] = (
         f"95% percentile bootstrap over test lesions ({n_boot} resamples of whole lesions)"
     )
@@ -319,14 +503,19 @@ def evaluate_frame(bundle: ModelBundle, df: pd.DataFrame, batch: int = 256) -> d
     Returns:
         The :func:`skin_model.evaluate.compute_metrics` dict plus ``probabilities``.
     """
-    probs = []
+    probs, decisions = [], []
     for start in range(0, len(df), batch):
         paths = df["path"].iloc[start : start + batch]
         images = [decode_image(Path(p).read_bytes()) for p in paths]
-        probs.extend(p.probabilities for p in predict_images(bundle, images))
+        preds = predict_images(bundle, images)
+        probs.extend(p.probabilities for p in preds)
+        decisions.extend(CLASSES.index(p.top_class) for p in preds)
     probs = np.array(probs)
     metrics = compute_metrics(
-        class_indices(df["dx"]), probs, float(bundle.config["malignant_threshold"])
+        class_indices(df["dx"]),
+        probs,
+        float(bundle.config["malignant_threshold"]),
+        decisions=np.array(decisions),
     )
     metrics["probabilities"] = probs
     return metrics

@@ -44,22 +44,101 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _span(m: dict, key: str) -> str:
+    """`` (low–high)`` of a bootstrap interval, or nothing."""
+    iv = (m.get("intervals") or {}).get(key)
+    return f" ({iv[0]:.3f}–{iv[1]:.3f})" if iv else ""
+
+
+def ood_rows(ood: dict) -> list[str]:
+    """Markdown rows of the "not dermoscopic" flag's figures (old and new layouts)."""
+    if "auroc" in ood:  # models finalised before real photographs were tested
+        return [
+            f"| 'not dermoscopic' flag: AUROC; flagged synthetic / HAM10000 test | "
+            f"{ood['auroc']:.3f}; {ood['non_dermoscopic_flagged']:.0%} / "
+            f"{ood['ham10000_flagged']:.1%} |"
+        ]
+    rows = []
+    photos, synth = ood.get("photos"), ood["synthetic"]
+    if photos:
+        rows.append(
+            f"| 'not dermoscopic' flag: real photographs flagged (AUROC) | "
+            f"{photos['non_dermoscopic_flagged']:.1%} of {photos['n_non_dermoscopic']} "
+            f"({photos['auroc']:.3f}) |"
+        )
+    rows += [
+        f"| 'not dermoscopic' flag: synthetic patterns flagged | "
+        f"{synth['non_dermoscopic_flagged']:.0%} of {synth['n_non_dermoscopic']} |",
+        f"| 'not dermoscopic' flag: HAM10000 test images flagged | "
+        f"{synth['ham10000_flagged']:.1%} of {synth['n_ham10000']} |",
+    ]
+    return rows
+
+
+def operating_point_text(m: dict | None, with_context: bool = False) -> str:
+    """What the referral flag achieved on the test split, for the help text beside it.
+
+    Args:
+        m: A ``metrics.json`` dict (None: nothing to say).
+        with_context: Use the figures measured with the patient context given.
+
+    Returns:
+        E.g. ``"On new test lesions this threshold found 92% of malignant lesions (95%
+        interval 88–95%) at 61% specificity (57–65%)."``
+    """
+    if not m:
+        return ""
+    src = m.get("with_metadata", m) if with_context else m
+    op, iv = src["malignant"]["operating_point"], src.get("intervals") or {}
+
+    def pct(key: str, value) -> str:
+        span = iv.get(key)
+        inner = f" (95% interval {span[0]:.0%}–{span[1]:.0%})" if span else ""
+        return f"{value:.0%}{inner}"
+
+    if op.get("sensitivity") is None or op.get("specificity") is None:
+        return ""
+    return (
+        f"On new test lesions{' with patient context' if with_context else ''} this "
+        f"threshold found {pct('malignant_sensitivity', op['sensitivity'])} of malignant "
+        f"lesions at {pct('malignant_specificity', op['specificity'])} specificity."
+    )
+
+
 def headline_table(m: dict) -> list[str]:
     """Markdown rows of the headline test figures of a ``metrics.json`` dict."""
     op = m["malignant"]["operating_point"]
     cal = m["calibration"]
+    mal_cal = m["malignant"].get("calibration")
+    mel = m["per_class"]["mel"]
     lines = [
-        "| metric | value |",
+        "| metric (test split) | value (95% lesion-bootstrap interval) |",
         "|---|---|",
-        f"| balanced accuracy (mean per-class recall) | {_fmt(m['balanced_accuracy'])} |",
+        f"| balanced accuracy (mean per-class recall) | {_fmt(m['balanced_accuracy'])}"
+        f"{_span(m, 'balanced_accuracy')} |",
         f"| accuracy | {_fmt(m['accuracy'])} |",
-        f"| macro one-vs-rest ROC AUC | {_fmt(m['macro_auc'])} |",
-        f"| malignant-vs-benign ROC AUC | {_fmt(m['malignant']['auc'])} |",
-        f"| malignant sensitivity / specificity at threshold {op['threshold']:.3f} | "
-        f"{_fmt(op['sensitivity'])} / {_fmt(op['specificity'])} |",
-        f"| expected calibration error after / before temperature scaling | "
-        f"{_fmt(cal['ece'])} / {_fmt(cal.get('ece_before_temperature'))} |",
+        f"| macro one-vs-rest ROC AUC | {_fmt(m['macro_auc'])}{_span(m, 'macro_auc')} |",
+        f"| malignant-vs-benign ROC AUC | {_fmt(m['malignant']['auc'])}"
+        f"{_span(m, 'malignant_auc')} |",
+        f"| melanoma ROC AUC / sensitivity of the suggested diagnosis | {_fmt(mel['auc'])} / "
+        f"{_fmt(mel['sensitivity'])}{_span(m, 'mel_sensitivity')} |",
+        f"| malignant sensitivity at threshold {op['threshold']:.3f} | "
+        f"{_fmt(op['sensitivity'])}{_span(m, 'malignant_sensitivity')} |",
+        f"| malignant specificity at threshold {op['threshold']:.3f} | "
+        f"{_fmt(op['specificity'])}{_span(m, 'malignant_specificity')} |",
     ]
+    if mal_cal:
+        lines += [
+            f"| malignant-risk calibration error (ECE) | {_fmt(mal_cal['ece'])}"
+            f"{_span(m, 'malignant_ece')} |",
+            f"| mean malignant risk / observed malignant share | {_fmt(mal_cal['mean_risk'])} / "
+            f"{_fmt(mal_cal['observed_share'])} |",
+        ]
+    raw = cal.get("ece_raw_outputs", cal.get("ece_before_temperature"))
+    lines.append(
+        f"| top-label calibration error (ECE) shown / raw network outputs | "
+        f"{_fmt(cal['ece'])}{_span(m, 'ece')} / {_fmt(raw)} |"
+    )
     if m.get("cam_localisation"):
         c = m["cam_localisation"]
         best = (
@@ -73,12 +152,7 @@ def headline_table(m: dict) -> list[str]:
             f"{c['mean_ratio']:.2f} / {c['median_ratio']:.2f}{best} |"
         )
     if m.get("ood"):
-        o = m["ood"]
-        lines.append(
-            f"| 'not dermoscopic' flag: AUROC; flagged synthetic / HAM10000 test | "
-            f"{o['auroc']:.3f}; {o['non_dermoscopic_flagged']:.0%} / "
-            f"{o['ham10000_flagged']:.1%} |"
-        )
+        lines += ood_rows(m["ood"])
     return lines
 
 
@@ -123,11 +197,10 @@ def reproduce_command(training: dict, out: str = "models/default") -> str:
     """
     defaults = TrainConfig()
     flags = [
-        f"--{f.name.replace('_', '-')} {training[f.name]}"
+        f"--{f.name.replace('_', '-')} {'none' if training[f.name] is None else training[f.name]}"
         for f in fields(TrainConfig)
         if f.name in training
         and f.name != "verbose"
-        and training[f.name] is not None
         and training[f.name] != getattr(defaults, f.name)
     ]
     return " ".join(["python train.py --data-dir ../shared/data/ham10000", f"--out {out}", *flags])
@@ -147,6 +220,52 @@ def _attempts_table(path: Path) -> str:
     return head + rows
 
 
+def calibration_lines(config: dict, m: dict) -> list[str]:
+    """Card bullets saying how probabilities, the threshold and the flag were fitted."""
+    fit = m.get("calibration_fit")
+    if not fit:  # models finalised before the calibration part existed
+        return [
+            f"- Calibration: temperature {config['temperature']:.3f} fitted on validation; "
+            f"malignant threshold {config['malignant_threshold']:.3f} chosen on validation for "
+            f"malignant sensitivity >= {config['target_sensitivity']:.2f}."
+        ]
+    thr = fit["threshold"]
+    t = fit["temperature_check"]
+    prior = (
+        "the network's outputs (uniform-prior posteriors from logit-adjusted training) "
+        "re-weighted by the training class frequencies"
+        if config.get("class_prior")
+        else "the network's softmax outputs"
+    )
+    lines = [
+        f"- Suggested diagnosis: {config.get('decision_rule', 'argmax')} (keeps rare classes "
+        "visible; the balanced accuracy below is for this rule).",
+        f"- Probabilities: {prior}; malignant risk = P(mel) + P(bcc) + P(akiec), at the "
+        f"training malignant share {config.get('malignant_share', float('nan')):.3f} "
+        "(re-weighted by Bayes' rule where a clinic sets its own share).",
+        f"- Temperature {config['temperature']:.3f}: fitted on the calibration part "
+        f"({fit['n_images']} images, {fit['n_lesions']} lesions of validation that chose "
+        f"nothing), used only if it lowers held-out NLL (half-split: {t['held_out_nll_fitted']:.4f}"
+        f" vs {t['held_out_nll_t1']:.4f} at 1).",
+        f"- Malignant threshold {config['malignant_threshold']:.3f}: the highest whose "
+        f"calibration-part sensitivity has a 95% lesion-bootstrap lower bound >= "
+        f"{thr['target']:.2f} (there: {thr['sensitivity']:.3f}, lower bound "
+        f"{thr['sensitivity_lower']:.3f}).",
+        f"- Test-time augmentation over 8 flips/rotations: {'on' if config['tta'] else 'off'} "
+        "(decided on validation).",
+        f"- 'Not dermoscopic' flag: Mahalanobis distance of the pooled features from the "
+        f"training images, above the {fit['ood_quantile']:.0%} quantile of the calibration part.",
+    ]
+    prov = config.get("weights_provenance")
+    if prov:
+        lines.append(
+            f"- Initial weights: {prov['source']}; tarball SHA-256 `{prov['tarball_sha256']}`. "
+            f"ImageNet layers: {prov['imagenet_layers']}; from another task: "
+            f"{prov['other_task_layers']}. {prov['quantisation']}."
+        )
+    return lines
+
+
 def render_model_card(model_dir: Path) -> str:
     """Markdown model card built from ``config.json``, ``metrics.json`` and attempts."""
     model_dir = Path(model_dir)
@@ -162,14 +281,12 @@ def render_model_card(model_dir: Path) -> str:
         f"{m['model']['file_bytes'] / 1e6:.1f} MB.",
         f"- Model file `{MODEL_FILE}` SHA-256: `{sha256_file(model_dir / MODEL_FILE)}`",
         f"- Trained {config['trained_on']} on {tr['device']} in {tr['train_seconds'] / 60:.1f} "
-        f"min ({tr['epochs_run']} epochs, best epoch {tr['best_epoch']} restored).",
+        f"min ({tr['epochs_run']} epochs; weights of epoch {tr['best_epoch']} kept).",
         f"- Data: HAM10000 (Tschandl et al. 2018, CC BY-NC 4.0), {sum(counts.values())} images "
         f"split by `lesion_id` into train {counts['train']} / validation {counts['val']} / "
-        f"test {counts['test']}, stratified by diagnosis (`split.csv`).",
-        f"- Calibration: temperature {config['temperature']:.3f} fitted on validation; "
-        f"test-time augmentation over 8 flips/rotations: {'on' if config['tta'] else 'off'}.",
-        f"- Malignant threshold {config['malignant_threshold']:.3f}, chosen on validation for "
-        f"malignant sensitivity >= {config['target_sensitivity']:.2f}.",
+        + (f"calibration {counts['calib']} / " if "calib" in counts else "")
+        + f"test {counts['test']}, stratified by diagnosis (`split.csv`).",
+        *calibration_lines(config, m),
         f"- Reproduce: `{reproduce_command(config['training'], f'models/{model_dir.name}')}`",
         "",
         f"## Headline numbers (test split, {m['n_images']} images)",

@@ -7,13 +7,11 @@ Exit codes: 0 every file succeeded, 1 some files failed (their rows say why),
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +93,7 @@ def predict_files(
     files: Sequence[Path],
     cam_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    prevalence: float | None = None,
 ) -> list[dict]:
     """Classify files in batches; one result row per file, in order.
 
@@ -103,11 +102,13 @@ def predict_files(
         files: Image files.
         cam_dir: If given, write Grad-CAM heatmaps and overlays there.
         progress: Called with (done, total) after each batch.
+        prevalence: Malignant share to re-weight the probabilities to (None: training's).
 
     Returns:
         Rows with :data:`skin_model.inference.CSV_COLUMNS`.
     """
-    from skin_model.inference import predict_images, result_row
+    from skin_model.inference import predict_images
+    from skin_model.results import result_row
 
     rows: list[dict] = []
     used: set[str] = set()
@@ -115,7 +116,7 @@ def predict_files(
         chunk = files[start : start + CHUNK]
         decoded = [read_and_decode(f) for f in chunk]
         good = [im for im, err in decoded if not err]
-        preds = iter(predict_images(bundle, good))
+        preds = iter(predict_images(bundle, good, prevalence))
         for f, (image, err) in zip(chunk, decoded, strict=True):
             if err:
                 rows.append(result_row(str(f), None, err))
@@ -129,15 +130,6 @@ def predict_files(
         if progress:
             progress(min(start + CHUNK, len(files)), len(files))
     return rows
-
-
-def write_rows(rows: Iterable[dict], out) -> None:
-    """Write result rows as CSV to an open text stream."""
-    from skin_model.inference import CSV_COLUMNS
-
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
 
 
 def progress_bar(stream=sys.stderr, width: int = 30) -> Callable[[int, int], None]:
@@ -175,7 +167,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.cam_dir.mkdir(parents=True, exist_ok=True)
     bundle = load_model_or_exit(args.model)
     show = progress_bar() if (len(files) > CHUNK and not args.quiet) else None
-    rows = predict_files(bundle, files, args.cam_dir, show)
+    from skin_model.results import write_rows
+
+    rows = predict_files(bundle, files, args.cam_dir, show, args.prevalence)
     if args.out:
         with open(args.out, "w", newline="", encoding="utf-8") as fh:
             write_rows(rows, fh)
@@ -235,6 +229,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _share(text: str) -> float:
+    """Parse a share strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}")
+    return value
+
+
 def _f(x) -> str:
     """Format an optional float."""
     return "n/a" if x is None else f"{x:.4f}"
@@ -261,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="CSV to write (default: standard output)")
     p.add_argument("--cam-dir", type=Path, help="write <stem>.npy heatmaps and <stem>.png overlays")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--prevalence",
+        type=_share,
+        default=None,
+        metavar="SHARE",
+        help="malignant share of your patients (0-1, e.g. 0.05); probabilities are "
+        "re-weighted to it by Bayes' rule (default: the training data's share)",
+    )
     p.set_defaults(func=cmd_predict)
     e = sub.add_parser("evaluate", help="metrics on a labelled HAM10000-layout folder")
     e.add_argument("--data-dir", type=Path, default=default_data)
@@ -291,10 +304,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-
-def rows_to_csv_text(rows: Sequence[dict]) -> str:
-    """Result rows as CSV text (the app's download uses the same columns as the CLI)."""
-    buf = io.StringIO()
-    write_rows(rows, buf)
-    return buf.getvalue()

@@ -18,7 +18,7 @@ from skin_model.imaging import decode_image, resize_for_model
 
 METADATA_FILE = "HAM10000_metadata.csv"
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "calib", "test")
 
 
 class DataError(ValueError):
@@ -133,6 +133,30 @@ def load_images(paths: Sequence[str], size: int) -> np.ndarray:
     return out
 
 
+def carve_calibration(df: pd.DataFrame, share: float = 0.5, seed: int = 7) -> pd.Series:
+    """Move ``share`` of the validation lesions (per class) to a ``calib`` part.
+
+    Validation then chooses (epochs, attempts, test-time augmentation) and the
+    calibration part, which chose nothing, fits the temperature, the threshold and the
+    out-of-distribution limit.
+
+    Args:
+        df: Metadata with ``lesion_id``, ``dx`` and ``split``.
+        share: Share of each class's validation lesions to move.
+        seed: Seed of the choice.
+
+    Returns:
+        The new ``split`` Series (``train``/``val``/``calib``/``test``).
+    """
+    split = df["split"].copy()
+    if share <= 0:
+        return split
+    val = df[split == "val"]
+    moved = split_by_lesion(val, val_frac=0.0, test_frac=share, seed=seed)
+    split.loc[moved.index[moved == "test"]] = "calib"
+    return split
+
+
 def class_weights(labels: Sequence[str], power: float = 1.0) -> dict[int, float]:
     """Class weights ``(N / (K * n_c)) ** power`` from the training labels.
 
@@ -148,33 +172,62 @@ def class_weights(labels: Sequence[str], power: float = 1.0) -> dict[int, float]
     return {i: float((total / (k * counts.get(c, 1))) ** power) for i, c in enumerate(CLASSES)}
 
 
-def augment(image, seed):
-    """Random dihedral transform, zoom crop and colour jitter of one uint8 image (tf ops).
+def augment(image, seed, out_size: int | None = None, min_scale: float = 0.75):
+    """Random dihedral transform, crop and colour jitter of one uint8 image (tf ops).
+
+    Images cached larger than the model input (``out_size``) are cropped down, so the
+    zoom keeps detail instead of upsampling a blurred crop.
 
     Args:
         image: A (S, S, 3) uint8 tensor.
         seed: A shape-(2,) int tensor for the stateless random ops.
+        out_size: Side of the output; ``None`` keeps ``S``.
+        min_scale: Smallest crop side as a share of ``S``.
 
     Returns:
-        The augmented (S, S, 3) float32 tensor in [0, 255].
+        The augmented (out_size, out_size, 3) float32 tensor in [0, 255].
     """
     import tensorflow as tf
 
     size = tf.shape(image)[0]
+    out = size if out_size is None else tf.constant(out_size)
     seeds = tf.random.experimental.stateless_split(seed, num=8)
     x = tf.image.convert_image_dtype(image, tf.float32)
     x = tf.image.stateless_random_flip_left_right(x, seeds[0])
     k = tf.random.stateless_uniform([], seeds[1], 0, 4, dtype=tf.int32)
     x = tf.image.rot90(x, k)
-    scale = tf.random.stateless_uniform([], seeds[2], 0.75, 1.0)
+    scale = tf.random.stateless_uniform([], seeds[2], min_scale, 1.0)
     crop = tf.cast(tf.cast(size, tf.float32) * scale, tf.int32)
     x = tf.image.stateless_random_crop(x, tf.stack([crop, crop, 3]), seeds[3])
-    x = tf.image.resize(x, tf.stack([size, size]))
+    x = tf.image.resize(x, tf.stack([out, out]), antialias=True)
     x = tf.image.stateless_random_brightness(x, 0.1, seeds[4])
     x = tf.image.stateless_random_contrast(x, 0.8, 1.2, seeds[5])
     x = tf.image.stateless_random_saturation(x, 0.8, 1.2, seeds[6])
     x = tf.image.stateless_random_hue(x, 0.03, seeds[7])
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+
+
+def hide_metadata(vector, seed, p_all: float, p_field: float):
+    """Randomly blank the patient context of one sample (tf ops), so the model also learns
+    to predict from the image alone and from any subset of fields.
+
+    Args:
+        vector: (DIM,) float32 metadata vector.
+        seed: A shape-(2,) int tensor.
+        p_all: Probability of hiding every field.
+        p_field: Probability of hiding each remaining field independently.
+
+    Returns:
+        The vector with hidden fields replaced by their "not given" encoding.
+    """
+    import tensorflow as tf
+
+    from skin_model.metadata import MISSING, segment_ids
+
+    u = tf.random.stateless_uniform([4], tf.random.experimental.stateless_fold_in(seed, 99))
+    field_hidden = tf.logical_or(u[1:] < p_field, u[0] < p_all)
+    mask = tf.gather(field_hidden, tf.constant(segment_ids(), tf.int32))
+    return tf.where(mask, tf.constant(MISSING), vector)
 
 
 def make_dataset(
@@ -183,6 +236,10 @@ def make_dataset(
     batch_size: int,
     training: bool,
     seed: int = 42,
+    out_size: int | None = None,
+    min_scale: float = 0.75,
+    metadata: np.ndarray | None = None,
+    hide: tuple[float, float] = (0.5, 0.2),
 ):
     """Build a ``tf.data`` pipeline; only ``training=True`` shuffles and augments.
 
@@ -192,20 +249,33 @@ def make_dataset(
         batch_size: Images per batch.
         training: Shuffle and augment when True.
         seed: Seed of the shuffle and augmentation.
+        out_size: Model input side when ``images`` are cached larger (training only).
+        min_scale: Smallest random crop side as a share of ``S``.
+        metadata: (N, DIM) patient-context vectors for a two-input model, or None.
+        hide: Probabilities of hiding all / each metadata field (training only).
 
     Returns:
-        A ``tf.data.Dataset`` of (float32 images in [0, 255], labels) batches.
+        A ``tf.data.Dataset`` of (inputs, labels) batches; inputs are float32 images in
+        [0, 255], or ``{"image", "metadata"}`` with ``metadata``.
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    x_src = images if metadata is None else (images, metadata.astype(np.float32))
+    ds = tf.data.Dataset.from_tensor_slices((x_src, labels))
+
+    def inputs(x, s):
+        if metadata is None:
+            return augment(x, s, out_size, min_scale) if training else tf.cast(x, tf.float32)
+        image = augment(x[0], s, out_size, min_scale) if training else tf.cast(x[0], tf.float32)
+        meta = hide_metadata(x[1], s, *hide) if training else x[1]
+        return {"image": image, "metadata": meta}
+
     if training:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         counter = tf.data.Dataset.random(seed=seed).batch(2)
         ds = tf.data.Dataset.zip((ds, counter)).map(
-            lambda xy, s: (augment(xy[0], s), xy[1]),
-            num_parallel_calls=tf.data.AUTOTUNE,
+            lambda xy, s: (inputs(xy[0], s), xy[1]), num_parallel_calls=tf.data.AUTOTUNE
         )
     else:
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
+        ds = ds.map(lambda x, y: (inputs(x, None), y))
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -9,41 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 from sklearn import metrics as skm
 
 from skin_model import CLASSES, MALIGNANT
+from skin_model.calibration import binary_calibration, is_malignant, malignant_probability
 
-MALIGNANT_IDX = [CLASSES.index(c) for c in MALIGNANT]
 EPS = 1e-7
-
-
-def malignant_probability(probs: np.ndarray) -> np.ndarray:
-    """Sum of the malignant classes' probabilities, per row."""
-    return probs[:, MALIGNANT_IDX].sum(axis=1)
-
-
-def is_malignant(y_idx: np.ndarray) -> np.ndarray:
-    """1 where the class index is malignant (mel, bcc, akiec), else 0."""
-    return np.isin(y_idx, MALIGNANT_IDX).astype(int)
-
-
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Rescale softmax outputs as if their logits were divided by ``temperature``."""
-    logits = np.log(np.clip(probs, EPS, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    out = np.exp(logits)
-    return out / out.sum(axis=1, keepdims=True)
-
-
-def fit_temperature(probs: np.ndarray, y_idx: np.ndarray) -> float:
-    """Temperature minimising the negative log-likelihood on held-out data (validation)."""
-
-    def nll(t: float) -> float:
-        p = apply_temperature(probs, t)[np.arange(len(y_idx)), y_idx]
-        return float(-np.log(np.clip(p, EPS, 1.0)).mean())
-
-    return float(minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
 
 
 def calibration_bins(probs: np.ndarray, y_idx: np.ndarray, n_bins: int = 10) -> dict:
@@ -81,24 +52,6 @@ def calibration_bins(probs: np.ndarray, y_idx: np.ndarray, n_bins: int = 10) -> 
     return {"ece": float(ece), "bins": bins}
 
 
-def choose_threshold(y_malignant: np.ndarray, p_malignant: np.ndarray, sensitivity: float) -> float:
-    """Highest threshold whose malignant sensitivity on these data is at least ``sensitivity``.
-
-    Args:
-        y_malignant: 1 for malignant truth, else 0.
-        p_malignant: Malignant probabilities.
-        sensitivity: Required share of malignant cases at or above the threshold.
-
-    Returns:
-        The threshold (a case is flagged when its probability is >= it).
-    """
-    scores = np.sort(p_malignant[y_malignant == 1])[::-1]
-    if len(scores) == 0:
-        return 0.5
-    k = int(np.ceil(sensitivity * len(scores)))
-    return float(scores[max(k, 1) - 1])
-
-
 def _roc_points(y: np.ndarray, score: np.ndarray, max_points: int = 101) -> dict:
     """ROC curve thinned to at most ``max_points`` points (fpr, tpr, thresholds)."""
     fpr, tpr, thr = skm.roc_curve(y, score, drop_intermediate=True)
@@ -133,7 +86,11 @@ def binary_operating_point(y: np.ndarray, score: np.ndarray, threshold: float) -
 
 
 def compute_metrics(
-    y_idx: np.ndarray, probs: np.ndarray, threshold: float, classes: Sequence[str] = CLASSES
+    y_idx: np.ndarray,
+    probs: np.ndarray,
+    threshold: float,
+    classes: Sequence[str] = CLASSES,
+    decisions: np.ndarray | None = None,
 ) -> dict:
     """All reported metrics for one set of predictions.
 
@@ -142,13 +99,14 @@ def compute_metrics(
         probs: (N, K) calibrated probabilities.
         threshold: Malignant operating threshold on the summed malignant probability.
         classes: Class codes in output order.
+        decisions: (N,) decided class indices (default: argmax of ``probs``).
 
     Returns:
         A JSON-ready dict: balanced accuracy, accuracy, macro AUC, per-class figures with
         ROC points, confusion matrix, calibration, and the malignant-vs-benign view.
     """
     k = len(classes)
-    pred = probs.argmax(axis=1)
+    pred = probs.argmax(axis=1) if decisions is None else np.asarray(decisions)
     labels = list(range(k))
     cm = skm.confusion_matrix(y_idx, pred, labels=labels)
     prec, rec, f1, support = skm.precision_recall_fscore_support(
@@ -190,6 +148,7 @@ def compute_metrics(
             "prevalence": float(y_mal.mean()),
             "operating_point": binary_operating_point(y_mal, p_mal, threshold),
             "roc": _roc_points(y_mal, p_mal) if mal_both else None,
+            "calibration": binary_calibration(p_mal, y_mal),
         },
     }
 
@@ -224,21 +183,28 @@ def operating_point_from_roc(roc: dict, prevalence: float, threshold: float) -> 
     }
 
 
-# (key, label, goal, direction): the quality goals the shipped model is measured against.
+# (key, label, goal, direction): the quality goals the shipped model is measured against
+# (model-quality and honest-outputs issues; test split).
 QUALITY_TARGETS = (
-    ("balanced_accuracy", "balanced accuracy", 0.80, ">="),
-    ("malignant_auc", "malignant-vs-benign ROC AUC", 0.95, ">="),
-    ("mel_auc", "melanoma ROC AUC", 0.92, ">="),
-    ("macro_auc", "macro ROC AUC", 0.95, ">="),
+    ("balanced_accuracy", "balanced accuracy", 0.75, ">="),
+    ("malignant_auc", "malignant-vs-benign ROC AUC", 0.92, ">="),
+    ("mel_auc", "melanoma ROC AUC", 0.90, ">="),
+    ("mel_sensitivity", "melanoma sensitivity (suggested diagnosis)", 0.65, ">="),
     ("malignant_sensitivity", "malignant sensitivity at the shipped threshold", 0.90, ">="),
-    ("ece", "expected calibration error (after temperature)", 0.03, "<="),
+    ("malignant_ece", "malignant-risk calibration error (ECE)", 0.03, "<="),
+    ("malignant_mean_gap", "|mean malignant risk − malignant share|", 0.02, "<="),
+    ("ece", "top-label calibration error (ECE)", 0.03, "<="),
+    ("ood_photos_flagged", "real non-dermoscopic photos flagged", 0.95, ">="),
+    ("ood_ham_flagged", "HAM10000 test images flagged as not dermoscopic", 0.02, "<="),
     ("cam_ratio", "Grad-CAM energy in lesion box ÷ box area share", 2.0, ">="),
 )
 
 
-def _interval_stats(y_idx: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
+def _interval_stats(
+    y_idx: np.ndarray, probs: np.ndarray, threshold: float, pred: np.ndarray
+) -> dict[str, float]:
     """The statistics that get bootstrap intervals, for one (re)sample."""
-    recalls = [np.mean(probs[y_idx == i].argmax(axis=1) == i) for i in np.unique(y_idx).tolist()]
+    recalls = [np.mean(pred[y_idx == i] == i) for i in np.unique(y_idx).tolist()]
     y_mal = is_malignant(y_idx)
     mel = (y_idx == CLASSES.index("mel")).astype(int)
     aucs = [
@@ -253,6 +219,9 @@ def _interval_stats(y_idx: np.ndarray, probs: np.ndarray, threshold: float) -> d
         "malignant_sensitivity": float(np.mean(p_mal[y_mal == 1] >= threshold)),
         "malignant_specificity": float(np.mean(p_mal[y_mal == 0] < threshold)),
         "ece": calibration_bins(probs, y_idx)["ece"],
+        "malignant_ece": binary_calibration(p_mal, y_mal)["ece"],
+        "malignant_mean_risk": float(p_mal.mean()),
+        "mel_sensitivity": float(np.mean(pred[mel == 1] == CLASSES.index("mel"))),
         "mel_auc": float(skm.roc_auc_score(mel, probs[:, CLASSES.index("mel")])),
         "macro_auc": float(np.mean(aucs)),
     }
@@ -266,6 +235,7 @@ def bootstrap_intervals(
     n_boot: int = 500,
     level: float = 0.95,
     seed: int = 0,
+    decisions: np.ndarray | None = None,
 ) -> dict[str, list[float]]:
     """Percentile bootstrap intervals, resampling whole lesions (images of one lesion are
     correlated, so resampling images would give intervals that are too narrow).
@@ -278,11 +248,14 @@ def bootstrap_intervals(
         n_boot: Resamples.
         level: Coverage of the interval.
         seed: Seed of the resampling.
+        decisions: (N,) decided class indices (default: argmax of ``probs``).
 
     Returns:
         ``{statistic: [low, high]}`` for balanced accuracy, malignant, melanoma and macro
-        AUC, malignant sensitivity and specificity at ``threshold``, and ECE.
+        AUC, malignant sensitivity and specificity at ``threshold``, melanoma
+        sensitivity, top-label ECE, malignant-risk ECE and mean malignant risk.
     """
+    pred = probs.argmax(axis=1) if decisions is None else np.asarray(decisions)
     rng = np.random.default_rng(seed)
     codes, inverse = np.unique(np.asarray(groups), return_inverse=True)
     members = [np.flatnonzero(inverse == g) for g in range(len(codes))]
@@ -292,7 +265,7 @@ def bootstrap_intervals(
         y = y_idx[idx]
         if len(np.unique(is_malignant(y))) < 2 or not (y == CLASSES.index("mel")).any():
             continue
-        for key, value in _interval_stats(y, probs[idx], threshold).items():
+        for key, value in _interval_stats(y, probs[idx], threshold, pred[idx]).items():
             samples.setdefault(key, []).append(value)
     tail = (1 - level) / 2 * 100
     return {k: np.percentile(v, [tail, 100 - tail]).round(4).tolist() for k, v in samples.items()}
@@ -301,13 +274,21 @@ def bootstrap_intervals(
 def headline_values(metrics: dict) -> dict[str, float | None]:
     """The figures :data:`QUALITY_TARGETS` refer to, read from a ``metrics.json`` dict."""
     cam = metrics.get("cam_localisation") or {}
+    ood = (metrics.get("ood") or {}).get("photos") or {}
+    mal_cal = metrics["malignant"].get("calibration") or {}
+    gap = abs(mal_cal["mean_risk"] - mal_cal["observed_share"]) if "mean_risk" in mal_cal else None
     return {
         "balanced_accuracy": metrics["balanced_accuracy"],
         "malignant_auc": metrics["malignant"]["auc"],
         "mel_auc": metrics["per_class"]["mel"]["auc"],
+        "mel_sensitivity": metrics["per_class"]["mel"]["sensitivity"],
         "macro_auc": metrics["macro_auc"],
         "malignant_sensitivity": metrics["malignant"]["operating_point"]["sensitivity"],
+        "malignant_ece": mal_cal.get("ece"),
+        "malignant_mean_gap": gap,
         "ece": metrics["calibration"]["ece"],
+        "ood_photos_flagged": ood.get("non_dermoscopic_flagged"),
+        "ood_ham_flagged": ood.get("ham10000_flagged"),
         "cam_ratio": cam.get("mean_ratio"),
     }
 

@@ -38,14 +38,51 @@ def make_explainer(model, method: str = "Grad-CAM"):
     return cls(model, model_modifier=ReplaceToLinear(), clone=True)
 
 
-def cam_layer(model) -> str | int:
-    """The layer Grad-CAM reads: ``last_conv`` where the model has it, else the last conv."""
-    names = {layer.name for layer in model.layers}
-    return CAM_LAYER if CAM_LAYER in names else -1
+def cam_layer(model, configured: str | None = None) -> str:
+    """The layer Grad-CAM reads: ``configured`` (chosen at finalisation and stored in
+    ``config.json``), else ``last_conv`` or ``out_relu`` where the model has one.
+    """
+    names = [layer.name for layer in model.layers]
+    for name in (configured, CAM_LAYER, "out_relu"):
+        if name and name in names:
+            return name
+    raise ValueError("the model has no layer to explain; name one in config.json cam_layer")
 
 
-def heatmap(explainer, model, image: np.ndarray, class_index: int, input_size: int) -> np.ndarray:
-    """Class activation map of one image, resized to the image.
+def model_inputs(model, image: np.ndarray, input_size: int, metadata: np.ndarray | None):
+    """The model's input for one image (and its metadata vector for a two-input model)."""
+    x = resize_for_model(image, input_size).astype(np.float32)[None]
+    if len(model.inputs) == 1:
+        return x
+    from skin_model.metadata import MISSING
+
+    m = MISSING if metadata is None else np.asarray(metadata, dtype=np.float32)
+    return [x, m[None]]
+
+
+def finish_cam(cam: np.ndarray, input_size: int, shape: tuple[int, int]) -> np.ndarray:
+    """Layer-resolution CAM (1, h, w) -> normalised heatmap at the image size, as
+    tf-keras-vis does it (linear zoom to the input, min-max normalise).
+    """
+    from scipy.ndimage import zoom
+    from tf_keras_vis.utils import normalize
+
+    cam = np.asarray(cam, dtype=np.float32)
+    factors = (1, input_size / cam.shape[1], input_size / cam.shape[2])
+    cam = np.asarray(normalize(zoom(cam, factors, order=1)))
+    return resize_heatmap(cam[0].astype(np.float32), shape)
+
+
+def heatmap(
+    explainer,
+    model,
+    image: np.ndarray,
+    class_index: int,
+    input_size: int,
+    layer: str | None = None,
+    metadata: np.ndarray | None = None,
+) -> np.ndarray:
+    """Class activation map of one image by tf-keras-vis, resized to the image.
 
     Args:
         explainer: From :func:`make_explainer`.
@@ -53,17 +90,23 @@ def heatmap(explainer, model, image: np.ndarray, class_index: int, input_size: i
         image: RGB uint8 array (H, W, 3) as decoded.
         class_index: Output index to explain.
         input_size: Side of the square model input.
+        layer: Layer to read (default :func:`cam_layer`); used as named, never moved.
+        metadata: Patient-context vector for a two-input model (None: none given).
 
     Returns:
         float32 array (H, W) in [0, 1].
     """
     from tf_keras_vis.utils.scores import CategoricalScore
 
-    x = resize_for_model(image, input_size).astype(np.float32)[None]
     cam = explainer(
-        CategoricalScore([class_index]), x, penultimate_layer=cam_layer(model), normalize_cam=True
+        CategoricalScore([class_index]),
+        model_inputs(model, image, input_size, metadata),
+        penultimate_layer=cam_layer(model, layer),
+        seek_penultimate_conv_layer=False,
+        expand_cam=False,
+        normalize_cam=False,
     )
-    return resize_heatmap(np.asarray(cam[0], dtype=np.float32), image.shape[:2])
+    return finish_cam(np.asarray(cam), input_size, image.shape[:2])
 
 
 def resize_heatmap(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -120,62 +163,40 @@ def box_area_share(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> fl
     return (bottom - top + 1) * (right - left + 1) / (shape[0] * shape[1])
 
 
-def get_explainer(bundle, method: str = "Grad-CAM"):
-    """The bundle's cached explainer for ``method``, built on first use.
-
-    Args:
-        bundle: A :class:`skin_model.inference.ModelBundle`.
-        method: One of :data:`METHODS`.
-
-    Returns:
-        The tf-keras-vis explainer; call it under ``bundle.lock``.
-    """
-    with bundle.lock:
-        if method not in bundle._explainers:
-            bundle._explainers[method] = make_explainer(bundle.model, method)
-        return bundle._explainers[method]
-
-
-def compiled_gradcam(model):
-    """A compiled Grad-CAM of ``model``'s ``last_conv`` layer (TensorFlow backend).
+def compiled_gradcam(model, layer: str | None = None):
+    """A compiled Grad-CAM of one layer (TensorFlow backend).
 
     Same maths as tf-keras-vis ``Gradcam`` with ``ReplaceToLinear``: gradients of the
     pre-softmax score with respect to the layer output, averaged over space as channel
     weights, weighted sum of the activations, ReLU.
 
     Args:
-        model: A flat model whose layers after ``last_conv`` form a chain ending in the
-            ``predictions`` Dense layer.
+        model: A flat model ending in the ``predictions`` Dense(softmax) layer (one or two
+            inputs).
+        layer: Layer to read (default :func:`cam_layer`).
 
     Returns:
-        ``fn(x (1, S, S, 3) float32, class_index int32) -> cam (1, h, w)`` or ``None`` when
-        the model or backend does not allow it.
+        ``fn(inputs, class_index int32) -> cam (1, h, w)`` or ``None`` on another backend.
     """
     import keras
 
-    names = [layer.name for layer in model.layers]
-    if keras.backend.backend() != "tensorflow" or CAM_LAYER not in names:
+    if keras.backend.backend() != "tensorflow":
         return None
     import tensorflow as tf
 
-    start = names.index(CAM_LAYER)
-    conv_model = keras.Model(model.inputs, model.layers[start].output)
-    tail, dense = model.layers[start + 1 : -1], model.layers[-1]
+    dense = model.get_layer("predictions")
+    two = keras.Model(model.inputs, [model.get_layer(cam_layer(model, layer)).output, dense.input])
+    specs = [tf.TensorSpec([1, None, None, 3], tf.float32)]
+    if len(model.inputs) > 1:
+        specs.append(tf.TensorSpec([1, model.inputs[1].shape[-1]], tf.float32))
 
     @tf.function(
-        input_signature=[
-            tf.TensorSpec([1, None, None, 3], tf.float32),
-            tf.TensorSpec([], tf.int32),
-        ],
+        input_signature=[specs if len(specs) > 1 else specs[0], tf.TensorSpec([], tf.int32)],
         reduce_retracing=True,
     )
-    def fn(x, class_index):
-        conv = conv_model(x, training=False)
+    def fn(inputs, class_index):
         with tf.GradientTape() as tape:
-            tape.watch(conv)
-            h = conv
-            for layer in tail:
-                h = layer(h, training=False)
+            conv, h = two(inputs, training=False)
             score = (keras.ops.matmul(h, dense.kernel) + dense.bias)[:, class_index]
         weights = tf.reduce_mean(tape.gradient(score, conv), axis=(1, 2), keepdims=True)
         return tf.nn.relu(tf.reduce_sum(conv * weights, axis=-1))
@@ -183,26 +204,39 @@ def compiled_gradcam(model):
     return fn
 
 
-def _fast_heatmap(fn, image: np.ndarray, class_index: int, input_size: int) -> np.ndarray:
-    """Heatmap from :func:`compiled_gradcam`, post-processed like tf-keras-vis."""
-    from scipy.ndimage import zoom
-    from tf_keras_vis.utils import normalize, zoom_factor
+def explain(
+    bundle,
+    image: np.ndarray,
+    class_index: int,
+    method: str = "Grad-CAM",
+    metadata: np.ndarray | None = None,
+    layer: str | None = None,
+) -> np.ndarray:
+    """Heatmap (H, W) in [0, 1] of ``class_index`` for one decoded image, thread-safe.
 
-    x = resize_for_model(image, input_size).astype(np.float32)[None]
-    cam = np.asarray(fn(x, np.int32(class_index)))
-    cam = normalize(zoom(cam, zoom_factor(cam.shape, x.shape), order=1))
-    return resize_heatmap(np.asarray(cam[0], dtype=np.float32), image.shape[:2])
+    Args:
+        bundle: A :class:`skin_model.inference.ModelBundle`.
+        image: Decoded RGB uint8 image.
+        class_index: Output index to explain.
+        method: One of :data:`METHODS`.
+        metadata: Patient-context vector for a two-input model (None: none given).
+        layer: Layer to read (default: the model's ``cam_layer`` setting).
 
-
-def explain(bundle, image: np.ndarray, class_index: int, method: str = "Grad-CAM") -> np.ndarray:
-    """Heatmap (H, W) in [0, 1] of ``class_index`` for one decoded image, thread-safe."""
+    Returns:
+        float32 heatmap at the image's size.
+    """
+    layer = cam_layer(bundle.model, layer or bundle.config.get("cam_layer"))
     if method == "Grad-CAM":
-        with bundle.lock:
-            if "compiled" not in bundle._explainers:
-                bundle._explainers["compiled"] = compiled_gradcam(bundle.model)
-            fn = bundle._explainers["compiled"]
-            if fn is not None:
-                return _fast_heatmap(fn, image, class_index, bundle.input_size)
-    explainer = get_explainer(bundle, method)
+        fn = bundle.explainer(("compiled", layer), lambda: compiled_gradcam(bundle.model, layer))
+        if fn is not None:
+            x = model_inputs(bundle.model, image, bundle.input_size, metadata)
+            with bundle.lock:
+                cam = fn(x, np.int32(class_index))
+            return finish_cam(np.asarray(cam), bundle.input_size, image.shape[:2])
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    explainer = bundle.explainer(method, lambda: make_explainer(bundle.model, method))
     with bundle.lock:
-        return heatmap(explainer, bundle.model, image, class_index, bundle.input_size)
+        return heatmap(
+            explainer, bundle.model, image, class_index, bundle.input_size, layer, metadata
+        )

@@ -13,20 +13,26 @@ import json
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from skin_model import CLASSES
-from skin_model.evaluate import apply_temperature, malignant_probability
+from skin_model.calibration import (
+    adjust_prevalence,
+    calibrated_probabilities,
+    mahalanobis,
+    malignant_probability,
+    shift_malignant_prevalence,
+)
 from skin_model.imaging import resize_for_model
+from skin_model.metadata import PatientContext, encode
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
 OOD_FILE = "ood.npz"
 CARD_FILE = "MODEL_CARD.md"
-CSV_COLUMNS = ("file", "prediction", "malignant_probability", *CLASSES, "error")
 UNSURE_TOP_PROBABILITY = 0.5
 """Below this top-class probability a prediction is marked unsure."""
 UNSURE_ENTROPY = 0.6
@@ -55,10 +61,33 @@ class ModelBundle:
         """Side of the square model input."""
         return int(self.config["input_size"])
 
+    def explainer(self, key, build):
+        """The cached explainer under ``key``, built by ``build()`` on first use."""
+        with self.lock:
+            if key not in self._explainers:
+                self._explainers[key] = build()
+            return self._explainers[key]
+
+    @property
+    def class_prior(self) -> list[float] | None:
+        """Training class frequencies the outputs are re-weighted by (None: not needed)."""
+        return self.config.get("class_prior")
+
+    @property
+    def malignant_share(self) -> float | None:
+        """Malignant share of the training data (the risk's default prevalence)."""
+        return self.config.get("malignant_share")
+
 
 @dataclass
 class Prediction:
-    """One image's calibrated result."""
+    """One image's result.
+
+    ``probabilities`` are class probabilities at the training data's class frequencies
+    (or re-weighted to a chosen malignant prevalence); ``decision`` is the class chosen
+    by the balanced rule (see :mod:`skin_model.calibration`), which is not always the
+    most probable class: a rare class is suggested when its probability is high for it.
+    """
 
     probabilities: np.ndarray
     malignant_probability: float
@@ -66,11 +95,37 @@ class Prediction:
     unsure: bool
     ood_distance: float | None
     looks_dermoscopic: bool
+    decision: int = -1
+    prevalence: float | None = None
+    context: PatientContext | None = None
+    threshold: float | None = None
+
+    @property
+    def context_used(self) -> str:
+        """Which patient-context fields the prediction used, as text."""
+        return self.context.describe() if self.context is not None else "none given"
 
     @property
     def top_class(self) -> str:
-        """Code of the most probable class."""
-        return CLASSES[int(np.argmax(self.probabilities))]
+        """Code of the suggested diagnosis (the balanced decision)."""
+        i = self.decision if self.decision >= 0 else int(np.argmax(self.probabilities))
+        return CLASSES[i]
+
+    def at_prevalence(self, trained_share: float | None, share: float | None) -> Prediction:
+        """This prediction with probabilities and risk re-weighted to a malignant share.
+
+        The referral flag is kept: it depends on the risk at the training share, so the
+        sensitivity measured for it still holds (the shown threshold moves instead).
+        """
+        if share is None or not trained_share:
+            return self
+        probs = shift_malignant_prevalence(self.probabilities[None], trained_share, share)[0]
+        return replace(
+            self,
+            probabilities=probs,
+            malignant_probability=float(malignant_probability(probs[None])[0]),
+            prevalence=share,
+        )
 
     def top_k(self, k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` most probable classes with their probabilities."""
@@ -165,20 +220,34 @@ def load_bundle(model_dir: Path, verify: bool = True) -> ModelBundle:
     return bundle
 
 
+def takes_metadata(model) -> bool:
+    """Whether the model has the second, patient-context input."""
+    return len(model.inputs) > 1
+
+
 def _infer_fn(bundle: ModelBundle):
-    """A compiled function mapping a float batch to (features, probabilities)."""
+    """A compiled function mapping (images, metadata) to (features, probabilities)."""
     if bundle._infer is None:
         import keras
 
         model = bundle.model
         two = keras.Model(model.inputs, [model.get_layer("features").output, model.output])
+        meta = takes_metadata(model)
+        call = (
+            (lambda x, m: two([x, m], training=False))
+            if meta
+            else (lambda x, m: two(x, training=False))
+        )
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
+            from skin_model.metadata import DIM
+
             spec = tf.TensorSpec([None, bundle.input_size, bundle.input_size, 3], tf.float32)
-            bundle._infer = tf.function(lambda x: two(x, training=False), input_signature=[spec])
+            mspec = tf.TensorSpec([None, DIM], tf.float32)
+            bundle._infer = tf.function(call, input_signature=[spec, mspec])
         else:
-            bundle._infer = lambda x: two(x, training=False)
+            bundle._infer = call
     return bundle._infer
 
 
@@ -191,7 +260,13 @@ def dihedral_views(batch: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(views, axis=0))
 
 
-def raw_outputs(bundle: ModelBundle, batch: np.ndarray, tta: bool, chunk: int = 256):
+def raw_outputs(
+    bundle: ModelBundle,
+    batch: np.ndarray,
+    tta: bool,
+    chunk: int = 256,
+    metadata: np.ndarray | None = None,
+):
     """Uncalibrated probabilities and identity-view features for a float batch.
 
     Args:
@@ -199,29 +274,32 @@ def raw_outputs(bundle: ModelBundle, batch: np.ndarray, tta: bool, chunk: int = 
         batch: (N, S, S, 3) float32 in [0, 255].
         tta: Average the probabilities over the 8 dihedral views.
         chunk: Images per model call.
+        metadata: (N, DIM) patient-context vectors (None: none given; ignored by an
+            image-only model).
 
     Returns:
         ``(probs (N, K), features (N, F))`` as numpy arrays.
     """
+    from skin_model.metadata import MISSING
+
     infer = _infer_fn(bundle)
+    if metadata is None:
+        metadata = np.repeat(MISSING[None], len(batch), axis=0)
+    metadata = np.asarray(metadata, dtype=np.float32)
     probs_out, feats_out = [], []
     step = max(1, chunk // 8) if tta else chunk  # 8 views per image: same memory per call
     for start in range(0, len(batch), step):
         part = batch[start : start + step]
         x = dihedral_views(part) if tta else part
+        m = metadata[start : start + step]
+        m = np.tile(m, (8, 1)) if tta else m
         with bundle.lock:
-            feats, probs = infer(x.astype(np.float32))
+            feats, probs = infer(x.astype(np.float32), m)
         probs, feats = np.asarray(probs), np.asarray(feats)
         n = len(part)
         probs_out.append(probs.reshape(-1, n, probs.shape[-1]).mean(axis=0))
         feats_out.append(feats[:n])
     return np.concatenate(probs_out), np.concatenate(feats_out)
-
-
-def mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """Mahalanobis distance of each feature row from the training distribution."""
-    d = features - mean
-    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, precision, d), 0.0))
 
 
 def normalised_entropy(probs: np.ndarray) -> np.ndarray:
@@ -230,12 +308,21 @@ def normalised_entropy(probs: np.ndarray) -> np.ndarray:
     return -(p * np.log(p)).sum(axis=1) / np.log(probs.shape[1])
 
 
-def predict_images(bundle: ModelBundle, images: Sequence[np.ndarray]) -> list[Prediction]:
+def predict_images(
+    bundle: ModelBundle,
+    images: Sequence[np.ndarray],
+    prevalence: float | None = None,
+    contexts: Sequence[PatientContext | None] | None = None,
+) -> list[Prediction]:
     """Classify decoded RGB uint8 images with calibration, TTA and the OOD check.
 
     Args:
         bundle: The loaded model.
         images: Decoded images of any size (see :func:`skin_model.imaging.decode_image`).
+        prevalence: Malignant share of the population seen; probabilities and the risk
+            are re-weighted to it (Bayes' rule). ``None``: the training data's share.
+        contexts: Optional patient context per image (a model without the metadata
+            input ignores it).
 
     Returns:
         One :class:`Prediction` per image, in order.
@@ -244,11 +331,19 @@ def predict_images(bundle: ModelBundle, images: Sequence[np.ndarray]) -> list[Pr
         return []
     size = bundle.input_size
     batch = np.stack([resize_for_model(im, size) for im in images]).astype(np.float32)
-    raw, feats = raw_outputs(bundle, batch, tta=bool(bundle.config.get("tta", False)))
-    probs = apply_temperature(raw, float(bundle.config.get("temperature", 1.0)))
+    contexts = list(contexts) if contexts is not None else [None] * len(images)
+    use_meta = takes_metadata(bundle.model)
+    meta = np.stack([encode(c) for c in contexts]) if use_meta else None
+    raw, feats = raw_outputs(
+        bundle, batch, tta=bool(bundle.config.get("tta", False)), metadata=meta
+    )
+    prior = bundle.class_prior
+    probs = calibrated_probabilities(raw, prior, float(bundle.config.get("temperature", 1.0)))
+    decisions = raw.argmax(axis=1) if prior is not None else probs.argmax(axis=1)
     p_mal = malignant_probability(probs)
-    entropy = normalised_entropy(probs)
-    threshold = float(bundle.config["malignant_threshold"])
+    thresholds = np.array([threshold_for(bundle, c) for c in contexts])
+    flagged = p_mal >= thresholds
+    entropy = normalised_entropy(raw)
     if bundle.ood_mean is not None:
         dist = mahalanobis(feats, bundle.ood_mean, bundle.ood_precision)
         ood_limit = float(bundle.config["ood_threshold"])
@@ -258,22 +353,39 @@ def predict_images(bundle: ModelBundle, images: Sequence[np.ndarray]) -> list[Pr
         Prediction(
             probabilities=probs[i],
             malignant_probability=float(p_mal[i]),
-            suspicious=bool(p_mal[i] >= threshold),
-            unsure=bool(probs[i].max() < UNSURE_TOP_PROBABILITY or entropy[i] > UNSURE_ENTROPY),
+            suspicious=bool(flagged[i]),
+            unsure=bool(raw[i].max() < UNSURE_TOP_PROBABILITY or entropy[i] > UNSURE_ENTROPY),
             ood_distance=None if dist[i] is None else float(dist[i]),
             looks_dermoscopic=dist[i] is None or bool(dist[i] <= ood_limit),
-        )
+            decision=int(decisions[i]),
+            context=contexts[i] if use_meta else None,
+            threshold=float(thresholds[i]),
+        ).at_prevalence(bundle.malignant_share, prevalence)
         for i in range(len(images))
     ]
 
 
-def result_row(file: str, prediction: Prediction | None, error: str = "") -> dict:
-    """One results-CSV row (:data:`CSV_COLUMNS`) for a prediction or an error."""
-    row = {c: "" for c in CSV_COLUMNS}
-    row["file"], row["error"] = file, error
-    if prediction is not None:
-        row["prediction"] = prediction.top_class
-        row["malignant_probability"] = round(prediction.malignant_probability, 6)
-        for c, p in zip(CLASSES, prediction.probabilities, strict=True):
-            row[c] = round(float(p), 6)
-    return row
+def threshold_for(bundle: ModelBundle, context: PatientContext | None) -> float:
+    """The referral threshold for a case: the metadata threshold (chosen on calibration
+    data with the patient context) when any field is given to a two-input model, else the
+    image-only one.
+    """
+    with_meta = bundle.config.get("malignant_threshold_metadata")
+    if with_meta is not None and context is not None and context.given:
+        return float(with_meta)
+    return float(bundle.config["malignant_threshold"])
+
+
+def display_threshold(
+    bundle: ModelBundle, prevalence: float | None = None, threshold: float | None = None
+) -> float:
+    """The referral threshold on the risk scale shown at ``prevalence``.
+
+    A case is flagged when its risk at the training prevalence reaches the shipped
+    threshold; at another prevalence the same cases are flagged (so the measured
+    sensitivity still holds) and the threshold moves with the risk.
+    """
+    t = float(bundle.config["malignant_threshold"] if threshold is None else threshold)
+    if prevalence is None or not bundle.malignant_share:
+        return t
+    return float(adjust_prevalence(t, bundle.malignant_share, prevalence))

@@ -12,9 +12,37 @@ from keras import layers
 
 from skin_model import CLASSES
 
-ARCHITECTURES = ("skinnet", "custom_cnn", "resnet50")
+ARCHITECTURES = ("skinnet", "mobilenetv2", "custom_cnn", "resnet50")
 BN_MOMENTUM = 0.9
 """Batch-norm moving-average momentum; 0.9 tracks the weights of short CPU runs closely."""
+
+
+@keras.saving.register_keras_serializable(package="skin_model")
+class LogitAdjustedCrossentropy(keras.losses.Loss):
+    """Cross-entropy on ``log p + log prior`` (logit adjustment, Menon et al., 2021).
+
+    Trained with it, the model's softmax estimates the class posterior under a *uniform*
+    prior: its argmax is a balanced decision, and ``p * prior`` renormalised is the
+    posterior at the training frequencies (see :mod:`skin_model.calibration`).
+
+    Args:
+        prior: (K,) training class frequencies.
+    """
+
+    def __init__(self, prior, name: str = "logit_adjusted_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.prior = [float(p) for p in prior]
+
+    def call(self, y_true, y_pred):
+        """Per-sample loss."""
+        ops = keras.ops
+        log_p = ops.log(ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1.0))
+        logits = log_p + ops.log(ops.convert_to_tensor(self.prior, "float32"))
+        return keras.losses.categorical_crossentropy(y_true, logits, from_logits=True)
+
+    def get_config(self) -> dict:
+        """Serialisable settings."""
+        return {**super().get_config(), "prior": self.prior}
 
 
 def _conv_bn(x, filters: int, kernel: int, strides: int, name: str):
@@ -141,9 +169,77 @@ def make_resnet50(
     return keras.Model(inputs, _head(base.output, dropout, num_classes), name="resnet50")
 
 
+def make_mobilenetv2(
+    input_size: int = 128,
+    weights: str | Path | None = None,
+    dropout: float = 0.2,
+    num_classes: int = len(CLASSES),
+    bn_momentum: float = BN_MOMENTUM,
+    metadata_dim: int = 0,
+) -> keras.Model:
+    """MobileNetV2 (alpha 1.0), inlined into one flat Functional model.
+
+    Args:
+        input_size: Side of the square input image.
+        weights: ``None`` (random init), ``"imagenet"`` (Keras' download; needs a network)
+            or a local ``.weights.h5`` file such as the one
+            :func:`skin_model.backbones.fetch_mobilenetv2` writes (no network).
+        dropout: Dropout rate before the classifier.
+        num_classes: Number of output classes.
+        bn_momentum: Batch-norm momentum; Keras' 0.999 keeps ImageNet's statistics for
+            short fine-tuning runs and validation collapses.
+        metadata_dim: Length of an optional second input ``metadata`` (patient context,
+            see :mod:`skin_model.metadata`), encoded by a small dense layer and joined to
+            the pooled image features before the classifier; 0 = image only.
+
+    Returns:
+        An uncompiled flat Functional model; ``out_relu`` is its last post-activation
+        feature map and ``features`` the pooled image features.
+    """
+    if weights is not None and weights != "imagenet" and not Path(weights).is_file():
+        raise FileNotFoundError(
+            f"MobileNetV2 weights file not found: {weights}; "
+            "run `python -m skin_model.backbones fetch mobilenetv2`"
+        )
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
+    base = keras.applications.MobileNetV2(
+        include_top=False,
+        weights=None if weights is None else str(weights),
+        input_tensor=x,
+        alpha=1.0,
+    )
+    for layer in base.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = bn_momentum
+    if not metadata_dim:
+        return keras.Model(inputs, _head(base.output, dropout, num_classes), name="mobilenetv2")
+    meta = keras.Input((metadata_dim,), name="metadata")
+    m = layers.Dense(32, activation="relu", name="meta_dense")(meta)
+    x = layers.GlobalAveragePooling2D(name="features")(base.output)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = layers.Concatenate(name="fusion")([x, m])
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(
+        x
+    )
+    return keras.Model([inputs, meta], outputs, name="mobilenetv2_meta")
+
+
+def inference_copy(model: keras.Model) -> keras.Model:
+    """The same network and weights without loss and optimizer state (a third the size)."""
+    copy = keras.Model.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def build_model(architecture: str, input_size: int, **kwargs) -> keras.Model:
     """Build one of :data:`ARCHITECTURES` by name."""
-    builders = {"skinnet": make_skinnet, "custom_cnn": make_custom_cnn, "resnet50": make_resnet50}
+    builders = {
+        "skinnet": make_skinnet,
+        "mobilenetv2": make_mobilenetv2,
+        "custom_cnn": make_custom_cnn,
+        "resnet50": make_resnet50,
+    }
     if architecture not in builders:
         raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")
     return builders[architecture](input_size=input_size, **kwargs)

@@ -1,34 +1,43 @@
-"""Classifying uploaded bytes for the app: decode, batch-predict, explain, report.
+"""A case end to end, for the app: decode, predict (with optional patient context and a
+clinic's prevalence), explain, report.
 
-All in memory: nothing here writes or logs an image.
+All in memory: nothing here writes or logs an image or a patient's details.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from skin_model import display_name
+from skin_model import CLASSES, display_name
+from skin_model.explain import explain, overlay
 from skin_model.imaging import ImageError, decode_image
-from skin_model.inference import ModelBundle, Prediction, predict_images, result_row
+from skin_model.inference import ModelBundle, Prediction, display_threshold, predict_images
+from skin_model.metadata import PatientContext, encode
+from skin_model.report import render_report
+from skin_model.results import result_row, rows_to_csv_text
 
 SUSPICIOUS = "suspicious — consider biopsy/referral"
-BENIGN = "likely benign"
+BENIGN = "below the referral threshold"
 NOT_DERMOSCOPIC = "does not look like a dermoscopic image"
 
 
 @dataclass
 class Case:
-    """One uploaded file and what became of it."""
+    """One uploaded file and what became of it.
+
+    ``predictions`` caches the model's result per patient context, at the training
+    prevalence, so changing the context or the prevalence never re-decodes the image.
+    """
 
     name: str
     digest: str
     image: np.ndarray | None = None
-    prediction: Prediction | None = None
     error: str = ""
+    predictions: dict = field(default_factory=dict)
 
 
 def digest(data: bytes) -> str:
@@ -36,16 +45,8 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def classify_uploads(bundle: ModelBundle, uploads: Sequence[tuple[str, bytes]]) -> list[Case]:
-    """Decode and classify uploads in one batch; bad files get their own error.
-
-    Args:
-        bundle: Loaded model.
-        uploads: ``(file name, bytes)`` pairs.
-
-    Returns:
-        One :class:`Case` per upload, in order.
-    """
+def decode_uploads(uploads: Sequence[tuple[str, bytes]]) -> list[Case]:
+    """Decode uploads; a file that cannot be used gets its own error, the rest go on."""
     cases = []
     for name, data in uploads:
         case = Case(name=name, digest=digest(data))
@@ -54,10 +55,50 @@ def classify_uploads(bundle: ModelBundle, uploads: Sequence[tuple[str, bytes]]) 
         except ImageError as exc:
             case.error = str(exc)
         cases.append(case)
-    good = [c for c in cases if c.image is not None]
-    for case, pred in zip(good, predict_images(bundle, [c.image for c in good]), strict=True):
-        case.prediction = pred
     return cases
+
+
+def predict_cases(
+    bundle: ModelBundle,
+    cases: Sequence[Case],
+    contexts: Sequence[PatientContext | None] | None = None,
+    prevalence: float | None = None,
+) -> list[Prediction | None]:
+    """Each case's prediction for its context, at ``prevalence``; uncached ones in one batch.
+
+    Args:
+        bundle: Loaded model.
+        cases: Decoded cases (failed ones give None).
+        contexts: Patient context per case (None: not given).
+        prevalence: Malignant share to show probabilities at (None: the training data's).
+
+    Returns:
+        One prediction (or None for a failed case) per case, in order.
+    """
+    contexts = list(contexts) if contexts is not None else [None] * len(cases)
+    todo = [
+        (c, ctx)
+        for c, ctx in zip(cases, contexts, strict=True)
+        if c.image is not None and ctx not in c.predictions
+    ]
+    if todo:
+        preds = predict_images(bundle, [c.image for c, _ in todo], None, [x for _, x in todo])
+        for (case, ctx), pred in zip(todo, preds, strict=True):
+            case.predictions[ctx] = pred
+    return [
+        None
+        if c.image is None
+        else c.predictions[ctx].at_prevalence(bundle.malignant_share, prevalence)
+        for c, ctx in zip(cases, contexts, strict=True)
+    ]
+
+
+def classify_uploads(
+    bundle: ModelBundle, uploads: Sequence[tuple[str, bytes]], prevalence: float | None = None
+) -> list[tuple[Case, Prediction | None]]:
+    """Decode and classify uploads without patient context (the one-call path)."""
+    cases = decode_uploads(uploads)
+    return list(zip(cases, predict_cases(bundle, cases, None, prevalence), strict=True))
 
 
 def flag(prediction: Prediction) -> str:
@@ -67,31 +108,76 @@ def flag(prediction: Prediction) -> str:
     return SUSPICIOUS if prediction.suspicious else BENIGN
 
 
-def summary_row(case: Case) -> dict:
+def summary_row(case: Case, prediction: Prediction | None) -> dict:
     """One row of the batch summary table."""
-    p = case.prediction
-    if p is None:
+    if prediction is None:
         return {
             "file": case.name,
-            "top diagnosis": "—",
-            "probability": None,
+            "suggested diagnosis": "—",
+            "its probability": None,
             "malignant risk": None,
             "flag": f"error: {case.error}",
+            "patient context used": "—",
         }
     return {
         "file": case.name,
-        "top diagnosis": display_name(p.top_class),
-        "probability": float(p.probabilities.max()),
-        "malignant risk": p.malignant_probability,
-        "flag": flag(p) + (" (model unsure)" if p.unsure else ""),
+        "suggested diagnosis": display_name(prediction.top_class),
+        "its probability": float(prediction.probabilities[CLASSES.index(prediction.top_class)]),
+        "malignant risk": prediction.malignant_probability,
+        "flag": flag(prediction) + (" (model unsure)" if prediction.unsure else ""),
+        "patient context used": prediction.context_used,
     }
 
 
-def csv_rows(cases: Sequence[Case]) -> list[dict]:
-    """The CLI's CSV rows for a batch of cases."""
-    return [result_row(c.name, c.prediction, c.error) for c in cases]
+def csv_text(cases: Sequence[Case], predictions: Sequence[Prediction | None]) -> str:
+    """The CLI's CSV for a batch of cases (same columns)."""
+    rows = [result_row(c.name, p, c.error) for c, p in zip(cases, predictions, strict=True)]
+    return rows_to_csv_text(rows)
 
 
 def top3_table(prediction: Prediction) -> dict[str, float]:
     """The three most probable classes as ``{"Melanoma (mel)": 0.61, ...}``."""
     return {display_name(c): p for c, p in prediction.top_k(3)}
+
+
+def explanation(
+    bundle: ModelBundle,
+    case: Case,
+    class_code: str,
+    method: str,
+    context: PatientContext | None = None,
+) -> np.ndarray:
+    """The heatmap of ``class_code`` for a decoded case (image path; context held fixed)."""
+    meta = encode(context) if len(bundle.model.inputs) > 1 else None
+    return explain(bundle, case.image, CLASSES.index(class_code), method, meta)
+
+
+def overlay_image(case: Case, cam: np.ndarray, alpha: float) -> np.ndarray:
+    """The case's image with the heatmap blended in at opacity ``alpha``."""
+    return overlay(case.image, cam, alpha)
+
+
+def case_report(
+    bundle: ModelBundle,
+    case: Case,
+    prediction: Prediction,
+    cam: np.ndarray,
+    class_code: str,
+    method: str,
+    alpha: float,
+) -> bytes:
+    """The one-page PNG report of a case, naming the method and class the overlay shows."""
+    version = (
+        f"{bundle.config.get('architecture')} {bundle.config.get('input_size')}px, "
+        f"trained {bundle.config.get('trained_on')}"
+    )
+    return render_report(
+        case.name,
+        case.image,
+        overlay(case.image, cam, alpha),
+        prediction,
+        display_threshold(bundle, prediction.prevalence, prediction.threshold),
+        flag(prediction),
+        version,
+        f"{method} for {display_name(class_code)}",
+    )

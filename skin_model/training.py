@@ -23,6 +23,8 @@ import pandas as pd
 
 from skin_model import CLASSES
 from skin_model.data import (
+    DataError,
+    carve_calibration,
     class_weights,
     load_images,
     make_dataset,
@@ -56,27 +58,48 @@ ATTEMPT_COLUMNS = (
 class TrainConfig:
     """Settings of one training run (all recorded in ``config.json``)."""
 
-    architecture: str = "skinnet"
-    input_size: int = 96
+    architecture: str = "mobilenetv2"
+    input_size: int = 128
     width: float = 1.0
-    epochs: int = 75
+    epochs: int = 12
     batch_size: int = 64
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    warmup_epochs: int = 2
-    label_smoothing: float = 0.1
-    class_weight_power: float = 1.0
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.0
+    loss: str = "logit_adjusted"
+    class_weight_power: float = 0.0
+    crop_min_scale: float = 0.75
+    bn_momentum: float = 0.9
+    restore_best: bool = False
+    metadata: bool = True
+    metadata_hide_all: float = 0.5
+    metadata_hide_field: float = 0.2
     patience: int = 25
     seed: int = 42
     val_frac: float = 0.15
     test_frac: float = 0.15
+    calib_share: float = 0.5
     target_sensitivity: float = 0.90
     tta_min_gain: float = 0.01
     ood_quantile: float = 0.99
     limit: int | None = None
-    weights: str | None = None
+    weights: str | None = "nsfwjs"
     name: str = ""
     verbose: int = 2
+
+
+LOSSES = ("logit_adjusted", "crossentropy")
+CHECKPOINT_FILE = "checkpoint.keras"
+BEST_WEIGHTS_FILE = "best.weights.h5"
+STATE_FILE = "train_state.json"
+RUN_CONFIG_FILE = "run_config.json"
+
+
+def class_prior(labels, classes=CLASSES) -> np.ndarray:
+    """Class frequencies of the training labels (every class at least one count)."""
+    counts = np.array([max(1, list(labels).count(c)) for c in classes], dtype=np.float64)
+    return counts / counts.sum()
 
 
 def subsample_lesions(df: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
@@ -161,14 +184,18 @@ def lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
     )
 
 
-def make_balanced_accuracy_callback(x_val: np.ndarray, y_val: np.ndarray, batch_size: int):
-    """A callback that logs ``val_balanced_accuracy`` and ``learning_rate`` each epoch and
-    restores the weights of the best epoch when training ends.
+def make_balanced_accuracy_callback(
+    x_val: np.ndarray, y_val: np.ndarray, batch_size: int, meta_val: np.ndarray | None = None
+):
+    """A callback that logs ``val_balanced_accuracy`` (with the patient context where the
+    model takes it, and ``val_balanced_accuracy_image_only`` then) and ``learning_rate``
+    each epoch, and keeps the weights of the best epoch (restored only when asked).
 
     Args:
         x_val: Validation images, uint8 (N, S, S, 3).
         y_val: Validation class indices (N,).
         batch_size: Prediction batch size.
+        meta_val: (N, DIM) metadata vectors for a two-input model, or None.
 
     Returns:
         A ``keras.callbacks.Callback``; place it before ``CSVLogger`` and ``EarlyStopping``.
@@ -181,20 +208,27 @@ def make_balanced_accuracy_callback(x_val: np.ndarray, y_val: np.ndarray, batch_
             super().__init__()
             self.best, self.best_epoch, self.best_weights = -1.0, 0, None
 
+        def score(self, meta) -> float:
+            x = x_val.astype(np.float32)
+            if meta is not None:
+                x = {"image": x, "metadata": meta.astype(np.float32)}
+            probs = self.model.predict(x, batch_size, verbose=0)
+            return float(balanced_accuracy_score(y_val, probs.argmax(axis=1)))
+
         def on_epoch_end(self, epoch, logs=None):
             logs = logs if logs is not None else {}
-            probs = self.model.predict(x_val.astype(np.float32), batch_size, verbose=0)
-            score = float(balanced_accuracy_score(y_val, probs.argmax(axis=1)))
+            score = self.score(meta_val)
             logs["val_balanced_accuracy"] = score
+            if meta_val is not None:
+                from skin_model.metadata import MISSING
+
+                blank = np.repeat(MISSING[None], len(meta_val), axis=0)
+                logs["val_balanced_accuracy_image_only"] = self.score(blank)
             lr = self.model.optimizer.learning_rate
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
             if score > self.best:
                 self.best, self.best_epoch = score, epoch + 1
                 self.best_weights = self.model.get_weights()
-
-        def on_train_end(self, logs=None):
-            if self.best_weights is not None:
-                self.model.set_weights(self.best_weights)
 
     return BalancedAccuracy()
 
@@ -203,82 +237,191 @@ def prepare_data(data_dir: Path, cfg: TrainConfig) -> pd.DataFrame:
     """Read, clean, optionally subsample and split the data folder.
 
     Returns:
-        Metadata with ``split`` (train/val/test) and ``path`` columns.
+        Metadata with ``split`` (train/val/calib/test) and ``path`` columns.
     """
     df = read_metadata(Path(data_dir))
     if cfg.limit:
         df = subsample_lesions(df, cfg.limit, cfg.seed)
     df["split"] = split_by_lesion(df, cfg.val_frac, cfg.test_frac, cfg.seed)
+    df["split"] = carve_calibration(df, cfg.calib_share)
+    empty = [s for s in ("train", "val", "calib", "test") if not (df["split"] == s).any()]
+    if empty:
+        raise DataError(
+            f"too few lesions for a {'/'.join(empty)} part; use more data (or a larger --limit)"
+        )
     return df
 
 
-def fit_model(cfg: TrainConfig, parts: dict, history_csv: Path):
-    """Build, compile and fit the model; return it with the fit summary.
+def make_checkpoint_callback(out_dir: Path, best, seconds_before: float = 0.0):
+    """A callback that saves the model with its optimizer state and the run's progress
+    after every epoch, so ``train.py --resume`` can continue an interrupted run.
 
     Args:
-        cfg: Training settings.
-        parts: ``{"train"|"val": (uint8 images, class codes)}``.
-        history_csv: Where the per-epoch log goes.
+        out_dir: The model directory being written.
+        best: The balanced-accuracy callback (its best score and epoch are saved too).
+        seconds_before: Training seconds of the run before a resume.
 
     Returns:
-        ``(model, {"epochs_run", "best_epoch", "train_seconds"})``.
+        A ``keras.callbacks.Callback``.
     """
     import keras
 
-    from skin_model.models import build_model
+    class Checkpoint(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start = time.perf_counter()
 
-    keras.utils.set_random_seed(cfg.seed)
-    x_tr, y_tr = parts["train"]
-    x_va, y_va = parts["val"]
-    steps = int(np.ceil(len(x_tr) / cfg.batch_size))
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.save(out_dir / CHECKPOINT_FILE)
+            if best.best_epoch == epoch + 1:
+                self.model.save_weights(out_dir / BEST_WEIGHTS_FILE)
+            state = {
+                "epochs_done": epoch + 1,
+                "best": best.best,
+                "best_epoch": best.best_epoch,
+                "seconds": round(seconds_before + time.perf_counter() - self.start, 1),
+            }
+            write_json(out_dir / STATE_FILE, state)
+
+    return Checkpoint()
+
+
+def compile_model(cfg: TrainConfig, prior: np.ndarray, steps: int):
+    """Build and compile the model of ``cfg`` (weights resolved, loss chosen)."""
+    import keras
+
+    from skin_model.metadata import DIM
+    from skin_model.models import LogitAdjustedCrossentropy, build_model
+
     kwargs = {
         "resnet50": {"weights": cfg.weights},
+        "mobilenetv2": {
+            "weights": resolve_weights(cfg.weights),
+            "bn_momentum": cfg.bn_momentum,
+            "metadata_dim": DIM if cfg.metadata else 0,
+        },
         "skinnet": {"width": cfg.width},
     }.get(cfg.architecture, {})
+    if cfg.metadata and cfg.architecture != "mobilenetv2":
+        raise ValueError("metadata fusion is built for --architecture mobilenetv2")
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"unknown loss {cfg.loss!r}; choose from {LOSSES}")
+    if cfg.loss == "logit_adjusted":
+        loss = LogitAdjustedCrossentropy(prior)
+    else:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     with distribution_scope():
         model = build_model(cfg.architecture, cfg.input_size, **kwargs)
         model.compile(
             optimizer=keras.optimizers.AdamW(
                 lr_schedule(cfg, steps), weight_decay=cfg.weight_decay
             ),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+            loss=loss,
             metrics=["accuracy"],
         )
-    train_ds = make_dataset(x_tr, one_hot(y_tr), cfg.batch_size, training=True, seed=cfg.seed)
-    val_ds = make_dataset(x_va, one_hot(y_va), cfg.batch_size, training=False)
+    return model
+
+
+def resolve_weights(weights: str | None) -> str | None:
+    """``"nsfwjs"`` -> the cached (fetched on first use) MobileNetV2 file; else as given."""
+    if weights in (None, "", "none"):
+        return None
+    if weights == "nsfwjs":
+        from skin_model.backbones import fetch_mobilenetv2
+
+        return str(fetch_mobilenetv2())
+    return weights
+
+
+def fit_model(
+    cfg: TrainConfig, parts: dict, out_dir: Path, resume: bool = False, metas: dict | None = None
+):
+    """Build (or resume), compile and fit the model; return it with the fit summary.
+
+    Args:
+        cfg: Training settings.
+        parts: ``{"train": (uint8 images cached at the crop size, codes), "val": (uint8
+            images at the input size, codes)}``.
+        out_dir: The model directory (history, checkpoint and progress go there).
+        resume: Continue from the directory's checkpoint (optimizer state included).
+        metas: ``{"train"|"val": (N, DIM) metadata vectors}`` for a two-input model.
+
+    Returns:
+        ``(model, {"epochs_run", "best_epoch", "train_seconds"})``.
+    """
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    x_tr, y_tr = parts["train"]
+    x_va, y_va = parts["val"]
+    steps = int(np.ceil(len(x_tr) / cfg.batch_size))
+    state = {"epochs_done": 0, "best": -1.0, "best_epoch": 0, "seconds": 0.0}
+    if resume and (out_dir / CHECKPOINT_FILE).is_file():
+        import skin_model.models  # noqa: F401  (registers the custom loss)
+
+        state.update(json.loads((out_dir / STATE_FILE).read_text(encoding="utf-8")))
+        model = keras.models.load_model(out_dir / CHECKPOINT_FILE)
+        print(f"resuming after epoch {state['epochs_done']}")
+    else:
+        model = compile_model(cfg, class_prior(y_tr), steps)
+    train_ds = make_dataset(
+        x_tr,
+        one_hot(y_tr),
+        cfg.batch_size,
+        training=True,
+        seed=cfg.seed + state["epochs_done"],
+        out_size=cfg.input_size,
+        min_scale=cfg.crop_min_scale,
+        metadata=metas["train"] if metas else None,
+        hide=(cfg.metadata_hide_all, cfg.metadata_hide_field),
+    )
+    meta_va = metas["val"] if metas else None
+    val_ds = make_dataset(x_va, one_hot(y_va), cfg.batch_size, training=False, metadata=meta_va)
     y_va_idx = np.array([CLASSES.index(c) for c in y_va])
-    best = make_balanced_accuracy_callback(x_va, y_va_idx, cfg.batch_size * 2)
+    best = make_balanced_accuracy_callback(x_va, y_va_idx, cfg.batch_size * 2, meta_va)
+    best.best, best.best_epoch = state["best"], state["best_epoch"]
     callbacks = [
         best,
-        keras.callbacks.CSVLogger(str(history_csv)),
+        keras.callbacks.CSVLogger(str(out_dir / HISTORY_FILE), append=resume),
+        make_checkpoint_callback(out_dir, best, float(state.get("seconds", 0.0))),
         keras.callbacks.EarlyStopping(
             monitor="val_balanced_accuracy", mode="max", patience=cfg.patience
         ),
     ]
+    weights = class_weights(y_tr, cfg.class_weight_power) if cfg.class_weight_power else None
     start = time.perf_counter()
-    hist = model.fit(
+    model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=cfg.epochs,
-        class_weight=class_weights(y_tr, cfg.class_weight_power),
+        initial_epoch=state["epochs_done"],
+        class_weight=weights,
         callbacks=callbacks,
         verbose=cfg.verbose,
     )
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start + float(state.get("seconds", 0.0))
+    if cfg.restore_best and (out_dir / BEST_WEIGHTS_FILE).is_file():
+        model.load_weights(out_dir / BEST_WEIGHTS_FILE)
+    history = pd.read_csv(out_dir / HISTORY_FILE)
     return model, {
-        "epochs_run": len(hist.history.get("loss", [])),
-        "best_epoch": best.best_epoch,
+        "epochs_run": len(history),
+        "best_epoch": best.best_epoch if cfg.restore_best else len(history),
         "train_seconds": round(seconds, 1),
     }
 
 
-def train_model(data_dir: Path, out_dir: Path, cfg: TrainConfig) -> dict:
+def cache_size(cfg: TrainConfig) -> int:
+    """Side at which training images are cached: the smallest random crop is the input."""
+    return int(np.ceil(cfg.input_size / cfg.crop_min_scale))
+
+
+def train_model(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool = False) -> dict:
     """Train, calibrate, evaluate and write a complete model directory.
 
     Args:
         data_dir: HAM10000-layout folder.
         out_dir: Model directory to write (created if needed).
         cfg: Training settings.
+        resume: Continue an interrupted run in ``out_dir`` from its last checkpoint.
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -287,21 +430,36 @@ def train_model(data_dir: Path, out_dir: Path, cfg: TrainConfig) -> dict:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        write_json(out_dir / RUN_CONFIG_FILE, config_dict(cfg))
     df = prepare_data(data_dir, cfg)
     df[["image_id", "lesion_id", "dx", "split"]].to_csv(out_dir / SPLIT_FILE, index=False)
     t0 = time.perf_counter()
-    images = load_images(df["path"].tolist(), cfg.input_size)
-    print(f"loaded {len(images)} images at {cfg.input_size}px in {time.perf_counter() - t0:.1f}s")
-    parts = {
-        s: (images[(df["split"] == s).to_numpy()], df.loc[df["split"] == s, "dx"].tolist())
-        for s in ("train", "val", "test")
-    }
+    is_train = (df["split"] == "train").to_numpy()
+    train_images = load_images(df.loc[is_train, "path"].tolist(), cache_size(cfg))
+    images = load_images(df.loc[~is_train, "path"].tolist(), cfg.input_size)
+    print(f"loaded {len(df)} images in {time.perf_counter() - t0:.1f}s")
+    rest = df[~is_train]
+    parts = {"train": (train_images, df.loc[is_train, "dx"].tolist())}
+    for s in ("val", "calib", "test"):
+        mask = (rest["split"] == s).to_numpy()
+        parts[s] = (images[mask], rest.loc[mask, "dx"].tolist())
     print({s: len(p[1]) for s, p in parts.items()})
-    model, fit_info = fit_model(cfg, parts, out_dir / HISTORY_FILE)
+    metas = None
+    if cfg.metadata:
+        from skin_model.metadata import encode_frame
+
+        metas = {"train": encode_frame(df[is_train])}
+        metas.update({s: encode_frame(rest[rest["split"] == s]) for s in ("val", "calib", "test")})
+    model, fit_info = fit_model(cfg, parts, out_dir, resume=resume, metas=metas)
     fit_info["device"] = describe_device()
-    boxes = _boxes_for(Path(data_dir), df[df["split"] == "test"])
-    test_rows = df.loc[df["split"] == "test", ["image_id", "lesion_id"]]
-    metrics = finalise_model(model, cfg, parts, out_dir, fit_info, boxes, test_rows)
+    parts["train"] = (
+        load_images(df.loc[is_train, "path"].tolist(), cfg.input_size),
+        parts["train"][1],
+    )
+    boxes = {s: _boxes_for(Path(data_dir), df[df["split"] == s]) for s in ("val", "test")}
+    rows = {s: df.loc[df["split"] == s, ["image_id", "lesion_id"]] for s in ("calib", "test")}
+    metrics = finalise_model(model, cfg, parts, out_dir, fit_info, boxes, rows, metas)
     append_attempt(out_dir.parent / ATTEMPTS_FILE, cfg, fit_info, metrics)
     from skin_model.card import write_model_card
 
@@ -358,6 +516,18 @@ def append_attempt(path: Path, cfg: TrainConfig, fit_info: dict, metrics: dict) 
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+def read_run_config(out_dir: Path) -> TrainConfig:
+    """The settings an interrupted run in ``out_dir`` started with.
+
+    Raises:
+        FileNotFoundError: If ``out_dir`` holds no run to resume.
+    """
+    path = Path(out_dir) / RUN_CONFIG_FILE
+    if not path.is_file() or not (Path(out_dir) / CHECKPOINT_FILE).is_file():
+        raise FileNotFoundError(f"{out_dir} holds no interrupted run (no {path.name}/checkpoint)")
+    return TrainConfig(**json.loads(path.read_text(encoding="utf-8")))
 
 
 def config_dict(cfg: TrainConfig) -> dict:

@@ -61,7 +61,7 @@ def png_bytes(img: Image.Image, **kwargs) -> bytes:
     return buf.getvalue()
 
 
-def make_ham_folder(root: Path, lesions_per_class: int = 8, images_per_lesion: int = 2) -> Path:
+def make_ham_folder(root: Path, lesions_per_class: int = 12, images_per_lesion: int = 2) -> Path:
     """Write a tiny HAM10000-layout folder (metadata, extended metadata, images)."""
     (root / "images").mkdir(parents=True)
     rows, n = [], 0
@@ -103,7 +103,7 @@ def skip_or_fail(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    """A synthetic HAM10000-layout folder: 7 classes x 8 lesions x 2 images."""
+    """A synthetic HAM10000-layout folder: 7 classes x 12 lesions x 2 images."""
     return make_ham_folder(tmp_path_factory.mktemp("ham"))
 
 
@@ -113,7 +113,17 @@ def trained_dir(tiny_data, tmp_path_factory) -> Path:
     from skin_model.training import TrainConfig, train_model
 
     out = tmp_path_factory.mktemp("models") / "smoke"
-    cfg = TrainConfig(input_size=32, epochs=2, batch_size=16, patience=5, name="smoke", verbose=0)
+    cfg = TrainConfig(
+        architecture="mobilenetv2",
+        weights=None,  # no npm, no network: random init
+        metadata=True,
+        input_size=32,
+        epochs=2,
+        batch_size=16,
+        patience=5,
+        name="smoke",
+        verbose=0,
+    )
     train_model(tiny_data, out, cfg)
     return out
 
