@@ -492,22 +492,31 @@ def write_predictions(path: Path, truth, probs: np.ndarray, image_ids) -> None:
     df.to_csv(path, index=False)
 
 
-def evaluate_frame(bundle: ModelBundle, df: pd.DataFrame, batch: int = 256) -> dict:
+def evaluate_frame(
+    bundle: ModelBundle, df: pd.DataFrame, batch: int = 256, use_metadata: bool = True
+) -> dict:
     """Metrics of a loaded model on labelled rows (``path``, ``dx``).
 
     Args:
         bundle: Loaded model with its config (temperature, TTA, threshold).
         df: Cleaned metadata rows to evaluate.
         batch: Images decoded per step.
+        use_metadata: Feed the rows' ``age``/``sex``/``localization`` to a model that
+            takes patient context (invalid or absent values count as not given).
 
     Returns:
         The :func:`skin_model.evaluate.compute_metrics` dict plus ``probabilities``.
     """
+    from skin_model.metadata import frame_contexts
+
+    cols = [c for c in ("age", "sex", "localization") if c in df.columns]
+    use = use_metadata and bool(cols) and len(bundle.model.inputs) > 1
+    contexts = frame_contexts(df) if use else [None] * len(df)
     probs, decisions = [], []
     for start in range(0, len(df), batch):
         paths = df["path"].iloc[start : start + batch]
         images = [decode_image(Path(p).read_bytes()) for p in paths]
-        preds = predict_images(bundle, images)
+        preds = predict_images(bundle, images, None, contexts[start : start + batch])
         probs.extend(p.probabilities for p in preds)
         decisions.extend(CLASSES.index(p.top_class) for p in preds)
     probs = np.array(probs)
@@ -518,4 +527,5 @@ def evaluate_frame(bundle: ModelBundle, df: pd.DataFrame, batch: int = 256) -> d
         decisions=np.array(decisions),
     )
     metrics["probabilities"] = probs
+    metrics["patient_context"] = f"used ({', '.join(cols)})" if use else "not used"
     return metrics

@@ -94,6 +94,7 @@ def predict_files(
     cam_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     prevalence: float | None = None,
+    contexts: dict | None = None,
 ) -> list[dict]:
     """Classify files in batches; one result row per file, in order.
 
@@ -103,6 +104,9 @@ def predict_files(
         cam_dir: If given, write Grad-CAM heatmaps and overlays there.
         progress: Called with (done, total) after each batch.
         prevalence: Malignant share to re-weight the probabilities to (None: training's).
+        contexts: ``{file stem: PatientContext or MetadataError}`` from ``--metadata``; a
+            file without a row is classified from the image alone, one with an invalid
+            row gets that row's error.
 
     Returns:
         Rows with :data:`skin_model.inference.CSV_COLUMNS`.
@@ -114,9 +118,14 @@ def predict_files(
     used: set[str] = set()
     for start in range(0, len(files), CHUNK):
         chunk = files[start : start + CHUNK]
-        decoded = [read_and_decode(f) for f in chunk]
+        found = [(contexts or {}).get(f.stem) for f in chunk]
+        decoded = [
+            (None, str(ctx)) if isinstance(ctx, Exception) else read_and_decode(f)
+            for f, ctx in zip(chunk, found, strict=True)
+        ]
         good = [im for im, err in decoded if not err]
-        preds = iter(predict_images(bundle, good, prevalence))
+        ctxs = [c for (_, err), c in zip(decoded, found, strict=True) if not err]
+        preds = iter(predict_images(bundle, good, prevalence, ctxs))
         for f, (image, err) in zip(chunk, decoded, strict=True):
             if err:
                 rows.append(result_row(str(f), None, err))
@@ -169,7 +178,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     show = progress_bar() if (len(files) > CHUNK and not args.quiet) else None
     from skin_model.results import write_rows
 
-    rows = predict_files(bundle, files, args.cam_dir, show, args.prevalence)
+    contexts = None
+    if args.metadata is not None:
+        from skin_model.metadata import MetadataError, read_metadata_csv
+
+        try:
+            contexts = read_metadata_csv(args.metadata)
+        except MetadataError as exc:
+            raise UsageError(str(exc)) from exc
+    rows = predict_files(bundle, files, args.cam_dir, show, args.prevalence, contexts)
     if args.out:
         with open(args.out, "w", newline="", encoding="utf-8") as fh:
             write_rows(rows, fh)
@@ -205,13 +222,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if df.empty:
             raise UsageError(f"no images of split {args.split!r} in {args.data_dir}")
     bundle = load_model_or_exit(args.model)
-    metrics = evaluate_frame(bundle, df)
+    metrics = evaluate_frame(bundle, df, use_metadata=not args.no_metadata)
     metrics.pop("probabilities")
     metrics["evaluated_on"] = f"{args.data_dir} ({args.split})"
     if args.out:
         Path(args.out).write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
     op = metrics["malignant"]["operating_point"]
-    print(f"images: {metrics['n_images']}")
+    print(f"images: {metrics['n_images']}; patient context: {metrics['patient_context']}")
     print(f"balanced accuracy: {metrics['balanced_accuracy']:.4f}")
     print(f"accuracy: {metrics['accuracy']:.4f}")
     print(f"macro AUC: {_f(metrics['macro_auc'])}")
@@ -267,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam-dir", type=Path, help="write <stem>.npy heatmaps and <stem>.png overlays")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
+        "--metadata",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="patient context: a CSV with column 'image' (file name without extension) and "
+        "any of age, sex, localization (HAM10000 values; blank or unknown allowed)",
+    )
+    p.add_argument(
         "--prevalence",
         type=_share,
         default=None,
@@ -285,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows to use; named splits come from the model's split.csv",
     )
     e.add_argument("--out", type=Path, help="write the metrics JSON here")
+    e.add_argument(
+        "--no-metadata",
+        action="store_true",
+        help="ignore the folder's age/sex/localization columns (image-only evaluation)",
+    )
     e.set_defaults(func=cmd_evaluate)
     b = sub.add_parser("bench", help="speed, memory and quality benchmark")
     b.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)

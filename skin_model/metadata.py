@@ -124,6 +124,21 @@ MISSING = encode(None)
 """The vector of a case with no patient context (image-only prediction)."""
 
 
+def frame_contexts(df: pd.DataFrame) -> list[PatientContext]:
+    """Patient context of each row of a HAM10000 metadata table (``age``, ``sex``,
+    ``localization``; absent columns and invalid values count as not given).
+    """
+    cols = [c if c in df.columns else None for c in ("age", "sex", "localization")]
+    out = []
+    for row in df.itertuples(index=False):
+        values = [getattr(row, c) if c else None for c in cols]
+        try:
+            out.append(parse_context(*values))
+        except MetadataError:
+            out.append(PatientContext())
+    return out
+
+
 def encode_frame(df: pd.DataFrame) -> np.ndarray:
     """Vectors for the rows of a HAM10000 metadata table (``age``, ``sex``,
     ``localization``; absent columns and invalid values count as not given).
@@ -131,15 +146,10 @@ def encode_frame(df: pd.DataFrame) -> np.ndarray:
     Returns:
         (N, DIM) float32.
     """
-    out = np.empty((len(df), DIM), dtype=np.float32)
-    cols = [c if c in df.columns else None for c in ("age", "sex", "localization")]
-    for i, row in enumerate(df.itertuples(index=False)):
-        values = [getattr(row, c) if c else None for c in cols]
-        try:
-            out[i] = encode(parse_context(*values))
-        except MetadataError:
-            out[i] = MISSING
-    return out
+    contexts = frame_contexts(df)
+    if not contexts:
+        return np.zeros((0, DIM), dtype=np.float32)
+    return np.stack([encode(c) for c in contexts])
 
 
 def segment_ids() -> np.ndarray:
@@ -150,3 +160,39 @@ def segment_ids() -> np.ndarray:
 def site_label(site: str) -> str:
     """Readable name of a body site (``"lower extremity"`` -> ``"Lower extremity"``)."""
     return site[:1].upper() + site[1:]
+
+
+def read_metadata_csv(path) -> dict[str, PatientContext | MetadataError]:
+    """Patient context per image from a CSV with an ``image`` column (file name without
+    extension) and any of ``age``, ``sex``, ``localization``.
+
+    Args:
+        path: The CSV file.
+
+    Returns:
+        ``{image name: context}``, or the row's :class:`MetadataError` for an invalid row.
+
+    Raises:
+        MetadataError: If the file cannot be read or has no ``image`` column.
+    """
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise MetadataError(f"cannot read metadata file {path}: {exc}") from exc
+    df.columns = [str(c).strip().lower() for c in df.columns]
+    if "image" not in df.columns:
+        raise MetadataError(f"metadata file {path} has no 'image' column")
+    out: dict[str, PatientContext | MetadataError] = {}
+    for row in df.itertuples(index=False):
+        name = str(row.image).strip()
+        name = name.rsplit(".", 1)[0] if name.lower().endswith((".jpg", ".jpeg", ".png")) else name
+        values = [getattr(row, c) if c in df.columns else None for c in ("age", "sex")]
+        values.append(row.localization if "localization" in df.columns else None)
+        if name in out:
+            out[name] = MetadataError(f"metadata: more than one row for image {name!r}")
+            continue
+        try:
+            out[name] = parse_context(*values)
+        except MetadataError as exc:
+            out[name] = MetadataError(f"metadata: {exc}")
+    return out

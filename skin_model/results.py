@@ -16,11 +16,13 @@ CSV_COLUMNS = (
     *CLASSES,
     "looks_dermoscopic",
     "ood_distance",
+    "patient_context",
     "error",
 )
 """``prediction`` is the suggested diagnosis (balanced rule); the class columns and
 ``malignant_probability`` are probabilities at the training class frequencies (or at the
-``--prevalence`` given); ``looks_dermoscopic`` is ``true``/``false``."""
+``--prevalence`` given); ``looks_dermoscopic`` is ``true``/``false``; ``patient_context``
+says which of age, sex and body site the prediction used."""
 
 
 def result_row(file: str, prediction: Prediction | None, error: str = "") -> dict:
@@ -35,6 +37,7 @@ def result_row(file: str, prediction: Prediction | None, error: str = "") -> dic
         row["looks_dermoscopic"] = str(prediction.looks_dermoscopic).lower()
         if prediction.ood_distance is not None:
             row["ood_distance"] = round(prediction.ood_distance, 3)
+        row["patient_context"] = prediction.context_used
     return row
 
 

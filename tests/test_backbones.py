@@ -39,8 +39,13 @@ def module(value: str, var: str = "a") -> str:
     """A browserified module exporting ``value``, as nsfwjs ships them."""
     return (
         '!function(e){"object"==typeof exports?module.exports=e():this.m=e()}(function(){'
-        "return function e(a,n,i){return a}({1:[function(e," + var + ",n){" + var + ".exports="
-        + value + "},{}]},{},[1])(1)});"
+        "return function e(a,n,i){return a}({1:[function(e,"
+        + var
+        + ",n){"
+        + var
+        + ".exports="
+        + value
+        + "},{}]},{},[1])(1)});"
     )
 
 
@@ -88,9 +93,14 @@ def test_decode_dequantise_and_assign_by_name():
                     }
                 )
             expected[f"{layer.name}/{short}"] = arr
-    model_js = module(js({"modelTopology": {"a": [1]}, "weightsManifest": [
-        {"paths": ["group1-shard1of1"], "weights": manifest}
-    ]}))
+    model_js = module(
+        js(
+            {
+                "modelTopology": {"a": [1]},
+                "weightsManifest": [{"paths": ["group1-shard1of1"], "weights": manifest}],
+            }
+        )
+    )
     shard_js = module(json.dumps(base64.b64encode(b"".join(chunks)).decode()), var="h")
     topology, weights = decode_tfjs_modules(model_js, shard_js)
     assert topology["modelTopology"] == {"a": [1]}

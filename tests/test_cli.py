@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from PIL import Image
 
 from skin_model import CLASSES, REPO_ROOT
 from skin_model.cli import main
-from skin_model.inference import CSV_COLUMNS
+from skin_model.results import CSV_COLUMNS
 from tests.bad_inputs import bad_inputs
 from tests.conftest import jpeg_bytes, lesion_image
 
@@ -38,14 +39,21 @@ def test_predict_folder_csv(trained_dir, image_folder, capsys):
     rows = _rows(capsys.readouterr().out)
     assert [Path(r["file"]).name for r in rows] == ["case0.jpg", "case1.jpg", "case2.jpg"]
     assert tuple(rows[0].keys()) == CSV_COLUMNS
+    prior = np.array(json.loads((trained_dir / "config.json").read_text())["class_prior"])
     for r in rows:
         probs = np.array([float(r[c]) for c in CLASSES])
         assert probs.sum() == pytest.approx(1, abs=1e-4)
-        assert r["prediction"] == CLASSES[int(probs.argmax())]
+        # the suggested diagnosis is the balanced rule, not the most probable class
+        assert r["prediction"] == CLASSES[int((probs / prior).argmax())]
         assert float(r["malignant_probability"]) == pytest.approx(
             float(r["akiec"]) + float(r["bcc"]) + float(r["mel"]), abs=1e-4
         )
+        assert r["looks_dermoscopic"] in ("true", "false")
+        assert float(r["ood_distance"]) > 0
+        assert r["patient_context"] == "none given"
         assert r["error"] == ""
+    header = list(CSV_COLUMNS)
+    assert header.index("looks_dermoscopic") == header.index("vasc") + 1
 
 
 def test_bad_files_among_good_ones_keep_order_and_exit_1(trained_dir, tmp_path, capsys):
@@ -144,3 +152,134 @@ def test_module_entry_point_runs(trained_dir, image_folder):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == ",".join(CSV_COLUMNS)
+
+
+def test_metadata_rows_are_matched_by_name_and_bad_rows_get_errors(
+    trained_dir, image_folder, tmp_path
+):
+    meta = tmp_path / "meta.csv"
+    meta.write_text(
+        "image,age,sex,localization\n"
+        "case0,63,male,back\n"  # all three fields
+        "case1.jpg,,female,unknown\n"  # name with extension, blanks and unknown allowed
+        "case2,abc,male,back\n"  # malformed age
+    )
+    out = tmp_path / "r.csv"
+    code = main(
+        [
+            "predict",
+            "--quiet",
+            "--model",
+            str(trained_dir),
+            "--metadata",
+            str(meta),
+            "--out",
+            str(out),
+            str(image_folder),
+        ]
+    )
+    assert code == 1
+    rows = {Path(r["file"]).stem: r for r in _rows(out.read_text())}
+    assert rows["case0"]["patient_context"] == "age 63, male, back"
+    assert rows["case1"]["patient_context"] == "female"
+    assert "age 'abc' is not a number" in rows["case2"]["error"]
+    assert rows["case2"]["prediction"] == ""
+
+
+def test_metadata_changes_the_prediction_and_unknown_site_is_an_error(
+    trained_dir, image_folder, tmp_path
+):
+    plain = tmp_path / "plain.csv"
+    assert (
+        main(
+            [
+                "predict",
+                "--quiet",
+                "--model",
+                str(trained_dir),
+                "--out",
+                str(plain),
+                str(image_folder / "case0.jpg"),
+            ]
+        )
+        == 0
+    )
+    meta = tmp_path / "meta.csv"
+    meta.write_text("image,age,sex,localization\ncase0,85,female,face\n")
+    fused = tmp_path / "fused.csv"
+    assert (
+        main(
+            [
+                "predict",
+                "--quiet",
+                "--model",
+                str(trained_dir),
+                "--metadata",
+                str(meta),
+                "--out",
+                str(fused),
+                str(image_folder / "case0.jpg"),
+            ]
+        )
+        == 0
+    )
+    a, b = _rows(plain.read_text())[0], _rows(fused.read_text())[0]
+    assert [a[c] for c in CLASSES] != [b[c] for c in CLASSES]
+    meta.write_text("image,localization\ncase0,elbow\n")
+    assert (
+        main(
+            [
+                "predict",
+                "--quiet",
+                "--model",
+                str(trained_dir),
+                "--metadata",
+                str(meta),
+                "--out",
+                str(fused),
+                str(image_folder / "case0.jpg"),
+            ]
+        )
+        == 1
+    )
+    assert "not a HAM10000 localization" in _rows(fused.read_text())[0]["error"]
+
+
+def test_metadata_file_without_image_column_is_a_usage_error(
+    trained_dir, image_folder, tmp_path, capsys
+):
+    meta = tmp_path / "meta.csv"
+    meta.write_text("file,age\ncase0,50\n")
+    code = main(
+        ["predict", "--model", str(trained_dir), "--metadata", str(meta), str(image_folder)]
+    )
+    assert code == 2 and "no 'image' column" in capsys.readouterr().err
+
+
+def test_prevalence_option_reweights_the_risk(trained_dir, image_folder, tmp_path, capsys):
+    from skin_model.calibration import adjust_prevalence
+
+    share = json.loads((trained_dir / "config.json").read_text())["malignant_share"]
+    assert main(["predict", "--quiet", "--model", str(trained_dir), str(image_folder)]) == 0
+    base = _rows(capsys.readouterr().out)
+    assert (
+        main(
+            [
+                "predict",
+                "--quiet",
+                "--model",
+                str(trained_dir),
+                "--prevalence",
+                "0.05",
+                str(image_folder),
+            ]
+        )
+        == 0
+    )
+    low = _rows(capsys.readouterr().out)
+    for a, b in zip(base, low, strict=True):
+        expected = adjust_prevalence(float(a["malignant_probability"]), share, 0.05)
+        assert float(b["malignant_probability"]) == pytest.approx(expected, abs=1e-5)
+        assert a["prediction"] == b["prediction"]  # the decision does not move
+    with pytest.raises(SystemExit):
+        main(["predict", "--prevalence", "1.5", str(image_folder)])

@@ -8,6 +8,7 @@ from skin_model import CLASSES
 from skin_model.data import (
     DataError,
     augment,
+    carve_calibration,
     class_weights,
     clean_metadata,
     make_dataset,
@@ -23,7 +24,7 @@ def _meta(tiny_data):
 
 def test_read_metadata_adds_paths(tiny_data):
     df = read_metadata(tiny_data)
-    assert len(df) == 7 * 8 * 2 and df["path"].str.endswith(".jpg").all()
+    assert len(df) == 7 * 12 * 2 and df["path"].str.endswith(".jpg").all()
 
 
 @pytest.mark.parametrize(
@@ -75,6 +76,7 @@ def test_shipped_split_file_matches_recomputed_split(real_data_dir, shipped_mode
     shipped = pd.read_csv(shipped_model_dir / "split.csv", dtype=str)
     df = read_metadata(real_data_dir)
     df["split"] = split_by_lesion(df)
+    df["split"] = carve_calibration(df)
     merged = shipped.merge(df[["image_id", "split"]], on="image_id", suffixes=("", "_now"))
     assert len(merged) == len(df) and (merged["split"] == merged["split_now"]).all()
     assert (shipped.groupby("lesion_id")["split"].nunique() == 1).all()
@@ -95,12 +97,57 @@ def test_one_hot():
     assert out.shape == (2, 7) and out[0, 0] == 1 and out[1, 6] == 1 and out.sum() == 2
 
 
-def test_augment_keeps_shape_and_range():
+def test_augment_crops_down_to_the_input_and_changes_the_image():
     import tensorflow as tf
 
-    img = tf.constant(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
-    out = augment(img, tf.constant([1, 2], dtype=tf.int64)).numpy()
-    assert out.shape == (32, 32, 3) and out.min() >= 0 and out.max() <= 255
+    img = tf.constant(np.random.default_rng(0).integers(0, 255, (43, 43, 3), dtype=np.uint8))
+    outs = [augment(img, tf.constant([s, 2], dtype=tf.int64), 32).numpy() for s in range(4)]
+    for out in outs:
+        assert out.shape == (32, 32, 3) and out.min() >= 0 and out.max() <= 255
+    plain = tf.image.resize(tf.cast(img, tf.float32), (32, 32), antialias=True).numpy()
+    assert all(np.abs(out - plain).mean() > 5 for out in outs)  # augmented, not resized
+    assert np.abs(outs[0] - outs[1]).mean() > 5  # different seeds, different views
+
+
+def test_carve_calibration_halves_validation_by_lesion(tiny_data):
+    df = read_metadata(tiny_data)
+    df["split"] = split_by_lesion(df, val_frac=0.3, seed=1)
+    carved = carve_calibration(df, share=0.5)
+    assert set(carved.unique()) == {"train", "val", "calib", "test"}
+    assert (carved[df["split"] != "val"] == df["split"][df["split"] != "val"]).all()
+    assert (df.assign(s=carved).groupby("lesion_id")["s"].nunique() == 1).all()
+    lesions = df.assign(s=carved).drop_duplicates("lesion_id")
+    assert abs((lesions["s"] == "calib").sum() - (lesions["s"] == "val").sum()) <= len(CLASSES)
+
+
+def test_metadata_hiding_blanks_whole_fields():
+    import tensorflow as tf
+
+    from skin_model.data import hide_metadata
+    from skin_model.metadata import MISSING, PatientContext, encode, segment_ids
+
+    full = encode(PatientContext(60, "female", "face"))
+    seg = segment_ids()
+    outs = [
+        hide_metadata(tf.constant(full), tf.constant([s, 0], tf.int64), 0.5, 0.2).numpy()
+        for s in range(200)
+    ]
+    all_hidden = np.mean([(o == MISSING).all() for o in outs])
+    assert 0.35 < all_hidden < 0.75  # p_all 0.5 plus the rare all-three-fields case
+    for o in outs:  # a field is either kept whole or replaced whole
+        for f in range(3):
+            part = seg == f
+            assert (o[part] == full[part]).all() or (o[part] == MISSING[part]).all()
+    assert np.mean([(o == full).all() for o in outs]) > 0.2
+
+
+def test_make_dataset_feeds_metadata_to_a_two_input_model():
+    images = np.random.default_rng(0).integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
+    from skin_model.metadata import DIM, MISSING
+
+    meta = np.repeat(MISSING[None], 6, axis=0)
+    x, _ = next(iter(make_dataset(images, one_hot(["nv"] * 6), 6, False, metadata=meta)))
+    assert set(x) == {"image", "metadata"} and x["metadata"].shape == (6, DIM)
 
 
 def test_make_dataset_only_augments_training():

@@ -55,19 +55,53 @@ def test_box_energy_ratio_by_hand():
     assert np.isnan(box_energy_ratio(np.zeros((10, 10)), (0, 4, 0, 4)))
 
 
-def test_compiled_gradcam_matches_tf_keras_vis(trained_dir):
-    from skin_model.explain import explain, get_explainer
-    from skin_model.inference import load_bundle
+@pytest.fixture(scope="module")
+def fusion_bundle():
+    """A two-input (image + metadata) MobileNetV2 at 64 px, random weights."""
+    from skin_model.inference import ModelBundle
+    from skin_model.metadata import DIM
+    from skin_model.models import make_mobilenetv2
+
+    keras.utils.set_random_seed(1)
+    model = make_mobilenetv2(64, metadata_dim=DIM)
+    return ModelBundle(model=model, config={"input_size": 64}, model_dir=None)
+
+
+@pytest.mark.parametrize("layer", ["out_relu", "block_13_expand_relu", "block_6_expand_relu"])
+def test_compiled_gradcam_matches_tf_keras_vis_on_a_two_input_model(fusion_bundle, layer):
+    from skin_model.explain import explain
+    from skin_model.metadata import PatientContext, encode
     from tests.conftest import lesion_image
 
-    bundle = load_bundle(trained_dir)
-    for k, dx in enumerate(("mel", "nv", "vasc")):
+    bundle = fusion_bundle
+    meta = encode(PatientContext(63, "male", "back"))
+    reference_explainer = make_explainer(bundle.model)
+    for k, dx in enumerate(("mel", "nv")):
         image = lesion_image(dx, k)
-        fast = explain(bundle, image, k)
-        reference = heatmap(get_explainer(bundle), bundle.model, image, k, bundle.input_size)
-        assert fast.shape == reference.shape
+        fast = explain(bundle, image, k, metadata=meta, layer=layer)
+        reference = heatmap(
+            reference_explainer, bundle.model, image, k, 64, layer=layer, metadata=meta
+        )
+        assert fast.shape == reference.shape == image.shape[:2]
         assert np.allclose(fast, reference, atol=2e-3)
-    assert bundle._explainers["compiled"] is not None
+    assert bundle._explainers[("compiled", layer)] is not None
+
+
+def test_compiled_gradcam_reads_the_named_layer(fusion_bundle):
+    from skin_model.explain import compiled_gradcam, model_inputs
+    from skin_model.metadata import MISSING
+    from tests.conftest import lesion_image
+
+    x = model_inputs(fusion_bundle.model, lesion_image("mel", 0), 64, MISSING)
+    shapes = {
+        layer: np.asarray(compiled_gradcam(fusion_bundle.model, layer)(x, np.int32(4))).shape
+        for layer in ("out_relu", "block_13_expand_relu", "block_6_expand_relu")
+    }
+    assert shapes == {
+        "out_relu": (1, 2, 2),
+        "block_13_expand_relu": (1, 4, 4),
+        "block_6_expand_relu": (1, 8, 8),
+    }
 
 
 def test_box_area_share_is_the_ratio_ceiling():

@@ -62,7 +62,22 @@ def test_flags():
     assert flag(_pred(0.9, looks=False)) == NOT_DERMOSCOPIC
 
 
-def test_report_is_a_png():
+def test_report_is_a_png_and_names_what_it_shows():
     img = np.zeros((60, 80, 3), dtype=np.uint8)
-    png = render_report("x.jpg", img, img, np.full(7, 1 / 7), 0.43, 0.3, SUSPICIOUS, "test")
+    png = render_report(
+        "x.jpg", img, img, _pred(0.9), 0.3, SUSPICIOUS, "test", "Grad-CAM++ for Melanoma (mel)"
+    )
     assert png.startswith(b"\x89PNG")
+
+
+def test_report_text_states_flag_context_and_prevalence():
+    from skin_model.metadata import PatientContext
+    from skin_model.report import report_text
+
+    pred = _pred(0.9, looks=False)
+    text = report_text(pred, 0.3, NOT_DERMOSCOPIC, "m")
+    assert "Looks like a dermoscopic image: NO" in text
+    assert "HAM10000's class frequencies" in text and "none given" in text
+    pred.context, pred.prevalence = PatientContext(50, "male", None), 0.05
+    text = report_text(pred, 0.3, SUSPICIOUS, "m")
+    assert "age 50, male" in text and "prevalence of 5.0%" in text

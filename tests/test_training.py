@@ -81,7 +81,8 @@ def test_metrics_and_config_are_complete(trained_dir):
         assert key in m, key
     assert m["ood"]["photos"]["n_non_dermoscopic"] >= 100  # real photographs were tested
     fit = m["calibration_fit"]
-    assert fit["threshold"]["threshold"] == pytest.approx(m["model"]["malignant_threshold"], abs=1e-6)
+    shipped = m["model"]["malignant_threshold"]
+    assert fit["threshold"]["threshold"] == pytest.approx(shipped, abs=1e-6)
     mal = m["malignant"]["calibration"]
     assert mal["observed_share"] == pytest.approx(m["malignant"]["prevalence"])
     assert [r["key"] for r in m["targets"]][:2] == ["balanced_accuracy", "malignant_auc"]
@@ -137,8 +138,8 @@ def test_reproduce_command_round_trips_through_train_py(trained_dir):
 def test_resume_continues_an_interrupted_run(trained_dir, tiny_data, tmp_path):
     import keras
 
-    import train
     import skin_model.models  # noqa: F401  (registers the training loss)
+    import train
 
     run = tmp_path / "run"
     shutil.copytree(trained_dir, run)
