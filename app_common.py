@@ -9,8 +9,8 @@ import numpy as np
 import streamlit as st
 
 from skin_model import DEFAULT_MODEL_DIR
-from skin_model.artifacts import ArtifactError, read_metrics
-from skin_model.inference import ModelLoadError, load_bundle, predict_images
+from skin_model.artifacts import METRICS_FILE, ArtifactError, ModelLoadError, read_metrics
+from skin_model.inference import load_bundle, predict_images
 
 NOT_A_DEVICE = (
     "**Not a medical device.** This research tool does not diagnose and must not replace a "
@@ -57,9 +57,7 @@ def _metrics(path: str, mtime: float) -> dict:
 def get_metrics():
     """The model's metrics, or ``None`` after showing why they cannot be read."""
     directory = model_dir()
-    mtime = (
-        (directory / "metrics.json").stat().st_mtime if (directory / "metrics.json").exists() else 0
-    )
+    mtime = (directory / METRICS_FILE).stat().st_mtime if (directory / METRICS_FILE).exists() else 0
     try:
         return _metrics(str(directory), mtime)
     except ArtifactError as exc:

@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; every TrainConfig field is an option."""
     from skin_model import DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR
     from skin_model.models import ARCHITECTURES
-    from skin_model.training import TrainConfig
+    from skin_model.settings import TrainConfig
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     """Train and report; exit code 2 on unusable data."""
     args = parse_args(argv)
     from skin_model.data import DataError
-    from skin_model.training import TrainConfig, read_run_config, train_model
+    from skin_model.settings import TrainConfig, read_run_config
+    from skin_model.training import train_model
 
     out, resume = args.out, args.resume is not None
     if resume:

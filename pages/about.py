@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app_common import NOT_A_DEVICE, model_dir
-from skin_model.inference import CARD_FILE
+from skin_model.artifacts import CARD_FILE
 
 st.title("About this model")
 st.warning(NOT_A_DEVICE, icon=":material/warning:")

@@ -7,7 +7,7 @@ import streamlit as st
 
 from app_common import get_metrics
 from skin_model import CLASSES, display_name
-from skin_model.evaluate import operating_point_from_roc, target_status
+from skin_model.metrics import operating_point_from_roc, target_status
 
 st.title("Model metrics")
 metrics = get_metrics()

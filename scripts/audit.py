@@ -1,8 +1,8 @@
 """Dependency audit: run pip-audit on the installed environment and summarise honestly.
 
-Known vulnerabilities are listed and make the exit code 1 when ``--strict`` is given;
-packages the vulnerability service could not be asked about are counted, so an offline
-run never passes for a clean one.
+Exit codes: 0 audited with no known vulnerability; 1 known vulnerabilities (with
+``--strict``); 3 the audit could not run or audited nothing (e.g. the vulnerability
+service is unreachable), so an offline run never passes for a clean one.
 """
 
 import json
@@ -22,7 +22,7 @@ def main() -> int:
         report = json.loads(proc.stdout)
     except json.JSONDecodeError:
         print("pip-audit could not run:", (proc.stderr.strip().splitlines() or ["?"])[-1])
-        return 0
+        return 3
     deps = report.get("dependencies", [])
     skipped = [d for d in deps if d.get("skip_reason")]
     vulnerable = [d for d in deps if d.get("vulns")]
@@ -35,6 +35,8 @@ def main() -> int:
         print(f"  VULNERABLE {d['name']} {d['version']}: {ids}")
     if audited and not vulnerable:
         print("  no known vulnerabilities in the audited packages")
+    if not audited:
+        return 3
     return 1 if (vulnerable and "--strict" in sys.argv) else 0
 
 

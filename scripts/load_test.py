@@ -36,8 +36,8 @@ def server_peak_mb(pid: int) -> float:
 
 def cli_expectations(files: list[Path]) -> dict[str, str]:
     """Expected 'Most likely' text per file name, from the CLI code path."""
-    from skin_model.cli import predict_files
     from skin_model.inference import load_bundle
+    from skin_model.predict import predict_files
 
     rows = predict_files(load_bundle(DEFAULT_MODEL_DIR), files)
     out = {}

@@ -20,4 +20,12 @@ echo "== pytest"
 echo "== benchmark (quick; figures only, no time assertions)"
 .venv/bin/python -m skin_model bench --quick --out "${TMPDIR:-/tmp}/bench-quick.json"
 echo "== dependency audit"
-.venv/bin/python scripts/audit.py
+# Exit 3 means nothing could be audited (CI reaches PyPI's packages but not its
+# vulnerability service): reported here, not counted as a test failure.
+status=0
+.venv/bin/python scripts/audit.py || status=$?
+if [ "$status" = 3 ]; then
+  echo "== audit incomplete: the vulnerability service was not reachable (exit 3)"
+elif [ "$status" != 0 ]; then
+  exit "$status"
+fi

@@ -1,17 +1,134 @@
-"""Reading what training and evaluation wrote: model directories, histories, metrics."""
+"""The model directory: every file name in it, reading and writing its JSON and CSV files,
+the model file's SHA-256 check against its card, and the errors for the user.
+
+A model directory holds ``model.keras``, ``config.json`` (input size, class prior,
+temperature, thresholds, OOD limit, Grad-CAM layer, training settings), ``ood.npz``,
+``metrics.json``, ``history.csv``, ``split.csv``, ``test_predictions.csv`` and
+``MODEL_CARD.md`` (which records the model file's SHA-256); ``attempts.csv`` beside the
+directories lists every training run.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 
-from skin_model.training import HISTORY_FILE, METRICS_FILE
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+OOD_FILE = "ood.npz"
+CARD_FILE = "MODEL_CARD.md"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+SPLIT_FILE = "split.csv"
+PREDICTIONS_FILE = "test_predictions.csv"
+ATTEMPTS_FILE = "attempts.csv"
+CHECKPOINT_FILE = "checkpoint.keras"
+BEST_WEIGHTS_FILE = "best.weights.h5"
+STATE_FILE = "train_state.json"
+RUN_CONFIG_FILE = "run_config.json"
+ATTEMPT_COLUMNS = (
+    "name",
+    "architecture",
+    "input_size",
+    "epochs_run",
+    "best_epoch",
+    "train_seconds",
+    "device",
+    "settings",
+    "val_balanced_accuracy",
+    "test_balanced_accuracy",
+    "test_malignant_auc",
+    "test_macro_auc",
+    "test_ece",
+)
+"""Columns of ``attempts.csv``."""
 
 
 class ArtifactError(RuntimeError):
     """A missing or unreadable artifact file, with a message for the user."""
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory that cannot be used, with a message for the user."""
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as indented JSON (no NaN: they are not JSON)."""
+    Path(path).write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path) -> dict:
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's contents."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def card_sha256(card_text: str) -> str | None:
+    """The model file SHA-256 recorded in a model card, if any."""
+    match = re.search(r"SHA-256[^`]*`([0-9a-f]{64})`", card_text)
+    return match.group(1) if match else None
+
+
+def check_model_file(model_dir: Path) -> Path:
+    """Check the model file is present, real (not a Git LFS pointer) and matches its card.
+
+    Args:
+        model_dir: The model directory.
+
+    Returns:
+        The path of the model file.
+
+    Raises:
+        ModelLoadError: With what is wrong and how to fix it.
+    """
+    path = Path(model_dir) / MODEL_FILE
+    if not path.is_file():
+        raise ModelLoadError(
+            f"No model file at {path}. Restore it with `git checkout -- {path}` or train one "
+            "with `python train.py`."
+        )
+    with open(path, "rb") as fh:
+        head = fh.read(200)
+    if head.startswith(b"version https://git-lfs"):
+        raise ModelLoadError(
+            f"{path} is a Git LFS pointer, not the model. Run `git lfs pull` to fetch it."
+        )
+    card = Path(model_dir) / CARD_FILE
+    expected = card_sha256(card.read_text(encoding="utf-8")) if card.is_file() else None
+    if expected is None:
+        raise ModelLoadError(f"{card} is missing or records no SHA-256 of the model file.")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ModelLoadError(
+            f"{path} is damaged or not the model its card describes (SHA-256 {actual[:12]}... "
+            f"expected {expected[:12]}...). Restore it with `git checkout -- {path}`."
+        )
+    return path
+
+
+def read_config(model_dir: Path) -> dict:
+    """A model directory's ``config.json``.
+
+    Raises:
+        ModelLoadError: If it is missing or not JSON.
+    """
+    path = Path(model_dir) / CONFIG_FILE
+    try:
+        return read_json(path)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"Cannot read {path}: {exc}") from exc
 
 
 def find_model_dirs(root: Path) -> list[Path]:

@@ -302,6 +302,40 @@ def mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -
     return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, precision, d), 0.0))
 
 
+OOD_LAYERS = {"mobilenetv2": ("block_3_expand_relu", "block_6_expand_relu")}
+"""Layers whose channel means and standard deviations feed the "not dermoscopic" detector:
+early, low-level statistics (colour, texture, vignetting) tell a photograph of a cat or a
+page from dermoscopy far better than the last pooled features, which map everything onto
+lesion classes. Models not listed use their pooled ``features`` layer."""
+
+
+def fit_ood_groups(groups: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Mean and shrunk precision of each feature group of the training images."""
+    return [fit_ood(g) for g in groups]
+
+
+def ood_distances(groups: list[np.ndarray], stats: list[tuple[np.ndarray, np.ndarray]]):
+    """(G, N) Mahalanobis distance of each image in each feature group."""
+    return np.stack([mahalanobis(g, m, p) for g, (m, p) in zip(groups, stats, strict=True)])
+
+
+def ood_score(distances: np.ndarray, limits: Sequence[float]) -> np.ndarray:
+    """(N,) largest distance relative to its group's limit: 1 = at a group's limit."""
+    return (np.asarray(distances) / np.asarray(limits, dtype=float)[:, None]).max(axis=0)
+
+
+def fit_ood_limits(distances: np.ndarray, quantile: float) -> tuple[list[float], float]:
+    """Per-group limits and the threshold on :func:`ood_score`, both at ``quantile`` of
+    held-out HAM10000 images (the calibration part), so about ``1 - quantile`` of such
+    images are flagged.
+
+    Returns:
+        ``(group limits, score threshold)``.
+    """
+    limits = [float(np.quantile(d, quantile)) for d in distances]
+    return limits, float(np.quantile(ood_score(distances, limits), quantile))
+
+
 def ood_report(d_in: np.ndarray, d_out: np.ndarray, limit: float) -> dict:
     """How the distance limit separates HAM10000 images from non-dermoscopic ones.
 

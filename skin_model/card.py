@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
 
 from skin_model import CLASSES, display_name
-from skin_model.evaluate import target_status
-from skin_model.inference import CARD_FILE, MODEL_FILE, sha256_file
-from skin_model.training import ATTEMPT_COLUMNS, TrainConfig
+from skin_model.artifacts import (
+    ATTEMPT_COLUMNS,
+    ATTEMPTS_FILE,
+    CARD_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    read_json,
+    sha256_file,
+)
+from skin_model.metrics import target_status
+from skin_model.settings import TrainConfig
 
 INTENDED_USE = """\
 ## Intended use
@@ -253,8 +261,10 @@ def calibration_lines(config: dict, m: dict) -> list[str]:
         f"{thr['sensitivity_lower']:.3f}).",
         f"- Test-time augmentation over 8 flips/rotations: {'on' if config['tta'] else 'off'} "
         "(decided on validation).",
-        f"- 'Not dermoscopic' flag: Mahalanobis distance of the pooled features from the "
-        f"training images, above the {fit['ood_quantile']:.0%} quantile of the calibration part.",
+        "- 'Not dermoscopic' flag: Mahalanobis distances of the channel means and standard "
+        f"deviations of {', '.join(fit.get('ood_layers', ['features']))} from the training "
+        "images, each relative to its limit; flagged above the "
+        f"{fit['ood_quantile']:.0%} quantile of the calibration part.",
     ]
     prov = config.get("weights_provenance")
     if prov:
@@ -269,8 +279,8 @@ def calibration_lines(config: dict, m: dict) -> list[str]:
 def render_model_card(model_dir: Path) -> str:
     """Markdown model card built from ``config.json``, ``metrics.json`` and attempts."""
     model_dir = Path(model_dir)
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    m = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))
+    config = read_json(model_dir / CONFIG_FILE)
+    m = read_json(model_dir / METRICS_FILE)
     tr = m["training"]
     counts = {s: sum(v.values()) for s, v in m["split"].items()}
     lines = [
@@ -308,7 +318,7 @@ def render_model_card(model_dir: Path) -> str:
         "Every `train.py` run appends a row to `models/attempts.csv`; validation decided, "
         "the test split was read once per run.",
         "",
-        _attempts_table(model_dir.parent / "attempts.csv"),
+        _attempts_table(model_dir.parent / ATTEMPTS_FILE),
     ]
     return "\n".join(lines) + "\n"
 

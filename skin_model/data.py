@@ -158,7 +158,8 @@ def carve_calibration(df: pd.DataFrame, share: float = 0.5, seed: int = 7) -> pd
 
 
 def class_weights(labels: Sequence[str], power: float = 1.0) -> dict[int, float]:
-    """Class weights ``(N / (K * n_c)) ** power`` from the training labels.
+    """Class weights ``(N / (K * n_c)) ** power`` (scikit-learn's "balanced") from the
+    training labels; classes absent from them get weight 1.
 
     Args:
         labels: Class codes of the training images.
@@ -167,9 +168,15 @@ def class_weights(labels: Sequence[str], power: float = 1.0) -> dict[int, float]
     Returns:
         Mapping from class index to weight, for ``keras.Model.fit(class_weight=...)``.
     """
-    counts = pd.Series(list(labels)).value_counts()
-    total, k = len(labels), len(CLASSES)
-    return {i: float((total / (k * counts.get(c, 1))) ** power) for i, c in enumerate(CLASSES)}
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.asarray(list(labels))
+    present = np.unique(y)
+    balanced = compute_class_weight("balanced", classes=present, y=y)
+    # scikit-learn divides by the number of classes present; HAM10000 has all of them
+    scale = len(present) / len(CLASSES)
+    weights = dict(zip(present.tolist(), balanced * scale, strict=True))
+    return {i: float(weights.get(c, 1.0) ** power) for i, c in enumerate(CLASSES)}
 
 
 def augment(image, seed, out_size: int | None = None, min_scale: float = 0.75):

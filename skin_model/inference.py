@@ -1,16 +1,10 @@
-"""Loading a model directory and classifying decoded images.
-
-A model directory holds ``model.keras``, ``config.json`` (input size, temperature,
-test-time augmentation, malignant threshold, out-of-distribution threshold),
-``ood.npz``, ``metrics.json``, ``history.csv``, ``split.csv`` and ``MODEL_CARD.md``
-(which records the model file's SHA-256).
+"""Loading a model directory (see :mod:`skin_model.artifacts`) and classifying decoded
+images: calibrated probabilities, the balanced decision, the malignant risk and flag, and
+the "not dermoscopic" check.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -19,28 +13,28 @@ from pathlib import Path
 import numpy as np
 
 from skin_model import CLASSES
+from skin_model.artifacts import (
+    MODEL_FILE,
+    OOD_FILE,
+    ModelLoadError,
+    check_model_file,
+    read_config,
+)
 from skin_model.calibration import (
     adjust_prevalence,
     calibrated_probabilities,
-    mahalanobis,
     malignant_probability,
+    ood_distances,
+    ood_score,
     shift_malignant_prevalence,
 )
 from skin_model.imaging import resize_for_model
 from skin_model.metadata import PatientContext, encode
 
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.json"
-OOD_FILE = "ood.npz"
-CARD_FILE = "MODEL_CARD.md"
 UNSURE_TOP_PROBABILITY = 0.5
 """Below this top-class probability a prediction is marked unsure."""
 UNSURE_ENTROPY = 0.6
 """Above this normalised entropy (0 = certain, 1 = uniform) a prediction is marked unsure."""
-
-
-class ModelLoadError(RuntimeError):
-    """A model directory that cannot be used, with a message for the user."""
 
 
 @dataclass
@@ -50,8 +44,7 @@ class ModelBundle:
     model: object
     config: dict
     model_dir: Path
-    ood_mean: np.ndarray | None = None
-    ood_precision: np.ndarray | None = None
+    ood_stats: list | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     _infer: object = None
     _explainers: dict = field(default_factory=dict)
@@ -133,58 +126,6 @@ class Prediction:
         return [(CLASSES[i], float(self.probabilities[i])) for i in order]
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's contents."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def card_sha256(card_text: str) -> str | None:
-    """The model file SHA-256 recorded in a model card, if any."""
-    match = re.search(r"SHA-256[^`]*`([0-9a-f]{64})`", card_text)
-    return match.group(1) if match else None
-
-
-def check_model_file(model_dir: Path) -> Path:
-    """Check the model file is present, real (not a Git LFS pointer) and matches its card.
-
-    Args:
-        model_dir: The model directory.
-
-    Returns:
-        The path of the model file.
-
-    Raises:
-        ModelLoadError: With what is wrong and how to fix it.
-    """
-    path = Path(model_dir) / MODEL_FILE
-    if not path.is_file():
-        raise ModelLoadError(
-            f"No model file at {path}. Restore it with `git checkout -- {path}` or train one "
-            "with `python train.py`."
-        )
-    with open(path, "rb") as fh:
-        head = fh.read(200)
-    if head.startswith(b"version https://git-lfs"):
-        raise ModelLoadError(
-            f"{path} is a Git LFS pointer, not the model. Run `git lfs pull` to fetch it."
-        )
-    card = Path(model_dir) / CARD_FILE
-    expected = card_sha256(card.read_text(encoding="utf-8")) if card.is_file() else None
-    if expected is None:
-        raise ModelLoadError(f"{card} is missing or records no SHA-256 of the model file.")
-    actual = sha256_file(path)
-    if actual != expected:
-        raise ModelLoadError(
-            f"{path} is damaged or not the model its card describes (SHA-256 {actual[:12]}... "
-            f"expected {expected[:12]}...). Restore it with `git checkout -- {path}`."
-        )
-    return path
-
-
 def load_bundle(model_dir: Path, verify: bool = True) -> ModelBundle:
     """Load a model directory for inference.
 
@@ -204,10 +145,7 @@ def load_bundle(model_dir: Path, verify: bool = True) -> ModelBundle:
     if not model_dir.is_dir():
         raise ModelLoadError(f"Model directory {model_dir} does not exist.")
     path = check_model_file(model_dir) if verify else model_dir / MODEL_FILE
-    try:
-        config = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"Cannot read {model_dir / CONFIG_FILE}: {exc}") from exc
+    config = read_config(model_dir)
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:
@@ -215,9 +153,48 @@ def load_bundle(model_dir: Path, verify: bool = True) -> ModelBundle:
     bundle = ModelBundle(model=model, config=config, model_dir=model_dir)
     ood = model_dir / OOD_FILE
     if ood.is_file():
-        with np.load(ood) as data:
-            bundle.ood_mean, bundle.ood_precision = data["mean"], data["precision"]
+        bundle.ood_stats = read_ood(ood)
     return bundle
+
+
+def read_ood(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The detector's (mean, precision) per feature group from ``ood.npz`` (one group named
+    ``mean``/``precision`` in files written before feature groups existed).
+    """
+    with np.load(path) as data:
+        if "mean" in data:
+            return [(data["mean"], data["precision"])]
+        n = len([k for k in data.files if k.startswith("mean_")])
+        return [(data[f"mean_{i}"], data[f"precision_{i}"]) for i in range(n)]
+
+
+def write_ood(path: Path, stats: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Write the detector's (mean, precision) per feature group."""
+    arrays = {}
+    for i, (mean, precision) in enumerate(stats):
+        arrays[f"mean_{i}"], arrays[f"precision_{i}"] = mean, precision
+    np.savez(path, **arrays)
+
+
+def ood_outputs(model, layers: Sequence[str]) -> list:
+    """The detector's feature tensors: channel mean and std of each 4-D layer output, the
+    output itself for a pooled (2-D) layer.
+    """
+    import keras
+
+    outs = []
+    for name in layers:
+        t = model.get_layer(name).output
+        if len(t.shape) == 4:
+            outs += [keras.ops.mean(t, axis=(1, 2)), keras.ops.std(t, axis=(1, 2))]
+        else:
+            outs.append(t)
+    return outs
+
+
+def ood_layers(bundle: ModelBundle) -> list[str]:
+    """Layers the bundle's detector reads (``features`` for models finalised before)."""
+    return list(bundle.config.get("ood_layers") or ["features"])
 
 
 def takes_metadata(model) -> bool:
@@ -225,13 +202,26 @@ def takes_metadata(model) -> bool:
     return len(model.inputs) > 1
 
 
+def batch_inputs(model, images: np.ndarray, metadata: np.ndarray | None = None):
+    """The model's input for a batch of images: the float32 array, or ``[images,
+    metadata]`` for a two-input model (no patient context where ``metadata`` is None).
+    """
+    x = np.asarray(images, dtype=np.float32)
+    if not takes_metadata(model):
+        return x
+    from skin_model.metadata import MISSING
+
+    m = np.repeat(MISSING[None], len(x), axis=0) if metadata is None else metadata
+    return [x, np.asarray(m, dtype=np.float32)]
+
+
 def _infer_fn(bundle: ModelBundle):
-    """A compiled function mapping (images, metadata) to (features, probabilities)."""
+    """A compiled function mapping (images, metadata) to (OOD feature groups..., probs)."""
     if bundle._infer is None:
         import keras
 
         model = bundle.model
-        two = keras.Model(model.inputs, [model.get_layer("features").output, model.output])
+        two = keras.Model(model.inputs, [*ood_outputs(model, ood_layers(bundle)), model.output])
         meta = takes_metadata(model)
         call = (
             (lambda x, m: two([x, m], training=False))
@@ -278,7 +268,7 @@ def raw_outputs(
             image-only model).
 
     Returns:
-        ``(probs (N, K), features (N, F))`` as numpy arrays.
+        ``(probs (N, K), [feature group (N, F_g) of the identity view, ...])``.
     """
     from skin_model.metadata import MISSING
 
@@ -286,7 +276,7 @@ def raw_outputs(
     if metadata is None:
         metadata = np.repeat(MISSING[None], len(batch), axis=0)
     metadata = np.asarray(metadata, dtype=np.float32)
-    probs_out, feats_out = [], []
+    probs_out, groups_out = [], []
     step = max(1, chunk // 8) if tta else chunk  # 8 views per image: same memory per call
     for start in range(0, len(batch), step):
         part = batch[start : start + step]
@@ -294,12 +284,15 @@ def raw_outputs(
         m = metadata[start : start + step]
         m = np.tile(m, (8, 1)) if tta else m
         with bundle.lock:
-            feats, probs = infer(x.astype(np.float32), m)
-        probs, feats = np.asarray(probs), np.asarray(feats)
+            *groups, probs = infer(x.astype(np.float32), m)
+        probs = np.asarray(probs)
         n = len(part)
         probs_out.append(probs.reshape(-1, n, probs.shape[-1]).mean(axis=0))
-        feats_out.append(feats[:n])
-    return np.concatenate(probs_out), np.concatenate(feats_out)
+        groups_out.append([np.asarray(g)[:n] for g in groups])
+    if not probs_out:
+        raise ValueError("raw_outputs needs at least one image")
+    groups = [np.concatenate([chunk[i] for chunk in groups_out]) for i in range(len(groups_out[0]))]
+    return np.concatenate(probs_out), groups
 
 
 def normalised_entropy(probs: np.ndarray) -> np.ndarray:
@@ -344,8 +337,9 @@ def predict_images(
     thresholds = np.array([threshold_for(bundle, c) for c in contexts])
     flagged = p_mal >= thresholds
     entropy = normalised_entropy(raw)
-    if bundle.ood_mean is not None:
-        dist = mahalanobis(feats, bundle.ood_mean, bundle.ood_precision)
+    if bundle.ood_stats is not None:
+        limits = bundle.config.get("ood_group_limits") or [1.0] * len(bundle.ood_stats)
+        dist = ood_score(ood_distances(feats, bundle.ood_stats), limits)
         ood_limit = float(bundle.config["ood_threshold"])
     else:
         dist, ood_limit = [None] * len(images), float("inf")

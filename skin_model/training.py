@@ -15,13 +15,24 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from skin_model import CLASSES
+from skin_model.artifacts import (
+    ATTEMPT_COLUMNS,
+    ATTEMPTS_FILE,
+    BEST_WEIGHTS_FILE,
+    CHECKPOINT_FILE,
+    HISTORY_FILE,
+    RUN_CONFIG_FILE,
+    SPLIT_FILE,
+    STATE_FILE,
+    write_json,
+)
+from skin_model.card import write_model_card
 from skin_model.data import (
     DataError,
     carve_calibration,
@@ -32,68 +43,8 @@ from skin_model.data import (
     read_metadata,
     split_by_lesion,
 )
-
-HISTORY_FILE = "history.csv"
-SPLIT_FILE = "split.csv"
-METRICS_FILE = "metrics.json"
-ATTEMPTS_FILE = "attempts.csv"
-ATTEMPT_COLUMNS = (
-    "name",
-    "architecture",
-    "input_size",
-    "epochs_run",
-    "best_epoch",
-    "train_seconds",
-    "device",
-    "settings",
-    "val_balanced_accuracy",
-    "test_balanced_accuracy",
-    "test_malignant_auc",
-    "test_macro_auc",
-    "test_ece",
-)
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one training run (all recorded in ``config.json``)."""
-
-    architecture: str = "mobilenetv2"
-    input_size: int = 128
-    width: float = 1.0
-    epochs: int = 12
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 1
-    label_smoothing: float = 0.0
-    loss: str = "logit_adjusted"
-    class_weight_power: float = 0.0
-    crop_min_scale: float = 0.75
-    bn_momentum: float = 0.9
-    restore_best: bool = False
-    metadata: bool = True
-    metadata_hide_all: float = 0.5
-    metadata_hide_field: float = 0.2
-    patience: int = 25
-    seed: int = 42
-    val_frac: float = 0.15
-    test_frac: float = 0.15
-    calib_share: float = 0.5
-    target_sensitivity: float = 0.90
-    tta_min_gain: float = 0.01
-    ood_quantile: float = 0.99
-    limit: int | None = None
-    weights: str | None = "nsfwjs"
-    name: str = ""
-    verbose: int = 2
-
-
-LOSSES = ("logit_adjusted", "crossentropy")
-CHECKPOINT_FILE = "checkpoint.keras"
-BEST_WEIGHTS_FILE = "best.weights.h5"
-STATE_FILE = "train_state.json"
-RUN_CONFIG_FILE = "run_config.json"
+from skin_model.evaluation import finalise_model
+from skin_model.settings import LOSSES, TrainConfig, config_dict
 
 
 def class_prior(labels, classes=CLASSES) -> np.ndarray:
@@ -426,8 +377,6 @@ def train_model(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool = 
     Returns:
         The metrics written to ``metrics.json``.
     """
-    from skin_model.assessment import finalise_model
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -461,8 +410,6 @@ def train_model(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool = 
     rows = {s: df.loc[df["split"] == s, ["image_id", "lesion_id"]] for s in ("calib", "test")}
     metrics = finalise_model(model, cfg, parts, out_dir, fit_info, boxes, rows, metas)
     append_attempt(out_dir.parent / ATTEMPTS_FILE, cfg, fit_info, metrics)
-    from skin_model.card import write_model_card
-
     write_model_card(out_dir)
     return metrics
 
@@ -516,25 +463,3 @@ def append_attempt(path: Path, cfg: TrainConfig, fit_info: dict, metrics: dict) 
         if new:
             writer.writeheader()
         writer.writerow(row)
-
-
-def read_run_config(out_dir: Path) -> TrainConfig:
-    """The settings an interrupted run in ``out_dir`` started with.
-
-    Raises:
-        FileNotFoundError: If ``out_dir`` holds no run to resume.
-    """
-    path = Path(out_dir) / RUN_CONFIG_FILE
-    if not path.is_file() or not (Path(out_dir) / CHECKPOINT_FILE).is_file():
-        raise FileNotFoundError(f"{out_dir} holds no interrupted run (no {path.name}/checkpoint)")
-    return TrainConfig(**json.loads(path.read_text(encoding="utf-8")))
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    """The training settings as a JSON-ready dict."""
-    return asdict(cfg)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` as indented JSON."""
-    Path(path).write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")

@@ -110,7 +110,8 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_dir(tiny_data, tmp_path_factory) -> Path:
     """A model directory written by a 2-epoch training smoke run on the tiny data."""
-    from skin_model.training import TrainConfig, train_model
+    from skin_model.settings import TrainConfig
+    from skin_model.training import train_model
 
     out = tmp_path_factory.mktemp("models") / "smoke"
     cfg = TrainConfig(
@@ -155,3 +156,37 @@ def shipped_bundle(shipped_model_dir):
 def good_jpeg() -> bytes:
     """A synthetic dermoscopy-like JPEG."""
     return jpeg_bytes(lesion_image("mel", 1))
+
+
+SLOW_FIXTURES = {"trained_dir", "real_data_dir", "shipped_bundle"}
+"""Fixtures that train a model or read the whole dataset: tests using them are ``slow``."""
+
+
+GROUPS = {
+    "unit": ("test_calibration", "test_metrics", "test_metadata", "test_imaging"),
+    "data": ("test_data",),
+    "model": (
+        "test_backbones",
+        "test_models",
+        "test_explain",
+        "test_training",
+        "test_model_files",
+        "test_shipped_model",
+        "test_concurrency",
+    ),
+    "app": ("test_app", "test_cli", "test_readme_and_bench"),
+    "browser": ("test_browser",),
+}
+"""Which part of the code each test file covers (``pytest -m unit`` etc.)."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test with its group, and as ``slow`` when it uses a slow fixture, so
+    ``pytest -m "not slow"`` is quick."""
+    group_of = {name: group for group, names in GROUPS.items() for name in names}
+    for item in items:
+        group = group_of.get(Path(str(item.fspath)).stem)
+        if group:
+            item.add_marker(getattr(pytest.mark, group))
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -4,7 +4,8 @@ import shutil
 
 import pytest
 
-from skin_model.inference import ModelLoadError, load_bundle
+from skin_model.artifacts import ModelLoadError
+from skin_model.inference import load_bundle
 
 
 @pytest.fixture()

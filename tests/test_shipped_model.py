@@ -8,10 +8,10 @@ import pytest
 
 from skin_model import CLASSES
 from skin_model.artifacts import read_history, read_metrics
-from skin_model.assessment import class_indices
-from skin_model.evaluate import compute_metrics
+from skin_model.evaluation import class_indices
 from skin_model.imaging import decode_image
 from skin_model.inference import predict_images
+from skin_model.metrics import compute_metrics
 
 
 def test_shipped_model_is_small_and_verified(shipped_model_dir, shipped_bundle):

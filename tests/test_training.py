@@ -7,8 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skin_model.artifacts import best_epoch, find_model_dirs, read_history, read_metrics
-from skin_model.inference import card_sha256, load_bundle, sha256_file
+from skin_model.artifacts import (
+    best_epoch,
+    card_sha256,
+    find_model_dirs,
+    read_history,
+    read_metrics,
+    sha256_file,
+)
+from skin_model.inference import load_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +132,7 @@ def test_reproduce_command_round_trips_through_train_py(trained_dir):
 
     import train
     from skin_model.card import reproduce_command
-    from skin_model.training import TrainConfig
+    from skin_model.settings import TrainConfig
 
     recorded = json.loads((trained_dir / "config.json").read_text())["training"]
     args = train.parse_args(shlex.split(reproduce_command(recorded))[2:])

@@ -1,7 +1,9 @@
-"""Everything fitted on validation after training, and evaluation of a model on data.
+"""Evaluating a model on data: the finalisation after training and ``evaluate`` on a folder.
 
-Validation decides the temperature, whether test-time augmentation is used, the
-malignant threshold and the out-of-distribution limit; the test split is read once.
+Validation decides test-time augmentation and the Grad-CAM layer; the calibration part
+(validation lesions that chose nothing) fits the temperature, the malignant thresholds and
+the out-of-distribution limit (:mod:`skin_model.calibration` holds the maths); the test
+split is read once, with and without the patient context.
 """
 
 from __future__ import annotations
@@ -14,36 +16,38 @@ import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from skin_model import CLASSES, __version__
+from skin_model.artifacts import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    OOD_FILE,
+    PREDICTIONS_FILE,
+    sha256_file,
+    write_json,
+)
 from skin_model.calibration import (
+    OOD_LAYERS,
     binary_calibration,
     calibrated_probabilities,
     choose_temperature,
-    fit_ood,
+    fit_ood_groups,
+    fit_ood_limits,
     is_malignant,
-    mahalanobis,
     malignant_probability,
+    ood_distances,
     ood_report,
     threshold_for_sensitivity,
 )
-from skin_model.evaluate import (
+from skin_model.imaging import decode_image
+from skin_model.inference import ModelBundle, predict_images, raw_outputs, write_ood
+from skin_model.metrics import (
     binary_operating_point,
     bootstrap_intervals,
     calibration_bins,
     compute_metrics,
     target_status,
 )
-from skin_model.imaging import decode_image
-from skin_model.inference import (
-    CONFIG_FILE,
-    MODEL_FILE,
-    OOD_FILE,
-    ModelBundle,
-    predict_images,
-    raw_outputs,
-    sha256_file,
-)
-
-PREDICTIONS_FILE = "test_predictions.csv"
+from skin_model.settings import config_dict
 
 
 def class_indices(codes) -> np.ndarray:
@@ -93,8 +97,8 @@ def synthetic_non_dermoscopic(n: int, size: int = 160, seed: int = 0) -> list[np
     return out
 
 
-def ood_distances(bundle: ModelBundle, images: list[np.ndarray]) -> np.ndarray:
-    """Out-of-distribution distance of each decoded image (batches of 64)."""
+def ood_scores(bundle: ModelBundle, images: list[np.ndarray]) -> np.ndarray:
+    """The "not dermoscopic" score of each decoded image (batches of 64)."""
     out = []
     for start in range(0, len(images), 64):
         out += [p.ood_distance for p in predict_images(bundle, images[start : start + 64])]
@@ -115,8 +119,8 @@ def ood_separation(bundle: ModelBundle, in_dist: np.ndarray, n_synthetic: int = 
         None where scikit-image (a dev requirement) is missing.
     """
     limit = float(bundle.config["ood_threshold"])
-    d_in = ood_distances(bundle, list(in_dist))
-    d_fake = ood_distances(bundle, synthetic_non_dermoscopic(n_synthetic))
+    d_in = ood_scores(bundle, list(in_dist))
+    d_fake = ood_scores(bundle, synthetic_non_dermoscopic(n_synthetic))
     out = {
         "synthetic": {
             **ood_report(d_in, d_fake, limit),
@@ -129,7 +133,7 @@ def ood_separation(bundle: ModelBundle, in_dist: np.ndarray, n_synthetic: int = 
     except ModuleNotFoundError:
         return out
     photos = reference_photos()
-    d_photo = ood_distances(bundle, [im for _, im in photos])
+    d_photo = ood_scores(bundle, [im for _, im in photos])
     missed = [label for (label, _), d in zip(photos, d_photo, strict=True) if d <= limit]
     out["photos"] = {
         **ood_report(d_in, d_photo, limit),
@@ -269,7 +273,7 @@ def finalise_model(
 
     Args:
         model: The trained Keras model.
-        cfg: The :class:`skin_model.training.TrainConfig` used.
+        cfg: The :class:`skin_model.settings.TrainConfig` used.
         parts: ``{"train"|"val"|"calib"|"test": (uint8 images at input size, codes)}``.
         out_dir: Model directory.
         fit_info: Epochs, best epoch, seconds and device of the fit.
@@ -282,10 +286,13 @@ def finalise_model(
     Returns:
         The dict written to ``metrics.json``.
     """
-    from skin_model.training import METRICS_FILE, config_dict, write_json
-
     out_dir = Path(out_dir)
-    bundle = ModelBundle(model=model, config={"input_size": cfg.input_size}, model_dir=out_dir)
+    layers = OOD_LAYERS.get(cfg.architecture, ("features",))
+    bundle = ModelBundle(
+        model=model,
+        config={"input_size": cfg.input_size, "ood_layers": list(layers)},
+        model_dir=out_dir,
+    )
     f32 = {s: x.astype(np.float32) for s, (x, _) in parts.items()}
     y = {s: class_indices(codes) for s, (_, codes) in parts.items()}
     prior = output_prior(cfg, parts["train"][1])
@@ -318,9 +325,10 @@ def finalise_model(
             cfg.target_sensitivity,
         )
     _, feats_train = raw_outputs(bundle, f32["train"], tta=False)
-    mean, precision = fit_ood(feats_train)
-    d_cal = mahalanobis(feats_cal, mean, precision)
-    ood_threshold = float(np.quantile(d_cal, cfg.ood_quantile))
+    ood_stats = fit_ood_groups(feats_train)
+    ood_limits, ood_threshold = fit_ood_limits(
+        ood_distances(feats_cal, ood_stats), cfg.ood_quantile
+    )
 
     config = {
         "version": __version__,
@@ -336,6 +344,8 @@ def finalise_model(
         "malignant_threshold_metadata": round(thr_meta["threshold"], 6) if thr_meta else None,
         "metadata_input": bool(metas),
         "target_sensitivity": cfg.target_sensitivity,
+        "ood_layers": bundle.config["ood_layers"],
+        "ood_group_limits": [round(v, 4) for v in ood_limits],
         "ood_threshold": round(ood_threshold, 4),
         "trained_on": dt.date.today().isoformat(),
         "training": config_dict(cfg),
@@ -348,9 +358,9 @@ def finalise_model(
 
     inference_copy(model).save(out_dir / MODEL_FILE)
     write_json(out_dir / CONFIG_FILE, config)
-    np.savez(out_dir / OOD_FILE, mean=mean, precision=precision)
+    write_ood(out_dir / OOD_FILE, ood_stats)
     bundle.config = config
-    bundle.ood_mean, bundle.ood_precision = mean, precision
+    bundle.ood_stats = ood_stats
 
     raw_test, _ = raw_outputs(bundle, f32["test"], tta=tta)
     p_test = calibrated_probabilities(raw_test, prior, temperature)
@@ -372,6 +382,7 @@ def finalise_model(
         "threshold": thr,
         "threshold_metadata": thr_meta,
         "ood_quantile": cfg.ood_quantile,
+        "ood_layers": list(layers),
     }
     metrics["validation"] = {
         **tta_scores,
@@ -505,7 +516,7 @@ def evaluate_frame(
             takes patient context (invalid or absent values count as not given).
 
     Returns:
-        The :func:`skin_model.evaluate.compute_metrics` dict plus ``probabilities``.
+        The :func:`skin_model.metrics.compute_metrics` dict plus ``probabilities``.
     """
     from skin_model.metadata import frame_contexts
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from skin_model.calibration import apply_temperature, fit_temperature, malignant_probability
-from skin_model.evaluate import (
+from skin_model.metrics import (
     binary_operating_point,
     bootstrap_intervals,
     calibration_bins,

@@ -1,0 +1,97 @@
+"""Measurements that need a fresh process (cold start, peak memory), run by
+:mod:`skin_model.bench` as ``python -m skin_model.bench_children NAME ARGS...``.
+
+Each prints one JSON line last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (``VmHWM``; unlike ``ru_maxrss`` it is not
+    inherited across ``exec`` from the parent).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_breakdown_mb() -> dict:
+    """Current resident memory split into anonymous (heap, tensors) and file-backed (shared
+    libraries, reclaimable and shared between processes) parts, in MB.
+    """
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(("RssAnon:", "RssFile:")):
+                out[line.split(":")[0].lower()] = round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return out
+
+
+def cold_start(model: str) -> dict:
+    """Import, load the model and classify one image; when it finished and peak memory."""
+    from skin_model.inference import load_bundle, predict_images
+
+    bundle = load_bundle(Path(model))
+    predict_images(bundle, [np.full((150, 200, 3), 120, np.uint8)])
+    return {"done": time.time(), "rss_mb": peak_rss_mb()}
+
+
+def cli_rss(model: str, folder: str) -> dict:
+    """Peak memory of ``predict`` over a folder."""
+    from skin_model.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["predict", "--quiet", "--model", model, folder])
+    return {"rc": rc, "rss_mb": peak_rss_mb()}
+
+
+def app_rss(model: str, folder: str, app: str, n: str) -> dict:
+    """First render time of the app and its memory after classifying ``n`` uploads."""
+    os.environ["SKIN_MODEL_DIR"] = model
+    from streamlit.testing.v1 import AppTest
+
+    t0 = time.perf_counter()
+    at = AppTest.from_file(app, default_timeout=600).run()
+    first = time.perf_counter() - t0
+    files = sorted(Path(folder).glob("*.jpg"))[: int(n)]
+    at.file_uploader[0].set_value([(f.name, f.read_bytes(), "image/jpeg") for f in files]).run()
+    if at.exception:
+        raise RuntimeError(str(at.exception[0].value))
+    return {
+        "first_render_s": first,
+        "images": len(files),
+        "rss_mb": peak_rss_mb(),
+        **rss_breakdown_mb(),
+    }
+
+
+CHILDREN = {"cold_start": cold_start, "cli_rss": cli_rss, "app_rss": app_rss}
+
+
+def main(argv: list[str]) -> int:
+    """Run the named measurement and print its JSON."""
+    print(json.dumps(CHILDREN[argv[0]](*argv[1:])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,130 @@
+"""Classifying image files in batches into result rows (the ``predict`` command's work,
+also measured by the benchmark and the load test).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from skin_model import CLASSES
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+CHUNK = 64
+"""Images decoded and classified per batch."""
+
+
+def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given, and the JPEG/PNG files inside folders (recursively, sorted).
+
+    Args:
+        paths: Files or folders.
+
+    Returns:
+        The files in order; a path that does not exist is kept so its row can say so.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(
+                sorted(
+                    f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                )
+            )
+        else:
+            out.append(p)
+    return out
+
+
+def read_and_decode(path: Path):
+    """Decode one file; return ``(image, "")`` or ``(None, reason)``."""
+    from skin_model.imaging import ImageError, decode_image
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, "file not found"
+    except IsADirectoryError:
+        return None, "is a folder with no JPEG/PNG images"
+    except OSError as exc:
+        return None, f"cannot read file: {exc.strerror or exc}"
+    try:
+        return decode_image(data), ""
+    except ImageError as exc:
+        return None, str(exc)
+
+
+def unique_stem(path: Path, used: set[str]) -> str:
+    """The file's stem, with ``_2``, ``_3``... appended if another input had it."""
+    stem, n = path.stem, 1
+    while (stem if n == 1 else f"{stem}_{n}") in used:
+        n += 1
+    name = stem if n == 1 else f"{stem}_{n}"
+    used.add(name)
+    return name
+
+
+def save_cam(bundle, image: np.ndarray, class_index: int, cam_dir: Path, stem: str) -> None:
+    """Write ``<stem>.npy`` (heatmap, float32 [0, 1], image size) and ``<stem>.png`` (overlay)."""
+    from PIL import Image
+
+    from skin_model.explain import explain, overlay
+
+    cam = explain(bundle, image, class_index)
+    np.save(cam_dir / f"{stem}.npy", cam.astype(np.float32))
+    Image.fromarray(overlay(image, cam)).save(cam_dir / f"{stem}.png")
+
+
+def predict_files(
+    bundle,
+    files: Sequence[Path],
+    cam_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    prevalence: float | None = None,
+    contexts: dict | None = None,
+) -> list[dict]:
+    """Classify files in batches; one result row per file, in order.
+
+    Args:
+        bundle: Loaded model.
+        files: Image files.
+        cam_dir: If given, write Grad-CAM heatmaps and overlays there.
+        progress: Called with (done, total) after each batch.
+        prevalence: Malignant share to re-weight the probabilities to (None: training's).
+        contexts: ``{file stem: PatientContext or MetadataError}`` from ``--metadata``; a
+            file without a row is classified from the image alone, one with an invalid
+            row gets that row's error.
+
+    Returns:
+        Rows with :data:`skin_model.inference.CSV_COLUMNS`.
+    """
+    from skin_model.inference import predict_images
+    from skin_model.results import result_row
+
+    rows: list[dict] = []
+    used: set[str] = set()
+    for start in range(0, len(files), CHUNK):
+        chunk = files[start : start + CHUNK]
+        found = [(contexts or {}).get(f.stem) for f in chunk]
+        decoded = [
+            (None, str(ctx)) if isinstance(ctx, Exception) else read_and_decode(f)
+            for f, ctx in zip(chunk, found, strict=True)
+        ]
+        good = [im for im, err in decoded if not err]
+        ctxs = [c for (_, err), c in zip(decoded, found, strict=True) if not err]
+        preds = iter(predict_images(bundle, good, prevalence, ctxs))
+        for f, (image, err) in zip(chunk, decoded, strict=True):
+            if err:
+                rows.append(result_row(str(f), None, err))
+                continue
+            pred = next(preds)
+            rows.append(result_row(str(f), pred))
+            if cam_dir is not None:
+                save_cam(
+                    bundle, image, CLASSES.index(pred.top_class), cam_dir, unique_stem(f, used)
+                )
+        if progress:
+            progress(min(start + CHUNK, len(files)), len(files))
+    return rows

@@ -1,0 +1,65 @@
+"""The settings of one training run (``TrainConfig``): every field is a ``train.py``
+option and is recorded in ``config.json``, ``run_config.json`` and the model card.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from skin_model.artifacts import CHECKPOINT_FILE, RUN_CONFIG_FILE
+
+LOSSES = ("logit_adjusted", "crossentropy")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (all recorded in ``config.json``)."""
+
+    architecture: str = "mobilenetv2"
+    input_size: int = 128
+    width: float = 1.0
+    epochs: int = 12
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.0
+    loss: str = "logit_adjusted"
+    class_weight_power: float = 0.0
+    crop_min_scale: float = 0.75
+    bn_momentum: float = 0.9
+    restore_best: bool = False
+    metadata: bool = True
+    metadata_hide_all: float = 0.5
+    metadata_hide_field: float = 0.2
+    patience: int = 25
+    seed: int = 42
+    val_frac: float = 0.15
+    test_frac: float = 0.15
+    calib_share: float = 0.5
+    target_sensitivity: float = 0.90
+    tta_min_gain: float = 0.01
+    ood_quantile: float = 0.99
+    limit: int | None = None
+    weights: str | None = "nsfwjs"
+    name: str = ""
+    verbose: int = 2
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    """The training settings as a JSON-ready dict."""
+    return asdict(cfg)
+
+
+def read_run_config(out_dir: Path) -> TrainConfig:
+    """The settings an interrupted run in ``out_dir`` started with.
+
+    Raises:
+        FileNotFoundError: If ``out_dir`` holds no run to resume.
+    """
+    path = Path(out_dir) / RUN_CONFIG_FILE
+    if not path.is_file() or not (Path(out_dir) / CHECKPOINT_FILE).is_file():
+        raise FileNotFoundError(f"{out_dir} holds no interrupted run (no {path.name}/checkpoint)")
+    return TrainConfig(**json.loads(path.read_text(encoding="utf-8")))
