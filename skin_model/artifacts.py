@@ -44,8 +44,14 @@ ATTEMPT_COLUMNS = (
     "test_malignant_auc",
     "test_macro_auc",
     "test_ece",
+    "test_mel_auc",
+    "test_mel_sensitivity",
+    "test_malignant_sensitivity",
+    "test_malignant_ece",
+    "val_balanced_accuracy_with_metadata",
+    "test_balanced_accuracy_with_metadata",
 )
-"""Columns of ``attempts.csv``."""
+"""Columns of ``attempts.csv`` (rows written before a column existed leave it empty)."""
 
 
 class ArtifactError(RuntimeError):

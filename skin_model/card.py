@@ -228,6 +228,14 @@ def _attempts_table(path: Path) -> str:
     return head + rows
 
 
+def tta_text(value) -> str:
+    """``"average of 4 rotations"`` etc. for a config's ``tta`` value (bool or views)."""
+    views = 8 if value is True else 1 if not value else int(value)
+    return {1: "none", 4: "average of the 4 rotations", 8: "average of 8 flips/rotations"}.get(
+        views, f"{views} views"
+    )
+
+
 def calibration_lines(config: dict, m: dict) -> list[str]:
     """Card bullets saying how probabilities, the threshold and the flag were fitted."""
     fit = m.get("calibration_fit")
@@ -259,8 +267,7 @@ def calibration_lines(config: dict, m: dict) -> list[str]:
         f"calibration-part sensitivity has a 95% lesion-bootstrap lower bound >= "
         f"{thr['target']:.2f} (there: {thr['sensitivity']:.3f}, lower bound "
         f"{thr['sensitivity_lower']:.3f}).",
-        f"- Test-time augmentation over 8 flips/rotations: {'on' if config['tta'] else 'off'} "
-        "(decided on validation).",
+        f"- Test-time augmentation: {tta_text(config['tta'])} (decided on validation).",
         "- 'Not dermoscopic' flag: Mahalanobis distances of the channel means and standard "
         f"deviations of {', '.join(fit.get('ood_layers', ['features']))} from the training "
         "images, each relative to its limit; flagged above the "

@@ -241,19 +241,28 @@ def _infer_fn(bundle: ModelBundle):
     return bundle._infer
 
 
-def dihedral_views(batch: np.ndarray) -> np.ndarray:
-    """The 8 rotations/flips of each image: (N, S, S, C) -> (8 * N, S, S, C), view-major."""
+def dihedral_views(batch: np.ndarray, n: int = 8) -> np.ndarray:
+    """The first ``n`` of the 8 rotations/flips of each image (4: the rotations), view-major:
+    (N, S, S, C) -> (n * N, S, S, C).
+    """
     views = []
     for flip in (False, True):
         base = batch[:, :, ::-1] if flip else batch
         views.extend(np.rot90(base, k, axes=(1, 2)) for k in range(4))
-    return np.ascontiguousarray(np.concatenate(views, axis=0))
+    return np.ascontiguousarray(np.concatenate(views[:n], axis=0))
+
+
+def tta_views(value) -> int:
+    """Views averaged by test-time augmentation: ``True`` = 8 (older configs), ``False`` = 1."""
+    if isinstance(value, bool) or value is None:
+        return 8 if value else 1
+    return int(value)
 
 
 def raw_outputs(
     bundle: ModelBundle,
     batch: np.ndarray,
-    tta: bool,
+    tta: bool | int,
     chunk: int = 256,
     metadata: np.ndarray | None = None,
 ):
@@ -262,7 +271,8 @@ def raw_outputs(
     Args:
         bundle: The loaded model.
         batch: (N, S, S, 3) float32 in [0, 255].
-        tta: Average the probabilities over the 8 dihedral views.
+        tta: Views to average the probabilities over (1 = none, 4 = rotations, 8 =
+            rotations and flips; ``True`` = 8).
         chunk: Images per model call.
         metadata: (N, DIM) patient-context vectors (None: none given; ignored by an
             image-only model).
@@ -277,12 +287,13 @@ def raw_outputs(
         metadata = np.repeat(MISSING[None], len(batch), axis=0)
     metadata = np.asarray(metadata, dtype=np.float32)
     probs_out, groups_out = [], []
-    step = max(1, chunk // 8) if tta else chunk  # 8 views per image: same memory per call
+    views = tta_views(tta)
+    step = max(1, chunk // views)  # same memory per call whatever the views
     for start in range(0, len(batch), step):
         part = batch[start : start + step]
-        x = dihedral_views(part) if tta else part
+        x = dihedral_views(part, views) if views > 1 else part
         m = metadata[start : start + step]
-        m = np.tile(m, (8, 1)) if tta else m
+        m = np.tile(m, (views, 1)) if views > 1 else m
         with bundle.lock:
             *groups, probs = infer(x.astype(np.float32), m)
         probs = np.asarray(probs)
@@ -328,7 +339,7 @@ def predict_images(
     use_meta = takes_metadata(bundle.model)
     meta = np.stack([encode(c) for c in contexts]) if use_meta else None
     raw, feats = raw_outputs(
-        bundle, batch, tta=bool(bundle.config.get("tta", False)), metadata=meta
+        bundle, batch, tta=tta_views(bundle.config.get("tta", 1)), metadata=meta
     )
     prior = bundle.class_prior
     probs = calibrated_probabilities(raw, prior, float(bundle.config.get("temperature", 1.0)))

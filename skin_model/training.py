@@ -10,7 +10,6 @@ check, all fitted on validation, and one read of the test split for ``metrics.js
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import platform
@@ -426,6 +425,10 @@ def _boxes_for(data_dir: Path, test_df: pd.DataFrame) -> pd.DataFrame | None:
 def settings_summary(cfg: TrainConfig) -> str:
     """The non-default-looking settings of a run as one short string."""
     keys = (
+        "weights",
+        "loss",
+        "metadata",
+        "crop_min_scale",
         "width",
         "batch_size",
         "learning_rate",
@@ -441,7 +444,15 @@ def settings_summary(cfg: TrainConfig) -> str:
 
 
 def append_attempt(path: Path, cfg: TrainConfig, fit_info: dict, metrics: dict) -> None:
-    """Append one row for this run to the attempts table beside the model directories."""
+    """Record this run in the attempts table beside the model directories (a run finalised
+    again, e.g. after ``--resume``, replaces its earlier row).
+    """
+    wm = metrics.get("with_metadata") or {}
+    val = metrics["validation"]
+
+    def r4(x):
+        return None if x is None else round(float(x), 4)
+
     row = {
         "name": cfg.name or f"{cfg.architecture}-{cfg.input_size}",
         "architecture": cfg.architecture,
@@ -451,15 +462,19 @@ def append_attempt(path: Path, cfg: TrainConfig, fit_info: dict, metrics: dict) 
         "train_seconds": fit_info["train_seconds"],
         "device": fit_info["device"],
         "settings": settings_summary(cfg),
-        "val_balanced_accuracy": round(metrics["validation"]["balanced_accuracy"], 4),
-        "test_balanced_accuracy": round(metrics["balanced_accuracy"], 4),
-        "test_malignant_auc": round(metrics["malignant"]["auc"] or float("nan"), 4),
-        "test_macro_auc": round(metrics["macro_auc"] or float("nan"), 4),
-        "test_ece": round(metrics["calibration"]["ece"], 4),
+        "val_balanced_accuracy": r4(val["balanced_accuracy"]),
+        "test_balanced_accuracy": r4(metrics["balanced_accuracy"]),
+        "test_malignant_auc": r4(metrics["malignant"]["auc"]),
+        "test_macro_auc": r4(metrics["macro_auc"]),
+        "test_ece": r4(metrics["calibration"]["ece"]),
+        "test_mel_auc": r4(metrics["per_class"]["mel"]["auc"]),
+        "test_mel_sensitivity": r4(metrics["per_class"]["mel"]["sensitivity"]),
+        "test_malignant_sensitivity": r4(metrics["malignant"]["operating_point"]["sensitivity"]),
+        "test_malignant_ece": r4((metrics["malignant"].get("calibration") or {}).get("ece")),
+        "val_balanced_accuracy_with_metadata": r4(val.get("balanced_accuracy_with_metadata")),
+        "test_balanced_accuracy_with_metadata": r4(wm.get("balanced_accuracy")),
     }
-    new = not Path(path).is_file()
-    with open(path, "a", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=ATTEMPT_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    old = pd.read_csv(path) if Path(path).is_file() else pd.DataFrame(columns=ATTEMPT_COLUMNS)
+    old = old[old["name"] != row["name"]]
+    table = pd.concat([old, pd.DataFrame([row])], ignore_index=True)
+    table.reindex(columns=list(ATTEMPT_COLUMNS)).to_csv(path, index=False)

@@ -163,7 +163,7 @@ SLOW_FIXTURES = {"trained_dir", "real_data_dir", "shipped_bundle"}
 
 
 GROUPS = {
-    "unit": ("test_calibration", "test_metrics", "test_metadata", "test_imaging"),
+    "unit": ("test_calibration", "test_metrics", "test_metadata", "test_imaging", "test_inference"),
     "data": ("test_data",),
     "model": (
         "test_backbones",
