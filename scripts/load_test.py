@@ -35,15 +35,15 @@ def server_peak_mb(pid: int) -> float:
 
 
 def cli_expectations(files: list[Path]) -> dict[str, str]:
-    """Expected 'Most likely' text per file name, from the CLI code path."""
+    """Expected 'Suggested diagnosis' text per file name, from the CLI code path."""
     from skin_model.inference import load_bundle
     from skin_model.predict import predict_files
 
     rows = predict_files(load_bundle(DEFAULT_MODEL_DIR), files)
     out = {}
     for f, r in zip(files, rows, strict=True):
-        p = max(float(r[c]) for c in ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"))
-        out[f.name] = f"Most likely: {display_name(r['prediction'])} ({p:.0%})"
+        p = float(r[r["prediction"]])
+        out[f.name] = f"Suggested diagnosis: {display_name(r['prediction'])} ({p:.0%})"
     return out
 
 
@@ -65,7 +65,7 @@ async def one_session(browser, url: str, file: Path, all_names: list[str]) -> di
     )
     latency = time.perf_counter() - start
     shown = await page.locator(
-        "[data-testid=stMarkdownContainer]", has_text="Most likely:"
+        "[data-testid=stMarkdownContainer]", has_text="Suggested diagnosis:"
     ).first.inner_text()
     headings = await page.get_by_role("heading").all_inner_texts()
     foreign = [n for n in all_names if n != file.name and n in headings]

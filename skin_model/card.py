@@ -164,6 +164,39 @@ def headline_table(m: dict) -> list[str]:
     return lines
 
 
+def context_table(m: dict) -> list[str]:
+    """Markdown rows comparing the same test images with and without the patient context,
+    and what the context alone predicts (empty for a model without the metadata input).
+    """
+    wm = m.get("with_metadata")
+    if not wm:
+        return []
+
+    def row(name: str, x: dict) -> str:
+        cal = x["malignant"].get("calibration") or {}
+        return (
+            f"| {name} | {_fmt(x['balanced_accuracy'])}{_span(x, 'balanced_accuracy')} | "
+            f"{_fmt(x['malignant']['auc'])} | {_fmt(x['per_class']['mel']['auc'])} | "
+            f"{_fmt(x['per_class']['mel']['sensitivity'])} | "
+            f"{_fmt(x['malignant']['operating_point']['sensitivity'])} | {_fmt(cal.get('ece'))} |"
+        )
+
+    lines = [
+        "| test split | balanced accuracy (95% interval) | malignant AUC | melanoma AUC "
+        "| melanoma sensitivity | malignant sensitivity at threshold | malignant-risk ECE |",
+        "|---|---|---|---|---|---|---|",
+        row("image only", m),
+        row("image + age, sex, body site", wm),
+    ]
+    base = m.get("metadata_only_baseline")
+    if base:
+        lines.append(
+            f"| age, sex, body site only ({base['model']}) | {_fmt(base['balanced_accuracy'])} "
+            f"| {_fmt(base['malignant_auc'])} | {_fmt(base['mel_auc'])} | | | |"
+        )
+    return lines
+
+
 def targets_table(m: dict) -> list[str]:
     """Markdown rows: each quality target, the achieved value with its interval, met or not."""
     lines = ["| target | goal | achieved (95% interval) | met |", "|---|---|---|---|"]
@@ -310,6 +343,16 @@ def render_model_card(model_dir: Path) -> str:
         "",
         *headline_table(m),
         "",
+        *(
+            [
+                "## With and without the patient context (test)",
+                "",
+                *context_table(m),
+                "",
+            ]
+            if m.get("with_metadata")
+            else []
+        ),
         "## Against the quality targets (test)",
         "",
         *targets_table(m),

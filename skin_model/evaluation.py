@@ -425,7 +425,9 @@ def finalise_model(
     metrics["cam_layer_choice"] = {**cam_choice, "chosen_on": "validation lesion boxes"}
     metrics["cam_localisation"] = cam_localisation(bundle, boxes.get("test"))
     test_rows = rows["test"]
-    write_predictions(out_dir / PREDICTIONS_FILE, parts["test"][1], p_test, test_rows["image_id"])
+    write_predictions(
+        out_dir / PREDICTIONS_FILE, parts["test"][1], p_test, test_rows["image_id"], dec_test
+    )
     add_intervals(metrics, y["test"], p_test, test_rows["lesion_id"].to_numpy(), dec_test)
     if metas:
         metrics["validation"]["balanced_accuracy_with_metadata"] = float(
@@ -504,9 +506,16 @@ def add_intervals(
     return metrics
 
 
-def write_predictions(path: Path, truth, probs: np.ndarray, image_ids) -> None:
-    """Write per-image calibrated test probabilities (so anyone can re-check the metrics)."""
+def write_predictions(
+    path: Path, truth, probs: np.ndarray, image_ids, decisions: np.ndarray | None = None
+) -> None:
+    """Write per-image test probabilities and decisions (so anyone can re-check the
+    metrics).
+    """
     df = pd.DataFrame(probs.round(6), columns=list(CLASSES))
+    df.insert(
+        0, "decision", [CLASSES[i] for i in (probs.argmax(1) if decisions is None else decisions)]
+    )
     df.insert(0, "dx", list(truth))
     df.insert(0, "image_id", list(image_ids))
     df.to_csv(path, index=False)

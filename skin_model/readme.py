@@ -11,7 +11,13 @@ from pathlib import Path
 
 from skin_model import DEFAULT_MODEL_DIR, REPO_ROOT
 from skin_model.artifacts import read_metrics
-from skin_model.card import headline_table, per_class_table, reproduce_command, targets_table
+from skin_model.card import (
+    context_table,
+    headline_table,
+    per_class_table,
+    reproduce_command,
+    targets_table,
+)
 
 README = REPO_ROOT / "README.md"
 BENCH_FILE = REPO_ROOT / "docs" / "bench.json"
@@ -33,6 +39,16 @@ def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
         "",
         *headline_table(m),
         "",
+        *(
+            [
+                "With and without the patient context, on the same test images:",
+                "",
+                *context_table(m),
+                "",
+            ]
+            if m.get("with_metadata")
+            else []
+        ),
         "Against the quality targets (intervals: "
         f"{m.get('intervals_method', 'not computed for this model')}):",
         "",

@@ -24,11 +24,16 @@ def test_metrics_file_matches_its_per_image_predictions(shipped_model_dir):
     preds = pd.read_csv(shipped_model_dir / "test_predictions.csv")
     probs = preds[list(CLASSES)].to_numpy()
     probs = probs / probs.sum(axis=1, keepdims=True)  # stored rounded to 6 decimals
-    again = compute_metrics(class_indices(preds["dx"]), probs, m["model"]["malignant_threshold"])
+    decisions = class_indices(preds["decision"]) if "decision" in preds else None
+    threshold = m["model"]["malignant_threshold"]
+    again = compute_metrics(class_indices(preds["dx"]), probs, threshold, decisions=decisions)
     assert again["balanced_accuracy"] == pytest.approx(m["balanced_accuracy"], abs=1e-4)
     assert again["malignant"]["auc"] == pytest.approx(m["malignant"]["auc"], abs=1e-4)
     assert again["confusion_matrix"] == m["confusion_matrix"]
     assert m["n_images"] == len(preds)
+    if "calibration" in m["malignant"]:
+        ece = again["malignant"]["calibration"]["ece"]
+        assert ece == pytest.approx(m["malignant"]["calibration"]["ece"], abs=1e-4)
 
 
 def test_fresh_predictions_agree_with_stored_ones(shipped_model_dir, shipped_bundle, real_data_dir):
@@ -37,8 +42,11 @@ def test_fresh_predictions_agree_with_stored_ones(shipped_model_dir, shipped_bun
         decode_image((real_data_dir / "images" / f"{i}.jpg").read_bytes())
         for i in preds["image_id"]
     ]
-    fresh = np.array([p.probabilities for p in predict_images(shipped_bundle, images)])
-    assert np.allclose(fresh, preds[list(CLASSES)].to_numpy(), atol=2e-3)
+    fresh = predict_images(shipped_bundle, images)
+    probs = np.array([p.probabilities for p in fresh])
+    assert np.allclose(probs, preds[list(CLASSES)].to_numpy(), atol=2e-3)
+    if "decision" in preds:
+        assert [p.top_class for p in fresh] == preds["decision"].tolist()
 
 
 def test_test_split_is_disjoint_from_training_lesions(shipped_model_dir):
