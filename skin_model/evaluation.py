@@ -371,10 +371,11 @@ def finalise_model(
     bundle.config = config
     bundle.ood_stats = ood_stats
 
-    raw_test, _ = raw_outputs(bundle, f32["test"], tta=tta)
-    p_test = calibrated_probabilities(raw_test, prior, temperature)
-    dec_test = raw_test.argmax(1) if prior is not None else p_test.argmax(1)
-    metrics = compute_metrics(y["test"], p_test, config["malignant_threshold"], decisions=dec_test)
+    test_rows = rows["test"]
+    lesions = test_rows["lesion_id"].to_numpy()
+    metrics, p_test, dec_test, raw_test = evaluate_split(
+        bundle, f32["test"], y["test"], lesions, config["malignant_threshold"]
+    )
     metrics["decision_rule"] = config["decision_rule"]
     metrics["calibration"]["ece_raw_outputs"] = calibration_bins(raw_test, y["test"])["ece"]
     metrics["malignant"]["calibration_raw_outputs_ece"] = binary_calibration(
@@ -400,10 +401,10 @@ def finalise_model(
         "malignant_auc": float(
             roc_auc_score(is_malignant(y["val"]), malignant_probability(raw_val))
         ),
-        "malignant_operating_point": binary_operating_point(
-            is_malignant(y["calib"]), malignant_probability(q_cal), config["malignant_threshold"]
-        ),
     }
+    metrics["calibration_fit"]["operating_point"] = binary_operating_point(
+        is_malignant(y["calib"]), malignant_probability(q_cal), config["malignant_threshold"]
+    )
     metrics["model"] = {
         "architecture": cfg.architecture,
         "input_size": cfg.input_size,
@@ -424,30 +425,61 @@ def finalise_model(
     write_json(out_dir / CONFIG_FILE, config)
     metrics["cam_layer_choice"] = {**cam_choice, "chosen_on": "validation lesion boxes"}
     metrics["cam_localisation"] = cam_localisation(bundle, boxes.get("test"))
-    test_rows = rows["test"]
     write_predictions(
         out_dir / PREDICTIONS_FILE, parts["test"][1], p_test, test_rows["image_id"], dec_test
     )
-    add_intervals(metrics, y["test"], p_test, test_rows["lesion_id"].to_numpy(), dec_test)
+    metrics["targets"] = target_status(metrics)
     if metas:
         metrics["validation"]["balanced_accuracy_with_metadata"] = float(
             balanced_accuracy_score(y["val"], raw_val_m.argmax(1))
         )
-        raw_test_m, _ = raw_outputs(bundle, f32["test"], tta=tta, metadata=metas["test"])
-        p_test_m = calibrated_probabilities(raw_test_m, prior, temperature)
-        dec_m = raw_test_m.argmax(1) if prior is not None else p_test_m.argmax(1)
-        with_meta = compute_metrics(
-            y["test"], p_test_m, config["malignant_threshold_metadata"], decisions=dec_m
+        with_meta, _, _, _ = evaluate_split(
+            bundle,
+            f32["test"],
+            y["test"],
+            lesions,
+            config["malignant_threshold_metadata"],
+            metas["test"],
         )
-        add_intervals(with_meta, y["test"], p_test_m, test_rows["lesion_id"].to_numpy(), dec_m)
-        for key in ("targets", "intervals_method"):
-            with_meta.pop(key, None)
         metrics["with_metadata"] = with_meta
         metrics["metadata_only_baseline"] = metadata_only_baseline(
             metas["train"], y["train"], metas["test"], y["test"]
         )
     write_json(out_dir / METRICS_FILE, metrics)
     return metrics
+
+
+def evaluate_split(
+    bundle: ModelBundle,
+    images: np.ndarray,
+    y: np.ndarray,
+    lesions: np.ndarray,
+    threshold: float,
+    metadata: np.ndarray | None = None,
+) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """Metrics with lesion-bootstrap intervals of a finalised bundle on labelled images.
+
+    Args:
+        bundle: The model with its final config (prior, temperature, TTA).
+        images: (N, S, S, 3) float32 images at the input size.
+        y: (N,) true class indices.
+        lesions: (N,) lesion ids (for the intervals).
+        threshold: Malignant threshold to report the operating point at.
+        metadata: (N, DIM) patient-context vectors, or None (image only).
+
+    Returns:
+        ``(metrics, probabilities, decisions, raw outputs)``.
+    """
+    prior = bundle.class_prior
+    raw, _ = raw_outputs(bundle, images, tta=bundle.config["tta"], metadata=metadata)
+    probs = calibrated_probabilities(raw, prior, float(bundle.config["temperature"]))
+    decisions = raw.argmax(1) if prior is not None else probs.argmax(1)
+    metrics = compute_metrics(y, probs, threshold, decisions=decisions)
+    metrics["intervals"] = bootstrap_intervals(y, probs, lesions, threshold, decisions=decisions)
+    metrics["intervals_method"] = (
+        "95% percentile bootstrap over test lesions (500 resamples of whole lesions)"
+    )
+    return metrics, probs, decisions, raw
 
 
 def metadata_only_baseline(
@@ -472,38 +504,6 @@ def metadata_only_baseline(
         "malignant_auc": m["malignant"]["auc"],
         "mel_auc": m["per_class"]["mel"]["auc"],
     }
-
-
-def add_intervals(
-    metrics: dict,
-    y_idx: np.ndarray,
-    probs: np.ndarray,
-    lesion_ids: np.ndarray,
-    decisions: np.ndarray | None = None,
-    n_boot: int = 500,
-) -> dict:
-    """Add lesion-bootstrap intervals and the target check to a ``metrics.json`` dict.
-
-    Args:
-        metrics: The dict to update in place (its malignant threshold is used).
-        y_idx: (N,) true class indices of the evaluated images.
-        probs: (N, K) calibrated probabilities.
-        lesion_ids: (N,) lesion id of each image.
-        decisions: (N,) decided class indices (default: argmax of ``probs``).
-        n_boot: Bootstrap resamples.
-
-    Returns:
-        ``metrics``, with ``intervals``, ``intervals_method`` and ``targets``.
-    """
-    threshold = metrics["malignant"]["operating_point"]["threshold"]
-    metrics["intervals"] = bootstrap_intervals(
-        y_idx, probs, lesion_ids, threshold, n_boot, decisions=decisions
-    )
-    metrics["intervals_method"] = (
-        f"95% percentile bootstrap over test lesions ({n_boot} resamples of whole lesions)"
-    )
-    metrics["targets"] = target_status(metrics)
-    return metrics
 
 
 def write_predictions(

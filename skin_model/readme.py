@@ -31,7 +31,8 @@ def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
     lines = [
         f"Test split: {m['n_images']} images of lesions never seen in training or validation. "
         f"Trained on {tr['device']} in {tr['train_seconds'] / 60:.0f} min "
-        f"({tr['epochs_run']} epochs, best epoch {tr['best_epoch']}). Reproduce it with:",
+        f"({tr['epochs_run']} epochs; weights of epoch {tr['best_epoch']} kept). "
+        "Reproduce it with:",
         "",
         "```bash",
         reproduce_command(tr["settings"]),
