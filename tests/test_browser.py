@@ -56,6 +56,14 @@ def test_upload_shows_diagnosis_overlay_and_every_page_renders(server, tmp_path)
                 )
                 page.get_by_text("Malignant risk (mel + bcc + akiec)").first.wait_for()
                 print(f"upload to overlay: {time.perf_counter() - start:.2f}s")
+                # both images (original and overlay) decoded and drawn
+                page.wait_for_function(
+                    "() => { const imgs = [...document.querySelectorAll("
+                    "'[data-testid=stImage] img')]; return imgs.length >= 2 && "
+                    "imgs.every(i => i.complete && i.naturalWidth > 0); }",
+                    timeout=60_000,
+                )
+                page.wait_for_timeout(500)
             else:
                 page.wait_for_timeout(1500)
             assert page.get_by_text("This app has encountered an error").count() == 0
