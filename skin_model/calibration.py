@@ -185,6 +185,42 @@ def shift_malignant_prevalence(probs: np.ndarray, trained_share: float, new_shar
     return normalise_rows(np.asarray(probs, dtype=np.float64) * w)
 
 
+def reliability(
+    predicted: np.ndarray, outcome: np.ndarray, n_bins: int, names: tuple[str, str]
+) -> tuple[float, list[dict]]:
+    """Expected calibration error and equal-width reliability bins over [0, 1].
+
+    Args:
+        predicted: (N,) predicted probabilities (a risk, or the top-label confidence).
+        outcome: (N,) 1 where the predicted event happened, else 0.
+        n_bins: Number of bins.
+        names: Keys for each bin's mean prediction and observed rate.
+
+    Returns:
+        ``(ece, [{"lower", "upper", names[0], names[1], "count"}, ...])``.
+    """
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(predicted, edges[1:-1], right=True), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        mask = which == b
+        count = int(mask.sum())
+        mean = float(predicted[mask].mean()) if count else None
+        rate = float(outcome[mask].mean()) if count else None
+        if count:
+            ece += count / len(predicted) * abs(rate - mean)
+        bins.append(
+            {
+                "lower": float(edges[b]),
+                "upper": float(edges[b + 1]),
+                names[0]: mean,
+                names[1]: rate,
+                "count": count,
+            }
+        )
+    return float(ece), bins
+
+
 def binary_calibration(risk: np.ndarray, y: np.ndarray, n_bins: int = 10) -> dict:
     """Reliability of a binary risk: ECE, mean risk vs observed share, diagram bins.
 
@@ -198,25 +234,7 @@ def binary_calibration(risk: np.ndarray, y: np.ndarray, n_bins: int = 10) -> dic
         "mean_risk", "observed", "count"}]}``.
     """
     risk, y = np.asarray(risk, dtype=float), np.asarray(y, dtype=float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(risk, edges[1:-1], right=True), 0, n_bins - 1)
-    bins, ece = [], 0.0
-    for b in range(n_bins):
-        mask = which == b
-        count = int(mask.sum())
-        m = float(risk[mask].mean()) if count else None
-        o = float(y[mask].mean()) if count else None
-        if count:
-            ece += count / len(risk) * abs(o - m)
-        bins.append(
-            {
-                "lower": float(edges[b]),
-                "upper": float(edges[b + 1]),
-                "mean_risk": m,
-                "observed": o,
-                "count": count,
-            }
-        )
+    ece, bins = reliability(risk, y, n_bins, ("mean_risk", "observed"))
     return {
         "ece": float(ece),
         "mean_risk": float(risk.mean()),

@@ -14,7 +14,12 @@ import numpy as np
 from sklearn import metrics as skm
 
 from skin_model import CLASSES, MALIGNANT
-from skin_model.calibration import binary_calibration, is_malignant, malignant_probability
+from skin_model.calibration import (
+    binary_calibration,
+    is_malignant,
+    malignant_probability,
+    reliability,
+)
 
 EPS = 1e-7
 
@@ -32,25 +37,7 @@ def calibration_bins(probs: np.ndarray, y_idx: np.ndarray, n_bins: int = 10) -> 
     """
     conf = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == y_idx).astype(float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
-    bins, ece = [], 0.0
-    for b in range(n_bins):
-        mask = which == b
-        count = int(mask.sum())
-        c = float(conf[mask].mean()) if count else None
-        a = float(correct[mask].mean()) if count else None
-        if count:
-            ece += count / len(conf) * abs(a - c)
-        bins.append(
-            {
-                "lower": float(edges[b]),
-                "upper": float(edges[b + 1]),
-                "confidence": c,
-                "accuracy": a,
-                "count": count,
-            }
-        )
+    ece, bins = reliability(conf, correct, n_bins, ("confidence", "accuracy"))
     return {"ece": float(ece), "bins": bins}
 
 

@@ -154,6 +154,11 @@ def test_module_entry_point_runs(trained_dir, image_folder):
     assert proc.stdout.splitlines()[0] == ",".join(CSV_COLUMNS)
 
 
+def _predict(model, *args) -> int:
+    """``predict --quiet --model MODEL ARGS...``; the exit code."""
+    return main(["predict", "--quiet", "--model", str(model), *map(str, args)])
+
+
 def test_metadata_rows_are_matched_by_name_and_bad_rows_get_errors(
     trained_dir, image_folder, tmp_path
 ):
@@ -165,20 +170,7 @@ def test_metadata_rows_are_matched_by_name_and_bad_rows_get_errors(
         "case2,abc,male,back\n"  # malformed age
     )
     out = tmp_path / "r.csv"
-    code = main(
-        [
-            "predict",
-            "--quiet",
-            "--model",
-            str(trained_dir),
-            "--metadata",
-            str(meta),
-            "--out",
-            str(out),
-            str(image_folder),
-        ]
-    )
-    assert code == 1
+    assert _predict(trained_dir, "--metadata", meta, "--out", out, image_folder) == 1
     rows = {Path(r["file"]).stem: r for r in _rows(out.read_text())}
     assert rows["case0"]["patient_context"] == "age 63, male, back"
     assert rows["case1"]["patient_context"] == "female"
@@ -189,59 +181,15 @@ def test_metadata_rows_are_matched_by_name_and_bad_rows_get_errors(
 def test_metadata_changes_the_prediction_and_unknown_site_is_an_error(
     trained_dir, image_folder, tmp_path
 ):
-    plain = tmp_path / "plain.csv"
-    assert (
-        main(
-            [
-                "predict",
-                "--quiet",
-                "--model",
-                str(trained_dir),
-                "--out",
-                str(plain),
-                str(image_folder / "case0.jpg"),
-            ]
-        )
-        == 0
-    )
-    meta = tmp_path / "meta.csv"
+    image = image_folder / "case0.jpg"
+    plain, fused, meta = tmp_path / "plain.csv", tmp_path / "fused.csv", tmp_path / "m.csv"
+    assert _predict(trained_dir, "--out", plain, image) == 0
     meta.write_text("image,age,sex,localization\ncase0,85,female,face\n")
-    fused = tmp_path / "fused.csv"
-    assert (
-        main(
-            [
-                "predict",
-                "--quiet",
-                "--model",
-                str(trained_dir),
-                "--metadata",
-                str(meta),
-                "--out",
-                str(fused),
-                str(image_folder / "case0.jpg"),
-            ]
-        )
-        == 0
-    )
+    assert _predict(trained_dir, "--metadata", meta, "--out", fused, image) == 0
     a, b = _rows(plain.read_text())[0], _rows(fused.read_text())[0]
     assert [a[c] for c in CLASSES] != [b[c] for c in CLASSES]
     meta.write_text("image,localization\ncase0,elbow\n")
-    assert (
-        main(
-            [
-                "predict",
-                "--quiet",
-                "--model",
-                str(trained_dir),
-                "--metadata",
-                str(meta),
-                "--out",
-                str(fused),
-                str(image_folder / "case0.jpg"),
-            ]
-        )
-        == 1
-    )
+    assert _predict(trained_dir, "--metadata", meta, "--out", fused, image) == 1
     assert "not a HAM10000 localization" in _rows(fused.read_text())[0]["error"]
 
 
@@ -250,32 +198,17 @@ def test_metadata_file_without_image_column_is_a_usage_error(
 ):
     meta = tmp_path / "meta.csv"
     meta.write_text("file,age\ncase0,50\n")
-    code = main(
-        ["predict", "--model", str(trained_dir), "--metadata", str(meta), str(image_folder)]
-    )
-    assert code == 2 and "no 'image' column" in capsys.readouterr().err
+    assert _predict(trained_dir, "--metadata", meta, image_folder) == 2
+    assert "no 'image' column" in capsys.readouterr().err
 
 
-def test_prevalence_option_reweights_the_risk(trained_dir, image_folder, tmp_path, capsys):
+def test_prevalence_option_reweights_the_risk(trained_dir, image_folder, capsys):
     from skin_model.calibration import adjust_prevalence
 
     share = json.loads((trained_dir / "config.json").read_text())["malignant_share"]
-    assert main(["predict", "--quiet", "--model", str(trained_dir), str(image_folder)]) == 0
+    assert _predict(trained_dir, image_folder) == 0
     base = _rows(capsys.readouterr().out)
-    assert (
-        main(
-            [
-                "predict",
-                "--quiet",
-                "--model",
-                str(trained_dir),
-                "--prevalence",
-                "0.05",
-                str(image_folder),
-            ]
-        )
-        == 0
-    )
+    assert _predict(trained_dir, "--prevalence", "0.05", image_folder) == 0
     low = _rows(capsys.readouterr().out)
     for a, b in zip(base, low, strict=True):
         expected = adjust_prevalence(float(a["malignant_probability"]), share, 0.05)
