@@ -60,16 +60,23 @@ def model_inputs(model, image: np.ndarray, input_size: int, metadata: np.ndarray
     return [x, m[None]]
 
 
+def normalise_cam(cam: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """Min-max scale each map of a (B, H, W) batch to [0, 1], as tf-keras-vis' ``normalize``
+    does (without importing tf-keras-vis, which the plain Grad-CAM path does not need)."""
+    axes = tuple(range(1, cam.ndim))
+    low, high = cam.min(axis=axes, keepdims=True), cam.max(axis=axes, keepdims=True)
+    return (cam - low) / (high - low + eps)
+
+
 def finish_cam(cam: np.ndarray, input_size: int, shape: tuple[int, int]) -> np.ndarray:
     """Layer-resolution CAM (1, h, w) -> normalised heatmap at the image size, as
     tf-keras-vis does it (linear zoom to the input, min-max normalise).
     """
     from scipy.ndimage import zoom
-    from tf_keras_vis.utils import normalize
 
     cam = np.asarray(cam, dtype=np.float32)
     factors = (1, input_size / cam.shape[1], input_size / cam.shape[2])
-    cam = np.asarray(normalize(zoom(cam, factors, order=1)))
+    cam = normalise_cam(zoom(cam, factors, order=1))
     return resize_heatmap(cam[0].astype(np.float32), shape)
 
 
