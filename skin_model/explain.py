@@ -62,7 +62,8 @@ def model_inputs(model, image: np.ndarray, input_size: int, metadata: np.ndarray
 
 def normalise_cam(cam: np.ndarray, eps: float = 1e-7) -> np.ndarray:
     """Min-max scale each map of a (B, H, W) batch to [0, 1], as tf-keras-vis' ``normalize``
-    does (without importing tf-keras-vis, which the plain Grad-CAM path does not need)."""
+    does (without importing tf-keras-vis, which the plain Grad-CAM path does not need).
+    """
     axes = tuple(range(1, cam.ndim))
     low, high = cam.min(axis=axes, keepdims=True), cam.max(axis=axes, keepdims=True)
     return (cam - low) / (high - low + eps)
