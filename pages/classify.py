@@ -133,9 +133,9 @@ at = (
 )
 st.caption(
     f"**Probabilities** are {at}: how often lesions like this one are each class. The "
-    "**suggested diagnosis** uses the balanced rule (probability divided by the class's "
-    "frequency), which keeps rare classes such as melanoma visible; it can differ from the "
-    "most probable class."
+    "**suggested diagnosis** uses the balanced rule (the network's output before it is "
+    "re-weighted by class frequencies), which keeps rare classes such as melanoma visible; "
+    "it can differ from the most probable class."
 )
 
 for case, pred, ctx, key in zip(cases, preds, contexts, keys, strict=True):

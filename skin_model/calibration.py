@@ -72,19 +72,32 @@ def calibrated_probabilities(
     return apply_temperature(probs, temperature) if temperature != 1.0 else probs
 
 
-def balanced_decision(probs: np.ndarray, class_prior: Sequence[float] | None) -> np.ndarray:
-    """Class index chosen by the balanced rule: argmax of ``probs / prior``.
+DECISION_RULE = (
+    "balanced: argmax of the network's uniform-prior output (before the re-weighting by "
+    "class frequencies and the temperature)"
+)
+"""How the suggested diagnosis is chosen from a model with a ``class_prior``."""
+
+
+def class_frequencies(codes: Sequence[str]) -> np.ndarray:
+    """(K,) share of each class in ``codes``, in :data:`CLASSES` order (at least one count
+    each, so no class gets probability zero).
+    """
+    codes = list(codes)
+    counts = np.array([max(1, codes.count(c)) for c in CLASSES], dtype=np.float64)
+    return counts / counts.sum()
+
+
+def decide(raw: np.ndarray, probs: np.ndarray, class_prior: Sequence[float] | None):
+    """(N,) suggested class per row: the balanced rule (:data:`DECISION_RULE`) for a model
+    whose outputs are re-weighted by ``class_prior``, else the most probable class.
 
     Args:
-        probs: (N, K) probabilities at the training frequencies.
-        class_prior: (K,) training class frequencies; ``None`` = plain argmax.
-
-    Returns:
-        (N,) class indices.
+        raw: (N, K) the network's softmax outputs.
+        probs: (N, K) the probabilities shown (after prior and temperature).
+        class_prior: The bundle's ``class_prior`` (None: outputs used as they are).
     """
-    if class_prior is None:
-        return np.asarray(probs).argmax(axis=1)
-    return (np.asarray(probs) / np.asarray(class_prior)).argmax(axis=1)
+    return np.asarray(raw if class_prior is not None else probs).argmax(axis=1)
 
 
 def fit_temperature(probs: np.ndarray, y_idx: np.ndarray) -> float:

@@ -26,10 +26,13 @@ from skin_model.artifacts import (
     write_json,
 )
 from skin_model.calibration import (
+    DECISION_RULE,
     OOD_LAYERS,
     binary_calibration,
     calibrated_probabilities,
     choose_temperature,
+    class_frequencies,
+    decide,
     fit_ood_groups,
     fit_ood_limits,
     is_malignant,
@@ -254,8 +257,7 @@ def output_prior(cfg, train_codes) -> list[float] | None:
     frequencies. A model trained with class weights ``w ∝ freq ** -power`` is undone by
     ``freq ** power``. Plain cross-entropy needs nothing (None).
     """
-    freq = np.array([max(1, list(train_codes).count(c)) for c in CLASSES], dtype=float)
-    freq /= freq.sum()
+    freq = class_frequencies(train_codes)
     power = 1.0 if cfg.loss == "logit_adjusted" else float(cfg.class_weight_power)
     if power == 0:
         return None
@@ -346,7 +348,7 @@ def finalise_model(
         "classes": list(CLASSES),
         "class_prior": prior,
         "malignant_share": round(train_mal, 6),
-        "decision_rule": "balanced: argmax of probability / class_prior",
+        "decision_rule": DECISION_RULE,
         "temperature": temperature,
         "tta": int(tta),
         "malignant_threshold": round(thr["threshold"], 6),
@@ -473,7 +475,7 @@ def evaluate_split(
     prior = bundle.class_prior
     raw, _ = raw_outputs(bundle, images, tta=bundle.config["tta"], metadata=metadata)
     probs = calibrated_probabilities(raw, prior, float(bundle.config["temperature"]))
-    decisions = raw.argmax(1) if prior is not None else probs.argmax(1)
+    decisions = decide(raw, probs, prior)
     metrics = compute_metrics(y, probs, threshold, decisions=decisions)
     metrics["intervals"] = bootstrap_intervals(y, probs, lesions, threshold, decisions=decisions)
     metrics["intervals_method"] = (

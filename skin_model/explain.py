@@ -51,13 +51,10 @@ def cam_layer(model, configured: str | None = None) -> str:
 
 def model_inputs(model, image: np.ndarray, input_size: int, metadata: np.ndarray | None):
     """The model's input for one image (and its metadata vector for a two-input model)."""
-    x = resize_for_model(image, input_size).astype(np.float32)[None]
-    if len(model.inputs) == 1:
-        return x
-    from skin_model.metadata import MISSING
+    from skin_model.inference import batch_inputs
 
-    m = MISSING if metadata is None else np.asarray(metadata, dtype=np.float32)
-    return [x, m[None]]
+    meta = None if metadata is None else np.asarray(metadata, dtype=np.float32)[None]
+    return batch_inputs(model, resize_for_model(image, input_size)[None], meta)
 
 
 def normalise_cam(cam: np.ndarray, eps: float = 1e-7) -> np.ndarray:

@@ -23,6 +23,7 @@ from skin_model.artifacts import (
 from skin_model.calibration import (
     adjust_prevalence,
     calibrated_probabilities,
+    decide,
     malignant_probability,
     ood_distances,
     ood_score,
@@ -344,7 +345,7 @@ def predict_images(
     )
     prior = bundle.class_prior
     probs = calibrated_probabilities(raw, prior, float(bundle.config.get("temperature", 1.0)))
-    decisions = raw.argmax(axis=1) if prior is not None else probs.argmax(axis=1)
+    decisions = decide(raw, probs, prior)
     p_mal = malignant_probability(probs)
     thresholds = np.array([threshold_for(bundle, c) for c in contexts])
     flagged = p_mal >= thresholds

@@ -93,14 +93,6 @@ def predict_cases(
     ]
 
 
-def classify_uploads(
-    bundle: ModelBundle, uploads: Sequence[tuple[str, bytes]], prevalence: float | None = None
-) -> list[tuple[Case, Prediction | None]]:
-    """Decode and classify uploads without patient context (the one-call path)."""
-    cases = decode_uploads(uploads)
-    return list(zip(cases, predict_cases(bundle, cases, None, prevalence), strict=True))
-
-
 def flag(prediction: Prediction) -> str:
     """Plain-language flag of a prediction."""
     if not prediction.looks_dermoscopic:

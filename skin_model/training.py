@@ -10,7 +10,6 @@ check, all fitted on validation, and one read of the test split for ``metrics.js
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import time
@@ -29,8 +28,10 @@ from skin_model.artifacts import (
     RUN_CONFIG_FILE,
     SPLIT_FILE,
     STATE_FILE,
+    read_json,
     write_json,
 )
+from skin_model.calibration import class_frequencies
 from skin_model.card import write_model_card
 from skin_model.data import (
     DataError,
@@ -44,12 +45,6 @@ from skin_model.data import (
 )
 from skin_model.evaluation import finalise_model
 from skin_model.settings import LOSSES, TrainConfig, config_dict
-
-
-def class_prior(labels, classes=CLASSES) -> np.ndarray:
-    """Class frequencies of the training labels (every class at least one count)."""
-    counts = np.array([max(1, list(labels).count(c)) for c in classes], dtype=np.float64)
-    return counts / counts.sum()
 
 
 def subsample_lesions(df: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
@@ -308,11 +303,11 @@ def fit_model(
     if resume and (out_dir / CHECKPOINT_FILE).is_file():
         import skin_model.models  # noqa: F401  (registers the custom loss)
 
-        state.update(json.loads((out_dir / STATE_FILE).read_text(encoding="utf-8")))
+        state.update(read_json(out_dir / STATE_FILE))
         model = keras.models.load_model(out_dir / CHECKPOINT_FILE)
         print(f"resuming after epoch {state['epochs_done']}")
     else:
-        model = compile_model(cfg, class_prior(y_tr), steps)
+        model = compile_model(cfg, class_frequencies(y_tr), steps)
     train_ds = make_dataset(
         x_tr,
         one_hot(y_tr),

@@ -6,10 +6,11 @@ import pytest
 
 from skin_model.calibration import (
     adjust_prevalence,
-    balanced_decision,
     binary_calibration,
     calibrated_probabilities,
     choose_temperature,
+    class_frequencies,
+    decide,
     lesion_resample_weights,
     malignant_probability,
     ood_report,
@@ -37,8 +38,18 @@ def test_calibrated_probabilities_reweight_by_prior_and_keep_balanced_decision()
     raw = np.array([[0.05, 0.05, 0.05, 0.05, 0.5, 0.25, 0.05]])
     q = calibrated_probabilities(raw, PRIOR)
     assert q.argmax() == 5  # nv is the most probable at the data's frequencies
-    assert balanced_decision(q, PRIOR)[0] == 4  # the balanced rule suggests mel
+    assert decide(raw, q, PRIOR)[0] == 4  # the balanced rule suggests mel
+    assert decide(raw, calibrated_probabilities(raw, PRIOR, 2.5), PRIOR)[0] == 4  # any T
+    assert decide(raw, q, None)[0] == 5  # a model without a prior: most probable class
     assert calibrated_probabilities(raw, None) is raw
+
+
+def test_class_frequencies_count_every_class():
+    f = class_frequencies(["nv", "nv", "nv", "mel"])
+    assert f.sum() == pytest.approx(1.0)
+    # 3 nv, 1 mel, and one pseudo-count for each of the 5 absent classes: 9 in all
+    assert f[5] == pytest.approx(3 / 9) and f[4] == pytest.approx(1 / 9)
+    assert f[0] == pytest.approx(1 / 9)
 
 
 def test_adjust_prevalence_by_hand():

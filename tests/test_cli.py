@@ -39,12 +39,15 @@ def test_predict_folder_csv(trained_dir, image_folder, capsys):
     rows = _rows(capsys.readouterr().out)
     assert [Path(r["file"]).name for r in rows] == ["case0.jpg", "case1.jpg", "case2.jpg"]
     assert tuple(rows[0].keys()) == CSV_COLUMNS
-    prior = np.array(json.loads((trained_dir / "config.json").read_text())["class_prior"])
+    config = json.loads((trained_dir / "config.json").read_text())
+    prior, temperature = np.array(config["class_prior"]), config["temperature"]
     for r in rows:
         probs = np.array([float(r[c]) for c in CLASSES])
         assert probs.sum() == pytest.approx(1, abs=1e-4)
-        # the suggested diagnosis is the balanced rule, not the most probable class
-        assert r["prediction"] == CLASSES[int((probs / prior).argmax())]
+        # the suggested diagnosis is the argmax of the network's own output, recovered from
+        # the shown probabilities by undoing the temperature and the prior re-weighting
+        raw_logits = temperature * np.log(np.clip(probs, 1e-12, 1)) - np.log(prior)
+        assert r["prediction"] == CLASSES[int(raw_logits.argmax())]
         assert float(r["malignant_probability"]) == pytest.approx(
             float(r["akiec"]) + float(r["bcc"]) + float(r["mel"]), abs=1e-4
         )
