@@ -50,6 +50,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="continue the interrupted run in DIR (its settings, last checkpoint and "
         "optimizer state); other training options are ignored",
     )
+    p.add_argument(
+        "--cv",
+        type=int,
+        default=0,
+        metavar="K",
+        help="lesion-grouped K-fold cross-validation of the recipe on the training and "
+        "validation lesions into --out (no model is finalised; run again to resume)",
+    )
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -93,6 +101,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     else:
         cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    if args.cv:
+        from skin_model.crossval import run_cv
+
+        try:
+            summary = run_cv(args.data_dir, out, cfg, args.cv)
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{summary['folds_done']} folds; table in {out}")
+        return 0
     try:
         metrics = train_model(args.data_dir, out, cfg, resume=resume)
     except DataError as exc:

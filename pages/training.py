@@ -5,7 +5,16 @@ import pandas as pd
 import streamlit as st
 
 from skin_model import REPO_ROOT
-from skin_model.artifacts import ArtifactError, best_epoch, find_model_dirs, read_history
+from skin_model.artifacts import (
+    CV_FILE,
+    ArtifactError,
+    best_epoch,
+    find_cv_dirs,
+    find_model_dirs,
+    read_history,
+    read_json,
+)
+from skin_model.card import cv_frame, cv_summary_text
 
 st.title("Training curves")
 dirs = find_model_dirs(REPO_ROOT / "models")
@@ -45,3 +54,14 @@ for directory in dirs:
     if "learning_rate" in history:
         lr = alt.Chart(history).mark_line().encode(x="epoch:Q", y="learning_rate:Q")
         cols[-1].altair_chart((lr + rule).properties(title="Learning rate"), width="stretch")
+
+for cv_dir in find_cv_dirs(REPO_ROOT / "models"):
+    st.subheader(f"Cross-validation: {cv_dir.name}")
+    try:
+        cv = read_json(cv_dir / CV_FILE)
+        frame = cv_frame(cv)
+        st.caption(cv_summary_text(cv))
+        numbers = {c: st.column_config.NumberColumn(format="%.3f") for c in frame.columns[1:]}
+        st.dataframe(frame, hide_index=True, column_config=numbers)
+    except (OSError, ValueError, KeyError) as exc:
+        st.error(f"{cv_dir.name}: cv.json could not be read ({exc}).")

@@ -30,6 +30,11 @@ CHECKPOINT_FILE = "checkpoint.keras"
 BEST_WEIGHTS_FILE = "best.weights.h5"
 STATE_FILE = "train_state.json"
 RUN_CONFIG_FILE = "run_config.json"
+EMA_FILE = "ema_weights.npz"
+FOLD_FILE = "fold.json"
+OOF_FILE = "oof_predictions.csv"
+CV_FILE = "cv.json"
+CV_TABLE_FILE = "cross_validation.csv"
 ATTEMPT_COLUMNS = (
     "name",
     "architecture",
@@ -143,6 +148,12 @@ def find_model_dirs(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p.parent for p in root.glob(f"*/{HISTORY_FILE}"))
+
+
+def find_cv_dirs(root: Path) -> list[Path]:
+    """Cross-validation directories under ``root`` (they hold a ``cv.json``), by name."""
+    root = Path(root)
+    return sorted(p.parent for p in root.glob(f"*/{CV_FILE}")) if root.is_dir() else []
 
 
 def read_history(model_dir: Path) -> pd.DataFrame:

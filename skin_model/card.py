@@ -13,8 +13,10 @@ from skin_model.artifacts import (
     ATTEMPTS_FILE,
     CARD_FILE,
     CONFIG_FILE,
+    CV_FILE,
     METRICS_FILE,
     MODEL_FILE,
+    find_cv_dirs,
     read_json,
     sha256_file,
 )
@@ -247,6 +249,79 @@ def reproduce_command(training: dict, out: str = "models/default") -> str:
     return " ".join(["python train.py --data-dir ../shared/data/ham10000", f"--out {out}", *flags])
 
 
+VARIANT_TEXT = {
+    "image": "last epoch, image only",
+    "context": "last epoch, with age/sex/site (early fusion)",
+    "ema_image": "weight average, image only",
+    "ema_context": "weight average, with age/sex/site (early fusion)",
+    "metadata_only": "age/sex/site alone (logistic regression)",
+}
+
+
+def variant_text(name: str, cv: dict) -> str:
+    """Readable name of a cross-validation variant (late fusion names its power)."""
+    if name.startswith("late_fusion_"):
+        base = name.removeprefix("late_fusion_")
+        power = cv["late_fusion"][base]["power"]
+        return f"{VARIANT_TEXT.get(base, base)} x age/sex/site posterior^{power:g} (late fusion)"
+    return VARIANT_TEXT.get(name, name)
+
+
+def cv_table(cv: dict) -> list[str]:
+    """Markdown rows of a ``cv.json``: mean +- SD over folds and pooled, per variant."""
+    table = pd.DataFrame(cv["table"])
+    lines = [
+        "| variant | balanced accuracy, mean +- SD (pooled) | malignant AUC | melanoma AUC "
+        "| melanoma sensitivity | macro AUC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, rows in table.groupby("variant", sort=False):
+        by = rows.set_index("fold")
+        mean, sd, pooled = by.loc["mean"], by.loc["sd"], by.loc["pooled"]
+
+        def cell(key, mean=mean, sd=sd):
+            return f"{mean[key]:.3f} +- {sd[key]:.3f}"
+
+        lines.append(
+            f"| {variant_text(name, cv)} | {cell('balanced_accuracy')} "
+            f"({pooled['balanced_accuracy']:.3f}) | {cell('malignant_auc')} | {cell('mel_auc')} "
+            f"| {cell('mel_sensitivity')} | {cell('macro_auc')} |"
+        )
+    return lines
+
+
+def cv_frame(cv: dict) -> pd.DataFrame:
+    """One row per cross-validation variant: fold mean, SD and pooled figures."""
+    table = pd.DataFrame(cv["table"])
+    rows = []
+    for name, part in table.groupby("variant", sort=False):
+        by = part.set_index("fold")
+        rows.append(
+            {
+                "variant": variant_text(name, cv),
+                "balanced accuracy (mean)": by.loc["mean", "balanced_accuracy"],
+                "SD over folds": by.loc["sd", "balanced_accuracy"],
+                "pooled": by.loc["pooled", "balanced_accuracy"],
+                "malignant AUC": by.loc["mean", "malignant_auc"],
+                "melanoma AUC": by.loc["mean", "mel_auc"],
+                "melanoma sensitivity": by.loc["mean", "mel_sensitivity"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def cv_summary_text(cv: dict) -> str:
+    """One sentence saying what a cross-validation run was."""
+    s = cv["settings"]
+    minutes = sum(cv["train_seconds"]) / 60
+    return (
+        f"{cv['folds_done']} folds, {cv['n_images']} images of {cv['n_lesions']} lesions "
+        f"({cv['method']}). Recipe: {s['architecture']} at {s['input_size']} px, "
+        f"{s['epochs']} epochs, weight-average half-life {s.get('ema_half_life', 0):g} epochs; "
+        f"{minutes:.0f} min of training on {cv['device']}."
+    )
+
+
 def _attempts_table(path: Path) -> str:
     """Markdown table of every recorded training attempt."""
     if not path.is_file():
@@ -370,6 +445,10 @@ def render_model_card(model_dir: Path) -> str:
         "",
         _attempts_table(model_dir.parent / ATTEMPTS_FILE),
     ]
+    for cv_dir in find_cv_dirs(model_dir.parent):
+        cv = read_json(cv_dir / CV_FILE)
+        lines += ["", f"## Cross-validation: {cv_dir.name}", "", cv_summary_text(cv), ""]
+        lines += cv_table(cv)
     return "\n".join(lines) + "\n"
 
 

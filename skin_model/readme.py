@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 from skin_model import DEFAULT_MODEL_DIR, REPO_ROOT
-from skin_model.artifacts import read_metrics
+from skin_model.artifacts import CV_FILE, find_cv_dirs, read_json, read_metrics
 from skin_model.card import (
     context_table,
+    cv_summary_text,
+    cv_table,
     headline_table,
     per_class_table,
     reproduce_command,
@@ -60,6 +62,19 @@ def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
     return "\n".join(lines)
 
 
+def cv_section(root: Path = DEFAULT_MODEL_DIR.parent) -> str:
+    """The cross-validation tables of every ``models/*/cv.json``."""
+    dirs = find_cv_dirs(root)
+    if not dirs:
+        return "_No cross-validation recorded yet: run `python train.py --cv 5 --out DIR`._"
+    lines = []
+    for cv_dir in dirs:
+        cv = read_json(cv_dir / CV_FILE)
+        lines += [f"`{cv_dir.relative_to(REPO_ROOT)}`: {cv_summary_text(cv)}", ""]
+        lines += [*cv_table(cv), ""]
+    return "\n".join(lines).rstrip()
+
+
 def bench_section(path: Path = BENCH_FILE) -> str:
     """The benchmark table from a full ``bench`` run."""
     from skin_model.bench import format_table
@@ -89,7 +104,12 @@ def load_section(path: Path = LOAD_FILE) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"metrics": metrics_section, "bench": bench_section, "load": load_section}
+SECTIONS = {
+    "metrics": metrics_section,
+    "cv": cv_section,
+    "bench": bench_section,
+    "load": load_section,
+}
 
 
 def render(text: str) -> str:

@@ -31,6 +31,7 @@ class TrainConfig:
     crop_min_scale: float = 0.75
     bn_momentum: float = 0.9
     restore_best: bool = False
+    ema_half_life: float = 0.0
     metadata: bool = True
     metadata_hide_all: float = 0.5
     metadata_hide_field: float = 0.2

@@ -24,6 +24,7 @@ from skin_model.artifacts import (
     ATTEMPTS_FILE,
     BEST_WEIGHTS_FILE,
     CHECKPOINT_FILE,
+    EMA_FILE,
     HISTORY_FILE,
     RUN_CONFIG_FILE,
     SPLIT_FILE,
@@ -230,6 +231,54 @@ def make_checkpoint_callback(out_dir: Path, best, seconds_before: float = 0.0):
     return Checkpoint()
 
 
+def ema_decay(half_life_epochs: float, steps_per_epoch: int) -> float:
+    """Per-step decay of a weight average whose half-life is ``half_life_epochs``."""
+    return float(0.5 ** (1.0 / max(1.0, half_life_epochs * steps_per_epoch)))
+
+
+def make_ema_callback(out_dir: Path, decay: float):
+    """A callback that keeps an exponential moving average of all the model's weights
+    (BatchNorm statistics included) after every step and saves it after every epoch,
+    so a resumed run continues the same average.
+
+    Args:
+        out_dir: The model directory (``ema_weights.npz`` goes there).
+        decay: Per-step decay (see :func:`ema_decay`).
+
+    Returns:
+        A ``keras.callbacks.Callback`` whose ``average`` holds the averaged weights.
+    """
+    import keras
+
+    class WeightAverage(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.average = None
+
+        def on_train_begin(self, logs=None):
+            path = out_dir / EMA_FILE
+            if path.is_file():
+                self.average = read_ema(out_dir)
+            else:
+                self.average = [np.array(w, dtype=np.float64) for w in self.model.get_weights()]
+
+        def on_train_batch_end(self, batch, logs=None):
+            for avg, w in zip(self.average, self.model.get_weights(), strict=True):
+                avg *= decay
+                avg += (1.0 - decay) * w
+
+        def on_epoch_end(self, epoch, logs=None):
+            np.savez(out_dir / EMA_FILE, *self.average)
+
+    return WeightAverage()
+
+
+def read_ema(out_dir: Path) -> list[np.ndarray]:
+    """The weight average a run saved in ``out_dir`` (float64 arrays in model order)."""
+    with np.load(Path(out_dir) / EMA_FILE) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
 def compile_model(cfg: TrainConfig, prior: np.ndarray, steps: int):
     """Build and compile the model of ``cfg`` (weights resolved, loss chosen)."""
     import keras
@@ -291,7 +340,9 @@ def fit_model(
         metas: ``{"train"|"val": (N, DIM) metadata vectors}`` for a two-input model.
 
     Returns:
-        ``(model, {"epochs_run", "best_epoch", "train_seconds"})``.
+        ``(model, {"epochs_run", "best_epoch", "train_seconds"})``; the model holds the
+        last (or, with ``restore_best``, the best) epoch's weights; with
+        ``ema_half_life`` the weight average is in the directory (:func:`read_ema`).
     """
     import keras
 
@@ -332,6 +383,10 @@ def fit_model(
             monitor="val_balanced_accuracy", mode="max", patience=cfg.patience
         ),
     ]
+    if cfg.ema_half_life > 0:
+        if not resume:
+            (out_dir / EMA_FILE).unlink(missing_ok=True)
+        callbacks.insert(0, make_ema_callback(out_dir, ema_decay(cfg.ema_half_life, steps)))
     weights = class_weights(y_tr, cfg.class_weight_power) if cfg.class_weight_power else None
     start = time.perf_counter()
     model.fit(
@@ -395,6 +450,8 @@ def train_model(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool = 
         metas = {"train": encode_frame(df[is_train])}
         metas.update({s: encode_frame(rest[rest["split"] == s]) for s in ("val", "calib", "test")})
     model, fit_info = fit_model(cfg, parts, out_dir, resume=resume, metas=metas)
+    if cfg.ema_half_life > 0:
+        model.set_weights(read_ema(out_dir))
     fit_info["device"] = describe_device()
     parts["train"] = (
         load_images(df.loc[is_train, "path"].tolist(), cfg.input_size),
@@ -424,6 +481,7 @@ def settings_summary(cfg: TrainConfig) -> str:
         "loss",
         "metadata",
         "crop_min_scale",
+        "ema_half_life",
         "width",
         "batch_size",
         "learning_rate",

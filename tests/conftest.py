@@ -170,6 +170,7 @@ GROUPS = {
         "test_models",
         "test_explain",
         "test_training",
+        "test_crossval",
         "test_model_files",
         "test_shipped_model",
         "test_concurrency",
