@@ -37,7 +37,7 @@ bundle = get_bundle()
 if bundle is None:
     st.stop()
 metrics = get_metrics()
-takes_context = bool(bundle.config.get("metadata_input"))
+takes_context = bundle.uses_context
 trained_share = bundle.malignant_share
 
 with st.expander("Your clinic's malignant share (prevalence)", expanded=False):

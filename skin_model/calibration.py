@@ -47,6 +47,40 @@ def prior_shift(probs: np.ndarray, prior_from: Sequence[float], prior_to: Sequen
     return normalise_rows(np.asarray(probs, dtype=np.float64) * ratio)
 
 
+def late_fusion(image_probs: np.ndarray, context_probs: np.ndarray, power: float) -> np.ndarray:
+    """Image posterior times the patient-context posterior to ``power``, renormalised.
+
+    Both are balanced-prior posteriors (logit-adjusted network, class-balanced logistic
+    regression), so their product is the posterior given both if image and context are
+    independent given the class; ``power`` < 1 shrinks the context's say.
+    """
+    return normalise_rows(np.asarray(image_probs) * np.clip(context_probs, EPS, 1.0) ** power)
+
+
+def fuse_context(raw: np.ndarray, vectors: np.ndarray, fusion: dict | None) -> np.ndarray:
+    """Late-fuse the stored context model into the rows of ``raw`` that give a context.
+
+    Args:
+        raw: (N, K) balanced-prior outputs of the network.
+        vectors: (N, DIM) encoded patient contexts (:data:`metadata.MISSING` = none).
+        fusion: ``config["context_fusion"]`` (``power`` and the context model), or None.
+
+    Returns:
+        (N, K); rows without a context, or no ``fusion``, unchanged.
+    """
+    from skin_model.metadata import context_posterior, has_context
+
+    if not fusion or not fusion.get("power"):
+        return raw
+    rows = has_context(vectors)
+    if not rows.any():
+        return raw
+    out = np.array(raw, dtype=np.float64)
+    post = context_posterior(fusion, np.asarray(vectors)[rows], raw.shape[1])
+    out[rows] = late_fusion(out[rows], post, float(fusion["power"]))
+    return out
+
+
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     """Rescale softmax outputs as if their logits were divided by ``temperature``."""
     logits = np.log(np.clip(probs, EPS, 1.0)) / temperature

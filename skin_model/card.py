@@ -188,7 +188,7 @@ def context_table(m: dict) -> list[str]:
         "| melanoma sensitivity | malignant sensitivity at threshold | malignant-risk ECE |",
         "|---|---|---|---|---|---|---|",
         row("image only", m),
-        row("image + age, sex, body site", wm),
+        row(f"image + age, sex, body site ({wm.get('fusion', 'network input')})", wm),
     ]
     base = m.get("metadata_only_baseline")
     if base:

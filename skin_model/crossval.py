@@ -41,7 +41,8 @@ from skin_model.artifacts import (
     read_json,
     write_json,
 )
-from skin_model.calibration import normalise_rows
+from skin_model.calibration import late_fusion, normalise_rows
+from skin_model.metadata import context_posterior, fit_context_model
 from skin_model.metrics import compute_metrics
 from skin_model.settings import TrainConfig, config_dict
 
@@ -79,30 +80,6 @@ def headline(y_idx: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         "mel_sensitivity": m["per_class"]["mel"]["sensitivity"],
         "macro_auc": m["macro_auc"],
     }
-
-
-def late_fusion(image_probs: np.ndarray, metadata_probs: np.ndarray, power: float) -> np.ndarray:
-    """Image posterior times the metadata-only posterior to ``power``, renormalised.
-
-    Both are balanced-prior posteriors (logit-adjusted model, class-balanced logistic
-    regression), so their product is the posterior of both if image and context are
-    independent given the class; ``power`` < 1 shrinks the context's say.
-    """
-    return normalise_rows(image_probs * np.clip(metadata_probs, 1e-6, 1.0) ** power)
-
-
-def fit_metadata_model(m_train: np.ndarray, y_train: np.ndarray):
-    """A class-balanced logistic regression on the encoded age, sex and site."""
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression(class_weight="balanced", max_iter=2000).fit(m_train, y_train)
-
-
-def metadata_probabilities(clf, m: np.ndarray) -> np.ndarray:
-    """(N, K) class probabilities of :func:`fit_metadata_model`'s model."""
-    probs = np.zeros((len(m), len(CLASSES)))
-    probs[:, clf.classes_] = clf.predict_proba(m)
-    return probs
 
 
 def _columns(prefix: str) -> list[str]:
@@ -169,8 +146,8 @@ def run_fold(pool: pd.DataFrame, k: int, images: dict, cfg: TrainConfig, out_dir
     resume = (fold_dir / CHECKPOINT_FILE).is_file()
     model, fit_info = fit_model(cfg, parts, fold_dir, resume=resume, metas=metas)
     outputs = fold_predictions(model, images["input"][~tr], metas_all[~tr], cfg, fold_dir)
-    clf = fit_metadata_model(metas_all[tr], class_index(codes[tr]))
-    outputs["metadata_only"] = metadata_probabilities(clf, metas_all[~tr])
+    context_model = fit_context_model(metas_all[tr], class_index(codes[tr]))
+    outputs["metadata_only"] = context_posterior(context_model, metas_all[~tr])
     held = pool.loc[~tr, ["image_id", "lesion_id", "dx", "fold"]].reset_index(drop=True)
     frames = [held] + [
         pd.DataFrame(p.round(6), columns=_columns(name)) for name, p in outputs.items()

@@ -245,6 +245,31 @@ def choose_tta(
     return views, {f"balanced_accuracy_views_{n}": v for n, v in scores.items()}
 
 
+def context_fusion(cfg, metas: dict | None, y_train: np.ndarray) -> dict | None:
+    """The late-fusion settings of ``cfg`` with its context model fitted on the training
+    part (None when ``cfg.context_fusion_power`` is 0 or there is no patient context).
+    """
+    from skin_model.metadata import fit_context_model
+
+    if not metas or cfg.context_fusion_power <= 0:
+        return None
+    return {
+        "power": float(cfg.context_fusion_power),
+        "feed_network": bool(cfg.context_fusion_feed_network and cfg.metadata),
+        "model": "class-balanced logistic regression on the encoded age, sex and site, "
+        "fitted on the training part",
+        **fit_context_model(metas["train"], y_train),
+    }
+
+
+def fusion_text(fusion: dict | None) -> str:
+    """How a model uses the patient context, in words."""
+    if not fusion:
+        return "network input"
+    how = "network input and " if fusion["feed_network"] else ""
+    return f"{how}late fusion (age/sex/site posterior^{fusion['power']:g})"
+
+
 def split_counts(parts: dict) -> dict:
     """Images per class in each split."""
     return {s: {c: int(list(codes).count(c)) for c in CLASSES} for s, (_, codes) in parts.items()}
@@ -310,6 +335,9 @@ def finalise_model(
     train_mal = float(is_malignant(y["train"]).mean())
     groups_cal = rows["calib"]["lesion_id"].to_numpy()
 
+    fusion = context_fusion(cfg, metas, y["train"])
+    if fusion:
+        bundle.config["context_fusion"] = fusion
     tta, tta_scores = choose_tta(bundle, f32["val"], y["val"], cfg.tta_min_gain)
     raw_val, _ = raw_outputs(bundle, f32["val"], tta=tta)
     raw_cal, feats_cal = raw_outputs(bundle, f32["calib"], tta=tta)
@@ -354,6 +382,7 @@ def finalise_model(
         "malignant_threshold": round(thr["threshold"], 6),
         "malignant_threshold_metadata": round(thr_meta["threshold"], 6) if thr_meta else None,
         "metadata_input": bool(metas),
+        "context_fusion": fusion,
         "target_sensitivity": cfg.target_sensitivity,
         "ood_layers": bundle.config["ood_layers"],
         "ood_group_limits": [round(v, 4) for v in ood_limits],
@@ -443,6 +472,7 @@ def finalise_model(
             config["malignant_threshold_metadata"],
             metas["test"],
         )
+        with_meta["fusion"] = fusion_text(fusion)
         metrics["with_metadata"] = with_meta
         metrics["metadata_only_baseline"] = metadata_only_baseline(
             metas["train"], y["train"], metas["test"], y["test"]
@@ -493,11 +523,9 @@ def metadata_only_baseline(
     Returns:
         Test balanced accuracy, macro AUC, malignant AUC and melanoma AUC.
     """
-    from sklearn.linear_model import LogisticRegression
+    from skin_model.metadata import context_posterior, fit_context_model
 
-    clf = LogisticRegression(class_weight="balanced", max_iter=2000).fit(m_train, y_train)
-    probs = np.zeros((len(m_test), len(CLASSES)))
-    probs[:, clf.classes_] = clf.predict_proba(m_test)
+    probs = context_posterior(fit_context_model(m_train, y_train), m_test, len(CLASSES))
     m = compute_metrics(y_test, probs, 0.5)
     return {
         "model": "logistic regression (class-balanced) on the encoded age, sex and site",
@@ -541,7 +569,7 @@ def evaluate_frame(
     from skin_model.metadata import frame_contexts
 
     cols = [c for c in ("age", "sex", "localization") if c in df.columns]
-    use = use_metadata and bool(cols) and len(bundle.model.inputs) > 1
+    use = use_metadata and bool(cols) and bundle.uses_context
     contexts = frame_contexts(df) if use else [None] * len(df)
     probs, decisions = [], []
     for start in range(0, len(df), batch):

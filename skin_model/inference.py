@@ -24,6 +24,7 @@ from skin_model.calibration import (
     adjust_prevalence,
     calibrated_probabilities,
     decide,
+    fuse_context,
     malignant_probability,
     ood_distances,
     ood_score,
@@ -61,6 +62,17 @@ class ModelBundle:
             if key not in self._explainers:
                 self._explainers[key] = build()
             return self._explainers[key]
+
+    @property
+    def uses_context(self) -> bool:
+        """Whether a patient context changes the predictions (network input or late fusion)."""
+        return takes_metadata(self.model) or bool(self.config.get("context_fusion"))
+
+    @property
+    def feeds_context(self) -> bool:
+        """Whether the network itself reads the patient context (else it sees none)."""
+        fusion = self.config.get("context_fusion") or {}
+        return takes_metadata(self.model) and bool(fusion.get("feed_network", True))
 
     @property
     def class_prior(self) -> list[float] | None:
@@ -276,8 +288,9 @@ def raw_outputs(
             rotations and flips; ``True`` = 8).
         chunk: Images per model call (16 keeps peak memory under 1 GB on the CPU; larger
             batches gained little speed).
-        metadata: (N, DIM) patient-context vectors (None: none given; ignored by an
-            image-only model).
+        metadata: (N, DIM) patient-context vectors (None: none given). A two-input
+            network reads them; a model with ``context_fusion`` in its config also
+            multiplies in its context model's posterior (late fusion).
 
     Returns:
         ``(probs (N, K), [feature group (N, F_g) of the identity view, ...])``.
@@ -287,7 +300,9 @@ def raw_outputs(
     infer = _infer_fn(bundle)
     if metadata is None:
         metadata = np.repeat(MISSING[None], len(batch), axis=0)
-    metadata = np.asarray(metadata, dtype=np.float32)
+    given = np.asarray(metadata, dtype=np.float32)
+    fusion = bundle.config.get("context_fusion")
+    metadata = given if bundle.feeds_context else np.repeat(MISSING[None], len(batch), axis=0)
     probs_out, groups_out = [], []
     views = tta_views(tta)
     step = max(1, chunk // views)  # same memory per call whatever the views
@@ -305,7 +320,7 @@ def raw_outputs(
     if not probs_out:
         raise ValueError("raw_outputs needs at least one image")
     groups = [np.concatenate([chunk[i] for chunk in groups_out]) for i in range(len(groups_out[0]))]
-    return np.concatenate(probs_out), groups
+    return fuse_context(np.concatenate(probs_out), given, fusion), groups
 
 
 def normalised_entropy(probs: np.ndarray) -> np.ndarray:
@@ -338,7 +353,7 @@ def predict_images(
     size = bundle.input_size
     batch = np.stack([resize_for_model(im, size) for im in images]).astype(np.float32)
     contexts = list(contexts) if contexts is not None else [None] * len(images)
-    use_meta = takes_metadata(bundle.model)
+    use_meta = bundle.uses_context
     meta = np.stack([encode(c) for c in contexts]) if use_meta else None
     raw, feats = raw_outputs(
         bundle, batch, tta=tta_views(bundle.config.get("tta", 1)), metadata=meta

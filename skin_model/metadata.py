@@ -196,3 +196,43 @@ def read_metadata_csv(path) -> dict[str, PatientContext | MetadataError]:
         except MetadataError as exc:
             out[name] = MetadataError(f"metadata: {exc}")
     return out
+
+
+def fit_context_model(vectors: np.ndarray, y_idx: np.ndarray) -> dict:
+    """Fit a class-balanced logistic regression on encoded age, sex and site alone.
+
+    Args:
+        vectors: (N, DIM) encoded patient contexts.
+        y_idx: (N,) class indices.
+
+    Returns:
+        JSON-ready ``{"coef", "intercept", "classes"}`` for :func:`context_posterior`.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(class_weight="balanced", max_iter=2000).fit(vectors, y_idx)
+    return {
+        "coef": np.round(clf.coef_, 6).tolist(),
+        "intercept": np.round(clf.intercept_, 6).tolist(),
+        "classes": [int(c) for c in clf.classes_],
+    }
+
+
+def context_posterior(params: dict, vectors: np.ndarray, n_classes: int = 7) -> np.ndarray:
+    """Class probabilities of a :func:`fit_context_model` model (balanced prior).
+
+    Returns:
+        (N, n_classes); classes absent from its training data get 0.
+    """
+    logits = np.asarray(vectors, dtype=np.float64) @ np.asarray(params["coef"]).T
+    logits += np.asarray(params["intercept"])
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    out = np.zeros((len(probs), n_classes))
+    out[:, params["classes"]] = probs / probs.sum(axis=1, keepdims=True)
+    return out
+
+
+def has_context(vectors: np.ndarray) -> np.ndarray:
+    """(N,) True where a vector gives any field (differs from :data:`MISSING`)."""
+    return np.any(np.asarray(vectors) != MISSING, axis=1)

@@ -140,7 +140,7 @@ def explanation(
     context: PatientContext | None = None,
 ) -> np.ndarray:
     """The heatmap of ``class_code`` for a decoded case (image path; context held fixed)."""
-    meta = encode(context) if len(bundle.model.inputs) > 1 else None
+    meta = encode(context) if bundle.feeds_context else None
     return explain(bundle, case.image, CLASSES.index(class_code), method, meta)
 
 

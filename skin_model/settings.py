@@ -35,6 +35,8 @@ class TrainConfig:
     metadata: bool = True
     metadata_hide_all: float = 0.5
     metadata_hide_field: float = 0.2
+    context_fusion_power: float = 0.0
+    context_fusion_feed_network: bool = True
     patience: int = 25
     seed: int = 42
     val_frac: float = 0.15

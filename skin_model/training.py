@@ -444,12 +444,13 @@ def train_model(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool = 
         parts[s] = (images[mask], rest.loc[mask, "dx"].tolist())
     print({s: len(p[1]) for s, p in parts.items()})
     metas = None
-    if cfg.metadata:
+    if cfg.metadata or cfg.context_fusion_power > 0:
         from skin_model.metadata import encode_frame
 
         metas = {"train": encode_frame(df[is_train])}
         metas.update({s: encode_frame(rest[rest["split"] == s]) for s in ("val", "calib", "test")})
-    model, fit_info = fit_model(cfg, parts, out_dir, resume=resume, metas=metas)
+    net_metas = metas if cfg.metadata else None
+    model, fit_info = fit_model(cfg, parts, out_dir, resume=resume, metas=net_metas)
     if cfg.ema_half_life > 0:
         model.set_weights(read_ema(out_dir))
     fit_info["device"] = describe_device()
@@ -482,6 +483,7 @@ def settings_summary(cfg: TrainConfig) -> str:
         "metadata",
         "crop_min_scale",
         "ema_half_life",
+        "context_fusion_power",
         "width",
         "batch_size",
         "learning_rate",

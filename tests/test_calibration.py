@@ -127,3 +127,21 @@ def test_ood_report_by_hand():
     assert r["ham10000_flagged"] == 0.25 and r["non_dermoscopic_flagged"] == 0.5
     # pairs (in, out) ranked right: 5 beats 1, 2, 3 (not 10); 20 beats all four
     assert r["auroc"] == pytest.approx(7 / 8)
+
+
+def test_fuse_context_changes_only_rows_with_a_context():
+    from skin_model.calibration import fuse_context, late_fusion
+    from skin_model.metadata import MISSING, context_posterior, encode, parse_context
+
+    rng = np.random.default_rng(0)
+    raw = rng.dirichlet(np.ones(7), 3)
+    vectors = np.stack([MISSING, encode(parse_context(70, "male", "face")), MISSING])
+    params = {"coef": rng.normal(size=(7, len(MISSING))).tolist(), "intercept": [0.0] * 7}
+    params["classes"] = list(range(7))
+    fused = fuse_context(raw, vectors, {"power": 0.5, **params})
+    np.testing.assert_allclose(fused[[0, 2]], raw[[0, 2]])
+    expected = late_fusion(raw[1:2], context_posterior(params, vectors[1:2]), 0.5)
+    np.testing.assert_allclose(fused[1:2], expected)
+    np.testing.assert_allclose(fused.sum(axis=1), 1.0)
+    assert fuse_context(raw, vectors, None) is raw
+    np.testing.assert_allclose(fuse_context(raw, vectors, {"power": 0.0, **params}), raw)

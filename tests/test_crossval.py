@@ -7,13 +7,8 @@ import pandas as pd
 import pytest
 
 from skin_model import CLASSES
-from skin_model.crossval import (
-    FUSION_POWERS,
-    assign_folds,
-    choose_fusion_power,
-    late_fusion,
-    read_oof,
-)
+from skin_model.calibration import late_fusion
+from skin_model.crossval import FUSION_POWERS, assign_folds, choose_fusion_power, read_oof
 from skin_model.training import ema_decay
 
 

@@ -107,3 +107,27 @@ def test_compiled_gradcam_reads_the_named_layer(fusion_bundle):
 def test_box_area_share_is_the_ratio_ceiling():
     assert box_area_share((0, 4, 0, 4), (10, 10, 3)) == pytest.approx(0.25)
     assert box_area_share((0, 9, 0, 19), (10, 20)) == pytest.approx(1.0)
+
+
+def test_late_fusion_without_feeding_the_network(fusion_bundle):
+    """``feed_network: false``: the network sees no context; the stored context model's
+    posterior is multiplied in, and only where a context is given."""
+    from dataclasses import replace
+
+    from skin_model.calibration import late_fusion
+    from skin_model.inference import raw_outputs
+    from skin_model.metadata import MISSING, context_posterior, encode, parse_context
+
+    rng = np.random.default_rng(0)
+    params = {"coef": rng.normal(size=(7, len(MISSING))).tolist(), "intercept": [0.0] * 7}
+    params["classes"] = list(range(7))
+    fusion = {"power": 1.0, "feed_network": False, **params}
+    bundle = replace(fusion_bundle, config={"input_size": 64, "context_fusion": fusion})
+    assert bundle.uses_context and not bundle.feeds_context
+    images = rng.uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    meta = np.stack([encode(parse_context(70, "female", "face")), MISSING])
+    fused, _ = raw_outputs(bundle, images, tta=1, metadata=meta)
+    plain, _ = raw_outputs(fusion_bundle, images, tta=1)
+    np.testing.assert_allclose(fused[1], plain[1], atol=1e-6)
+    want = late_fusion(plain[:1], context_posterior(params, meta[:1]), 1.0)
+    np.testing.assert_allclose(fused[:1], want, atol=1e-5)

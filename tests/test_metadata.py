@@ -1,5 +1,7 @@
 """Patient-context encoding: missing, unknown and out-of-range values, the CSV reader."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -83,3 +85,39 @@ def test_read_metadata_csv(tmp_path):
     (tmp_path / "bad.csv").write_text("name\nx\n")
     with pytest.raises(MetadataError, match="image"):
         read_metadata_csv(tmp_path / "bad.csv")
+
+
+def _contexts(n: int = 140):
+    from skin_model.metadata import SITES, encode_frame
+
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 7
+    frame = pd.DataFrame(
+        {
+            "age": np.where(y == 4, 70, 30) + rng.integers(0, 10, n),
+            "sex": rng.choice(["male", "female"], n),
+            "localization": [SITES[i % len(SITES)] for i in y],
+        }
+    )
+    return encode_frame(frame), y
+
+
+def test_context_model_is_sklearns_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    from skin_model.metadata import context_posterior, fit_context_model
+
+    vectors, y = _contexts()
+    params = fit_context_model(vectors, y)
+    json.dumps(params)  # stored in config.json
+    clf = LogisticRegression(class_weight="balanced", max_iter=2000).fit(vectors, y)
+    np.testing.assert_allclose(
+        context_posterior(params, vectors), clf.predict_proba(vectors), atol=1e-4
+    )
+
+
+def test_has_context_is_false_only_for_the_missing_vector():
+    from skin_model.metadata import MISSING, has_context
+
+    given = encode(parse_context(40, None, None))
+    assert has_context(np.stack([MISSING, given])).tolist() == [False, True]
