@@ -51,6 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "optimizer state); other training options are ignored",
     )
     p.add_argument(
+        "--fit-only",
+        action="store_true",
+        help="stop after fitting (e.g. on a GPU machine with Keras on JAX and no "
+        "TensorFlow) and write fitted.weights.h5; finalise later with --resume DIR",
+    )
+    p.add_argument(
         "--cv",
         type=int,
         default=0,
@@ -112,10 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{summary['folds_done']} folds; table in {out}")
         return 0
     try:
-        metrics = train_model(args.data_dir, out, cfg, resume=resume)
+        metrics = train_model(args.data_dir, out, cfg, resume=resume, fit_only=args.fit_only)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if metrics is None:
+        print(f"fitted; finalise with: python train.py --resume {out}")
+        return 0
     op = metrics["malignant"]["operating_point"]
     print(
         f"test balanced accuracy {metrics['balanced_accuracy']:.3f}, "

@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from skin_model.artifacts import CHECKPOINT_FILE, RUN_CONFIG_FILE
+from skin_model.artifacts import CHECKPOINT_FILE, FITTED_WEIGHTS_FILE, RUN_CONFIG_FILE
 
 LOSSES = ("logit_adjusted", "crossentropy")
 
@@ -63,6 +63,9 @@ def read_run_config(out_dir: Path) -> TrainConfig:
         FileNotFoundError: If ``out_dir`` holds no run to resume.
     """
     path = Path(out_dir) / RUN_CONFIG_FILE
-    if not path.is_file() or not (Path(out_dir) / CHECKPOINT_FILE).is_file():
-        raise FileNotFoundError(f"{out_dir} holds no interrupted run (no {path.name}/checkpoint)")
+    weights = [Path(out_dir) / f for f in (CHECKPOINT_FILE, FITTED_WEIGHTS_FILE)]
+    if not path.is_file() or not any(w.is_file() for w in weights):
+        raise FileNotFoundError(
+            f"{out_dir} holds no interrupted run (no {path.name}/checkpoint/fitted weights)"
+        )
     return TrainConfig(**json.loads(path.read_text(encoding="utf-8")))

@@ -25,6 +25,7 @@ from skin_model.artifacts import (
     BEST_WEIGHTS_FILE,
     CHECKPOINT_FILE,
     EMA_FILE,
+    FITTED_WEIGHTS_FILE,
     HISTORY_FILE,
     RUN_CONFIG_FILE,
     SPLIT_FILE,
@@ -32,6 +33,7 @@ from skin_model.artifacts import (
     read_json,
     write_json,
 )
+from skin_model.batches import make_batches
 from skin_model.calibration import class_frequencies
 from skin_model.card import write_model_card
 from skin_model.data import (
@@ -39,7 +41,6 @@ from skin_model.data import (
     carve_calibration,
     class_weights,
     load_images,
-    make_dataset,
     one_hot,
     read_metadata,
     split_by_lesion,
@@ -225,6 +226,7 @@ def make_checkpoint_callback(out_dir: Path, best, seconds_before: float = 0.0):
                 "best": best.best,
                 "best_epoch": best.best_epoch,
                 "seconds": round(seconds_before + time.perf_counter() - self.start, 1),
+                "device": describe_device(),
             }
             write_json(out_dir / STATE_FILE, state)
 
@@ -357,9 +359,14 @@ def fit_model(
         state.update(read_json(out_dir / STATE_FILE))
         model = keras.models.load_model(out_dir / CHECKPOINT_FILE)
         print(f"resuming after epoch {state['epochs_done']}")
+    elif resume and (out_dir / FITTED_WEIGHTS_FILE).is_file():
+        state.update(read_json(out_dir / STATE_FILE))
+        model = compile_model(cfg, class_frequencies(y_tr), steps)
+        model.load_weights(out_dir / FITTED_WEIGHTS_FILE)
+        print(f"finalising the weights fitted elsewhere ({state['epochs_done']} epochs)")
     else:
         model = compile_model(cfg, class_frequencies(y_tr), steps)
-    train_ds = make_dataset(
+    train_ds = make_batches(
         x_tr,
         one_hot(y_tr),
         cfg.batch_size,
@@ -371,7 +378,7 @@ def fit_model(
         hide=(cfg.metadata_hide_all, cfg.metadata_hide_field),
     )
     meta_va = metas["val"] if metas else None
-    val_ds = make_dataset(x_va, one_hot(y_va), cfg.batch_size, training=False, metadata=meta_va)
+    val_ds = make_batches(x_va, one_hot(y_va), cfg.batch_size, training=False, metadata=meta_va)
     y_va_idx = np.array([CLASSES.index(c) for c in y_va])
     best = make_balanced_accuracy_callback(x_va, y_va_idx, cfg.batch_size * 2, meta_va)
     best.best, best.best_epoch = state["best"], state["best_epoch"]
@@ -414,17 +421,22 @@ def cache_size(cfg: TrainConfig) -> int:
     return int(np.ceil(cfg.input_size / cfg.crop_min_scale))
 
 
-def train_model(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool = False) -> dict:
+def train_model(
+    data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool = False, fit_only: bool = False
+) -> dict | None:
     """Train, calibrate, evaluate and write a complete model directory.
 
     Args:
         data_dir: HAM10000-layout folder.
         out_dir: Model directory to write (created if needed).
         cfg: Training settings.
-        resume: Continue an interrupted run in ``out_dir`` from its last checkpoint.
+        resume: Continue an interrupted run in ``out_dir`` from its last checkpoint (or
+            finalise the weights a ``fit_only`` run left there).
+        fit_only: Stop after fitting and write ``fitted.weights.h5`` (small enough to
+            copy off a GPU machine); ``resume`` later finalises it where TensorFlow is.
 
     Returns:
-        The metrics written to ``metrics.json``.
+        The metrics written to ``metrics.json`` (None with ``fit_only``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -451,9 +463,15 @@ def train_model(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool = 
         metas.update({s: encode_frame(rest[rest["split"] == s]) for s in ("val", "calib", "test")})
     net_metas = metas if cfg.metadata else None
     model, fit_info = fit_model(cfg, parts, out_dir, resume=resume, metas=net_metas)
-    if cfg.ema_half_life > 0:
+    if cfg.ema_half_life > 0 and (out_dir / EMA_FILE).is_file():
         model.set_weights(read_ema(out_dir))
-    fit_info["device"] = describe_device()
+    if fit_only:
+        model.save_weights(out_dir / FITTED_WEIGHTS_FILE)
+        return None
+    # where the epochs ran (a run fitted on a GPU machine is finalised elsewhere)
+    state_file = out_dir / STATE_FILE
+    state = read_json(state_file) if state_file.is_file() else {}
+    fit_info["device"] = state.get("device") or describe_device()
     parts["train"] = (
         load_images(df.loc[is_train, "path"].tolist(), cfg.input_size),
         parts["train"][1],

@@ -1,0 +1,143 @@
+"""Training batches without TensorFlow: the same augmentation as
+:func:`skin_model.data.augment` in NumPy/Pillow, served by a ``keras.utils.PyDataset``.
+
+Keras on the JAX (or PyTorch) backend trains from it, e.g. on a GPU machine that has
+JAX but no TensorFlow; with the TensorFlow backend ``tf.data`` is used instead
+(:func:`skin_model.data.make_dataset`). Batches are reproducible from the seed, the
+epoch and the batch index, whatever the order the workers finish in.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
+from PIL import Image
+
+
+def augment_array(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    out_size: int | None = None,
+    min_scale: float = 0.75,
+) -> np.ndarray:
+    """Random flip, rotation by quarter turns, crop, brightness, contrast, saturation and
+    hue of one uint8 image (the NumPy twin of :func:`skin_model.data.augment`).
+
+    Args:
+        image: (S, S, 3) uint8.
+        rng: Random generator.
+        out_size: Output side (crops are resized to it); ``None`` keeps ``S``.
+        min_scale: Smallest crop side as a share of ``S``.
+
+    Returns:
+        (out_size, out_size, 3) float32 in [0, 255].
+    """
+    size = image.shape[0]
+    out = size if out_size is None else int(out_size)
+    x = image[:, ::-1] if rng.random() < 0.5 else image
+    x = np.rot90(x, int(rng.integers(0, 4)))
+    crop = int(size * rng.uniform(min_scale, 1.0))
+    top, left = rng.integers(0, size - crop + 1, size=2)
+    x = np.ascontiguousarray(x[top : top + crop, left : left + crop])
+    if crop != out:
+        x = np.asarray(Image.fromarray(x).resize((out, out), Image.Resampling.BILINEAR))
+    x = x.astype(np.float32) / 255.0
+    x = x + rng.uniform(-0.1, 0.1)
+    mean = x.mean(axis=(0, 1), keepdims=True)
+    x = np.clip((x - mean) * rng.uniform(0.8, 1.2) + mean, 0.0, 1.0)
+    hsv = rgb_to_hsv(x)
+    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.8, 1.2), 0.0, 1.0)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-0.03, 0.03)) % 1.0
+    return (np.clip(hsv_to_rgb(hsv), 0.0, 1.0) * 255.0).astype(np.float32)
+
+
+def hide_array(vector: np.ndarray, rng: np.random.Generator, p_all: float, p_field: float):
+    """Blank all fields of a metadata vector with ``p_all``, else each with ``p_field``
+    (the NumPy twin of :func:`skin_model.data.hide_metadata`).
+    """
+    from skin_model.metadata import MISSING, segment_ids
+
+    u = rng.random(4)
+    hidden = np.logical_or(u[1:] < p_field, u[0] < p_all)[segment_ids()]
+    return np.where(hidden, MISSING, vector).astype(np.float32)
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """Batches of (inputs, one-hot labels) from in-memory uint8 images.
+
+    Args:
+        images: (N, S, S, 3) uint8.
+        labels: (N, K) one-hot float32.
+        batch_size: Images per batch.
+        training: Shuffle, augment and hide metadata when True.
+        seed: Seed of the shuffle and augmentation.
+        out_size: Model input side when images are cached larger (training only).
+        min_scale: Smallest random crop side as a share of ``S``.
+        metadata: (N, DIM) patient-context vectors for a two-input model, or None.
+        hide: Probabilities of hiding all / each metadata field (training only).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        training: bool,
+        seed: int = 42,
+        out_size: int | None = None,
+        min_scale: float = 0.75,
+        metadata: np.ndarray | None = None,
+        hide: tuple[float, float] = (0.5, 0.2),
+    ):
+        super().__init__(workers=os.cpu_count() or 1, use_multiprocessing=False)
+        self.images, self.labels, self.metadata = images, labels, metadata
+        self.batch_size, self.training, self.seed = batch_size, training, seed
+        self.out_size, self.min_scale, self.hide = out_size, min_scale, hide
+        self.epoch = 0
+        self.order = self._order()
+
+    def _order(self) -> np.ndarray:
+        n = len(self.images)
+        if not self.training:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(n)
+
+    def __len__(self) -> int:
+        return int(np.ceil(len(self.images) / self.batch_size))
+
+    def __getitem__(self, index: int):
+        idx = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        if self.training:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            x = np.stack(
+                [augment_array(self.images[i], rng, self.out_size, self.min_scale) for i in idx]
+            )
+        else:
+            x = self.images[idx].astype(np.float32)
+        y = self.labels[idx]
+        if self.metadata is None:
+            return x, y
+        m = self.metadata[idx].astype(np.float32)
+        if self.training:
+            m = np.stack([hide_array(v, rng, *self.hide) for v in m])
+        return {"image": x, "metadata": m}, y
+
+    def on_epoch_end(self) -> None:
+        """Reshuffle for the next epoch."""
+        self.epoch += 1
+        self.order = self._order()
+
+
+def make_batches(*args, **kwargs):
+    """Training/validation batches for the active Keras backend: ``tf.data`` with
+    TensorFlow, :class:`ArrayBatches` otherwise (same arguments as
+    :func:`skin_model.data.make_dataset`).
+    """
+    if keras.backend.backend() == "tensorflow":
+        from skin_model.data import make_dataset
+
+        return make_dataset(*args, **kwargs)
+    return ArrayBatches(*args, **kwargs)

@@ -1,0 +1,106 @@
+"""NumPy training batches (the path for Keras on JAX without TensorFlow) and a fit on
+the JAX backend with TensorFlow hidden, finalised afterwards with TensorFlow."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from skin_model.batches import ArrayBatches, augment_array, hide_array
+from skin_model.data import one_hot
+from skin_model.metadata import MISSING, encode, parse_context, segment_ids
+
+
+def _images(n=10, size=40):
+    return np.random.default_rng(0).integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_augment_array_crops_to_the_input_and_changes_the_image():
+    image = _images(1)[0]
+    out = augment_array(image, np.random.default_rng(1), out_size=32)
+    assert out.shape == (32, 32, 3) and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 255.0
+    same = augment_array(image, np.random.default_rng(1), out_size=32)
+    np.testing.assert_array_equal(out, same)  # reproducible from the generator
+    other = augment_array(image, np.random.default_rng(2), out_size=32)
+    assert np.abs(out - other).mean() > 1.0
+
+
+def test_hide_array_blanks_whole_fields():
+    vector = encode(parse_context(60, "female", "back"))
+    assert np.array_equal(hide_array(vector, np.random.default_rng(0), 1.0, 0.0), MISSING)
+    assert np.array_equal(hide_array(vector, np.random.default_rng(0), 0.0, 0.0), vector)
+    seg = segment_ids()
+    for seed in range(20):
+        out = hide_array(vector, np.random.default_rng(seed), 0.0, 0.5)
+        for field in range(3):
+            part = out[seg == field]
+            assert np.array_equal(part, vector[seg == field]) or np.array_equal(
+                part, MISSING[seg == field]
+            )
+
+
+def test_array_batches_cover_the_data_and_feed_two_inputs():
+    images = _images(10)
+    labels = one_hot(["mel", "nv"] * 5)
+    metas = np.repeat(encode(parse_context(50, "male", "face"))[None], 10, axis=0)
+    plain = ArrayBatches(images, labels, 4, training=False)
+    assert len(plain) == 3
+    x, y = plain[0]
+    np.testing.assert_array_equal(x, images[:4].astype(np.float32))
+    np.testing.assert_array_equal(y, labels[:4])
+    train = ArrayBatches(images, labels, 4, True, out_size=32, metadata=metas)
+    inputs, _ = train[1]
+    assert inputs["image"].shape == (4, 32, 32, 3) and inputs["metadata"].shape == (4, 20)
+    again = ArrayBatches(images, labels, 4, True, out_size=32, metadata=metas)[1]
+    np.testing.assert_array_equal(inputs["image"], again[0]["image"])  # reproducible
+    first = train.order.copy()
+    train.on_epoch_end()
+    assert sorted(train.order) == list(range(10)) and not np.array_equal(first, train.order)
+
+
+JAX_FIT = """
+import importlib.abc, os, sys
+os.environ["KERAS_BACKEND"] = "jax"
+
+class NoTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+sys.meta_path.insert(0, NoTensorFlow())
+import train
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_fit_on_jax_without_tensorflow_then_finalise_with_tensorflow(tiny_data, tmp_path):
+    """The GPU path: ``KERAS_BACKEND=jax train.py --fit-only`` on a machine without
+    TensorFlow, then only the small files copied back and ``--resume`` finalises them."""
+    import importlib.util
+    import shutil
+
+    import train
+    from skin_model.artifacts import read_json, read_metrics
+    from tests.conftest import skip_or_fail
+
+    if importlib.util.find_spec("jax") is None:
+        skip_or_fail("jax is not installed (requirements-dev.txt has it)")
+    run, back = tmp_path / "run", tmp_path / "back"
+    args = ["--data-dir", str(tiny_data), "--out", str(run), "--weights", "none"]
+    args += ["--input-size", "32", "--epochs", "1", "--batch-size", "16", "--fit-only"]
+    done = subprocess.run(
+        [sys.executable, "-c", JAX_FIT, *args], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "keras" in read_json(run / "train_state.json")["device"]
+    assert read_json(run / "train_state.json")["device"].endswith("/ jax")
+    back.mkdir()
+    for name in ("fitted.weights.h5", "train_state.json", "history.csv", "run_config.json"):
+        shutil.copy(run / name, back / name)
+    assert train.main(["--data-dir", str(tiny_data), "--resume", str(back)]) == 0
+    metrics = read_metrics(back)
+    assert metrics["training"]["device"].endswith("/ jax")  # where the epochs ran
+    assert np.isfinite(metrics["balanced_accuracy"])
