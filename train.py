@@ -64,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="lesion-grouped K-fold cross-validation of the recipe on the training and "
         "validation lesions into --out (no model is finalised; run again to resume)",
     )
+    p.add_argument(
+        "--cv-folds",
+        default=None,
+        metavar="I,J",
+        help="with --cv: train only these folds (e.g. 0 for a one-fold comparison)",
+    )
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -111,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         from skin_model.crossval import run_cv
 
         try:
-            summary = run_cv(args.data_dir, out, cfg, args.cv)
+            only = [int(k) for k in args.cv_folds.split(",")] if args.cv_folds else None
+            summary = run_cv(args.data_dir, out, cfg, args.cv, only)
         except DataError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -192,7 +192,8 @@ if metrics.get("with_metadata"):
             "malignant-risk ECE": (m["malignant"].get("calibration") or {}).get("ece"),
         }
 
-    table = [row("image only", metrics), row("image + age, sex, site", wm)]
+    fusion = wm.get("fusion", "network input")
+    table = [row("image only", metrics), row(f"image + age, sex, site ({fusion})", wm)]
     if base:
         table.append(
             {

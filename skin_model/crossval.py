@@ -290,7 +290,13 @@ def summarise(out_dir: Path) -> dict:
     return result
 
 
-def run_cv(data_dir: Path, out_dir: Path, cfg: TrainConfig, n_folds: int = 5) -> dict:
+def run_cv(
+    data_dir: Path,
+    out_dir: Path,
+    cfg: TrainConfig,
+    n_folds: int = 5,
+    only: list[int] | None = None,
+) -> dict:
     """Cross-validate the recipe ``cfg`` (resumable) and summarise it.
 
     Args:
@@ -298,6 +304,8 @@ def run_cv(data_dir: Path, out_dir: Path, cfg: TrainConfig, n_folds: int = 5) ->
         out_dir: The cross-validation directory (one ``fold{k}/`` per fold).
         cfg: The recipe; its split seed decides which lesions are in the pool.
         n_folds: Number of folds.
+        only: Train just these folds (a cheaper comparison; the summary says how many
+            folds it covers).
 
     Returns:
         The summary of :func:`summarise`.
@@ -319,7 +327,7 @@ def run_cv(data_dir: Path, out_dir: Path, cfg: TrainConfig, n_folds: int = 5) ->
         "input": load_images(paths, cfg.input_size),
     }
     print(f"cross-validation pool: {len(pool)} images; loaded in {time.perf_counter() - t0:.0f}s")
-    for k in range(n_folds):
+    for k in only if only is not None else range(n_folds):
         summary = run_fold(pool, k, images, cfg, out_dir)
         scores = {v: round(s["balanced_accuracy"], 4) for v, s in summary["variants"].items()}
         print(f"fold {k}: {summary['train_seconds']}s; balanced accuracy {scores}", flush=True)
