@@ -280,7 +280,8 @@ def cv_table(cv: dict) -> list[str]:
         mean, sd, pooled = by.loc["mean"], by.loc["sd"], by.loc["pooled"]
 
         def cell(key, mean=mean, sd=sd):
-            return f"{mean[key]:.3f} +- {sd[key]:.3f}"
+            spread = "" if pd.isna(sd[key]) else f" +- {sd[key]:.3f}"
+            return f"{mean[key]:.3f}{spread}"
 
         lines.append(
             f"| {variant_text(name, cv)} | {cell('balanced_accuracy')} "

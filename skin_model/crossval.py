@@ -280,11 +280,15 @@ def summarise(out_dir: Path) -> dict:
         "device": fold_info[0]["device"],
         "settings": read_json(out_dir / RUN_CONFIG_FILE),
         "late_fusion": fusion,
-        "table": table.to_dict(orient="records"),
+        "table": table.astype(object).where(table.notna(), None).to_dict(orient="records"),
         "method": "StratifiedGroupKFold over lesions of the training and validation parts "
         "(calibration part and test split left out); decisions by argmax of the "
         "balanced-prior outputs; one view, no test-time augmentation; late-fusion power "
-        "of each fold chosen on the other folds",
+        + (
+            "of each fold chosen on the other folds"
+            if len(folds) > 1
+            else "chosen on the same fold (one fold: optimistic)"
+        ),
     }
     write_json(out_dir / CV_FILE, result)
     return result
