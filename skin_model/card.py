@@ -382,6 +382,23 @@ def calibration_lines(config: dict, m: dict) -> list[str]:
         "images, each relative to its limit; flagged above the "
         f"{fit['ood_quantile']:.0%} quantile of the calibration part.",
     ]
+    if config.get("metadata_input"):
+        fusion = config.get("context_fusion")
+        lines.append(
+            "- Patient context (optional age, sex, body site): "
+            + (
+                "fed to the network (trained with the fields hidden at random)"
+                if not fusion or fusion["feed_network"]
+                else "not fed to the network"
+            )
+            + (
+                f"; fused late: the network's output times the posterior of a {fusion['model']},"
+                f" to the power {fusion['power']:g} (chosen by lesion-grouped cross-validation)"
+                if fusion
+                else ""
+            )
+            + "."
+        )
     prov = config.get("weights_provenance")
     if prov:
         lines.append(
