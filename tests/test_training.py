@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -170,3 +171,39 @@ def test_resume_without_a_run_is_a_clear_error(tmp_path, capsys):
 
     assert train.main(["--resume", str(tmp_path)]) == 2
     assert "no interrupted run" in capsys.readouterr().err
+
+
+def test_late_context_fusion_is_fitted_on_training_and_used_at_inference(
+    trained_dir, tiny_data, tmp_path
+):
+    """A run whose settings ask for late fusion stores the context model in config.json,
+    and predictions with a context multiply its posterior in."""
+    import train
+    from skin_model.calibration import late_fusion
+    from skin_model.inference import predict_images
+    from skin_model.metadata import context_posterior, encode, parse_context
+    from tests.conftest import lesion_image
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_dir, run)
+    config = json.loads((run / "run_config.json").read_text())
+    config.update(context_fusion_power=1.0, context_fusion_feed_network=False)
+    (run / "run_config.json").write_text(json.dumps(config))
+    assert train.main(["--data-dir", str(tiny_data), "--resume", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    fusion = saved["context_fusion"]
+    assert fusion["power"] == 1.0 and not fusion["feed_network"]
+    assert "late fusion" in read_metrics(run)["with_metadata"]["fusion"]
+    bundle = load_bundle(run)
+    assert bundle.uses_context and not bundle.feeds_context
+    context = parse_context(70, "male", "face")
+    image = lesion_image("mel", 3)
+    bare = bundle.config | {"context_fusion": None, "temperature": 1.0, "class_prior": None}
+    plain = predict_images(replace(bundle, config=bare), [image])[0].probabilities
+    fused = predict_images(
+        replace(bundle, config=bundle.config | {"temperature": 1.0, "class_prior": None}),
+        [image],
+        contexts=[context],
+    )[0].probabilities
+    want = late_fusion(plain[None], context_posterior(fusion, encode(context)[None]), 1.0)
+    np.testing.assert_allclose(fused, want[0], atol=1e-5)
