@@ -263,7 +263,10 @@ def variant_text(name: str, cv: dict) -> str:
     if name.startswith("late_fusion_"):
         base = name.removeprefix("late_fusion_")
         power = cv["late_fusion"][base]["power"]
-        return f"{VARIANT_TEXT.get(base, base)} x age/sex/site posterior^{power:g} (late fusion)"
+        return (
+            f"{VARIANT_TEXT.get(base, base)} x age/sex/site posterior^p (late fusion; p chosen "
+            f"on the other folds; on all folds: {power:g})"
+        )
     return VARIANT_TEXT.get(name, name)
 
 
@@ -316,7 +319,8 @@ def cv_summary_text(cv: dict) -> str:
     s = cv["settings"]
     minutes = sum(cv["train_seconds"]) / 60
     return (
-        f"{cv['folds_done']} folds, {cv['n_images']} images of {cv['n_lesions']} lesions "
+        f"{cv['folds_done']} fold{'s' if cv['folds_done'] != 1 else ''} held out, "
+        f"{cv['n_images']} images of {cv['n_lesions']} lesions "
         f"({cv['method']}). Recipe: {s['architecture']} at {s['input_size']} px, "
         f"{s['epochs']} epochs, weight-average half-life {s.get('ema_half_life', 0):g} epochs; "
         f"{minutes:.0f} min of training on {cv['device']}."
