@@ -106,6 +106,11 @@ def test_tiny_cross_validation_covers_the_pool_once_and_resumes(tiny_data, tmp_p
     assert fused < set(table["variant"])
     assert set(table.loc[table["variant"] == "image", "fold"]) == {"0", "1", "mean", "sd", "pooled"}
     assert not list(out.glob("fold*/checkpoint.keras"))  # large files removed once a fold ends
+    from skin_model.card import cv_frame, cv_table
+
+    n_variants = table["variant"].nunique()
+    assert len(cv_table(summary)) == 2 + n_variants and len(cv_frame(summary)) == n_variants
+    assert "p chosen on the other folds" in cv_table(summary)[-1]
     before = (out / "fold0" / "fold.json").read_text()
     assert train.main(args) == 0  # a finished run is summarised again, not retrained
     assert (out / "fold0" / "fold.json").read_text() == before
