@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fit-only",
         action="store_true",
         help="stop after fitting (e.g. on a GPU machine with Keras on JAX and no "
-        "TensorFlow) and write fitted.weights.h5; finalise later with --resume DIR",
+        "TensorFlow) and write fitted_weights.npz; finalise later with --resume DIR",
     )
     p.add_argument(
         "--cv",

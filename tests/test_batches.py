@@ -82,8 +82,11 @@ def test_fit_on_jax_without_tensorflow_then_finalise_with_tensorflow(tiny_data, 
     import importlib.util
     import shutil
 
+    import keras
+
     import train
     from skin_model.artifacts import read_json, read_metrics
+    from skin_model.training import read_weight_list
     from tests.conftest import skip_or_fail
 
     if importlib.util.find_spec("jax") is None:
@@ -98,9 +101,15 @@ def test_fit_on_jax_without_tensorflow_then_finalise_with_tensorflow(tiny_data, 
     assert "keras" in read_json(run / "train_state.json")["device"]
     assert read_json(run / "train_state.json")["device"].endswith("/ jax")
     back.mkdir()
-    for name in ("fitted.weights.h5", "train_state.json", "history.csv", "run_config.json"):
+    for name in ("fitted_weights.npz", "train_state.json", "history.csv", "run_config.json"):
         shutil.copy(run / name, back / name)
     assert train.main(["--data-dir", str(tiny_data), "--resume", str(back)]) == 0
+    fitted = read_weight_list(run / "fitted_weights.npz")
+    size = (run / "fitted_weights.npz").stat().st_size
+    assert size < (run / "checkpoint.keras").stat().st_size / 2  # no optimizer state
+    final = keras.models.load_model(back / "model.keras").get_weights()
+    total = sum(float(np.abs(w).sum()) for w in fitted)
+    assert total == pytest.approx(sum(float(np.abs(w).sum()) for w in final), rel=1e-6)
     metrics = read_metrics(back)
     assert metrics["training"]["device"].endswith("/ jax")  # where the epochs ran
     assert np.isfinite(metrics["balanced_accuracy"])
