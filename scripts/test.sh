@@ -9,6 +9,11 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 bash scripts/setup.sh requirements-dev.txt
+if [ ! -f .jax-site/.installed ]; then
+  echo "== installing jax into .jax-site (for the training-without-TensorFlow test only)"
+  .venv/bin/pip install -q --no-deps --target .jax-site -r requirements-jax.txt
+  touch .jax-site/.installed
+fi
 export TF_CPP_MIN_LOG_LEVEL=2
 # Every test must run here: a missing dataset, Playwright or Chromium fails instead of skipping.
 export SKIN_TESTS_STRICT=1
