@@ -43,7 +43,7 @@ from skin_model.artifacts import (
 )
 from skin_model.calibration import late_fusion, normalise_rows
 from skin_model.metadata import context_posterior, fit_context_model
-from skin_model.metrics import compute_metrics
+from skin_model.metrics import compute_metrics, headline_values
 from skin_model.settings import TrainConfig, config_dict
 
 FUSION_POWERS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
@@ -73,13 +73,8 @@ def assign_folds(df: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
 def headline(y_idx: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """The figures a cross-validation table shows, decisions by argmax of ``probs``."""
     m = compute_metrics(y_idx, normalise_rows(np.asarray(probs, dtype=float)), 0.5)
-    return {
-        "balanced_accuracy": m["balanced_accuracy"],
-        "malignant_auc": m["malignant"]["auc"],
-        "mel_auc": m["per_class"]["mel"]["auc"],
-        "mel_sensitivity": m["per_class"]["mel"]["sensitivity"],
-        "macro_auc": m["macro_auc"],
-    }
+    values = headline_values(m)
+    return {k: values[k] for k in HEADLINES}
 
 
 def _columns(prefix: str) -> list[str]:
