@@ -263,10 +263,12 @@ def variant_text(name: str, cv: dict) -> str:
     if name.startswith("late_fusion_"):
         base = name.removeprefix("late_fusion_")
         power = cv["late_fusion"][base]["power"]
-        return (
-            f"{VARIANT_TEXT.get(base, base)} x age/sex/site posterior^p (late fusion; p chosen "
-            f"on the other folds; on all folds: {power:g})"
+        how = (
+            f"p chosen on the other folds; on all folds: {power:g}"
+            if cv["folds_done"] > 1
+            else f"p = {power:g} chosen on this fold itself: optimistic"
         )
+        return f"{VARIANT_TEXT.get(base, base)} x age/sex/site posterior^p (late fusion; {how})"
     return VARIANT_TEXT.get(name, name)
 
 
