@@ -42,6 +42,7 @@ from skin_model.artifacts import (
     write_json,
 )
 from skin_model.calibration import late_fusion, normalise_rows
+from skin_model.data import class_indices
 from skin_model.metadata import context_posterior, fit_context_model
 from skin_model.metrics import compute_metrics, headline_values
 from skin_model.settings import TrainConfig, config_dict
@@ -81,28 +82,21 @@ def _columns(prefix: str) -> list[str]:
     return [f"{prefix}:{c}" for c in CLASSES]
 
 
-def _predict(model, images: np.ndarray, metas: np.ndarray | None, batch: int) -> np.ndarray:
-    x = images.astype(np.float32)
-    if metas is not None:
-        x = {"image": x, "metadata": metas.astype(np.float32)}
-    return model.predict(x, batch_size=batch, verbose=0)
-
-
 def fold_predictions(model, images, metas, cfg: TrainConfig, out_dir: Path) -> dict:
     """Out-of-fold outputs of one fold's model for every variant its run supports."""
-    from skin_model.metadata import MISSING
+    from skin_model.inference import batch_inputs
     from skin_model.training import read_ema
 
-    blank = np.repeat(MISSING[None], len(images), axis=0) if cfg.metadata else None
     weight_sets = [("", model.get_weights())]
     if cfg.ema_half_life > 0:
         weight_sets.append(("ema_", read_ema(out_dir)))
+    contexts = {"image": None, "context": metas} if cfg.metadata else {"image": None}
     out = {}
     for prefix, weights in weight_sets:
         model.set_weights(weights)
-        out[prefix + "image"] = _predict(model, images, blank, cfg.batch_size * 2)
-        if cfg.metadata:
-            out[prefix + "context"] = _predict(model, images, metas, cfg.batch_size * 2)
+        for name, m in contexts.items():
+            x = batch_inputs(model, images, m)
+            out[prefix + name] = model.predict(x, batch_size=cfg.batch_size * 2, verbose=0)
     model.set_weights(weight_sets[0][1])
     return out
 
@@ -141,14 +135,14 @@ def run_fold(pool: pd.DataFrame, k: int, images: dict, cfg: TrainConfig, out_dir
     resume = (fold_dir / CHECKPOINT_FILE).is_file()
     model, fit_info = fit_model(cfg, parts, fold_dir, resume=resume, metas=metas)
     outputs = fold_predictions(model, images["input"][~tr], metas_all[~tr], cfg, fold_dir)
-    context_model = fit_context_model(metas_all[tr], class_index(codes[tr]))
+    context_model = fit_context_model(metas_all[tr], class_indices(codes[tr]))
     outputs["metadata_only"] = context_posterior(context_model, metas_all[~tr])
     held = pool.loc[~tr, ["image_id", "lesion_id", "dx", "fold"]].reset_index(drop=True)
     frames = [held] + [
         pd.DataFrame(p.round(6), columns=_columns(name)) for name, p in outputs.items()
     ]
     pd.concat(frames, axis=1).to_csv(fold_dir / OOF_FILE, index=False)
-    y = class_index(codes[~tr])
+    y = class_indices(codes[~tr])
     summary = {
         "fold": k,
         "n_train": int(tr.sum()),
@@ -163,11 +157,6 @@ def run_fold(pool: pd.DataFrame, k: int, images: dict, cfg: TrainConfig, out_dir
     for name in (CHECKPOINT_FILE, BEST_WEIGHTS_FILE, EMA_FILE):  # large, not needed now
         (fold_dir / name).unlink(missing_ok=True)
     return summary
-
-
-def class_index(codes) -> np.ndarray:
-    """Class codes -> indices in :data:`CLASSES` order."""
-    return np.array([CLASSES.index(c) for c in codes])
 
 
 def cv_pool(data_dir: Path, cfg: TrainConfig, n_folds: int) -> pd.DataFrame:
@@ -200,7 +189,7 @@ def choose_fusion_power(oof: pd.DataFrame, image_variant: str) -> dict:
     Returns:
         ``{"variant", "power", "scores": {power: balanced accuracy}}``.
     """
-    y = class_index(oof["dx"])
+    y = class_indices(oof["dx"])
     img, meta = oof[_columns(image_variant)].to_numpy(), oof[_columns("metadata_only")].to_numpy()
     scores = {p: headline(y, late_fusion(img, meta, p))["balanced_accuracy"] for p in FUSION_POWERS}
     best = max(scores, key=lambda p: (round(scores[p], 4), -p))
@@ -255,13 +244,13 @@ def summarise(out_dir: Path) -> dict:
     for name in variants:
         for k in folds:
             part = oof[oof["fold"] == k]
-            figs = headline(class_index(part["dx"]), part[_columns(name)].to_numpy())
+            figs = headline(class_indices(part["dx"]), part[_columns(name)].to_numpy())
             rows.append({"variant": name, "fold": str(k), "n_images": len(part), **figs})
         per_fold = pd.DataFrame([r for r in rows if r["variant"] == name])
         for stat in ("mean", "sd"):
             values = per_fold[list(HEADLINES)].agg(stat if stat == "mean" else "std")
             rows.append({"variant": name, "fold": stat, "n_images": len(oof), **values})
-        pooled = headline(class_index(oof["dx"]), oof[_columns(name)].to_numpy())
+        pooled = headline(class_indices(oof["dx"]), oof[_columns(name)].to_numpy())
         rows.append({"variant": name, "fold": "pooled", "n_images": len(oof), **pooled})
     table = pd.DataFrame(rows)
     table[list(HEADLINES)] = table[list(HEADLINES)].astype(float).round(4)

@@ -125,6 +125,11 @@ def one_hot(labels: Sequence[str]) -> np.ndarray:
     return out
 
 
+def class_indices(codes: Sequence[str]) -> np.ndarray:
+    """Class codes to indices in :data:`CLASSES` order."""
+    return np.array([CLASSES.index(c) for c in codes], dtype=int)
+
+
 def load_images(paths: Sequence[str], size: int) -> np.ndarray:
     """Decode and resize image files into one uint8 array of shape (N, size, size, 3)."""
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)

@@ -41,8 +41,10 @@ from skin_model.calibration import (
     ood_report,
     threshold_for_sensitivity,
 )
+from skin_model.data import class_indices
 from skin_model.imaging import decode_image
 from skin_model.inference import ModelBundle, predict_images, raw_outputs, write_ood
+from skin_model.metadata import fit_context_model
 from skin_model.metrics import (
     binary_operating_point,
     bootstrap_intervals,
@@ -51,11 +53,6 @@ from skin_model.metrics import (
     target_status,
 )
 from skin_model.settings import config_dict
-
-
-def class_indices(codes) -> np.ndarray:
-    """Class codes to indices in :data:`CLASSES` order."""
-    return np.array([CLASSES.index(c) for c in codes], dtype=int)
 
 
 def synthetic_non_dermoscopic(n: int, size: int = 160, seed: int = 0) -> list[np.ndarray]:
@@ -245,20 +242,18 @@ def choose_tta(
     return views, {f"balanced_accuracy_views_{n}": v for n, v in scores.items()}
 
 
-def context_fusion(cfg, metas: dict | None, y_train: np.ndarray) -> dict | None:
-    """The late-fusion settings of ``cfg`` with its context model fitted on the training
-    part (None when ``cfg.context_fusion_power`` is 0 or there is no patient context).
+def context_fusion(cfg, context_model: dict | None) -> dict | None:
+    """The late-fusion settings of ``cfg`` with its context model (fitted on the training
+    part); None when ``cfg.context_fusion_power`` is 0 or there is no patient context.
     """
-    from skin_model.metadata import fit_context_model
-
-    if not metas or cfg.context_fusion_power <= 0:
+    if context_model is None or cfg.context_fusion_power <= 0:
         return None
     return {
         "power": float(cfg.context_fusion_power),
         "feed_network": bool(cfg.context_fusion_feed_network and cfg.metadata),
         "model": "class-balanced logistic regression on the encoded age, sex and site, "
         "fitted on the training part",
-        **fit_context_model(metas["train"], y_train),
+        **context_model,
     }
 
 
@@ -335,7 +330,8 @@ def finalise_model(
     train_mal = float(is_malignant(y["train"]).mean())
     groups_cal = rows["calib"]["lesion_id"].to_numpy()
 
-    fusion = context_fusion(cfg, metas, y["train"])
+    context_model = fit_context_model(metas["train"], y["train"]) if metas else None
+    fusion = context_fusion(cfg, context_model)
     if fusion:
         bundle.config["context_fusion"] = fusion
     tta, tta_scores = choose_tta(bundle, f32["val"], y["val"], cfg.tta_min_gain)
@@ -475,7 +471,7 @@ def finalise_model(
         with_meta["fusion"] = fusion_text(fusion)
         metrics["with_metadata"] = with_meta
         metrics["metadata_only_baseline"] = metadata_only_baseline(
-            metas["train"], y["train"], metas["test"], y["test"]
+            context_model, metas["test"], y["test"]
         )
     write_json(out_dir / METRICS_FILE, metrics)
     return metrics
@@ -514,18 +510,21 @@ def evaluate_split(
     return metrics, probs, decisions, raw
 
 
-def metadata_only_baseline(
-    m_train: np.ndarray, y_train: np.ndarray, m_test: np.ndarray, y_test: np.ndarray
-) -> dict:
-    """A class-balanced logistic regression on age, sex and site alone: what the patient
-    context predicts without the image (so the fused model is seen not to lean on it).
+def metadata_only_baseline(context_model: dict, m_test: np.ndarray, y_test: np.ndarray) -> dict:
+    """What the patient context predicts without the image (so the fused model is seen not
+    to lean on it): the class-balanced logistic regression on age, sex and site alone.
+
+    Args:
+        context_model: :func:`skin_model.metadata.fit_context_model` on the training part.
+        m_test: (N, DIM) encoded test contexts.
+        y_test: (N,) test class indices.
 
     Returns:
         Test balanced accuracy, macro AUC, malignant AUC and melanoma AUC.
     """
-    from skin_model.metadata import context_posterior, fit_context_model
+    from skin_model.metadata import context_posterior
 
-    probs = context_posterior(fit_context_model(m_train, y_train), m_test, len(CLASSES))
+    probs = context_posterior(context_model, m_test, len(CLASSES))
     m = compute_metrics(y_test, probs, 0.5)
     return {
         "model": "logistic regression (class-balanced) on the encoded age, sex and site",

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skin_model import CLASSES
 from skin_model.artifacts import (
     ATTEMPT_COLUMNS,
     ATTEMPTS_FILE,
@@ -39,6 +38,7 @@ from skin_model.card import write_model_card
 from skin_model.data import (
     DataError,
     carve_calibration,
+    class_indices,
     class_weights,
     load_images,
     one_hot,
@@ -150,15 +150,15 @@ def make_balanced_accuracy_callback(
     import keras
     from sklearn.metrics import balanced_accuracy_score
 
+    from skin_model.inference import batch_inputs
+
     class BalancedAccuracy(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.best, self.best_epoch, self.best_weights = -1.0, 0, None
 
         def score(self, meta) -> float:
-            x = x_val.astype(np.float32)
-            if meta is not None:
-                x = {"image": x, "metadata": meta.astype(np.float32)}
+            x = batch_inputs(self.model, x_val, meta)
             probs = self.model.predict(x, batch_size, verbose=0)
             return float(balanced_accuracy_score(y_val, probs.argmax(axis=1)))
 
@@ -167,10 +167,7 @@ def make_balanced_accuracy_callback(
             score = self.score(meta_val)
             logs["val_balanced_accuracy"] = score
             if meta_val is not None:
-                from skin_model.metadata import MISSING
-
-                blank = np.repeat(MISSING[None], len(meta_val), axis=0)
-                logs["val_balanced_accuracy_image_only"] = self.score(blank)
+                logs["val_balanced_accuracy_image_only"] = self.score(None)
             lr = self.model.optimizer.learning_rate
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
             if score > self.best:
@@ -384,7 +381,7 @@ def fit_model(
     )
     meta_va = metas["val"] if metas else None
     val_ds = make_batches(x_va, one_hot(y_va), cfg.batch_size, training=False, metadata=meta_va)
-    y_va_idx = np.array([CLASSES.index(c) for c in y_va])
+    y_va_idx = class_indices(y_va)
     best = make_balanced_accuracy_callback(x_va, y_va_idx, cfg.batch_size * 2, meta_va)
     best.best, best.best_epoch = state["best"], state["best_epoch"]
     callbacks = [

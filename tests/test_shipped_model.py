@@ -8,7 +8,7 @@ import pytest
 
 from skin_model import CLASSES
 from skin_model.artifacts import read_history, read_metrics
-from skin_model.evaluation import class_indices
+from skin_model.data import class_indices
 from skin_model.imaging import decode_image
 from skin_model.inference import predict_images
 from skin_model.metrics import compute_metrics
