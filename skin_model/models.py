@@ -45,6 +45,60 @@ class LogitAdjustedCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "prior": self.prior}
 
 
+HEAD_LAYERS = ("predictions", "meta_dense", "fc")
+"""Layers that :class:`BackboneScaledAdamW` trains at the full learning rate."""
+
+
+@keras.saving.register_keras_serializable(package="skin_model")
+class BackboneScaledAdamW(keras.optimizers.AdamW):
+    """AdamW that trains the backbone slower than the head.
+
+    Variables of the layers named in ``head_layers`` learn at the schedule's rate; all
+    others (the pretrained backbone) at ``backbone_lr_scale`` times it, and not at all
+    during the first ``head_warmup_steps`` steps (a head-only warm-up).
+
+    Args:
+        backbone_lr_scale: Factor on the backbone's learning rate.
+        head_warmup_steps: Steps during which only the head learns.
+        head_layers: Names of the layers trained at the full rate.
+        **kwargs: Passed to ``keras.optimizers.AdamW``.
+    """
+
+    def __init__(
+        self,
+        backbone_lr_scale: float = 1.0,
+        head_warmup_steps: int = 0,
+        head_layers: tuple[str, ...] | list[str] = HEAD_LAYERS,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.backbone_lr_scale = float(backbone_lr_scale)
+        self.head_warmup_steps = int(head_warmup_steps)
+        self.head_layers = tuple(head_layers)
+
+    def build(self, var_list):
+        """Create the slots and note which variables belong to the head."""
+        super().build(var_list)
+        self._in_head = [v.path.split("/")[0] in self.head_layers for v in var_list]
+
+    def update_step(self, gradient, variable, learning_rate):
+        """One AdamW step with the backbone's rate scaled (zero during the warm-up)."""
+        if not self._in_head[self._get_variable_index(variable)]:
+            warm = keras.ops.less(self.iterations, self.head_warmup_steps)
+            scale = keras.ops.where(warm, 0.0, self.backbone_lr_scale)
+            learning_rate = learning_rate * keras.ops.cast(scale, learning_rate.dtype)
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self) -> dict:
+        """Serialisable settings (the checkpoint restores this optimizer)."""
+        return {
+            **super().get_config(),
+            "backbone_lr_scale": self.backbone_lr_scale,
+            "head_warmup_steps": self.head_warmup_steps,
+            "head_layers": list(self.head_layers),
+        }
+
+
 def _conv_bn(x, filters: int, kernel: int, strides: int, name: str):
     """Conv2D + BatchNorm + ReLU."""
     x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=name)(

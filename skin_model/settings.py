@@ -25,6 +25,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
+    backbone_lr_scale: float = 1.0
+    head_warmup_epochs: int = 0
     label_smoothing: float = 0.0
     loss: str = "logit_adjusted"
     class_weight_power: float = 0.0

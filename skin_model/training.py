@@ -283,6 +283,24 @@ def read_weight_list(path: Path) -> list[np.ndarray]:
         return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
+    """AdamW on :func:`lr_schedule`; with ``backbone_lr_scale`` != 1 or
+    ``head_warmup_epochs`` the backbone learns slower (or first not at all) than the head.
+    """
+    import keras
+
+    from skin_model.models import BackboneScaledAdamW
+
+    kwargs = {"learning_rate": lr_schedule(cfg, steps_per_epoch), "weight_decay": cfg.weight_decay}
+    if cfg.backbone_lr_scale == 1.0 and cfg.head_warmup_epochs == 0:
+        return keras.optimizers.AdamW(**kwargs)
+    return BackboneScaledAdamW(
+        backbone_lr_scale=cfg.backbone_lr_scale,
+        head_warmup_steps=cfg.head_warmup_epochs * steps_per_epoch,
+        **kwargs,
+    )
+
+
 def compile_model(cfg: TrainConfig, prior: np.ndarray, steps: int):
     """Build and compile the model of ``cfg`` (weights resolved, loss chosen)."""
     import keras
@@ -310,9 +328,7 @@ def compile_model(cfg: TrainConfig, prior: np.ndarray, steps: int):
     with distribution_scope():
         model = build_model(cfg.architecture, cfg.input_size, **kwargs)
         model.compile(
-            optimizer=keras.optimizers.AdamW(
-                lr_schedule(cfg, steps), weight_decay=cfg.weight_decay
-            ),
+            optimizer=make_optimizer(cfg, steps),
             loss=loss,
             metrics=["accuracy"],
         )

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from skin_model.models import build_model
+from skin_model.models import BackboneScaledAdamW, build_model
 
 
 @pytest.mark.parametrize(("arch", "size"), [("skinnet", 64), ("custom_cnn", 64), ("resnet50", 64)])
@@ -34,3 +34,62 @@ def test_skinnet_width_multiplier_scales_channels():
     narrow, wide = build_model("skinnet", 32), build_model("skinnet", 32, width=1.5)
     assert wide.get_layer("last_conv").output.shape[-1] == 768
     assert narrow.get_layer("last_conv").output.shape[-1] == 512
+
+
+def _tiny_two_layer_model() -> keras.Model:
+    inputs = keras.Input((4,), name="x")
+    hidden = keras.layers.Dense(3, name="body")(inputs)
+    outputs = keras.layers.Dense(2, activation="softmax", name="predictions")(hidden)
+    return keras.Model(inputs, outputs)
+
+
+def _kernel_changes(**optimizer_kwargs) -> tuple[float, float]:
+    """Largest change of the backbone and head kernels over 8 steps."""
+    keras.utils.set_random_seed(0)
+    model = _tiny_two_layer_model()
+    before = [model.get_layer(n).kernel.numpy().copy() for n in ("body", "predictions")]
+    model.compile(
+        optimizer=BackboneScaledAdamW(learning_rate=1e-2, weight_decay=0.0, **optimizer_kwargs),
+        loss="categorical_crossentropy",
+    )
+    x = np.random.default_rng(0).random((32, 4)).astype("float32")
+    y = keras.utils.to_categorical(np.arange(32) % 2, 2)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    after = [model.get_layer(n).kernel.numpy() for n in ("body", "predictions")]
+    return tuple(float(np.abs(a - b).max()) for a, b in zip(after, before, strict=True))
+
+
+def test_head_warmup_freezes_the_backbone_only():
+    backbone, head = _kernel_changes(head_warmup_steps=100)
+    assert backbone == 0.0 and head > 1e-3
+
+
+def test_backbone_learning_rate_scale_slows_the_backbone_only():
+    full_backbone, full_head = _kernel_changes()
+    slow_backbone, slow_head = _kernel_changes(backbone_lr_scale=0.1)
+    assert slow_backbone < 0.3 * full_backbone
+    assert slow_head > 0.5 * full_head
+
+
+def test_backbone_scaled_optimizer_survives_a_checkpoint(tmp_path):
+    model = _tiny_two_layer_model()
+    model.compile(
+        optimizer=BackboneScaledAdamW(backbone_lr_scale=0.25, head_warmup_steps=3),
+        loss="categorical_crossentropy",
+    )
+    model.fit(np.zeros((8, 4)), keras.utils.to_categorical(np.arange(8) % 2, 2), verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded.optimizer, BackboneScaledAdamW)
+    assert (loaded.optimizer.backbone_lr_scale, loaded.optimizer.head_warmup_steps) == (0.25, 3)
+    assert int(loaded.optimizer.iterations) == 1
+
+
+def test_training_settings_choose_the_optimizer():
+    from skin_model.settings import TrainConfig
+    from skin_model.training import make_optimizer
+
+    assert type(make_optimizer(TrainConfig(), 10)) is keras.optimizers.AdamW
+    slow = make_optimizer(TrainConfig(backbone_lr_scale=0.3, head_warmup_epochs=2), 10)
+    assert isinstance(slow, BackboneScaledAdamW)
+    assert (slow.backbone_lr_scale, slow.head_warmup_steps) == (0.3, 20)
