@@ -1,4 +1,4 @@
-"""Command line: ``python -m skin_model predict | evaluate | bench``.
+"""Command line: ``python -m skin_model predict | evaluate | bench | ensemble``.
 
 Exit codes: 0 every file succeeded, 1 some files failed (their rows say why),
 2 usage errors (bad options, no inputs, unusable model or data folder).
@@ -153,8 +153,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    """``ensemble``: members' and their average's figures on validation and test, speed."""
+    from skin_model.artifacts import ModelLoadError, write_json
+    from skin_model.data import DataError
+    from skin_model.ensemble import evaluate_ensemble
+
+    try:
+        result = evaluate_ensemble(args.models, args.data_dir)
+    except (ModelLoadError, DataError, ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from exc
+    if args.out:
+        write_json(args.out, result)
+    for part, block in result["parts"].items():
+        print(f"{part} ({block['n_images']} images)")
+        for row in block["rows"]:
+            print("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    print("images/s (model only): " + json.dumps(result["images_per_second"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with its three subcommands."""
+    """The argument parser with its subcommands."""
     default_data = Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR))
     parser = argparse.ArgumentParser(
         prog="python -m skin_model", description="Skin-lesion classifier (HAM10000, 7 classes)."
@@ -205,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="short run (CI)")
     b.add_argument("--out", type=Path, default=Path("bench.json"))
     b.set_defaults(func=cmd_bench)
+    n = sub.add_parser(
+        "ensemble", help="figures of models trained on one split and of their average"
+    )
+    n.add_argument("models", type=Path, nargs="+", help="finalised model directories")
+    n.add_argument("--data-dir", type=Path, default=default_data)
+    n.add_argument("--out", type=Path, help="write the figures JSON here")
+    n.set_defaults(func=cmd_ensemble)
     return parser
 
 

@@ -24,6 +24,7 @@ from skin_model.card import (
 README = REPO_ROOT / "README.md"
 BENCH_FILE = REPO_ROOT / "docs" / "bench.json"
 LOAD_FILE = REPO_ROOT / "docs" / "load_test.json"
+ENSEMBLE_FILE = REPO_ROOT / "docs" / "ensemble.json"
 
 
 def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
@@ -104,9 +105,41 @@ def load_section(path: Path = LOAD_FILE) -> str:
     return "\n".join(lines)
 
 
+def ensemble_section(path: Path = ENSEMBLE_FILE) -> str:
+    """Members' and ensemble figures from ``python -m skin_model ensemble --out``."""
+    if not path.is_file():
+        return (
+            "_No ensemble recorded yet: run `python -m skin_model ensemble DIR DIR "
+            "--out docs/ensemble.json`._"
+        )
+    result = json.loads(path.read_text())
+    labels = {
+        "balanced_accuracy": "balanced accuracy",
+        "malignant_auc": "malignant AUC",
+        "mel_auc": "melanoma AUC",
+        "mel_sensitivity": "melanoma sensitivity",
+        "macro_auc": "macro AUC",
+    }
+    speed = result["images_per_second"]
+    lines = [
+        "| part | model | " + " | ".join(labels.values()) + " | images/s (network only) |",
+        "|---|---|" + "---|" * (len(labels) + 1),
+    ]
+    for part, block in result["parts"].items():
+        name = {"val": "validation half", "test": "test"}.get(part, part)
+        for row in block["rows"]:
+            values = " | ".join("n/a" if row[k] is None else f"{row[k]:.3f}" for k in labels)
+            lines.append(
+                f"| {name} ({block['n_images']}) | {row['model']} | {values} "
+                f"| {speed.get(row['model'], 'n/a')} |"
+            )
+    return "\n".join(lines)
+
+
 SECTIONS = {
     "metrics": metrics_section,
     "cv": cv_section,
+    "ensemble": ensemble_section,
     "bench": bench_section,
     "load": load_section,
 }

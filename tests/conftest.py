@@ -171,6 +171,7 @@ GROUPS = {
         "test_explain",
         "test_training",
         "test_crossval",
+        "test_ensemble",
         "test_batches",
         "test_model_files",
         "test_shipped_model",

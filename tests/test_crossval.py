@@ -114,3 +114,13 @@ def test_tiny_cross_validation_covers_the_pool_once_and_resumes(tiny_data, tmp_p
     before = (out / "fold0" / "fold.json").read_text()
     assert train.main(args) == 0  # a finished run is summarised again, not retrained
     assert (out / "fold0" / "fold.json").read_text() == before
+
+
+def test_recipe_line_names_a_slower_backbone():
+    from skin_model.card import backbone_text
+
+    assert backbone_text({"backbone_lr_scale": 1.0, "head_warmup_epochs": 0}) == ""
+    assert backbone_text({}) == ""
+    assert backbone_text({"backbone_lr_scale": 0.3, "head_warmup_epochs": 1}) == (
+        ", backbone learning rate x0.3, head-only warm-up 1 epoch(s)"
+    )
