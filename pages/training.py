@@ -14,7 +14,7 @@ from skin_model.artifacts import (
     read_history,
     read_json,
 )
-from skin_model.card import cv_frame, cv_summary_text
+from skin_model.card import cv_frame, cv_summary_text, ensemble_frame
 
 st.title("Training curves")
 dirs = find_model_dirs(REPO_ROOT / "models")
@@ -65,3 +65,18 @@ for cv_dir in find_cv_dirs(REPO_ROOT / "models"):
         st.dataframe(frame, hide_index=True, column_config=numbers)
     except (OSError, ValueError, KeyError) as exc:
         st.error(f"{cv_dir.name}: cv.json could not be read ({exc}).")
+
+ENSEMBLE = REPO_ROOT / "docs" / "ensemble.json"
+if ENSEMBLE.is_file():
+    st.subheader("Ensemble")
+    try:
+        result = read_json(ENSEMBLE)
+        st.caption(
+            f"{' + '.join(result['members'])}, {result['combination']}; scored on the same "
+            "validation half (which chooses) and test split; network speed on 256 images."
+        )
+        frame = ensemble_frame(result)
+        numbers = {c: st.column_config.NumberColumn(format="%.3f") for c in frame.columns[2:-1]}
+        st.dataframe(frame, hide_index=True, column_config=numbers)
+    except (OSError, ValueError, KeyError) as exc:
+        st.error(f"docs/ensemble.json could not be read ({exc}).")

@@ -316,6 +316,33 @@ def cv_frame(cv: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+ENSEMBLE_LABELS = {
+    "balanced_accuracy": "balanced accuracy",
+    "malignant_auc": "malignant AUC",
+    "mel_auc": "melanoma AUC",
+    "mel_sensitivity": "melanoma sensitivity",
+    "macro_auc": "macro AUC",
+}
+
+
+def ensemble_frame(result: dict) -> pd.DataFrame:
+    """One row per part and model of a ``python -m skin_model ensemble`` result."""
+    speed = result["images_per_second"]
+    rows = []
+    for part, block in result["parts"].items():
+        name = {"val": "validation half", "test": "test"}.get(part, part)
+        for row in block["rows"]:
+            rows.append(
+                {
+                    "part": f"{name} ({block['n_images']})",
+                    "model": row["model"],
+                    **{label: row[key] for key, label in ENSEMBLE_LABELS.items()},
+                    "images/s (network only)": speed.get(row["model"]),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def cv_summary_text(cv: dict) -> str:
     """One sentence saying what a cross-validation run was."""
     s = cv["settings"]

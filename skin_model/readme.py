@@ -9,12 +9,15 @@ import re
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from skin_model import DEFAULT_MODEL_DIR, REPO_ROOT
 from skin_model.artifacts import CV_FILE, find_cv_dirs, read_json, read_metrics
 from skin_model.card import (
     context_table,
     cv_summary_text,
     cv_table,
+    ensemble_frame,
     headline_table,
     per_class_table,
     reproduce_command,
@@ -112,27 +115,12 @@ def ensemble_section(path: Path = ENSEMBLE_FILE) -> str:
             "_No ensemble recorded yet: run `python -m skin_model ensemble DIR DIR "
             "--out docs/ensemble.json`._"
         )
-    result = json.loads(path.read_text())
-    labels = {
-        "balanced_accuracy": "balanced accuracy",
-        "malignant_auc": "malignant AUC",
-        "mel_auc": "melanoma AUC",
-        "mel_sensitivity": "melanoma sensitivity",
-        "macro_auc": "macro AUC",
-    }
-    speed = result["images_per_second"]
-    lines = [
-        "| part | model | " + " | ".join(labels.values()) + " | images/s (network only) |",
-        "|---|---|" + "---|" * (len(labels) + 1),
-    ]
-    for part, block in result["parts"].items():
-        name = {"val": "validation half", "test": "test"}.get(part, part)
-        for row in block["rows"]:
-            values = " | ".join("n/a" if row[k] is None else f"{row[k]:.3f}" for k in labels)
-            lines.append(
-                f"| {name} ({block['n_images']}) | {row['model']} | {values} "
-                f"| {speed.get(row['model'], 'n/a')} |"
-            )
+    frame = ensemble_frame(json.loads(path.read_text()))
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    for row in frame.itertuples(index=False):
+        cells = [v if isinstance(v, str) else "n/a" if pd.isna(v) else f"{v:.3f}" for v in row]
+        cells[-1] = "n/a" if pd.isna(row[-1]) else f"{row[-1]:g}"
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
