@@ -74,6 +74,12 @@ def binary_operating_point(y: np.ndarray, score: np.ndarray, threshold: float) -
     }
 
 
+def _clip_rows(probs: np.ndarray) -> np.ndarray:
+    """Probabilities kept off 0 (by :data:`EPS`) whose rows still sum to one."""
+    clipped = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1)
+    return clipped / clipped.sum(axis=1, keepdims=True)
+
+
 def compute_metrics(
     y_idx: np.ndarray,
     probs: np.ndarray,
@@ -126,7 +132,7 @@ def compute_metrics(
         "balanced_accuracy": float(skm.balanced_accuracy_score(y_idx, pred)),
         "accuracy": float(skm.accuracy_score(y_idx, pred)),
         "macro_auc": float(np.mean(aucs)) if aucs else None,
-        "log_loss": float(skm.log_loss(y_idx, np.clip(probs, EPS, 1), labels=labels)),
+        "log_loss": float(skm.log_loss(y_idx, _clip_rows(probs), labels=labels)),
         "per_class": per_class,
         "confusion_matrix": {"labels": list(classes), "counts": cm.tolist()},
         "calibration": calibration_bins(probs, y_idx),
