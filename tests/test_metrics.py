@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from skin_model import CLASSES
 from skin_model.calibration import apply_temperature, fit_temperature, malignant_probability
 from skin_model.metrics import (
     binary_operating_point,
@@ -156,3 +157,14 @@ def test_target_status_by_hand():
     assert rows["balanced_accuracy"]["interval"] == [0.5, 0.9]
     assert rows["ece"]["met"] is True  # 0.02 <= 0.03
     assert rows["cam_ratio"]["met"] is None  # not measured
+
+
+def test_certain_predictions_score_without_warnings():
+    import warnings
+
+    y = np.arange(14) % len(CLASSES)
+    probs = np.eye(len(CLASSES))[y]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = compute_metrics(y, probs, 0.5)
+    assert m["balanced_accuracy"] == 1.0 and 0 < m["log_loss"] < 1e-5
