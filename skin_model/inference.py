@@ -334,6 +334,7 @@ def predict_images(
     images: Sequence[np.ndarray],
     prevalence: float | None = None,
     contexts: Sequence[PatientContext | None] | None = None,
+    chunk: int = 16,
 ) -> list[Prediction]:
     """Classify decoded RGB uint8 images with calibration, TTA and the OOD check.
 
@@ -344,6 +345,7 @@ def predict_images(
             are re-weighted to it (Bayes' rule). ``None``: the training data's share.
         contexts: Optional patient context per image (a model without the metadata
             input ignores it).
+        chunk: Images per model call (see :func:`raw_outputs`; smaller = less memory).
 
     Returns:
         One :class:`Prediction` per image, in order.
@@ -355,9 +357,8 @@ def predict_images(
     contexts = list(contexts) if contexts is not None else [None] * len(images)
     use_meta = bundle.uses_context
     meta = np.stack([encode(c) for c in contexts]) if use_meta else None
-    raw, feats = raw_outputs(
-        bundle, batch, tta=tta_views(bundle.config.get("tta", 1)), metadata=meta
-    )
+    views = tta_views(bundle.config.get("tta", 1))
+    raw, feats = raw_outputs(bundle, batch, tta=views, chunk=chunk, metadata=meta)
     prior = bundle.class_prior
     probs = calibrated_probabilities(raw, prior, float(bundle.config.get("temperature", 1.0)))
     decisions = decide(raw, probs, prior)

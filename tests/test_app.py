@@ -96,9 +96,9 @@ def test_patient_context_updates_prediction_without_redecoding(monkeypatch, trai
     calls, decodes = [], []
     original, decode = skin_model.service.predict_images, skin_model.service.decode_image
 
-    def counting(bundle, images, prevalence=None, contexts=None):
+    def counting(bundle, images, prevalence=None, contexts=None, **kwargs):
         calls.append([c.describe() if c else "none given" for c in contexts])
-        return original(bundle, images, prevalence, contexts)
+        return original(bundle, images, prevalence, contexts, **kwargs)
 
     def counting_decode(data):
         decodes.append(1)

@@ -3,6 +3,7 @@
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
 from skin_model.explain import explain
 from skin_model.inference import predict_images
@@ -28,3 +29,15 @@ def test_parallel_predictions_and_cams_match_sequential(trained_dir):
         assert np.allclose(probs, expected[i], atol=1e-5)
         if cam is not None:
             assert np.allclose(cam, expected_cams[i], atol=1e-5)
+
+
+def test_smaller_chunks_give_the_same_predictions(trained_dir):
+    from skin_model.inference import load_bundle
+
+    bundle = load_bundle(trained_dir)
+    images = [lesion_image(dx, seed) for seed, dx in enumerate(["mel", "nv", "bkl"] * 3)]
+    big = predict_images(bundle, images, chunk=16)
+    small = predict_images(bundle, images, chunk=4)
+    for a, b in zip(big, small, strict=True):
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+        assert a.decision == b.decision and a.ood_distance == pytest.approx(b.ood_distance)
