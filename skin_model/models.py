@@ -55,7 +55,8 @@ class BackboneScaledAdamW(keras.optimizers.AdamW):
 
     Variables of the layers named in ``head_layers`` learn at the schedule's rate; all
     others (the pretrained backbone) at ``backbone_lr_scale`` times it, and not at all
-    during the first ``head_warmup_steps`` steps (a head-only warm-up).
+    during the first ``head_warmup_steps`` steps (a head-only warm-up). The decoupled
+    weight decay stays at the schedule's rate for every variable.
 
     Args:
         backbone_lr_scale: Factor on the backbone's learning rate.
