@@ -44,11 +44,10 @@ from skin_model.artifacts import (
 from skin_model.calibration import late_fusion, normalise_rows
 from skin_model.data import class_indices
 from skin_model.metadata import context_posterior, fit_context_model
-from skin_model.metrics import compute_metrics, headline_values
+from skin_model.metrics import HEADLINES, compute_metrics, headline_values
 from skin_model.settings import TrainConfig, config_dict
 
 FUSION_POWERS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
-HEADLINES = ("balanced_accuracy", "malignant_auc", "mel_auc", "mel_sensitivity", "macro_auc")
 
 
 def assign_folds(df: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:

@@ -18,10 +18,7 @@ from skin_model.artifacts import SPLIT_FILE
 from skin_model.calibration import calibrated_probabilities, decide
 from skin_model.data import class_indices, load_images, read_metadata
 from skin_model.inference import ModelBundle, load_bundle, raw_outputs
-from skin_model.metrics import compute_metrics, headline_values
-
-FIGURES = ("balanced_accuracy", "malignant_auc", "mel_auc", "mel_sensitivity", "macro_auc")
-"""Threshold-free figures compared (the members' thresholds do not apply to the mean)."""
+from skin_model.metrics import HEADLINES, compute_metrics, headline_values
 
 
 def shared_split(model_dirs: list[Path]) -> pd.DataFrame:
@@ -43,12 +40,13 @@ def member_outputs(bundle: ModelBundle, images: np.ndarray) -> np.ndarray:
 
 
 def figures(raw: np.ndarray, y: np.ndarray, prior) -> dict[str, float | None]:
-    """The :data:`FIGURES` of balanced-prior outputs ``raw`` against labels ``y``."""
-    probs = calibrated_probabilities(raw, prior, 1.0).astype(np.float64)
-    probs /= probs.sum(axis=1, keepdims=True)
+    """The threshold-free :data:`~skin_model.metrics.HEADLINES` of balanced-prior outputs
+    ``raw`` against labels ``y`` (the members' thresholds do not apply to their mean).
+    """
+    probs = calibrated_probabilities(raw, prior, 1.0)
     metrics = compute_metrics(y, probs, 0.5, decisions=decide(raw, probs, prior))
     values = headline_values(metrics)
-    return {k: None if values[k] is None else round(float(values[k]), 4) for k in FIGURES}
+    return {k: None if values[k] is None else round(float(values[k]), 4) for k in HEADLINES}
 
 
 def images_per_second(bundles: list[ModelBundle], images: np.ndarray) -> float:

@@ -264,6 +264,10 @@ def bootstrap_intervals(
     return {k: np.percentile(v, [tail, 100 - tail]).round(4).tolist() for k, v in samples.items()}
 
 
+HEADLINES = ("balanced_accuracy", "malignant_auc", "mel_auc", "mel_sensitivity", "macro_auc")
+"""The threshold-free figures that compare models (cross-validation, ensembles)."""
+
+
 def headline_values(metrics: dict) -> dict[str, float | None]:
     """The figures :data:`QUALITY_TARGETS` refer to, read from a ``metrics.json`` dict."""
     cam = metrics.get("cam_localisation") or {}
