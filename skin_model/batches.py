@@ -22,15 +22,18 @@ def augment_array(
     rng: np.random.Generator,
     out_size: int | None = None,
     min_scale: float = 0.75,
+    white_balance: float = 0.0,
 ) -> np.ndarray:
-    """Random flip, rotation by quarter turns, crop, brightness, contrast, saturation and
-    hue of one uint8 image (the NumPy twin of :func:`skin_model.data.augment`).
+    """Random flip, rotation by quarter turns, crop, brightness, contrast, saturation,
+    hue and white balance of one uint8 image (the NumPy twin of
+    :func:`skin_model.data.augment`).
 
     Args:
         image: (S, S, 3) uint8.
         rng: Random generator.
         out_size: Output side (crops are resized to it); ``None`` keeps ``S``.
         min_scale: Smallest crop side as a share of ``S``.
+        white_balance: Half-width of a random gain per colour channel; 0 = none.
 
     Returns:
         (out_size, out_size, 3) float32 in [0, 255].
@@ -51,7 +54,10 @@ def augment_array(
     hsv = rgb_to_hsv(x)
     hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.8, 1.2), 0.0, 1.0)
     hsv[..., 0] = (hsv[..., 0] + rng.uniform(-0.03, 0.03)) % 1.0
-    return (np.clip(hsv_to_rgb(hsv), 0.0, 1.0) * 255.0).astype(np.float32)
+    x = hsv_to_rgb(hsv)
+    if white_balance > 0:
+        x = x * rng.uniform(1.0 - white_balance, 1.0 + white_balance, 3)
+    return (np.clip(x, 0.0, 1.0) * 255.0).astype(np.float32)
 
 
 def hide_array(vector: np.ndarray, rng: np.random.Generator, p_all: float, p_field: float):
@@ -78,6 +84,7 @@ class ArrayBatches(keras.utils.PyDataset):
         min_scale: Smallest random crop side as a share of ``S``.
         metadata: (N, DIM) patient-context vectors for a two-input model, or None.
         hide: Probabilities of hiding all / each metadata field (training only).
+        white_balance: Random per-channel gain half-width (training only).
     """
 
     def __init__(
@@ -91,11 +98,13 @@ class ArrayBatches(keras.utils.PyDataset):
         min_scale: float = 0.75,
         metadata: np.ndarray | None = None,
         hide: tuple[float, float] = (0.5, 0.2),
+        white_balance: float = 0.0,
     ):
         super().__init__(workers=os.cpu_count() or 1, use_multiprocessing=False)
         self.images, self.labels, self.metadata = images, labels, metadata
         self.batch_size, self.training, self.seed = batch_size, training, seed
         self.out_size, self.min_scale, self.hide = out_size, min_scale, hide
+        self.white_balance = white_balance
         self.epoch = 0
         self.order = self._order()
 
@@ -113,7 +122,12 @@ class ArrayBatches(keras.utils.PyDataset):
         if self.training:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             x = np.stack(
-                [augment_array(self.images[i], rng, self.out_size, self.min_scale) for i in idx]
+                [
+                    augment_array(
+                        self.images[i], rng, self.out_size, self.min_scale, self.white_balance
+                    )
+                    for i in idx
+                ]
             )
         else:
             x = self.images[idx].astype(np.float32)

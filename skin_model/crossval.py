@@ -13,6 +13,8 @@ Variants scored from the same runs, at no extra training:
 - ``context``: last-epoch weights with age/sex/site fed to the model (early fusion);
 - ``ema_image`` / ``ema_context``: the same with the weight average (``ema_half_life``);
 - ``metadata_only``: a class-balanced logistic regression on age/sex/site alone;
+- ``image_wb``: last-epoch weights, image only, on copies of the held-out images with a
+  few percent of white-balance shift (:func:`skin_model.imaging.shift_white_balance`);
 - ``late_fusion`` (in the summary): an image variant times the metadata-only
   posterior to a power chosen on the pooled out-of-fold predictions.
 
@@ -36,6 +38,7 @@ from skin_model.artifacts import (
     CV_TABLE_FILE,
     EMA_FILE,
     FOLD_FILE,
+    FOLD_MODEL_FILE,
     OOF_FILE,
     RUN_CONFIG_FILE,
     read_json,
@@ -83,6 +86,7 @@ def _columns(prefix: str) -> list[str]:
 
 def fold_predictions(model, images, metas, cfg: TrainConfig, out_dir: Path) -> dict:
     """Out-of-fold outputs of one fold's model for every variant its run supports."""
+    from skin_model.imaging import shift_white_balance_batch
     from skin_model.inference import batch_inputs
     from skin_model.training import read_ema
 
@@ -97,6 +101,8 @@ def fold_predictions(model, images, metas, cfg: TrainConfig, out_dir: Path) -> d
             x = batch_inputs(model, images, m)
             out[prefix + name] = model.predict(x, batch_size=cfg.batch_size * 2, verbose=0)
     model.set_weights(weight_sets[0][1])
+    shifted = batch_inputs(model, shift_white_balance_batch(images), None)
+    out["image_wb"] = model.predict(shifted, batch_size=cfg.batch_size * 2, verbose=0)
     return out
 
 
@@ -117,6 +123,7 @@ def run_fold(pool: pd.DataFrame, k: int, images: dict, cfg: TrainConfig, out_dir
     """
     from skin_model.calibration import class_frequencies
     from skin_model.metadata import encode_frame
+    from skin_model.models import inference_copy
     from skin_model.training import describe_device, fit_model
 
     fold_dir = Path(out_dir) / f"fold{k}"
@@ -134,6 +141,7 @@ def run_fold(pool: pd.DataFrame, k: int, images: dict, cfg: TrainConfig, out_dir
     resume = (fold_dir / CHECKPOINT_FILE).is_file()
     model, fit_info = fit_model(cfg, parts, fold_dir, resume=resume, metas=metas)
     outputs = fold_predictions(model, images["input"][~tr], metas_all[~tr], cfg, fold_dir)
+    inference_copy(model).save(fold_dir / FOLD_MODEL_FILE)  # an ensemble member
     context_model = fit_context_model(metas_all[tr], class_indices(codes[tr]))
     outputs["metadata_only"] = context_posterior(context_model, metas_all[~tr])
     held = pool.loc[~tr, ["image_id", "lesion_id", "dx", "fold"]].reset_index(drop=True)
@@ -297,7 +305,7 @@ def run_cv(
     Returns:
         The summary of :func:`summarise`.
     """
-    from skin_model.data import load_images
+    from skin_model.data import load_images_at
     from skin_model.training import cache_size
 
     out_dir = Path(out_dir)
@@ -305,14 +313,11 @@ def run_cv(
     if (out_dir / RUN_CONFIG_FILE).is_file():
         cfg = TrainConfig(**read_json(out_dir / RUN_CONFIG_FILE))
     else:
-        write_json(out_dir / RUN_CONFIG_FILE, config_dict(cfg))
+        write_json(out_dir / RUN_CONFIG_FILE, config_dict(cfg.validate()))
     pool = cv_pool(data_dir, cfg, n_folds)
     t0 = time.perf_counter()
-    paths = pool["path"].tolist()
-    images = {
-        "cache": load_images(paths, cache_size(cfg)),
-        "input": load_images(paths, cfg.input_size),
-    }
+    cached, inputs = load_images_at(pool["path"].tolist(), (cache_size(cfg), cfg.input_size))
+    images = {"cache": cached, "input": inputs}
     print(f"cross-validation pool: {len(pool)} images; loaded in {time.perf_counter() - t0:.0f}s")
     for k in only if only is not None else range(n_folds):
         summary = run_fold(pool, k, images, cfg, out_dir)

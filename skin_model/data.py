@@ -132,9 +132,20 @@ def class_indices(codes: Sequence[str]) -> np.ndarray:
 
 def load_images(paths: Sequence[str], size: int) -> np.ndarray:
     """Decode and resize image files into one uint8 array of shape (N, size, size, 3)."""
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    return load_images_at(paths, (size,))[0]
+
+
+def load_images_at(paths: Sequence[str], sizes: Sequence[int]) -> list[np.ndarray]:
+    """Decode each file once and resize it to every side in ``sizes``.
+
+    Returns:
+        One uint8 array (N, size, size, 3) per size, in ``sizes`` order.
+    """
+    out = [np.empty((len(paths), s, s, 3), dtype=np.uint8) for s in sizes]
     for i, path in enumerate(paths):
-        out[i] = resize_for_model(decode_image(Path(path).read_bytes()), size)
+        image = decode_image(Path(path).read_bytes())
+        for arr, size in zip(out, sizes, strict=True):
+            arr[i] = resize_for_model(image, size)
     return out
 
 
@@ -184,7 +195,9 @@ def class_weights(labels: Sequence[str], power: float = 1.0) -> dict[int, float]
     return {i: float(weights.get(c, 1.0) ** power) for i, c in enumerate(CLASSES)}
 
 
-def augment(image, seed, out_size: int | None = None, min_scale: float = 0.75):
+def augment(
+    image, seed, out_size: int | None = None, min_scale: float = 0.75, white_balance: float = 0.0
+):
     """Random dihedral transform, crop and colour jitter of one uint8 image (tf ops).
 
     Images cached larger than the model input (``out_size``) are cropped down, so the
@@ -195,6 +208,8 @@ def augment(image, seed, out_size: int | None = None, min_scale: float = 0.75):
         seed: A shape-(2,) int tensor for the stateless random ops.
         out_size: Side of the output; ``None`` keeps ``S``.
         min_scale: Smallest crop side as a share of ``S``.
+        white_balance: Half-width of a random gain per colour channel (another
+            dermatoscope's white balance); 0 = none.
 
     Returns:
         The augmented (out_size, out_size, 3) float32 tensor in [0, 255].
@@ -216,6 +231,11 @@ def augment(image, seed, out_size: int | None = None, min_scale: float = 0.75):
     x = tf.image.stateless_random_contrast(x, 0.8, 1.2, seeds[5])
     x = tf.image.stateless_random_saturation(x, 0.8, 1.2, seeds[6])
     x = tf.image.stateless_random_hue(x, 0.03, seeds[7])
+    if white_balance > 0:
+        gain_seed = tf.random.experimental.stateless_fold_in(seed, 7)
+        x = x * tf.random.stateless_uniform(
+            [3], gain_seed, 1.0 - white_balance, 1.0 + white_balance
+        )
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
 
@@ -252,6 +272,7 @@ def make_dataset(
     min_scale: float = 0.75,
     metadata: np.ndarray | None = None,
     hide: tuple[float, float] = (0.5, 0.2),
+    white_balance: float = 0.0,
 ):
     """Build a ``tf.data`` pipeline; only ``training=True`` shuffles and augments.
 
@@ -265,6 +286,7 @@ def make_dataset(
         min_scale: Smallest random crop side as a share of ``S``.
         metadata: (N, DIM) patient-context vectors for a two-input model, or None.
         hide: Probabilities of hiding all / each metadata field (training only).
+        white_balance: Random per-channel gain half-width (training only).
 
     Returns:
         A ``tf.data.Dataset`` of (inputs, labels) batches; inputs are float32 images in
@@ -277,8 +299,14 @@ def make_dataset(
 
     def inputs(x, s):
         if metadata is None:
-            return augment(x, s, out_size, min_scale) if training else tf.cast(x, tf.float32)
-        image = augment(x[0], s, out_size, min_scale) if training else tf.cast(x[0], tf.float32)
+            if training:
+                return augment(x, s, out_size, min_scale, white_balance)
+            return tf.cast(x, tf.float32)
+        image = (
+            augment(x[0], s, out_size, min_scale, white_balance)
+            if training
+            else tf.cast(x[0], tf.float32)
+        )
         meta = hide_metadata(x[1], s, *hide) if training else x[1]
         return {"image": image, "metadata": meta}
 

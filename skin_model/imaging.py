@@ -166,3 +166,24 @@ def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
     if pil.size != (size, size):
         pil = pil.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(pil, dtype=np.uint8)
+
+
+WHITE_BALANCE_SHIFT = 0.05
+"""Half-width of the per-channel gains of the robustness check (a few percent)."""
+
+
+def shift_white_balance(image: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """An RGB uint8 image with each channel multiplied by its gain (clipped, rounded)."""
+    out = image.astype(np.float32) * np.asarray(gains, dtype=np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def shift_white_balance_batch(
+    images: np.ndarray, strength: float = WHITE_BALANCE_SHIFT, seed: int = 0
+) -> np.ndarray:
+    """Copies of (N, H, W, 3) uint8 images under another white balance: per image, gains
+    drawn uniformly from ``[1 - strength, 1 + strength]`` per channel (reproducible).
+    """
+    rng = np.random.default_rng(seed)
+    gains = rng.uniform(1.0 - strength, 1.0 + strength, (len(images), 3))
+    return np.stack([shift_white_balance(im, g) for im, g in zip(images, gains, strict=True)])

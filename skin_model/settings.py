@@ -31,6 +31,8 @@ class TrainConfig:
     loss: str = "logit_adjusted"
     class_weight_power: float = 0.0
     crop_min_scale: float = 0.75
+    white_balance: float = 0.0
+    colour_constancy: float = 0.0
     bn_momentum: float = 0.9
     restore_best: bool = False
     ema_half_life: float = 0.0
@@ -48,9 +50,64 @@ class TrainConfig:
     tta_min_gain: float = 0.01
     ood_quantile: float = 0.99
     limit: int | None = None
-    weights: str | None = "nsfwjs"
+    weights: str | None = "default"
     name: str = ""
     verbose: int = 2
+
+    def validate(self) -> TrainConfig:
+        """Check the settings before any image is decoded.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ConfigError: With a one-line reason.
+        """
+        from skin_model.architectures import spec_for
+
+        try:
+            spec = spec_for(self.architecture)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        checks = [
+            (
+                self.metadata and not spec.takes_context,
+                f"--architecture {self.architecture} cannot take the patient context; "
+                "add --metadata false",
+            ),
+            (self.loss not in LOSSES, f"unknown loss {self.loss!r}; choose from {LOSSES}"),
+            (self.input_size < 32, "--input-size must be at least 32"),
+            (self.epochs < 1 or self.batch_size < 1, "--epochs and --batch-size must be >= 1"),
+            (not 0 < self.crop_min_scale <= 1, "--crop-min-scale must be in (0, 1]"),
+            (not 0 <= self.white_balance < 0.5, "--white-balance must be in [0, 0.5)"),
+            (self.colour_constancy < 0, "--colour-constancy must be >= 0 (0 = off)"),
+            (self.context_fusion_power < 0, "--context-fusion-power must be >= 0"),
+            (not 0 < self.val_frac + self.test_frac < 1, "--val-frac + --test-frac must be < 1"),
+        ]
+        for failed, reason in checks:
+            if failed:
+                raise ConfigError(reason)
+        self._validate_weights(spec)
+        return self
+
+    def _validate_weights(self, spec) -> None:
+        """A weights setting the architecture can use."""
+        w = self.weights
+        if w in (None, "", "none", "default"):
+            return
+        if not spec.takes_weights:
+            raise ConfigError(f"--architecture {self.architecture} takes no --weights")
+        if w in spec.weight_sources or (
+            w == "imagenet" and spec.name in ("mobilenetv2", "resnet50")
+        ):
+            return
+        if not Path(w).is_file():
+            known = ", ".join([*spec.weight_sources, "none", "default", "a file"])
+            raise ConfigError(f"--weights {w}: not a file nor a source ({known})")
+
+
+class ConfigError(ValueError):
+    """Training settings that cannot work together, with the reason in one line."""
 
 
 def config_dict(cfg: TrainConfig) -> dict:

@@ -46,7 +46,7 @@ from skin_model.data import (
     split_by_lesion,
 )
 from skin_model.evaluation import finalise_model
-from skin_model.settings import LOSSES, TrainConfig, config_dict
+from skin_model.settings import TrainConfig, config_dict
 
 
 def subsample_lesions(df: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
@@ -285,10 +285,12 @@ def read_weight_list(path: Path) -> list[np.ndarray]:
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
     """AdamW on :func:`lr_schedule`; with ``backbone_lr_scale`` != 1 or
-    ``head_warmup_epochs`` the backbone learns slower (or first not at all) than the head.
+    ``head_warmup_epochs`` the backbone (all but the spec's head layers) learns slower (or
+    first not at all) than the head.
     """
     import keras
 
+    from skin_model.architectures import spec_for
     from skin_model.models import BackboneScaledAdamW
 
     kwargs = {"learning_rate": lr_schedule(cfg, steps_per_epoch), "weight_decay": cfg.weight_decay}
@@ -297,53 +299,35 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
     return BackboneScaledAdamW(
         backbone_lr_scale=cfg.backbone_lr_scale,
         head_warmup_steps=cfg.head_warmup_epochs * steps_per_epoch,
+        head_layers=spec_for(cfg.architecture).head_layers,
         **kwargs,
     )
 
 
 def compile_model(cfg: TrainConfig, prior: np.ndarray, steps: int):
-    """Build and compile the model of ``cfg`` (weights resolved, loss chosen)."""
+    """Build and compile the model of ``cfg`` (weights resolved by its spec, loss chosen)."""
     import keras
 
+    from skin_model.architectures import spec_for
     from skin_model.metadata import DIM
-    from skin_model.models import LogitAdjustedCrossentropy, build_model
+    from skin_model.models import LogitAdjustedCrossentropy
 
-    kwargs = {
-        "resnet50": {"weights": cfg.weights},
-        "mobilenetv2": {
-            "weights": resolve_weights(cfg.weights),
-            "bn_momentum": cfg.bn_momentum,
-            "metadata_dim": DIM if cfg.metadata else 0,
-        },
-        "skinnet": {"width": cfg.width},
-    }.get(cfg.architecture, {})
-    if cfg.metadata and cfg.architecture != "mobilenetv2":
-        raise ValueError("metadata fusion is built for --architecture mobilenetv2")
-    if cfg.loss not in LOSSES:
-        raise ValueError(f"unknown loss {cfg.loss!r}; choose from {LOSSES}")
+    cfg.validate()
+    spec = spec_for(cfg.architecture)
+    weights = spec.resolve_weights(cfg.weights) if spec.takes_weights else None
+    kwargs = spec.builder_kwargs(cfg, weights, DIM if cfg.metadata else 0)
     if cfg.loss == "logit_adjusted":
         loss = LogitAdjustedCrossentropy(prior)
     else:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     with distribution_scope():
-        model = build_model(cfg.architecture, cfg.input_size, **kwargs)
+        model = spec.build(cfg.input_size, **kwargs)
         model.compile(
             optimizer=make_optimizer(cfg, steps),
             loss=loss,
             metrics=["accuracy"],
         )
     return model
-
-
-def resolve_weights(weights: str | None) -> str | None:
-    """``"nsfwjs"`` -> the cached (fetched on first use) MobileNetV2 file; else as given."""
-    if weights in (None, "", "none"):
-        return None
-    if weights == "nsfwjs":
-        from skin_model.backbones import fetch_mobilenetv2
-
-        return str(fetch_mobilenetv2())
-    return weights
 
 
 def fit_model(
@@ -394,6 +378,7 @@ def fit_model(
         min_scale=cfg.crop_min_scale,
         metadata=metas["train"] if metas else None,
         hide=(cfg.metadata_hide_all, cfg.metadata_hide_field),
+        white_balance=cfg.white_balance,
     )
     meta_va = metas["val"] if metas else None
     val_ds = make_batches(x_va, one_hot(y_va), cfg.batch_size, training=False, metadata=meta_va)

@@ -12,11 +12,11 @@ from keras import layers
 
 from skin_model.backbones import (
     BackboneError,
-    assign_by_name,
     decode_tfjs_modules,
     mobilenetv2_weights_from_tarball,
     parse_js_literal,
 )
+from skin_model.models import assign_by_name
 
 
 def js(value) -> str:
