@@ -10,7 +10,6 @@ from app_common import NOT_A_DEVICE, PRIVACY, get_bundle, get_metrics
 from skin_model import CLASSES, display_name
 from skin_model.card import operating_point_text
 from skin_model.explain import METHODS
-from skin_model.inference import display_threshold
 from skin_model.metadata import SEXES, SITES, PatientContext, site_label
 from skin_model.service import (
     NOT_DERMOSCOPIC,
@@ -154,11 +153,11 @@ for case, pred, ctx, key in zip(cases, preds, contexts, keys, strict=True):
             format_func=lambda v: v if v == NOT_GIVEN else site_label(v),
             key=f"site_{key}",
         )
-    threshold = display_threshold(bundle, prevalence, pred.threshold)
+    threshold = pred.threshold
     left, right = st.columns(2)
     with left:
-        share = pred.probabilities[CLASSES.index(pred.top_class)]
-        st.markdown(f"**Suggested diagnosis: {display_name(pred.top_class)}** ({share:.0%})")
+        share = pred.probabilities[CLASSES.index(pred.suggested_class)]
+        st.markdown(f"**Suggested diagnosis: {display_name(pred.suggested_class)}** ({share:.0%})")
         top3 = pd.DataFrame(list(top3_table(pred).items()), columns=["diagnosis", "probability"])
         st.altair_chart(
             alt.Chart(top3)
@@ -211,7 +210,7 @@ for case, pred, ctx, key in zip(cases, preds, contexts, keys, strict=True):
         cls = c1.selectbox(
             "Explain class",
             CLASSES,
-            index=CLASSES.index(pred.top_class),
+            index=CLASSES.index(pred.suggested_class),
             format_func=display_name,
             key=f"cls_{key}",
         )

@@ -1,18 +1,16 @@
 """The model directory: every file name in it, reading and writing its JSON and CSV files,
-the model file's SHA-256 check against its card, and the errors for the user.
+the integrity check of the files a prediction depends on, and the errors for the user.
 
-A model directory holds ``model.keras``, ``config.json`` (input size, class prior,
-temperature, thresholds, OOD limit, Grad-CAM layer, training settings), ``ood.npz``,
+A model directory holds ``model.keras``, ``config.json`` (read through
+:mod:`skin_model.model_config`), ``ood.npz``, ``integrity.json`` (SHA-256 of those three),
 ``metrics.json``, ``history.csv``, ``split.csv``, ``test_predictions.csv`` and
-``MODEL_CARD.md`` (which records the model file's SHA-256); ``attempts.csv`` beside the
-directories lists every training run.
+``MODEL_CARD.md``; ``attempts.csv`` beside the directories lists every training run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -37,7 +35,9 @@ FOLD_MODEL_FILE = "fold_model.keras"
 OOF_FILE = "oof_predictions.csv"
 CV_FILE = "cv.json"
 CV_TABLE_FILE = "cross_validation.csv"
+INTEGRITY_FILE = "integrity.json"
 ATTEMPT_COLUMNS = (
+    "directory",
     "name",
     "architecture",
     "input_size",
@@ -88,14 +88,34 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def card_sha256(card_text: str) -> str | None:
-    """The model file SHA-256 recorded in a model card, if any."""
-    match = re.search(r"SHA-256[^`]*`([0-9a-f]{64})`", card_text)
-    return match.group(1) if match else None
+INTEGRITY_FILES = (MODEL_FILE, CONFIG_FILE, OOD_FILE)
+"""Files whose SHA-256 ``integrity.json`` records (those that change a prediction)."""
 
 
-def check_model_file(model_dir: Path) -> Path:
-    """Check the model file is present, real (not a Git LFS pointer) and matches its card.
+def write_integrity(model_dir: Path) -> dict[str, str]:
+    """Record the SHA-256 of the model directory's :data:`INTEGRITY_FILES` that exist.
+
+    Returns:
+        ``{file name: hex digest}`` as written to ``integrity.json``.
+    """
+    model_dir = Path(model_dir)
+    digests = {n: sha256_file(model_dir / n) for n in INTEGRITY_FILES if (model_dir / n).is_file()}
+    write_json(model_dir / INTEGRITY_FILE, digests)
+    return digests
+
+
+def read_integrity(model_dir: Path) -> dict[str, str]:
+    """The digests a model directory recorded (empty if it has no ``integrity.json``)."""
+    path = Path(model_dir) / INTEGRITY_FILE
+    try:
+        return read_json(path)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+
+
+def check_model_files(model_dir: Path) -> Path:
+    """Check the model file is present and real (not a Git LFS pointer), and that it, the
+    config and the detector statistics match the digests in ``integrity.json``.
 
     Args:
         model_dir: The model directory.
@@ -118,30 +138,22 @@ def check_model_file(model_dir: Path) -> Path:
         raise ModelLoadError(
             f"{path} is a Git LFS pointer, not the model. Run `git lfs pull` to fetch it."
         )
-    card = Path(model_dir) / CARD_FILE
-    expected = card_sha256(card.read_text(encoding="utf-8")) if card.is_file() else None
-    if expected is None:
-        raise ModelLoadError(f"{card} is missing or records no SHA-256 of the model file.")
-    actual = sha256_file(path)
-    if actual != expected:
+    expected = read_integrity(model_dir)
+    if MODEL_FILE not in expected:
         raise ModelLoadError(
-            f"{path} is damaged or not the model its card describes (SHA-256 {actual[:12]}... "
-            f"expected {expected[:12]}...). Restore it with `git checkout -- {path}`."
+            f"{Path(model_dir) / INTEGRITY_FILE} is missing or records no SHA-256 of the "
+            "model file."
         )
+    for name, digest in expected.items():
+        actual = sha256_file(Path(model_dir) / name) if (Path(model_dir) / name).is_file() else ""
+        if actual != digest:
+            target = Path(model_dir) / name
+            raise ModelLoadError(
+                f"{target} is damaged or not the file its model directory recorded (SHA-256 "
+                f"{actual[:12] or 'missing'}... expected {digest[:12]}...). Restore it with "
+                f"`git checkout -- {target}`."
+            )
     return path
-
-
-def read_config(model_dir: Path) -> dict:
-    """A model directory's ``config.json``.
-
-    Raises:
-        ModelLoadError: If it is missing or not JSON.
-    """
-    path = Path(model_dir) / CONFIG_FILE
-    try:
-        return read_json(path)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"Cannot read {path}: {exc}") from exc
 
 
 def find_model_dirs(root: Path) -> list[Path]:

@@ -108,13 +108,12 @@ def sample_images(data_dir: Path, n: int) -> list[tuple[str, bytes]]:
 
 def upload_latency(bundle, uploads, tta: int) -> dict:
     """One upload at a time: decode, resize+predict, Grad-CAM; parts and total."""
-    from skin_model import CLASSES
     from skin_model.explain import explain
     from skin_model.imaging import decode_image
     from skin_model.inference import predict_images
 
-    saved = bundle.config.get("tta", False)
-    bundle.config["tta"] = tta
+    saved = bundle.config.tta
+    bundle.config.tta = tta
     parts = {"decode": [], "predict": [], "gradcam": [], "total": []}
     try:
         for _, data in uploads:
@@ -123,12 +122,12 @@ def upload_latency(bundle, uploads, tta: int) -> dict:
             t1 = time.perf_counter()
             pred = predict_images(bundle, [image])[0]
             t2 = time.perf_counter()
-            explain(bundle, image, CLASSES.index(pred.top_class))
+            explain(bundle, image, pred.decision)
             t3 = time.perf_counter()
             for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
                 parts[k].append(v)
     finally:
-        bundle.config["tta"] = saved
+        bundle.config.tta = saved
     return {k: percentiles(v) for k, v in parts.items()}
 
 
@@ -260,7 +259,7 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
     import tempfile
 
     from skin_model.artifacts import MODEL_FILE, read_metrics
-    from skin_model.inference import load_bundle, tta_views
+    from skin_model.inference import load_bundle
 
     n_lat, n_cli, reps = (20, 64, 3) if quick else (60, 512, 10)
     uploads = sample_images(data_dir, max(n_lat, n_cli))
@@ -280,7 +279,7 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
 
     predict_images(bundle, [np.zeros((150, 200, 3), np.uint8)])
     explain(bundle, np.zeros((150, 200, 3), np.uint8), 0)
-    shipped_views = tta_views(bundle.config.get("tta"))
+    shipped_views = bundle.config.tta
     r["upload_latency"] = upload_latency(bundle, uploads[:n_lat], tta=shipped_views)
     r["upload_latency_no_tta"] = (
         upload_latency(bundle, uploads[:n_lat], tta=1)
@@ -350,7 +349,7 @@ def side_by_side(model, size: int, r: dict, quick: bool) -> dict:
     """The shipped model against the seed's custom CNN and ResNet-50 at 224x224 (random
     weights; speed does not depend on them), as shipped / seed ratios.
     """
-    from skin_model.models import build_model
+    from skin_model.architectures import build_model
 
     reps = 2 if quick else 5
     shipped = {

@@ -1,6 +1,8 @@
-"""What turns the network's outputs into numbers a clinician can read: class priors,
-temperature, the malignant risk and its prevalence adjustment, the referral threshold,
-and the out-of-distribution ("not dermoscopic") detector — fitted, applied and evaluated.
+"""The maths that turns the network's outputs into numbers a clinician can read: class
+priors, late fusion of the patient context, temperature, the malignant risk and its
+prevalence adjustment, the referral threshold and reliability figures. The object that
+holds the fitted values and applies them is :class:`skin_model.posthoc.PostHoc`; the
+"not dermoscopic" detector is :mod:`skin_model.ood`.
 
 The shipped model is trained with a logit-adjusted loss, so its softmax is the class
 posterior under a *uniform* prior. Two numbers follow from it:
@@ -350,77 +352,4 @@ def threshold_for_sensitivity(
         "sensitivity_lower": float(lower[k]),
         "target": target,
         "level": level,
-    }
-
-
-def fit_ood(train_features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and Ledoit-Wolf shrunk precision matrix of the training features."""
-    from sklearn.covariance import LedoitWolf
-
-    lw = LedoitWolf().fit(train_features.astype(np.float64))
-    return lw.location_.astype(np.float32), lw.precision_.astype(np.float32)
-
-
-def mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """Mahalanobis distance of each feature row from the training distribution."""
-    d = features - mean
-    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, precision, d), 0.0))
-
-
-OOD_LAYERS = {"mobilenetv2": ("block_3_expand_relu", "block_6_expand_relu")}
-"""Layers whose channel means and standard deviations feed the "not dermoscopic" detector:
-early, low-level statistics (colour, texture, vignetting) tell a photograph of a cat or a
-page from dermoscopy far better than the last pooled features, which map everything onto
-lesion classes. Models not listed use their pooled ``features`` layer."""
-
-
-def fit_ood_groups(groups: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Mean and shrunk precision of each feature group of the training images."""
-    return [fit_ood(g) for g in groups]
-
-
-def ood_distances(groups: list[np.ndarray], stats: list[tuple[np.ndarray, np.ndarray]]):
-    """(G, N) Mahalanobis distance of each image in each feature group."""
-    return np.stack([mahalanobis(g, m, p) for g, (m, p) in zip(groups, stats, strict=True)])
-
-
-def ood_score(distances: np.ndarray, limits: Sequence[float]) -> np.ndarray:
-    """(N,) largest distance relative to its group's limit: 1 = at a group's limit."""
-    return (np.asarray(distances) / np.asarray(limits, dtype=float)[:, None]).max(axis=0)
-
-
-def fit_ood_limits(distances: np.ndarray, quantile: float) -> tuple[list[float], float]:
-    """Per-group limits and the threshold on :func:`ood_score`, both at ``quantile`` of
-    held-out HAM10000 images (the calibration part), so about ``1 - quantile`` of such
-    images are flagged.
-
-    Returns:
-        ``(group limits, score threshold)``.
-    """
-    limits = [float(np.quantile(d, quantile)) for d in distances]
-    return limits, float(np.quantile(ood_score(distances, limits), quantile))
-
-
-def ood_report(d_in: np.ndarray, d_out: np.ndarray, limit: float) -> dict:
-    """How the distance limit separates HAM10000 images from non-dermoscopic ones.
-
-    Args:
-        d_in: Distances of held-out HAM10000 images.
-        d_out: Distances of non-dermoscopic images.
-        limit: Distances above it are flagged.
-
-    Returns:
-        AUROC, the shares flagged of each set, and the counts.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    d_in, d_out = np.asarray(d_in, dtype=float), np.asarray(d_out, dtype=float)
-    y = np.r_[np.zeros(len(d_in)), np.ones(len(d_out))]
-    return {
-        "threshold": float(limit),
-        "auroc": float(roc_auc_score(y, np.r_[d_in, d_out])),
-        "ham10000_flagged": float(np.mean(d_in > limit)),
-        "non_dermoscopic_flagged": float(np.mean(d_out > limit)),
-        "n_ham10000": len(d_in),
-        "n_non_dermoscopic": len(d_out),
     }

@@ -12,7 +12,6 @@ from skin_model.artifacts import (
     ATTEMPT_COLUMNS,
     ATTEMPTS_FILE,
     CARD_FILE,
-    CONFIG_FILE,
     CV_FILE,
     METRICS_FILE,
     MODEL_FILE,
@@ -21,6 +20,7 @@ from skin_model.artifacts import (
     sha256_file,
 )
 from skin_model.metrics import target_status
+from skin_model.model_config import read_model_config
 from skin_model.settings import TrainConfig
 
 INTENDED_USE = """\
@@ -455,7 +455,7 @@ def calibration_lines(config: dict, m: dict) -> list[str]:
 def render_model_card(model_dir: Path) -> str:
     """Markdown model card built from ``config.json``, ``metrics.json`` and attempts."""
     model_dir = Path(model_dir)
-    config = read_json(model_dir / CONFIG_FILE)
+    config = read_model_config(model_dir).to_dict()
     m = read_json(model_dir / METRICS_FILE)
     tr = m["training"]
     counts = {s: sum(v.values()) for s, v in m["split"].items()}

@@ -17,7 +17,7 @@ import pandas as pd
 from skin_model.artifacts import SPLIT_FILE
 from skin_model.calibration import calibrated_probabilities, decide
 from skin_model.data import class_indices, load_images, read_metadata
-from skin_model.inference import ModelBundle, load_bundle, raw_outputs
+from skin_model.inference import ModelBundle, load_bundle, network_outputs
 from skin_model.metrics import HEADLINES, compute_metrics, headline_values
 
 
@@ -36,7 +36,7 @@ def shared_split(model_dirs: list[Path]) -> pd.DataFrame:
 
 def member_outputs(bundle: ModelBundle, images: np.ndarray) -> np.ndarray:
     """(N, K) image-only balanced-prior outputs of one member with its own TTA."""
-    return raw_outputs(bundle, images.astype(np.float32), tta=bundle.config["tta"])[0]
+    return network_outputs(bundle, images.astype(np.float32), bundle.config.tta)[0]
 
 
 def figures(raw: np.ndarray, y: np.ndarray, prior) -> dict[str, float | None]:
@@ -84,7 +84,7 @@ def evaluate_ensemble(
     df = df.merge(split[["image_id", "split"]], on="image_id")
     names = [d.name for d in model_dirs]
     out = {"members": names, "combination": "mean of balanced-prior outputs", "parts": {}}
-    prior = bundles[0].class_prior
+    prior = bundles[0].posthoc.class_prior
     for part in parts:
         rows = df[df["split"] == part]
         images = load_images(rows["path"].tolist(), size)

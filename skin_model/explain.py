@@ -38,15 +38,25 @@ def make_explainer(model, method: str = "Grad-CAM"):
     return cls(model, model_modifier=ReplaceToLinear(), clone=True)
 
 
-def cam_layer(model, configured: str | None = None) -> str:
+def cam_layer(model, configured: str | None = None, candidates: tuple[str, ...] = ()) -> str:
     """The layer Grad-CAM reads: ``configured`` (chosen at finalisation and stored in
-    ``config.json``), else ``last_conv`` or ``out_relu`` where the model has one.
+    ``config.json``), else the first of the architecture's ``candidates`` (its spec's
+    ``cam_layers``) that the model has, else ``last_conv``.
     """
     names = [layer.name for layer in model.layers]
-    for name in (configured, CAM_LAYER, "out_relu"):
+    for name in (configured, *candidates, CAM_LAYER):
         if name and name in names:
             return name
     raise ValueError("the model has no layer to explain; name one in config.json cam_layer")
+
+
+def bundle_cam_layer(bundle, layer: str | None = None) -> str:
+    """The layer to explain for a loaded model: ``layer``, its config's, its spec's default."""
+    from skin_model.architectures import REGISTRY
+
+    spec = REGISTRY.get(bundle.config.architecture)
+    candidates = spec.cam_layers if spec else ()
+    return cam_layer(bundle.model, layer or bundle.config.cam_layer, candidates)
 
 
 def model_inputs(model, image: np.ndarray, input_size: int, metadata: np.ndarray | None):
@@ -230,7 +240,7 @@ def explain(
     Returns:
         float32 heatmap at the image's size.
     """
-    layer = cam_layer(bundle.model, layer or bundle.config.get("cam_layer"))
+    layer = bundle_cam_layer(bundle, layer)
     if method == "Grad-CAM":
         fn = bundle.explainer(("compiled", layer), lambda: compiled_gradcam(bundle.model, layer))
         if fn is not None:

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from skin_model import CLASSES
-
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CHUNK = 64
 """Images decoded and classified per batch."""
@@ -122,9 +120,7 @@ def predict_files(
             pred = next(preds)
             rows.append(result_row(str(f), pred))
             if cam_dir is not None:
-                save_cam(
-                    bundle, image, CLASSES.index(pred.top_class), cam_dir, unique_stem(f, used)
-                )
+                save_cam(bundle, image, pred.decision, cam_dir, unique_stem(f, used))
         if progress:
             progress(min(start + CHUNK, len(files)), len(files))
     return rows

@@ -24,7 +24,7 @@ def report_text(prediction: Prediction, threshold: float, flag_text: str, model:
     )
     looks = "yes" if prediction.looks_dermoscopic else "NO — the result is not meaningful"
     return (
-        f"Suggested diagnosis (balanced rule): {display_name(prediction.top_class)}\n"
+        f"Suggested diagnosis (balanced rule): {display_name(prediction.suggested_class)}\n"
         f"Malignant risk (mel + bcc + akiec), {at}: {prediction.malignant_probability:.1%} "
         f"(referral threshold {threshold:.1%})\n"
         f"Flag: {flag_text}\n"

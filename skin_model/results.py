@@ -15,7 +15,7 @@ CSV_COLUMNS = (
     "malignant_probability",
     *CLASSES,
     "looks_dermoscopic",
-    "ood_distance",
+    "ood_score",
     "patient_context",
     "error",
 )
@@ -30,13 +30,13 @@ def result_row(file: str, prediction: Prediction | None, error: str = "") -> dic
     row = {c: "" for c in CSV_COLUMNS}
     row["file"], row["error"] = file, error
     if prediction is not None:
-        row["prediction"] = prediction.top_class
+        row["prediction"] = prediction.suggested_class
         row["malignant_probability"] = round(prediction.malignant_probability, 6)
         for c, p in zip(CLASSES, prediction.probabilities, strict=True):
             row[c] = round(float(p), 6)
         row["looks_dermoscopic"] = str(prediction.looks_dermoscopic).lower()
-        if prediction.ood_distance is not None:
-            row["ood_distance"] = round(prediction.ood_distance, 3)
+        if prediction.ood_score is not None:
+            row["ood_score"] = round(prediction.ood_score, 3)
         row["patient_context"] = prediction.context_used
     return row
 

@@ -15,7 +15,7 @@ import numpy as np
 from skin_model import CLASSES, display_name
 from skin_model.explain import explain, overlay
 from skin_model.imaging import ImageError, decode_image
-from skin_model.inference import ModelBundle, Prediction, display_threshold, predict_images
+from skin_model.inference import ModelBundle, Prediction, predict_images
 from skin_model.metadata import PatientContext, encode
 from skin_model.report import render_report
 from skin_model.results import result_row, rows_to_csv_text
@@ -92,9 +92,7 @@ def predict_cases(
         for (case, ctx), pred in zip(todo, preds, strict=True):
             case.predictions[ctx] = pred
     return [
-        None
-        if c.image is None
-        else c.predictions[ctx].at_prevalence(bundle.malignant_share, prevalence)
+        None if c.image is None else c.predictions[ctx].at_prevalence(bundle.posthoc, prevalence)
         for c, ctx in zip(cases, contexts, strict=True)
     ]
 
@@ -119,8 +117,8 @@ def summary_row(case: Case, prediction: Prediction | None) -> dict:
         }
     return {
         "file": case.name,
-        "suggested diagnosis": display_name(prediction.top_class),
-        "its probability": float(prediction.probabilities[CLASSES.index(prediction.top_class)]),
+        "suggested diagnosis": display_name(prediction.suggested_class),
+        "its probability": float(prediction.probabilities[prediction.decision]),
         "malignant risk": prediction.malignant_probability,
         "flag": flag(prediction) + (" (model unsure)" if prediction.unsure else ""),
         "patient context used": prediction.context_used,
@@ -165,16 +163,13 @@ def case_report(
     alpha: float,
 ) -> bytes:
     """The one-page PNG report of a case, naming the method and class the overlay shows."""
-    version = (
-        f"{bundle.config.get('architecture')} {bundle.config.get('input_size')}px, "
-        f"trained {bundle.config.get('trained_on')}"
-    )
+    version = bundle.config.describe()
     return render_report(
         case.name,
         case.image,
         overlay(case.image, cam, alpha),
         prediction,
-        display_threshold(bundle, prediction.prevalence, prediction.threshold),
+        prediction.threshold,
         flag(prediction),
         version,
         f"{method} for {display_name(class_code)}",

@@ -1,10 +1,11 @@
 """Training: from a HAM10000-layout folder to a complete model directory.
 
-``train_model`` runs the whole recipe: lesion-grouped split, in-memory images,
-AdamW with warmup + cosine decay, label smoothing, class weights, early stopping on
-validation balanced accuracy with best-epoch restore, then calibration, the
-test-time-augmentation choice, the malignant threshold and the out-of-distribution
-check, all fitted on validation, and one read of the test split for ``metrics.json``.
+``train_model`` runs the recipe of a :class:`~skin_model.settings.TrainConfig`:
+lesion-grouped split, images decoded once into memory, AdamW with warmup + cosine decay on
+a logit-adjusted loss (label smoothing, class weights and restoring the best epoch exist
+as options, off by default), a checkpoint after every epoch (resumable), then
+:func:`skin_model.finalise.finalise_model` for the post-hoc layer, the detector and the one
+read of the test split.
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ from skin_model.data import (
     carve_calibration,
     class_indices,
     class_weights,
-    load_images,
+    load_images_at,
     one_hot,
     read_metadata,
     split_by_lesion,
 )
-from skin_model.evaluation import finalise_model
+from skin_model.finalise import finalise_model
 from skin_model.settings import TrainConfig, config_dict
 
 
@@ -449,8 +450,9 @@ def train_model(
     df[["image_id", "lesion_id", "dx", "split"]].to_csv(out_dir / SPLIT_FILE, index=False)
     t0 = time.perf_counter()
     is_train = (df["split"] == "train").to_numpy()
-    train_images = load_images(df.loc[is_train, "path"].tolist(), cache_size(cfg))
-    images = load_images(df.loc[~is_train, "path"].tolist(), cfg.input_size)
+    train_paths = df.loc[is_train, "path"].tolist()
+    train_images, train_at_input = load_images_at(train_paths, (cache_size(cfg), cfg.input_size))
+    (images,) = load_images_at(df.loc[~is_train, "path"].tolist(), (cfg.input_size,))
     print(f"loaded {len(df)} images in {time.perf_counter() - t0:.1f}s")
     rest = df[~is_train]
     parts = {"train": (train_images, df.loc[is_train, "dx"].tolist())}
@@ -476,14 +478,11 @@ def train_model(
     state_file = out_dir / STATE_FILE
     state = read_json(state_file) if state_file.is_file() else {}
     fit_info["device"] = state.get("device") or describe_device()
-    parts["train"] = (
-        load_images(df.loc[is_train, "path"].tolist(), cfg.input_size),
-        parts["train"][1],
-    )
+    parts["train"] = (train_at_input, parts["train"][1])
     boxes = {s: _boxes_for(Path(data_dir), df[df["split"] == s]) for s in ("val", "test")}
     rows = {s: df.loc[df["split"] == s, ["image_id", "lesion_id"]] for s in ("calib", "test")}
     metrics = finalise_model(model, cfg, parts, out_dir, fit_info, boxes, rows, metas)
-    append_attempt(out_dir.parent / ATTEMPTS_FILE, cfg, fit_info, metrics)
+    append_attempt(out_dir.parent / ATTEMPTS_FILE, out_dir.name, cfg, fit_info, metrics)
     write_model_card(out_dir)
     return metrics
 
@@ -520,9 +519,12 @@ def settings_summary(cfg: TrainConfig) -> str:
     return " ".join(f"{k}={getattr(cfg, k)}" for k in keys)
 
 
-def append_attempt(path: Path, cfg: TrainConfig, fit_info: dict, metrics: dict) -> None:
-    """Record this run in the attempts table beside the model directories (a run finalised
-    again, e.g. after ``--resume``, replaces its earlier row).
+def append_attempt(
+    path: Path, directory: str, cfg: TrainConfig, fit_info: dict, metrics: dict
+) -> None:
+    """Record this run in the attempts table beside the model directories, keyed by its
+    output directory (a directory finalised again, e.g. after ``--resume``, replaces its
+    earlier row; another directory of the same name setting gets its own).
     """
     wm = metrics.get("with_metadata") or {}
     val = metrics["validation"]
@@ -531,6 +533,7 @@ def append_attempt(path: Path, cfg: TrainConfig, fit_info: dict, metrics: dict) 
         return None if x is None else round(float(x), 4)
 
     row = {
+        "directory": directory,
         "name": cfg.name or f"{cfg.architecture}-{cfg.input_size}",
         "architecture": cfg.architecture,
         "input_size": cfg.input_size,
@@ -552,6 +555,8 @@ def append_attempt(path: Path, cfg: TrainConfig, fit_info: dict, metrics: dict) 
         "test_balanced_accuracy_with_metadata": r4(wm.get("balanced_accuracy")),
     }
     old = pd.read_csv(path) if Path(path).is_file() else pd.DataFrame(columns=ATTEMPT_COLUMNS)
-    old = old[old["name"] != row["name"]]
+    if "directory" not in old.columns:
+        old.insert(0, "directory", old["name"])
+    old = old[old["directory"] != directory]
     table = pd.concat([old, pd.DataFrame([row])], ignore_index=True)
     table.reindex(columns=list(ATTEMPT_COLUMNS)).to_csv(path, index=False)

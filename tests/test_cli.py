@@ -52,7 +52,7 @@ def test_predict_folder_csv(trained_dir, image_folder, capsys):
             float(r["akiec"]) + float(r["bcc"]) + float(r["mel"]), abs=1e-4
         )
         assert r["looks_dermoscopic"] in ("true", "false")
-        assert float(r["ood_distance"]) > 0
+        assert float(r["ood_score"]) > 0
         assert r["patient_context"] == "none given"
         assert r["error"] == ""
     header = list(CSV_COLUMNS)

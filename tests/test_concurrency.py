@@ -40,4 +40,4 @@ def test_smaller_chunks_give_the_same_predictions(trained_dir):
     small = predict_images(bundle, images, chunk=4)
     for a, b in zip(big, small, strict=True):
         np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
-        assert a.decision == b.decision and a.ood_distance == pytest.approx(b.ood_distance)
+        assert a.decision == b.decision and a.ood_score == pytest.approx(b.ood_score)

@@ -64,7 +64,7 @@ def _pred(p_mal_class: float, looks=True):
         malignant_probability=float(p[[0, 1, 4]].sum()),
         suspicious=p[[0, 1, 4]].sum() >= 0.5,
         unsure=False,
-        ood_distance=1.0,
+        ood_score=1.0,
         looks_dermoscopic=looks,
     )
 

@@ -46,7 +46,7 @@ def test_fresh_predictions_agree_with_stored_ones(shipped_model_dir, shipped_bun
     probs = np.array([p.probabilities for p in fresh])
     assert np.allclose(probs, preds[list(CLASSES)].to_numpy(), atol=2e-3)
     if "decision" in preds:
-        assert [p.top_class for p in fresh] == preds["decision"].tolist()
+        assert [p.suggested_class for p in fresh] == preds["decision"].tolist()
 
 
 def test_test_split_is_disjoint_from_training_lesions(shipped_model_dir):
