@@ -8,7 +8,7 @@ import streamlit as st
 
 from app_common import NOT_A_DEVICE, PRIVACY, get_bundle, get_metrics
 from skin_model import CLASSES, display_name
-from skin_model.card import operating_point_text
+from skin_model.advice import operating_point_text
 from skin_model.explain import METHODS
 from skin_model.metadata import SEXES, SITES, PatientContext, site_label
 from skin_model.service import (

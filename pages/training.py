@@ -14,7 +14,8 @@ from skin_model.artifacts import (
     read_history,
     read_json,
 )
-from skin_model.card import cv_frame, cv_summary_text, ensemble_frame
+from skin_model.card import cv_summary_text
+from skin_model.tables import cv_frame, ensemble_frame
 
 st.title("Training curves")
 dirs = find_model_dirs(REPO_ROOT / "models")

@@ -9,19 +9,18 @@ import re
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from skin_model import DEFAULT_MODEL_DIR, REPO_ROOT
 from skin_model.artifacts import CV_FILE, find_cv_dirs, read_json, read_metrics
-from skin_model.card import (
-    context_table,
-    cv_summary_text,
-    cv_table,
+from skin_model.card import cv_summary_text, reproduce_command
+from skin_model.tables import (
+    context_frame,
+    cv_frame,
     ensemble_frame,
-    headline_table,
-    per_class_table,
-    reproduce_command,
-    targets_table,
+    headline_frame,
+    load_frame,
+    markdown,
+    per_class_frame,
+    targets_frame,
 )
 
 README = REPO_ROOT / "README.md"
@@ -44,13 +43,13 @@ def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
         reproduce_command(tr["settings"]),
         "```",
         "",
-        *headline_table(m),
+        markdown(headline_frame(m)),
         "",
         *(
             [
                 "With and without the patient context, on the same test images:",
                 "",
-                *context_table(m),
+                markdown(context_frame(m)),
                 "",
             ]
             if m.get("with_metadata")
@@ -59,9 +58,9 @@ def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
         "Against the quality targets (intervals: "
         f"{m.get('intervals_method', 'not computed for this model')}):",
         "",
-        *targets_table(m),
+        markdown(targets_frame(m)),
         "",
-        *per_class_table(m),
+        markdown(per_class_frame(m)),
     ]
     return "\n".join(lines)
 
@@ -75,7 +74,7 @@ def cv_section(root: Path = DEFAULT_MODEL_DIR.parent) -> str:
     for cv_dir in dirs:
         cv = read_json(cv_dir / CV_FILE)
         lines += [f"`{cv_dir.relative_to(REPO_ROOT)}`: {cv_summary_text(cv)}", ""]
-        lines += [*cv_table(cv), ""]
+        lines += [markdown(cv_frame(cv)), ""]
     return "\n".join(lines).rstrip()
 
 
@@ -94,18 +93,7 @@ def load_section(path: Path = LOAD_FILE) -> str:
     """The load-test table from ``scripts/load_test.py``."""
     if not path.is_file():
         return "_No load test recorded yet: run `scripts/load_test.py --out docs/load_test.json`._"
-    rows = json.loads(path.read_text())
-    lines = [
-        "| sessions | latency p50 (s) | p95 (s) | correct vs CLI | cross-session leaks "
-        "| server alive | server peak RSS |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['sessions']} | {r['p50_s']} | {r['p95_s']} | {r['correct']}/{r['sessions']} "
-        f"| {r['cross_session_leaks']} | {r['server_alive']} | {r['server_peak_mb']} MB |"
-        for r in rows
-    ]
-    return "\n".join(lines)
+    return markdown(load_frame(json.loads(path.read_text())))
 
 
 def ensemble_section(path: Path = ENSEMBLE_FILE) -> str:
@@ -115,13 +103,7 @@ def ensemble_section(path: Path = ENSEMBLE_FILE) -> str:
             "_No ensemble recorded yet: run `python -m skin_model ensemble DIR DIR "
             "--out docs/ensemble.json`._"
         )
-    frame = ensemble_frame(json.loads(path.read_text()))
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    for row in frame.itertuples(index=False):
-        cells = [v if isinstance(v, str) else "n/a" if pd.isna(v) else f"{v:.3f}" for v in row]
-        cells[-1] = "n/a" if pd.isna(row[-1]) else f"{row[-1]:g}"
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown(ensemble_frame(json.loads(path.read_text())))
 
 
 SECTIONS = {

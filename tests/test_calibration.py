@@ -13,7 +13,6 @@ from skin_model.calibration import (
     decide,
     lesion_resample_weights,
     malignant_probability,
-    ood_report,
     prior_shift,
     shift_malignant_prevalence,
     threshold_for_sensitivity,
@@ -123,6 +122,8 @@ def test_temperature_used_when_overconfident():
 
 
 def test_ood_report_by_hand():
+    from skin_model.ood import ood_report
+
     r = ood_report([1.0, 2.0, 3.0, 10.0], [5.0, 20.0], limit=6.0)
     assert r["ham10000_flagged"] == 0.25 and r["non_dermoscopic_flagged"] == 0.5
     # pairs (in, out) ranked right: 5 beats 1, 2, 3 (not 10); 20 beats all four

@@ -100,17 +100,20 @@ def test_tiny_cross_validation_covers_the_pool_once_and_resumes(tiny_data, tmp_p
     summary = json.loads((out / "cv.json").read_text())
     assert summary["folds_done"] == 2 and summary["n_images"] == len(oof)
     table = pd.read_csv(out / "cross_validation.csv")
-    variants = {"image", "context", "ema_image", "ema_context", "metadata_only"}
+    variants = {"image", "context", "ema_image", "ema_context", "metadata_only", "image_wb"}
     assert variants < set(table["variant"])
     fused = {f"late_fusion_{v}" for v in ("image", "context", "ema_image", "ema_context")}
     assert fused < set(table["variant"])
     assert set(table.loc[table["variant"] == "image", "fold"]) == {"0", "1", "mean", "sd", "pooled"}
     assert not list(out.glob("fold*/checkpoint.keras"))  # large files removed once a fold ends
-    from skin_model.card import cv_frame, cv_table
+    from skin_model.tables import cv_frame, markdown
 
     n_variants = table["variant"].nunique()
-    assert len(cv_table(summary)) == 2 + n_variants and len(cv_frame(summary)) == n_variants
-    assert "p chosen on the other folds" in cv_table(summary)[-1]
+    frame = cv_frame(summary)
+    assert len(frame) == n_variants and len(markdown(frame).splitlines()) == 2 + n_variants
+    assert "p chosen on the other folds" in frame["variant"].iloc[-1]
+    assert "image_wb" in set(table["variant"])  # the white-balance-shifted copy is scored
+    assert list(out.glob("fold*/fold_model.keras"))  # fold models kept: ensemble members
     before = (out / "fold0" / "fold.json").read_text()
     assert train.main(args) == 0  # a finished run is summarised again, not retrained
     assert (out / "fold0" / "fold.json").read_text() == before

@@ -60,11 +60,12 @@ def fusion_bundle():
     """A two-input (image + metadata) MobileNetV2 at 64 px, random weights."""
     from skin_model.inference import ModelBundle
     from skin_model.metadata import DIM
+    from skin_model.model_config import ModelConfig
     from skin_model.models import make_mobilenetv2
 
     keras.utils.set_random_seed(1)
     model = make_mobilenetv2(64, metadata_dim=DIM)
-    return ModelBundle(model=model, config={"input_size": 64}, model_dir=None)
+    return ModelBundle(model=model, config=ModelConfig("mobilenetv2", 64), model_dir=None)
 
 
 @pytest.mark.parametrize("layer", ["out_relu", "block_13_expand_relu", "block_6_expand_relu"])
@@ -115,19 +116,21 @@ def test_late_fusion_without_feeding_the_network(fusion_bundle):
     from dataclasses import replace
 
     from skin_model.calibration import late_fusion
-    from skin_model.inference import raw_outputs
+    from skin_model.inference import network_outputs
     from skin_model.metadata import MISSING, context_posterior, encode, parse_context
+    from skin_model.posthoc import PostHoc
 
     rng = np.random.default_rng(0)
     params = {"coef": rng.normal(size=(7, len(MISSING))).tolist(), "intercept": [0.0] * 7}
     params["classes"] = list(range(7))
     fusion = {"power": 1.0, "feed_network": False, **params}
-    bundle = replace(fusion_bundle, config={"input_size": 64, "context_fusion": fusion})
+    bundle = replace(fusion_bundle, posthoc=PostHoc(context_fusion=fusion), _infer=None)
     assert bundle.uses_context and not bundle.feeds_context
     images = rng.uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
     meta = np.stack([encode(parse_context(70, "female", "face")), MISSING])
-    fused, _ = raw_outputs(bundle, images, tta=1, metadata=meta)
-    plain, _ = raw_outputs(fusion_bundle, images, tta=1)
+    network, _ = network_outputs(bundle, images, 1, metadata=meta)
+    fused = bundle.posthoc.fuse(network, meta)
+    plain, _ = network_outputs(fusion_bundle, images, 1)
     np.testing.assert_allclose(fused[1], plain[1], atol=1e-6)
     want = late_fusion(plain[:1], context_posterior(params, meta[:1]), 1.0)
     np.testing.assert_allclose(fused[:1], want, atol=1e-5)

@@ -1,9 +1,14 @@
-"""Test-time augmentation views and the OOD feature-group file, without a trained model."""
+"""Test-time augmentation views, the detector's file and the config upgrade, without a
+trained model."""
+
+import json
 
 import numpy as np
 import pytest
 
-from skin_model.inference import dihedral_views, read_ood, tta_views, write_ood
+from skin_model.inference import dihedral_views
+from skin_model.model_config import SCHEMA, read_model_config
+from skin_model.ood import read_stats, write_stats
 
 
 def test_dihedral_views_rotations_first():
@@ -17,15 +22,29 @@ def test_dihedral_views_rotations_first():
 
 
 @pytest.mark.parametrize(("value", "views"), [(True, 8), (False, 1), (None, 1), (4, 4), (1, 1)])
-def test_tta_views_reads_old_and_new_configs(value, views):
-    assert tta_views(value) == views
+def test_config_upgrade_reads_old_tta_values(tmp_path, value, views):
+    raw = {"architecture": "skinnet", "input_size": 96, "tta": value, "temperature": 1.2}
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    config = read_model_config(tmp_path)
+    assert config.tta == views and config.schema == SCHEMA and config.temperature == 1.2
+
+
+def test_config_upgrade_fills_what_old_layouts_lacked(tmp_path):
+    old = {"architecture": "skinnet", "input_size": 96, "tta": True, "classes": ["a"]}
+    old |= {"malignant_threshold": 0.2, "ood_threshold": 3.0, "class_prior": [1.0]}
+    (tmp_path / "config.json").write_text(json.dumps(old | {"unknown_key": 1}))
+    config = read_model_config(tmp_path)
+    assert config.ood_layers == ["features"] and config.cam_layer is None
+    assert config.decision_rule.startswith("balanced")  # a class prior meant the balanced rule
+    (tmp_path / "config.json").write_text(json.dumps(old | {"class_prior": None}))
+    assert read_model_config(tmp_path).decision_rule.startswith("argmax")
 
 
 def test_ood_file_round_trip_and_old_layout(tmp_path):
     stats = [(np.zeros(3, np.float32), np.eye(3, dtype=np.float32)), (np.ones(2), np.eye(2))]
-    write_ood(tmp_path / "ood.npz", stats)
-    back = read_ood(tmp_path / "ood.npz")
+    write_stats(tmp_path / "ood.npz", stats)
+    back = read_stats(tmp_path / "ood.npz")
     assert len(back) == 2 and (back[1][0] == 1).all() and back[0][1].shape == (3, 3)
     np.savez(tmp_path / "old.npz", mean=np.zeros(4), precision=np.eye(4))
-    old = read_ood(tmp_path / "old.npz")
+    old = read_stats(tmp_path / "old.npz")
     assert len(old) == 1 and old[0][1].shape == (4, 4)

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from skin_model.models import BackboneScaledAdamW, build_model
+from skin_model.architectures import build_model
+from skin_model.models import BackboneScaledAdamW
 
 
 @pytest.mark.parametrize(("arch", "size"), [("skinnet", 64), ("custom_cnn", 64), ("resnet50", 64)])

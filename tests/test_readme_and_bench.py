@@ -66,6 +66,8 @@ def _pred(p_mal_class: float, looks=True):
         unsure=False,
         ood_score=1.0,
         looks_dermoscopic=looks,
+        decision=int(np.argmax(p)),
+        threshold=0.5,
     )
 
 

@@ -10,9 +10,9 @@ import pytest
 
 from skin_model.artifacts import (
     best_epoch,
-    card_sha256,
     find_model_dirs,
     read_history,
+    read_integrity,
     read_metrics,
     sha256_file,
 )
@@ -113,9 +113,12 @@ def test_metrics_and_config_are_complete(trained_dir):
     assert sum(cfg["class_prior"]) == pytest.approx(1.0)
 
 
-def test_card_records_the_model_sha_and_loads(trained_dir):
+def test_integrity_file_records_the_files_and_the_card_shows_it(trained_dir):
+    digests = read_integrity(trained_dir)
+    for name in ("model.keras", "config.json", "ood.npz"):
+        assert digests[name] == sha256_file(trained_dir / name)
     card = (trained_dir / "MODEL_CARD.md").read_text()
-    assert card_sha256(card) == sha256_file(trained_dir / "model.keras")
+    assert digests["model.keras"] in card
     assert "not a medical device" in card.lower()
     assert load_bundle(trained_dir).input_size == 32
 
@@ -198,12 +201,11 @@ def test_late_context_fusion_is_fitted_on_training_and_used_at_inference(
     assert bundle.uses_context and not bundle.feeds_context
     context = parse_context(70, "male", "face")
     image = lesion_image("mel", 3)
-    bare = bundle.config | {"context_fusion": None, "temperature": 1.0, "class_prior": None}
-    plain = predict_images(replace(bundle, config=bare), [image])[0].probabilities
-    fused = predict_images(
-        replace(bundle, config=bundle.config | {"temperature": 1.0, "class_prior": None}),
-        [image],
-        contexts=[context],
-    )[0].probabilities
+    bare = replace(bundle.posthoc, context_fusion=None, temperature=1.0, class_prior=None)
+    plain = predict_images(replace(bundle, posthoc=bare), [image])[0].probabilities
+    unscaled = replace(bundle.posthoc, temperature=1.0, class_prior=None)
+    fused = predict_images(replace(bundle, posthoc=unscaled), [image], contexts=[context])[
+        0
+    ].probabilities
     want = late_fusion(plain[None], context_posterior(fusion, encode(context)[None]), 1.0)
     np.testing.assert_allclose(fused, want[0], atol=1e-5)
