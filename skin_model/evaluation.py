@@ -72,6 +72,54 @@ def cam_ratios(
     return out
 
 
+def image_scores(bundle, images: list[np.ndarray]) -> np.ndarray:
+    """The detector score of each decoded image (batches of 64)."""
+    out = []
+    for start in range(0, len(images), 64):
+        out += [p.ood_score for p in predict_images(bundle, images[start : start + 64])]
+    return np.array(out, dtype=float)
+
+
+def detector_separation(bundle, in_scores: np.ndarray, n_synthetic: int = 100) -> dict:
+    """How well the flag separates held-out HAM10000 images from synthetic patterns and
+    from real photographs that are not dermoscopy.
+
+    Args:
+        bundle: Loaded model with its detector.
+        in_scores: Scores of HAM10000 test images that fitted nothing.
+        n_synthetic: Number of synthetic non-dermoscopic images.
+
+    Returns:
+        ``{"synthetic": report, "photos": report + sources and misses}``; ``photos`` is
+        None where scikit-image (a dev requirement) is missing.
+    """
+    limit = float(bundle.detector.threshold)
+    from skin_model.ood import ood_report, synthetic_non_dermoscopic
+
+    d_fake = image_scores(bundle, synthetic_non_dermoscopic(n_synthetic))
+    out = {
+        "synthetic": {
+            **ood_report(in_scores, d_fake, limit),
+            "kinds": ["flat colour", "text document", "noise", "stripes", "gradient"],
+        },
+        "photos": None,
+    }
+    try:
+        from skin_model.photos import reference_photos
+    except ModuleNotFoundError:
+        return out
+    photos = reference_photos()
+    d_photo = image_scores(bundle, [im for _, im in photos])
+    missed = [label for (label, _), d in zip(photos, d_photo, strict=True) if d <= limit]
+    out["photos"] = {
+        **ood_report(in_scores, d_photo, limit),
+        "sources": "scikit-image, matplotlib and scikit-learn sample photographs (whole and "
+        "quadrant crops) and scikit-image's 100 LFW face photographs",
+        "not_flagged": missed,
+    }
+    return out
+
+
 def evaluate_split(
     bundle: ModelBundle,
     images: np.ndarray,

@@ -42,6 +42,7 @@ from skin_model.calibration import (
 from skin_model.data import class_indices
 from skin_model.evaluation import (
     cam_ratios,
+    detector_separation,
     evaluate_split,
     metadata_only_baseline,
     write_predictions,
@@ -50,7 +51,7 @@ from skin_model.inference import ModelBundle, network_outputs
 from skin_model.metadata import fit_context_model
 from skin_model.metrics import binary_operating_point, calibration_bins, target_status
 from skin_model.model_config import ModelConfig, write_model_config
-from skin_model.ood import Detector, separation, write_stats
+from skin_model.ood import Detector, write_stats
 from skin_model.posthoc import PostHoc
 from skin_model.settings import config_dict
 
@@ -387,7 +388,7 @@ def finalise_model(
     metrics["model"] = model_figures(model, bundle.config, out_dir)
     metrics["training"] = {**fit_info, "settings": config_dict(cfg)}
     metrics["split"] = split_counts(data.codes)
-    metrics["ood"] = separation(bundle, test["ood_scores"])
+    metrics["ood"] = detector_separation(bundle, test["ood_scores"])
     metrics["cam_layer_choice"] = {**cam_choice, "chosen_on": "validation lesion boxes"}
     test_boxes = data.boxes.get("test")
     layer = bundle.config.cam_layer

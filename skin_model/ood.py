@@ -7,7 +7,9 @@ the last pooled features, which map everything onto lesion classes). Per layer g
 fits the mean and a Ledoit-Wolf shrunk precision on the training images; an image's
 **score** is its largest Mahalanobis distance relative to its group's limit, and it is
 flagged above a threshold on that score. Limits and threshold are quantiles of the
-calibration part, so about ``1 - quantile`` of HAM10000 images are flagged.
+calibration part, so about ``1 - quantile`` of HAM10000 images are flagged. How well it
+separates dermoscopy from other images is measured by
+:func:`skin_model.evaluation.detector_separation`.
 """
 
 from __future__ import annotations
@@ -212,52 +214,4 @@ def synthetic_non_dermoscopic(n: int, size: int = 160, seed: int = 0) -> list[np
                 -1,
             ).astype(np.uint8)
         out.append(im)
-    return out
-
-
-def image_scores(bundle, images: list[np.ndarray]) -> np.ndarray:
-    """The detector score of each decoded image (batches of 64)."""
-    from skin_model.inference import predict_images
-
-    out = []
-    for start in range(0, len(images), 64):
-        out += [p.ood_score for p in predict_images(bundle, images[start : start + 64])]
-    return np.array(out, dtype=float)
-
-
-def separation(bundle, in_scores: np.ndarray, n_synthetic: int = 100) -> dict:
-    """How well the flag separates held-out HAM10000 images from synthetic patterns and
-    from real photographs that are not dermoscopy.
-
-    Args:
-        bundle: Loaded model with its detector.
-        in_scores: Scores of HAM10000 test images that fitted nothing.
-        n_synthetic: Number of synthetic non-dermoscopic images.
-
-    Returns:
-        ``{"synthetic": report, "photos": report + sources and misses}``; ``photos`` is
-        None where scikit-image (a dev requirement) is missing.
-    """
-    limit = float(bundle.detector.threshold)
-    d_fake = image_scores(bundle, synthetic_non_dermoscopic(n_synthetic))
-    out = {
-        "synthetic": {
-            **ood_report(in_scores, d_fake, limit),
-            "kinds": ["flat colour", "text document", "noise", "stripes", "gradient"],
-        },
-        "photos": None,
-    }
-    try:
-        from skin_model.photos import reference_photos
-    except ModuleNotFoundError:
-        return out
-    photos = reference_photos()
-    d_photo = image_scores(bundle, [im for _, im in photos])
-    missed = [label for (label, _), d in zip(photos, d_photo, strict=True) if d <= limit]
-    out["photos"] = {
-        **ood_report(in_scores, d_photo, limit),
-        "sources": "scikit-image, matplotlib and scikit-learn sample photographs (whole and "
-        "quadrant crops) and scikit-image's 100 LFW face photographs",
-        "not_flagged": missed,
-    }
     return out
