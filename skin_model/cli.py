@@ -1,4 +1,4 @@
-"""Command line: ``python -m skin_model predict | evaluate | bench | ensemble``.
+"""Command line: ``python -m skin_model predict | evaluate | bench | ensemble | quality``.
 
 Exit codes: 0 every file succeeded, 1 some files failed (their rows say why),
 2 usage errors (bad options, no inputs, unusable model or data folder).
@@ -173,6 +173,29 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quality(args: argparse.Namespace) -> int:
+    """``quality``: choose the image-quality limits on HAM10000 and write them."""
+    import pandas as pd
+
+    from skin_model.data import DataError, read_metadata
+    from skin_model.imaging import decode_image
+    from skin_model.quality import LIMITS_FILE, choose_limits
+
+    try:
+        df = read_metadata(args.data_dir)
+    except DataError as exc:
+        raise UsageError(str(exc)) from exc
+    split = pd.read_csv(Path(args.model) / SPLIT_FILE, dtype=str)
+    ids = set(split.loc[split["split"] == "calib", "image_id"])
+    paths = df.loc[df["image_id"].isin(ids), "path"]
+    result = choose_limits([decode_image(Path(p).read_bytes()) for p in paths], args.false_alarm)
+    result["images"] = f"calibration part of {Path(args.model).name}/split.csv"
+    out = args.out or LIMITS_FILE
+    Path(out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(result["flagged"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its subcommands."""
     default_data = Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR))
@@ -232,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--data-dir", type=Path, default=default_data)
     n.add_argument("--out", type=Path, help="write the figures JSON here")
     n.set_defaults(func=cmd_ensemble)
+    q = sub.add_parser("quality", help="choose the image-quality limits on HAM10000")
+    q.add_argument("--data-dir", type=Path, default=default_data)
+    q.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="whose split to use")
+    q.add_argument("--false-alarm", type=float, default=0.005, help="share flagged per measure")
+    q.add_argument("--out", type=Path, help="default: skin_model/quality.json")
+    q.set_defaults(func=cmd_quality)
     return parser
 
 

@@ -23,6 +23,7 @@ import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from skin_model import CLASSES, __version__
+from skin_model.advice import HIGH_RISK
 from skin_model.architectures import spec_for
 from skin_model.artifacts import (
     METRICS_FILE,
@@ -49,7 +50,13 @@ from skin_model.evaluation import (
 )
 from skin_model.inference import ModelBundle, network_outputs
 from skin_model.metadata import fit_context_model
-from skin_model.metrics import binary_operating_point, calibration_bins, target_status
+from skin_model.metrics import (
+    binary_operating_point,
+    calibration_bins,
+    lesion_level,
+    risk_tiers,
+    target_status,
+)
 from skin_model.model_config import ModelConfig, write_model_config
 from skin_model.ood import Detector, write_stats
 from skin_model.posthoc import PostHoc
@@ -179,12 +186,81 @@ def fit_posthoc(
     return posthoc, cal
 
 
-def fit_detector(bundle: ModelBundle, data: Parts, calib_features, quantile: float) -> Detector:
-    """The "not dermoscopic" detector: statistics of the training images, limits at
-    ``quantile`` of the calibration part.
+def dermoscopy_variants(images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """Ordinary variants of real dermoscopy that must not look "not dermoscopic": a round
+    black field of view (as a transparent-corner PNG is flattened too), another white
+    balance (gains up to 10% per channel) and a quarter turn.
+
+    Args:
+        images: (N, S, S, 3) images in [0, 255].
+        seed: Seed of the radii and gains.
+
+    Returns:
+        ``{"round field of view" | "white balance" | "rotated": (N, S, S, 3) float32}``.
     """
-    _, train_features = network_outputs(bundle, data.images["train"], 1)
-    return Detector.fit(bundle.config.ood_layers, train_features, calib_features, quantile)
+    from skin_model.imaging import dermoscope_vignette, shift_white_balance_batch
+
+    rng = np.random.default_rng(seed)
+    u8 = np.clip(np.rint(images), 0, 255).astype(np.uint8)
+    radii = rng.uniform(0.36, 0.5, len(u8))
+    return {
+        "round field of view": np.stack(
+            [dermoscope_vignette(im, r) for im, r in zip(u8, radii, strict=True)]
+        ).astype(np.float32),
+        "white balance": shift_white_balance_batch(u8, 0.10, seed).astype(np.float32),
+        "rotated": np.ascontiguousarray(np.rot90(u8, 1, axes=(1, 2))).astype(np.float32),
+    }
+
+
+def with_variant_features(bundle: ModelBundle, images: np.ndarray, features: list | None):
+    """Detector features of images and of their :func:`dermoscopy_variants`, groupwise
+    (``features``: those of ``images`` when already computed).
+    """
+    own = features if features is not None else network_outputs(bundle, images, 1)[1]
+    feats = [own, *(network_outputs(bundle, x, 1)[1] for x in dermoscopy_variants(images).values())]
+    return [np.concatenate([f[g] for f in feats]) for g in range(len(own))]
+
+
+def fit_detector(bundle: ModelBundle, data: Parts, calib_features, quantile: float) -> Detector:
+    """The "not dermoscopic" detector: statistics of the training images and their
+    ordinary variants (:func:`dermoscopy_variants`), limits at ``quantile`` of the
+    calibration part and its variants, so that a round field of view, another white
+    balance or a rotation is not taken for a photograph of something else.
+    """
+    train = with_variant_features(bundle, data.images["train"], None)
+    calib = with_variant_features(bundle, data.images["calib"], calib_features)
+    return Detector.fit(bundle.config.ood_layers, train, calib, quantile)
+
+
+def variant_flags(bundle: ModelBundle, images: np.ndarray) -> dict[str, float]:
+    """Share of (test) images flagged as not dermoscopic, per ordinary variant."""
+    out = {}
+    for name, x in dermoscopy_variants(images, seed=1).items():
+        _, feats = network_outputs(bundle, x, 1)
+        out[name] = float(bundle.detector.flagged(bundle.detector.score(feats)).mean())
+    return out
+
+
+def robustness(bundle: ModelBundle, data: Parts, base: dict) -> dict:
+    """Test figures on a white-balance-shifted copy of the test split (a few percent per
+    channel, as another dermatoscope's files differ), and what the shift costs.
+    """
+    from skin_model.imaging import WHITE_BALANCE_SHIFT, shift_white_balance_batch
+
+    u8 = np.clip(np.rint(data.images["test"]), 0, 255).astype(np.uint8)
+    shifted = shift_white_balance_batch(u8).astype(np.float32)
+    lesions = data.rows["test"]["lesion_id"].to_numpy()
+    m, *_ = evaluate_split(bundle, shifted, data.y["test"], lesions, bundle.posthoc.threshold)
+    return {
+        "white_balance": {
+            "shift": f"per-image gains uniform in 1 ± {WHITE_BALANCE_SHIFT:g} per channel",
+            "balanced_accuracy": m["balanced_accuracy"],
+            "malignant_auc": m["malignant"]["auc"],
+            "malignant_sensitivity": m["malignant"]["operating_point"]["sensitivity"],
+        },
+        "white_balance_cost": float(base["balanced_accuracy"] - m["balanced_accuracy"]),
+        "white_balance_auc_cost": float(base["malignant"]["auc"] - m["malignant"]["auc"]),
+    }
 
 
 def cam_candidates(bundle: ModelBundle) -> list[str]:
@@ -299,7 +375,12 @@ def test_figures(bundle: ModelBundle, data: Parts) -> tuple[dict, dict]:
     metrics["malignant"]["training_share"] = float(is_malignant(data.y["train"]).mean())
     metrics["evaluated_on"] = "test split (lesion-grouped), read once after all choices"
     scores = bundle.detector.score(feats)
-    return metrics, {"probabilities": probs, "decisions": decisions, "ood_scores": scores}
+    return metrics, {
+        "probabilities": probs,
+        "decisions": decisions,
+        "fused": fused,
+        "ood_scores": scores,
+    }
 
 
 def context_figures(bundle: ModelBundle, data: Parts, context_model: dict) -> dict:
@@ -389,6 +470,20 @@ def finalise_model(
     metrics["training"] = {**fit_info, "settings": config_dict(cfg)}
     metrics["split"] = split_counts(data.codes)
     metrics["ood"] = detector_separation(bundle, test["ood_scores"])
+    metrics["ood"]["ham10000_variants_flagged"] = variant_flags(bundle, data.images["test"])
+    metrics["malignant"]["tiers"] = risk_tiers(
+        malignant_probability(test["probabilities"]),
+        data.y["test"],
+        bundle.posthoc.threshold,
+        HIGH_RISK,
+    )
+    metrics["lesion_grouping"] = lesion_level(
+        test["fused"],
+        data.y["test"],
+        data.rows["test"]["lesion_id"].to_numpy(),
+        lambda outputs: bundle.posthoc.apply(outputs).decisions,
+    )
+    metrics["robustness"] = robustness(bundle, data, metrics)
     metrics["cam_layer_choice"] = {**cam_choice, "chosen_on": "validation lesion boxes"}
     test_boxes = data.boxes.get("test")
     layer = bundle.config.cam_layer
@@ -404,8 +499,8 @@ def finalise_model(
         data.rows["test"]["image_id"],
         test["decisions"],
     )
-    metrics["targets"] = target_status(metrics)
     if metas:
         metrics.update(context_figures(bundle, data, context_model))
+    metrics["targets"] = target_status(metrics)
     write_json(out_dir / METRICS_FILE, metrics)
     return metrics

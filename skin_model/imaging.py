@@ -68,7 +68,9 @@ _TYPE_MESSAGES = {
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
-    """Convert any Pillow mode to 8-bit RGB: alpha on white, 16-bit rescaled, CMYK converted."""
+    """Convert any Pillow mode to 8-bit RGB: transparency flattened onto black (as a
+    dermatoscope's dark field of view looks), 16-bit rescaled, CMYK converted.
+    """
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
@@ -78,7 +80,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, rgba)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
@@ -187,3 +189,21 @@ def shift_white_balance_batch(
     rng = np.random.default_rng(seed)
     gains = rng.uniform(1.0 - strength, 1.0 + strength, (len(images), 3))
     return np.stack([shift_white_balance(im, g) for im, g in zip(images, gains, strict=True)])
+
+
+def dermoscope_vignette(image: np.ndarray, radius: float = 0.5) -> np.ndarray:
+    """The image seen through a round field of view: black outside a centred circle.
+
+    Args:
+        image: RGB uint8 (H, W, 3).
+        radius: Circle radius as a share of the image diagonal (0.5: touching the corners,
+            about 0.36: the short sides).
+
+    Returns:
+        RGB uint8 of the same shape.
+    """
+    h, w = image.shape[:2]
+    yy, xx = np.ogrid[:h, :w]
+    r = radius * float(np.hypot(h, w))
+    inside = (yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2 <= r * r
+    return np.where(inside[..., None], image, 0).astype(np.uint8)

@@ -178,16 +178,16 @@ def operating_point_from_roc(roc: dict, prevalence: float, threshold: float) -> 
 
 
 # (key, label, goal, direction): the quality goals the shipped model is measured against
-# (model-quality and honest-outputs issues; test split).
+# (the model-quality issue's targets; test split).
 QUALITY_TARGETS = (
-    ("balanced_accuracy", "balanced accuracy", 0.75, ">="),
-    ("malignant_auc", "malignant-vs-benign ROC AUC", 0.92, ">="),
+    ("balanced_accuracy", "balanced accuracy", 0.72, ">="),
+    ("malignant_auc", "malignant-vs-benign ROC AUC", 0.93, ">="),
     ("mel_auc", "melanoma ROC AUC", 0.90, ">="),
-    ("mel_sensitivity", "melanoma sensitivity (suggested diagnosis)", 0.65, ">="),
+    ("mel_sensitivity", "melanoma sensitivity (suggested diagnosis)", 0.60, ">="),
+    ("context_gain", "balanced accuracy with patient context minus without", 0.0, ">="),
+    ("white_balance_cost", "balanced accuracy lost to a few % of white-balance shift", 0.03, "<="),
     ("malignant_sensitivity", "malignant sensitivity at the shipped threshold", 0.90, ">="),
-    ("malignant_ece", "malignant-risk calibration error (ECE)", 0.03, "<="),
-    ("malignant_mean_gap", "gap between mean malignant risk and malignant share", 0.02, "<="),
-    ("ece", "top-label calibration error (ECE)", 0.03, "<="),
+    ("malignant_ece", "malignant-risk calibration error (ECE)", 0.05, "<="),
     ("ood_photos_flagged", "real non-dermoscopic photos flagged", 0.95, ">="),
     ("ood_ham_flagged", "HAM10000 test images flagged as not dermoscopic", 0.02, "<="),
     ("cam_ratio", "Grad-CAM energy in lesion box ÷ box area share", 2.0, ">="),
@@ -287,6 +287,82 @@ def headline_values(metrics: dict) -> dict[str, float | None]:
         "ood_photos_flagged": ood.get("non_dermoscopic_flagged"),
         "ood_ham_flagged": ood.get("ham10000_flagged"),
         "cam_ratio": cam.get("mean_ratio"),
+        "context_gain": (
+            metrics["with_metadata"]["balanced_accuracy"] - metrics["balanced_accuracy"]
+            if metrics.get("with_metadata")
+            else None
+        ),
+        "white_balance_cost": (metrics.get("robustness") or {}).get("white_balance_cost"),
+    }
+
+
+def risk_tiers(risk: np.ndarray, y_idx: np.ndarray, threshold: float, high: float) -> list[dict]:
+    """How malignant lesions and benign ones fall into the risk tiers (training-scale risk):
+    ``low`` below ``threshold``, ``raised`` up to ``high``, ``high`` above.
+
+    The share of malignant lesions in a tier at any prevalence ``p`` follows from the two
+    rates: ``p * a / (p * a + (1 - p) * b)``.
+
+    Returns:
+        ``[{"key", "lower", "upper", "n", "n_malignant", "rate_malignant" (a),
+        "rate_benign" (b), "share_malignant" (at this data's prevalence)}]``.
+    """
+    risk, mal = np.asarray(risk, dtype=float), is_malignant(np.asarray(y_idx)).astype(bool)
+    high = max(high, threshold)
+    bounds = {"low": (0.0, threshold), "raised": (threshold, high), "high": (high, 1.0 + 1e-9)}
+    out = []
+    for key, (lo, hi) in bounds.items():
+        inside = (risk >= lo) & (risk < hi)
+        n, n_mal = int(inside.sum()), int((inside & mal).sum())
+        out.append(
+            {
+                "key": key,
+                "lower": float(lo),
+                "upper": float(min(hi, 1.0)),
+                "n": n,
+                "n_malignant": n_mal,
+                "rate_malignant": float(n_mal / max(mal.sum(), 1)),
+                "rate_benign": float((n - n_mal) / max((~mal).sum(), 1)),
+                "share_malignant": float(n_mal / n) if n else None,
+            }
+        )
+    return out
+
+
+def lesion_level(
+    outputs: np.ndarray, y_idx: np.ndarray, lesions: np.ndarray, decide
+) -> dict | None:
+    """Balanced accuracy on the images of multi-image lesions, per image and with each
+    image given its lesion's result (``decide`` of the mean of the lesion's outputs).
+
+    Args:
+        outputs: (N, K) balanced-prior outputs per image.
+        y_idx: (N,) true class indices.
+        lesions: (N,) lesion ids.
+        decide: Maps (M, K) outputs to (M,) decided class indices.
+
+    Returns:
+        ``{"n_images", "n_lesions", "per_image", "lesion_mean"}``, or None without
+        multi-image lesions.
+    """
+    lesions = np.asarray(lesions)
+    codes, inverse, counts = np.unique(lesions, return_inverse=True, return_counts=True)
+    multi = counts[inverse] > 1
+    if not multi.any():
+        return None
+    sums = np.zeros((len(codes), outputs.shape[1]))
+    np.add.at(sums, inverse, outputs)
+    pooled = (sums / counts[:, None])[inverse]
+    per_image = decide(outputs[multi])
+    per_lesion = decide(pooled[multi])
+    y = np.asarray(y_idx)[multi]
+    return {
+        "n_images": int(multi.sum()),
+        "n_lesions": int((counts > 1).sum()),
+        "per_image": float(skm.balanced_accuracy_score(y, per_image)),
+        "lesion_mean": float(skm.balanced_accuracy_score(y, per_lesion)),
+        "combination": "mean of the lesion's images' balanced-prior outputs, then the balanced "
+        "rule; every image of the lesion gets the lesion's result",
     }
 
 

@@ -31,13 +31,22 @@ def test_greyscale_becomes_three_equal_channels():
     assert (out[..., 0] == out[..., 2]).all() and out[0, 199, 0] == 199
 
 
-def test_rgba_is_composited_on_white():
+def test_rgba_is_flattened_onto_black_like_a_dermatoscope_field_of_view():
     arr = np.zeros((64, 64, 4), dtype=np.uint8)
     arr[..., 0] = 255
     arr[:, 32:, 3] = 255  # right half opaque red, left half fully transparent
     out = decode_image(png_bytes(Image.fromarray(arr, mode="RGBA")))
-    assert tuple(out[10, 5]) == (255, 255, 255)
+    assert tuple(out[10, 5]) == (0, 0, 0)
     assert tuple(out[10, 50]) == (255, 0, 0)
+
+
+def test_vignette_blacks_out_the_corners_only():
+    from skin_model.imaging import dermoscope_vignette
+
+    image = np.full((150, 200, 3), 180, np.uint8)
+    out = dermoscope_vignette(image, 0.4)
+    assert (out[0, 0] == 0).all() and (out[75, 100] == 180).all()
+    assert (dermoscope_vignette(image, 0.51) == image).all()
 
 
 def test_cmyk_jpeg_converted_to_rgb():
