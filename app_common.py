@@ -1,14 +1,18 @@
-"""Shared Streamlit helpers for the pages: cached model and metrics loaders, notices."""
+"""Shared Streamlit helpers for the pages: cached model and metrics loaders, the clinic
+setting (prevalence) kept for the whole session, plain-text rendering and notices.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from skin_model import DEFAULT_MODEL_DIR
+from skin_model.advice import DEFAULT_PRESET, PRESETS, pct
 from skin_model.artifacts import METRICS_FILE, ArtifactError, ModelLoadError, read_metrics
 from skin_model.inference import load_bundle, predict_images
 
@@ -18,7 +22,11 @@ NOT_A_DEVICE = (
 )
 PRIVACY = (
     "Images are processed in memory only: nothing you upload is written to disk, logged or "
-    "kept after you leave this page."
+    "kept after you close this tab."
+)
+LOADING = (
+    "Loading the model (first visit after the server starts: about 10 seconds; later "
+    "visits are instant)…"
 )
 
 
@@ -27,7 +35,7 @@ def model_dir() -> Path:
     return Path(os.environ.get("SKIN_MODEL_DIR", DEFAULT_MODEL_DIR))
 
 
-@st.cache_resource(show_spinner="Loading the model…")
+@st.cache_resource(show_spinner=LOADING)
 def _load(path: str):
     """Load and warm up the model once per process (predict and Grad-CAM)."""
     from skin_model.explain import explain
@@ -63,3 +71,89 @@ def get_metrics():
     except ArtifactError as exc:
         st.error(str(exc))
         return None
+
+
+def _keep(name: str) -> None:
+    """Copy a widget's value to a session key of its own (widget state is dropped when
+    the user moves to another page; this copy is not).
+    """
+    st.session_state[f"kept_{name}"] = st.session_state[name]
+
+
+def kept(name: str, default):
+    """The value a widget had the last time it was shown in this session."""
+    return st.session_state.get(f"kept_{name}", default)
+
+
+def clinic_prevalence(training_share: float | None) -> float:
+    """The sidebar's clinic setting: the malignant share the app shows figures at.
+
+    Set once per session, shared by every page, and kept when moving between pages.
+
+    Args:
+        training_share: The training data's malignant share (the specialist preset).
+
+    Returns:
+        The malignant share (0-1).
+    """
+    share_default = training_share or 0.2
+    with st.sidebar:
+        st.markdown("**Your clinic**")
+        preset = st.radio(
+            "Where do you see these patients?",
+            list(PRESETS),
+            index=list(PRESETS).index(kept("clinic", DEFAULT_PRESET)),
+            format_func=lambda k: PRESETS[k][0],
+            key="clinic",
+            on_change=_keep,
+            args=("clinic",),
+            help="How common malignant lesions are among the lesions you examine changes "
+            "what a result means. Every risk and figure is re-weighted to it (Bayes' rule); "
+            "the referral flag keeps the same cases, so its tested sensitivity still holds.",
+        )
+        if preset == "custom":
+            value = st.number_input(
+                "Malignant lesions per 100 you examine",
+                min_value=0.1,
+                max_value=99.0,
+                value=float(kept("custom_pct", round(100 * share_default, 1))),
+                step=0.5,
+                key="custom_pct",
+                on_change=_keep,
+                args=("custom_pct",),
+            )
+            share = value / 100
+        else:
+            share = PRESETS[preset][1] or share_default
+        st.caption(
+            f"Figures are shown for a clinic where about {pct(share)} of examined lesions "
+            "are malignant (melanoma, basal cell carcinoma, actinic keratosis / Bowen's)."
+        )
+    return float(share)
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>$:=&])")
+
+
+def plain(text: str) -> str:
+    """User-supplied text made safe to place inside Streamlit Markdown: every character
+    Markdown, Streamlit's ``:color[...]`` directives or LaTeX (``$``) would act on is
+    escaped, so it shows exactly as typed.
+    """
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+
+
+def table(frame, digits: int = 3) -> None:
+    """A presentation-layer frame as a read-only table: numbers to ``digits`` decimals,
+    missing values blank (never "None"), text as plain text.
+    """
+    import math
+
+    def cell(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        if isinstance(v, float):
+            return f"{v:.{digits}f}"
+        return str(v).replace("**", "")
+
+    st.dataframe(frame.map(cell) if len(frame) else frame, hide_index=True)

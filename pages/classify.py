@@ -1,32 +1,270 @@
-"""Classify page: upload or photograph lesions, see diagnosis, risk and Grad-CAM."""
-
-import dataclasses
+"""Classify page: upload or photograph lesions; see the referral verdict, what it means,
+the differential and where the model looked; print a report for the patient file.
+"""
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app_common import NOT_A_DEVICE, PRIVACY, get_bundle, get_metrics
+from app_common import (
+    NOT_A_DEVICE,
+    PRIVACY,
+    clinic_prevalence,
+    get_bundle,
+    get_metrics,
+    plain,
+)
 from skin_model import CLASSES, display_name
-from skin_model.advice import operating_point_text
-from skin_model.explain import METHODS
+from skin_model.advice import headline, operating_point_text, pct
+from skin_model.explain import METHODS, legend_image
+from skin_model.inference import display_threshold
 from skin_model.metadata import SEXES, SITES, PatientContext, site_label
 from skin_model.service import (
-    NOT_DERMOSCOPIC,
-    SUSPICIOUS,
+    CaseStore,
     case_report,
     csv_text,
-    decode_uploads,
     digest,
-    explanation,
-    flag,
     overlay_image,
-    predict_cases,
+    results,
     summary_row,
-    top3_table,
+    top_table,
 )
 
 NOT_GIVEN = "not given"
+
+
+def case_store() -> CaseStore:
+    """This session's cases (kept when the user visits another page)."""
+    return st.session_state.setdefault("case_store", CaseStore())
+
+
+def _uploaded(store: CaseStore, widget: str) -> None:
+    """Add new files from the uploader; forget those the user removed from it."""
+    files = st.session_state.get(widget) or []
+    now = set(store.add([(f.name, f.getvalue()) for f in files]))
+    for gone in st.session_state.get("uploader_seen", set()) - now:
+        store.remove(gone)
+    st.session_state["uploader_seen"] = now
+
+
+def _photographed(store: CaseStore) -> None:
+    """Add a camera photo as a new case."""
+    photo = st.session_state.get("camera")
+    if photo is not None:
+        store.add([(f"camera-{digest(photo.getvalue())[:6]}.jpg", photo.getvalue())])
+
+
+def _new_patient(store: CaseStore) -> None:
+    store.clear()
+    st.session_state["uploader_seen"] = set()
+    st.session_state["uploader_round"] = st.session_state.get("uploader_round", 0) + 1
+
+
+def inputs(store: CaseStore) -> None:
+    """The uploader, the camera (off until asked for) and the case record fields."""
+    widget = f"uploader_{st.session_state.get('uploader_round', 0)}"
+    if widget not in st.session_state:  # a new uploader (first visit, or back from a page)
+        st.session_state["uploader_seen"] = set()
+    st.file_uploader(
+        "Dermoscopic images (JPEG or PNG, up to 20 MB each)",
+        accept_multiple_files=True,
+        key=widget,
+        on_change=_uploaded,
+        args=(store, widget),
+        help="Any file is accepted here so that each unusable one gets its own explanation. "
+        "On a phone, 'Browse files' also offers the phone's own (rear) camera.",
+    )
+    if st.toggle("Take a photo with this device's camera", key="use_camera"):
+        st.camera_input(
+            "Photograph through the dermatoscope (switch to the rear camera with the "
+            "camera's switch button if your device shows the front one)",
+            key="camera",
+            on_change=_photographed,
+            args=(store,),
+        )
+    left, right = st.columns([1, 2])
+    seed(store, "case_reference", store.case_reference)
+    seed(store, "notes", store.notes)
+    left.text_input("Case reference (optional, printed on the report)", key="case_reference")
+    right.text_input("Notes (optional, printed on the report)", key="notes")
+    store.case_reference = st.session_state["case_reference"]
+    store.notes = st.session_state["notes"]
+
+
+def seed(store: CaseStore, key: str, value) -> None:
+    """Give a widget the value the store kept (its own state is dropped on leaving the
+    page; the store's is not).
+    """
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def grouping(store: CaseStore, lesions) -> None:
+    """Let the user mark images as the same lesion, or split a lesion again."""
+    if len(store.uploads) < 2:
+        return
+    with st.expander("Several images of the same lesion?"):
+        names = {u.key: u.name for u in store.uploads.values()}
+        chosen = st.multiselect(
+            "Images of one lesion", list(names), format_func=names.get, key="group_pick"
+        )
+        if st.button("Combine into one case", disabled=len(chosen) < 2):
+            store.group(chosen)
+            st.rerun()
+        st.caption(
+            "A combined case shows its images side by side, takes one set of patient "
+            "details and gives one result, from the mean of the network's outputs over the "
+            "images."
+        )
+        for les in lesions:
+            if len(les.uploads) > 1 and st.button(
+                f"Split case of {len(les.uploads)} images", key=f"split_{les.key[:12]}"
+            ):
+                store.split(les.key)
+                st.rerun()
+
+
+def summary(outcomes, prevalence: float) -> None:
+    """One row per case, and the CSV of every image."""
+    st.subheader("Summary")
+    st.dataframe(pd.DataFrame([summary_row(r) for r in outcomes]), hide_index=True)
+    st.download_button(
+        "Download results (CSV)",
+        csv_text(outcomes, prevalence),
+        file_name="results.csv",
+        mime="text/csv",
+    )
+
+
+def context_fields(store: CaseStore, lesion) -> None:
+    """Age, sex and body site of one lesion, kept in the store."""
+    key = lesion.key[:12]
+    ctx = lesion.context or PatientContext()
+    a, s, b = st.columns(3)
+
+    def changed():
+        age = st.session_state.get(f"age_{key}")
+        sex = st.session_state.get(f"sex_{key}", NOT_GIVEN)
+        site = st.session_state.get(f"site_{key}", NOT_GIVEN)
+        context = PatientContext(
+            None if age is None else float(age),
+            None if sex == NOT_GIVEN else sex,
+            None if site == NOT_GIVEN else site,
+        )
+        store.set_context(lesion.key, context if context.given else None)
+
+    seed(store, f"age_{key}", None if ctx.age is None else int(ctx.age))
+    seed(store, f"sex_{key}", ctx.sex or NOT_GIVEN)
+    seed(store, f"site_{key}", ctx.site or NOT_GIVEN)
+    a.number_input("Age (years)", 0, 120, step=1, key=f"age_{key}", on_change=changed)
+    s.selectbox("Sex", [NOT_GIVEN, *SEXES], key=f"sex_{key}", on_change=changed)
+    b.selectbox(
+        "Body site",
+        [NOT_GIVEN, *SITES],
+        format_func=lambda v: v if v == NOT_GIVEN else site_label(v),
+        key=f"site_{key}",
+        on_change=changed,
+    )
+
+
+def verdict_box(result, metrics) -> None:
+    """The referral verdict, always shown, with the warnings beside it."""
+    v, p = result.verdict, result.prediction
+    left, right = st.columns([3, 2]) if v.warnings else (st.container(), None)
+    with left:
+        box = st.error if v.refer else st.success
+        box(f"**{plain(v.title)}.** {plain(v.action)}")
+        st.markdown(plain(v.risk_line))
+        if v.evidence:
+            st.markdown(plain(v.evidence))
+        if v.threshold_reason:
+            st.caption(plain(v.threshold_reason))
+        with st.expander("How sure is this threshold?"):
+            with_context = p.context is not None and bool(p.context.given)
+            st.markdown(operating_point_text(metrics, with_context) or "No test figures.")
+    if right is not None:
+        with right:
+            for label, message in v.warnings:
+                st.warning(f"**{plain(label.capitalize())}.** {plain(message)}")
+
+
+def differential(prediction) -> None:
+    """The headline diagnosis and the differential chart (same order as the headline)."""
+    first, other = headline(prediction)
+    st.markdown(f"**{plain(first)}**")
+    if other:
+        st.markdown(plain(other))
+    table = pd.DataFrame(top_table(prediction), columns=["diagnosis", "probability"])
+    table["shown"] = [pct(x) for x in table["probability"]]
+    chart = (
+        alt.Chart(table)
+        .mark_bar()
+        .encode(
+            x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            y=alt.Y("diagnosis:N", sort=None, title=None, axis=alt.Axis(labelLimit=240)),
+            tooltip=["diagnosis", "shown"],
+        )
+        .properties(height=24 * len(table) + 30)
+    )
+    st.altair_chart(chart, width="stretch")
+
+
+@st.fragment
+def explanation(bundle, store: CaseStore, result) -> None:
+    """Grad-CAM of one image: class, method and opacity change the overlay only (the
+    heatmap is cached; the model is not run again), and the report uses what is shown.
+    """
+    key = result.lesion.key[:12]
+    first = result.lesion.good[0]
+    p = result.prediction
+    c1, c2 = st.columns([3, 2])
+    cls = c1.selectbox(
+        "Explain class",
+        CLASSES,
+        index=CLASSES.index(p.most_probable_class),
+        format_func=display_name,
+        key=f"cls_{key}",
+    )
+    method = c2.radio("Method", METHODS, key=f"method_{key}", horizontal=True)
+    alpha = st.slider("Overlay strength", 0.0, 1.0, 0.6, 0.05, key=f"alpha_{key}")
+    cam = store.heatmap(bundle, first, cls, method, result.lesion.context)
+    title = f"{method}: {display_name(cls)}"
+    st.image(overlay_image(first.image, cam, alpha), caption=plain(title), width="stretch")
+    st.image(legend_image(), caption="colour scale: little attention (left) to most (right)")
+    st.download_button(
+        "Download report (PDF)",
+        lambda: case_report(bundle, store, result, cam, title, alpha),
+        file_name="report.pdf",
+        mime="application/pdf",
+        key=f"report_{key}",
+    )
+
+
+def lesion_section(bundle, store: CaseStore, result, metrics) -> None:
+    """Everything about one case."""
+    st.divider()
+    st.subheader(plain(", ".join(result.lesion.names)))
+    if result.prediction is None:
+        st.error(plain(result.error))
+        return
+    for u in result.lesion.uploads:
+        if u.image is None:
+            st.error(plain(f"{u.name}: {u.error}"))
+    if bundle.uses_context:
+        context_fields(store, result.lesion)
+    verdict_box(result, metrics)
+    left, right = st.columns(2)
+    with left:
+        images = result.lesion.good
+        st.image([u.image for u in images], caption=[u.name for u in images], width="stretch")
+        differential(result.prediction)
+    with right:
+        explanation(bundle, store, result)
+    if st.button("Remove this case", key=f"remove_{result.lesion.key[:12]}"):
+        for u in result.lesion.uploads:
+            store.remove(u.key)
+        st.rerun()
+
 
 st.title("Classify a skin lesion")
 st.warning(NOT_A_DEVICE, icon=":material/warning:")
@@ -36,205 +274,26 @@ bundle = get_bundle()
 if bundle is None:
     st.stop()
 metrics = get_metrics()
-takes_context = bundle.uses_context
-trained_share = bundle.malignant_share
-
-with st.expander("Your clinic's malignant share (prevalence)", expanded=False):
-    default_pct = round(100 * trained_share, 1) if trained_share else 20.0
-    pct = st.number_input(
-        "Share of malignant lesions among the patients you see (%)",
-        min_value=0.1,
-        max_value=99.9,
-        value=default_pct,
-        step=0.5,
-        key="prevalence_pct",
-        disabled=not trained_share,
-        help="Probabilities and the malignant risk are re-weighted to this share by Bayes' "
-        f"rule. Default: the training data's share ({default_pct}%). The referral flag keeps "
-        "the same cases (and so the measured sensitivity); its threshold moves with the risk.",
-    )
-prevalence = None if not trained_share or abs(pct - default_pct) < 1e-9 else pct / 100
-
-upload_tab, camera_tab = st.tabs(["Upload images", "Take a photo"])
-with upload_tab:
-    files = st.file_uploader(
-        "Dermoscopic images (JPEG or PNG, up to 20 MB each)",
-        accept_multiple_files=True,
-        help="Any file is accepted here so that each unusable one gets its own explanation.",
-    )
-with camera_tab:
-    photo = st.camera_input("Photograph through the dermatoscope")
-
-uploads = [(f.name, f.getvalue()) for f in (files or [])]
-if photo is not None:
-    uploads.append(("camera.jpg", photo.getvalue()))
-if not uploads:
+prevalence = clinic_prevalence(bundle.malignant_share)
+store = case_store()
+inputs(store)
+if not store.uploads:
     st.info("Upload one or more dermoscopic images to classify them.")
     st.stop()
-
-# Decoded images and their predictions are kept for this session only, keyed by content
-# hash, and dropped when the upload is removed; widgets are keyed by the same hash (with
-# a count for a file uploaded twice), so removing one upload moves nothing onto another.
-state = st.session_state.setdefault("cases", {})
-cases, keys, seen = [], [], {}
-for name, data in uploads:
-    h = digest(data)
-    if h not in state:
-        state[h] = decode_uploads([(name, data)])[0]
-    cases.append(dataclasses.replace(state[h], name=name))
-    seen[h] = seen.get(h, 0) + 1
-    keys.append(h if seen[h] == 1 else f"{h}-{seen[h]}")
-for h in [k for k in state if k not in seen]:
-    del state[h]
-cams = st.session_state.setdefault("cams", {})
-for k in [k for k in cams if k[0].split("-")[0] not in seen]:
-    del cams[k]
-
-
-def context_of(key: str) -> PatientContext | None:
-    """The patient context entered for a case (None when the model takes none)."""
-    if not takes_context:
-        return None
-    age = st.session_state.get(f"age_{key}")
-    sex = st.session_state.get(f"sex_{key}", NOT_GIVEN)
-    site = st.session_state.get(f"site_{key}", NOT_GIVEN)
-    return PatientContext(
-        None if age is None else float(age),
-        None if sex == NOT_GIVEN else sex,
-        None if site == NOT_GIVEN else site,
-    )
-
-
-contexts = [context_of(k) for k in keys]
-with st.spinner(f"Classifying {len(cases)} image(s)…"):
-    preds = predict_cases(bundle, cases, contexts, prevalence)
-
-st.subheader("Summary")
-st.dataframe(
-    pd.DataFrame([summary_row(c, p) for c, p in zip(cases, preds, strict=True)]),
-    hide_index=True,
-    column_config={
-        "its probability": st.column_config.ProgressColumn(
-            format="percent", min_value=0, max_value=1
-        ),
-        "malignant risk": st.column_config.ProgressColumn(
-            format="percent", min_value=0, max_value=1
-        ),
-    },
+st.button(
+    "New patient: clear every image, detail and note",
+    on_click=_new_patient,
+    args=(store,),
+    type="primary",
 )
-st.download_button(
-    "Download results (CSV)", csv_text(cases, preds), file_name="results.csv", mime="text/csv"
-)
-at = (
-    f"at your prevalence of {prevalence:.1%}"
-    if prevalence is not None
-    else "at HAM10000's class frequencies"
-)
+lesions = store.lesions()
+grouping(store, lesions)
+with st.spinner(f"Classifying {len(store.uploads)} image(s)…"):
+    outcomes = results(bundle, store, prevalence, (metrics or {}).get("malignant", {}).get("tiers"))
+summary(outcomes, prevalence)
 st.caption(
-    f"**Probabilities** are {at}: how often lesions like this one are each class. The "
-    "**suggested diagnosis** uses the balanced rule (the network's output before it is "
-    "re-weighted by class frequencies), which keeps rare classes such as melanoma visible; "
-    "it can differ from the most probable class."
+    f"Referral threshold for images alone: {pct(display_threshold(bundle, prevalence))} "
+    f"at your clinic's prevalence ({pct(prevalence)})."
 )
-
-for case, pred, ctx, key in zip(cases, preds, contexts, keys, strict=True):
-    st.divider()
-    st.subheader(case.name)
-    if pred is None:
-        st.error(f"{case.name}: {case.error}")
-        continue
-    if takes_context:
-        a, s, b = st.columns(3)
-        a.number_input("Age (years)", 0, 120, value=None, step=1, key=f"age_{key}")
-        s.selectbox("Sex", [NOT_GIVEN, *SEXES], key=f"sex_{key}")
-        b.selectbox(
-            "Body site",
-            [NOT_GIVEN, *SITES],
-            format_func=lambda v: v if v == NOT_GIVEN else site_label(v),
-            key=f"site_{key}",
-        )
-    threshold = pred.threshold
-    left, right = st.columns(2)
-    with left:
-        share = pred.probabilities[CLASSES.index(pred.suggested_class)]
-        st.markdown(f"**Suggested diagnosis: {display_name(pred.suggested_class)}** ({share:.0%})")
-        top3 = pd.DataFrame(list(top3_table(pred).items()), columns=["diagnosis", "probability"])
-        st.altair_chart(
-            alt.Chart(top3)
-            .mark_bar()
-            .encode(
-                x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-                y=alt.Y(
-                    "diagnosis:N",
-                    sort="-x",
-                    title=None,
-                    axis=alt.Axis(labelLimit=260, labelOverlap=False),
-                ),
-                tooltip=["diagnosis", alt.Tooltip("probability:Q", format=".1%")],
-            )
-            .properties(height=120),
-            width="stretch",
-        )
-        risk = pred.malignant_probability
-        expected = operating_point_text(metrics, bool(ctx and ctx.given))
-        st.metric(
-            "Malignant risk (mel + bcc + akiec)",
-            f"{risk:.0%}",
-            help=f"Probability that a lesion like this is malignant, {at}. Referral "
-            f"threshold {threshold:.0%}. {expected}",
-        )
-        text = flag(pred)
-        if text == NOT_DERMOSCOPIC:
-            st.warning(
-                "This does not look like a dermoscopic image; the result is not "
-                "meaningful. Upload a dermoscopic image of a skin lesion."
-            )
-        elif text == SUSPICIOUS:
-            st.error(
-                f"**Suspicious — consider biopsy/referral.** Risk {risk:.0%} is at or "
-                f"above the threshold {threshold:.0%}. {expected}"
-            )
-        else:
-            st.success(
-                f"**Below the referral threshold.** Risk {risk:.0%} < {threshold:.0%}. {expected}"
-            )
-        if pred.unsure:
-            st.info(
-                "The model is unsure about this image (low top probability or spread-out "
-                "probabilities). Weigh the differential, not the top answer."
-            )
-        if takes_context:
-            st.caption(f"Patient context used: {pred.context_used}.")
-    with right:
-        c1, c2, c3 = st.columns(3)
-        cls = c1.selectbox(
-            "Explain class",
-            CLASSES,
-            index=CLASSES.index(pred.suggested_class),
-            format_func=display_name,
-            key=f"cls_{key}",
-        )
-        method = c2.radio("Method", METHODS, key=f"method_{key}")
-        alpha = c3.slider("Opacity", 0.0, 1.0, 0.4, 0.05, key=f"alpha_{key}")
-        cam_key = (key, cls, method, ctx)
-        if cam_key not in cams:
-            cams[cam_key] = explanation(bundle, case, cls, method, ctx)
-        i1, i2 = st.columns(2)
-        i1.image(case.image, caption="Original", width="stretch")
-        i2.image(
-            overlay_image(case, cams[cam_key], alpha),
-            caption=f"{method}: {display_name(cls)}",
-            width="stretch",
-        )
-
-    def make_report(case=case, pred=pred, cam=cams[cam_key], cls=cls, method=method, a=alpha):
-        """Render this case's PNG report when the button is clicked."""
-        return case_report(bundle, case, pred, cam, cls, method, a)
-
-    st.download_button(
-        "Download report (PNG)",
-        make_report,
-        file_name=f"report_{case.name.rsplit('.', 1)[0]}.png",
-        mime="image/png",
-        key=f"report_{key}",
-    )
+for outcome in outcomes:
+    lesion_section(bundle, store, outcome, metrics)

@@ -1,137 +1,158 @@
-"""Model metrics dashboard, read from the shipped model's metrics.json."""
+"""Model metrics: what a clinician needs at their clinic's prevalence first (referrals and
+missed cancers per 1,000, risk tiers), the machine-learning detail below. Every figure is
+read from the model's metrics.json.
+"""
 
 import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app_common import get_metrics
-from skin_model import CLASSES, display_name
-from skin_model.metrics import operating_point_from_roc, target_status
-
-st.title("Model metrics")
-metrics = get_metrics()
-if metrics is None:
-    st.stop()
-
-mal = metrics["malignant"]
-op = mal["operating_point"]
-st.caption(
-    f"{metrics.get('evaluated_on', 'evaluation')}: {metrics['n_images']} images. "
-    "Every figure on this page is read from the model's metrics.json."
+from app_common import clinic_prevalence, get_bundle, get_metrics, table
+from skin_model import CLASSES
+from skin_model.advice import TIER_TEXT, pct, share_at
+from skin_model.calibration import adjust_prevalence
+from skin_model.metrics import operating_point_from_roc
+from skin_model.tables import (
+    context_frame,
+    headline_frame,
+    per_class_frame,
+    targets_frame,
 )
 
-c = st.columns(5)
-c[0].metric(
-    "Balanced accuracy",
-    f"{metrics['balanced_accuracy']:.3f}",
-    help="Mean per-class recall (the ISIC ranking metric).",
-)
-c[1].metric(
-    "Malignant sensitivity",
-    f"{op['sensitivity']:.3f}",
-    help=f"At the shipped threshold {op['threshold']:.3f}.",
-)
-c[2].metric("Malignant specificity", f"{op['specificity']:.3f}")
-c[3].metric("Malignant AUC", f"{mal['auc']:.3f}" if mal["auc"] is not None else "n/a")
-c[4].metric("Macro AUC", f"{metrics['macro_auc']:.3f}" if metrics["macro_auc"] else "n/a")
 
-st.subheader("Against the quality targets")
-targets = pd.DataFrame(
-    [
-        {
-            "target": r["label"],
-            "goal": f"{r['direction']} {r['goal']:g}",
-            "achieved": r["achieved"],
-            "95% interval": "–".join(f"{v:.3f}" for v in r["interval"]) if r["interval"] else "",
-            "met": {True: "yes", False: "no", None: "n/a"}[r["met"]],
-        }
-        for r in target_status(metrics)
-    ]
-)
-st.dataframe(
-    targets,
-    hide_index=True,
-    column_config={"achieved": st.column_config.NumberColumn(format="%.3f")},
-)
-st.caption(metrics.get("intervals_method", "No intervals were computed for this model."))
-
-st.subheader("Confusion matrix")
-counts = np.array(metrics["confusion_matrix"]["counts"])
-labels = metrics["confusion_matrix"]["labels"]
-normalise = st.toggle("Row-normalised (share of each true class)", value=True)
-matrix = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalise else counts
-cm = pd.DataFrame(
-    [
-        (t, p, float(matrix[i, j]), int(counts[i, j]))
-        for i, t in enumerate(labels)
-        for j, p in enumerate(labels)
-    ],
-    columns=["true", "predicted", "value", "count"],
-)
-base = alt.Chart(cm).encode(x=alt.X("predicted:N", sort=labels), y=alt.Y("true:N", sort=labels))
-heat = base.mark_rect().encode(
-    color=alt.Color("value:Q", scale=alt.Scale(scheme="blues")),
-    tooltip=["true", "predicted", "count", "value"],
-)
-text = base.mark_text().encode(
-    text=alt.Text("value:Q", format=".2f" if normalise else "d"),
-    color=alt.condition(alt.datum.value > matrix.max() / 2, alt.value("white"), alt.value("black")),
-)
-st.altair_chart(heat + text, width="stretch")
-
-st.subheader("Per class")
-rows = [
-    {
-        "class": display_name(k),
-        **{m: v[m] for m in ("sensitivity", "specificity", "precision", "f1", "auc", "support")},
+def per_thousand(op: dict, prevalence: float) -> dict:
+    """Referrals and missed cancers per 1,000 examined lesions at an operating point."""
+    sens, spec = op["sensitivity"], op["specificity"]
+    malignant = 1000 * prevalence
+    return {
+        "referred": malignant * sens + (1000 - malignant) * (1 - spec),
+        "found": malignant * sens,
+        "missed": malignant * (1 - sens),
+        "benign_referred": (1000 - malignant) * (1 - spec),
     }
-    for k, v in metrics["per_class"].items()
-]
-st.dataframe(
-    pd.DataFrame(rows),
-    hide_index=True,
-    column_config={
-        m: st.column_config.NumberColumn(format="%.3f")
-        for m in ("sensitivity", "specificity", "precision", "f1", "auc")
-    },
-)
 
-st.subheader("ROC curves")
-roc_rows = []
-for k in CLASSES:
-    roc = metrics["per_class"][k]["roc"]
-    if roc:
-        roc_rows += [
-            {"curve": k, "fpr": x, "tpr": y} for x, y in zip(roc["fpr"], roc["tpr"], strict=False)
-        ]
-if mal["roc"]:
-    roc_rows += [
-        {"curve": "malignant vs benign", "fpr": x, "tpr": y}
-        for x, y in zip(mal["roc"]["fpr"], mal["roc"]["tpr"], strict=False)
-    ]
-st.altair_chart(
-    alt.Chart(pd.DataFrame(roc_rows))
-    .mark_line()
-    .encode(
-        x=alt.X("fpr:Q", title="1 − specificity"),
-        y=alt.Y("tpr:Q", title="sensitivity"),
-        color="curve:N",
-    ),
-    width="stretch",
-)
 
-st.subheader("Calibration")
-cal = metrics["calibration"]
-mal_cal = mal.get("calibration")
-fit = metrics.get("calibration_fit")
-if fit:
+def clinic_view(metrics: dict, prevalence: float, trained: float) -> None:
+    """The referral threshold's consequences per 1,000 lesions, and the risk tiers."""
+    op = metrics["malignant"]["operating_point"]
+    n = per_thousand(op, prevalence)
+    st.subheader(f"At your clinic (about {pct(prevalence)} of examined lesions malignant)")
+    c = st.columns(3)
+    c[0].metric("Referred per 1,000 lesions", f"{n['referred']:.0f}")
+    c[1].metric("Malignant lesions found", f"{n['found']:.0f} of {1000 * prevalence:.0f}")
+    c[2].metric("Malignant lesions missed", f"{n['missed']:.1f} per 1,000")
+    shown = pct(adjust_prevalence(op["threshold"], trained, prevalence))
     st.markdown(
-        f"Probabilities are the network's outputs re-weighted to the training class "
-        f"frequencies; temperature **{fit['temperature']:.3f}**, fitted on the calibration "
-        f"part ({fit['n_images']} validation images that chose nothing) and kept at 1 unless "
-        "held-out lesions showed a gain."
+        f"At the shipped referral threshold ({shown} risk at your prevalence), the model "
+        f"referred {op['sensitivity'] * 100:.1f}% of "
+        f"malignant and {(1 - op['specificity']) * 100:.1f}% of benign test lesions "
+        "(new patients, never seen in training)."
     )
+    tiers = metrics["malignant"].get("tiers")
+    if tiers:
+        rows = []
+        for t in tiers:
+            lo = adjust_prevalence(t["lower"], trained, prevalence)
+            hi = adjust_prevalence(min(t["upper"], 1.0), trained, prevalence)
+            share = share_at(t, prevalence)
+            per_1000 = 1000 * (
+                prevalence * t["rate_malignant"] + (1 - prevalence) * t["rate_benign"]
+            )
+            rows.append(
+                {
+                    "result": TIER_TEXT[t["key"]][0],
+                    "risk shown": f"{pct(lo)} to {pct(hi)}",
+                    "lesions per 1,000": f"{per_1000:.0f}",
+                    "malignant among them": ""
+                    if share is None
+                    else f"about {share * 100:.0f} in 100",
+                    "what to do": TIER_TEXT[t["key"]][1],
+                }
+            )
+        st.markdown("**What each result means** (test lesions, re-weighted to your prevalence)")
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+
+
+def explorer(metrics: dict, prevalence: float, trained: float) -> None:
+    """Other thresholds, from the stored test ROC points (the shipped one exactly)."""
+    mal = metrics["malignant"]
+    op = mal["operating_point"]
+    if not mal.get("roc"):
+        return
+    with st.expander("What if the threshold were different?"):
+        options = sorted({round(float(t), 6) for t in mal["roc"]["thresholds"]} | {op["threshold"]})
+        chosen = st.select_slider(
+            "Referral threshold (risk at your prevalence)",
+            options=options,
+            value=op["threshold"],
+            format_func=lambda t: pct(adjust_prevalence(t, trained, prevalence)),
+        )
+        point = (
+            op
+            if chosen == op["threshold"]
+            else operating_point_from_roc(mal["roc"], prevalence, chosen)
+        )
+        n = per_thousand(point, prevalence)
+        e = st.columns(4)
+        e[0].metric("Sensitivity", f"{point['sensitivity']:.3f}")
+        e[1].metric("Specificity", f"{point['specificity']:.3f}")
+        e[2].metric("Referred per 1,000", f"{n['referred']:.0f}")
+        e[3].metric("Missed per 1,000", f"{n['missed']:.1f}")
+        st.caption(
+            "At the shipped threshold these are the headline test figures; at others they come "
+            "from the stored test ROC points (nothing is recomputed)."
+        )
+
+
+def confusion(metrics: dict) -> None:
+    """Row-normalised confusion matrix."""
+    counts = np.array(metrics["confusion_matrix"]["counts"])
+    labels = metrics["confusion_matrix"]["labels"]
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    cm = pd.DataFrame(
+        [
+            (t, p, float(share[i, j]), int(counts[i, j]))
+            for i, t in enumerate(labels)
+            for j, p in enumerate(labels)
+        ],
+        columns=["true", "predicted", "share of true class", "count"],
+    )
+    base = alt.Chart(cm).encode(x=alt.X("predicted:N", sort=labels), y=alt.Y("true:N", sort=labels))
+    heat = base.mark_rect().encode(
+        color=alt.Color("share of true class:Q", scale=alt.Scale(scheme="blues"), legend=None),
+        tooltip=["true", "predicted", "count", "share of true class"],
+    )
+    text = base.mark_text().encode(text=alt.Text("share of true class:Q", format=".2f"))
+    st.altair_chart(heat + text, width="stretch")
+
+
+def roc_curves(metrics: dict) -> None:
+    """Per-class and malignant ROC curves, legend below the plot."""
+    rows = []
+    for k in CLASSES:
+        roc = metrics["per_class"][k]["roc"]
+        if roc:
+            rows += [
+                {"curve": k, "fpr": x, "tpr": y}
+                for x, y in zip(roc["fpr"], roc["tpr"], strict=False)
+            ]
+    roc = metrics["malignant"]["roc"]
+    if roc:
+        rows += [
+            {"curve": "malignant vs benign", "fpr": x, "tpr": y}
+            for x, y in zip(roc["fpr"], roc["tpr"], strict=False)
+        ]
+    chart = (
+        alt.Chart(pd.DataFrame(rows))
+        .mark_line()
+        .encode(
+            x=alt.X("fpr:Q", title="1 − specificity"),
+            y=alt.Y("tpr:Q", title="sensitivity"),
+            color=alt.Color("curve:N", legend=alt.Legend(orient="bottom", columns=4)),
+        )
+    )
+    st.altair_chart(chart, width="stretch")
 
 
 def reliability(bins: list[dict], x: str, y: str, x_title: str, y_title: str):
@@ -156,96 +177,73 @@ def reliability(bins: list[dict], x: str, y: str, x_title: str, y_title: str):
     return bars + diag
 
 
-left, right = st.columns(2)
-if mal_cal:
-    iv = (metrics.get("intervals") or {}).get("malignant_ece")
-    span = f" (95% interval {iv[0]:.3f}–{iv[1]:.3f})" if iv else ""
-    left.markdown(
-        f"**Malignant risk** (P(mel) + P(bcc) + P(akiec) vs malignant truth): ECE "
-        f"**{mal_cal['ece']:.3f}**{span}; mean risk {mal_cal['mean_risk']:.3f} vs observed "
-        f"malignant share {mal_cal['observed_share']:.3f}."
-    )
-    chart = reliability(mal_cal["bins"], "mean_risk", "observed", "mean risk", "observed share")
-    if chart is not None:
-        left.altair_chart(chart, width="stretch")
-raw = cal.get("ece_raw_outputs", cal.get("ece_before_temperature"))
-right.markdown(
-    f"**Top label**: ECE **{cal['ece']:.3f}** as shown"
-    + (f" ({raw:.3f} for the raw network outputs)." if raw is not None else ".")
-)
-chart = reliability(cal["bins"], "confidence", "accuracy", "mean confidence", "accuracy")
-if chart is not None:
-    right.altair_chart(chart, width="stretch")
-
-if metrics.get("with_metadata"):
-    st.subheader("With and without patient context")
-    wm, base = metrics["with_metadata"], metrics.get("metadata_only_baseline") or {}
-
-    def row(name: str, m: dict) -> dict:
-        """Headline figures of one evaluation."""
-        return {
-            "evaluation": name,
-            "balanced accuracy": m["balanced_accuracy"],
-            "malignant AUC": m["malignant"]["auc"],
-            "melanoma AUC": m["per_class"]["mel"]["auc"],
-            "melanoma sensitivity": m["per_class"]["mel"]["sensitivity"],
-            "malignant-risk ECE": (m["malignant"].get("calibration") or {}).get("ece"),
-        }
-
-    fusion = wm.get("fusion", "network input")
-    table = [row("image only", metrics), row(f"image + age, sex, site ({fusion})", wm)]
-    if base:
-        table.append(
-            {
-                "evaluation": "age, sex, site only (logistic regression)",
-                "balanced accuracy": base["balanced_accuracy"],
-                "malignant AUC": base["malignant_auc"],
-                "melanoma AUC": base["mel_auc"],
-            }
+def calibration(metrics: dict) -> None:
+    """The malignant risk's reliability."""
+    mal_cal = metrics["malignant"].get("calibration")
+    if mal_cal:
+        st.markdown(
+            f"Malignant risk against what happened: ECE {mal_cal['ece']:.3f}; mean risk "
+            f"{mal_cal['mean_risk']:.3f} vs observed malignant share "
+            f"{mal_cal['observed_share']:.3f}."
         )
-    st.dataframe(
-        pd.DataFrame(table),
-        hide_index=True,
-        column_config={
-            k: st.column_config.NumberColumn(format="%.3f") for k in table[0] if k != "evaluation"
-        },
-    )
-    st.caption("Same test images; the patient context comes from HAM10000's metadata.")
+        chart = reliability(mal_cal["bins"], "mean_risk", "observed", "mean risk", "observed share")
+        if chart is not None:
+            st.altair_chart(chart, width="stretch")
 
-ood = metrics.get("ood") or {}
-if ood.get("photos"):
-    st.subheader("The 'not dermoscopic' flag")
-    photos, synth = ood["photos"], ood["synthetic"]
-    o = st.columns(3)
-    o[0].metric(
-        "Real photographs flagged",
-        f"{photos['non_dermoscopic_flagged']:.1%}",
-        help=f"{photos['n_non_dermoscopic']} images: {photos['sources']}.",
-    )
-    o[1].metric("Synthetic patterns flagged", f"{synth['non_dermoscopic_flagged']:.0%}")
-    o[2].metric(
-        "HAM10000 test images flagged",
-        f"{photos['ham10000_flagged']:.1%}",
-        help=f"of {photos['n_ham10000']} test images",
-    )
 
-st.subheader("Operating-point explorer (malignant vs benign)")
-if mal["roc"]:
-    prevalence = st.slider(
-        "Malignant prevalence in your population",
-        0.01,
-        0.5,
-        float(round(mal["prevalence"], 2)),
-        0.01,
-    )
-    thr = st.slider("Malignant threshold", 0.0, 1.0, float(round(op["threshold"], 2)), 0.01)
-    point = operating_point_from_roc(mal["roc"], prevalence, thr)
-    e = st.columns(4)
-    e[0].metric("Sensitivity", f"{point['sensitivity']:.3f}")
-    e[1].metric("Specificity", f"{point['specificity']:.3f}")
-    e[2].metric("Referred per 1,000 patients", f"{point['referred_per_1000']:.0f}")
-    e[3].metric("Malignant cases missed per 1,000", f"{point['missed_per_1000']:.1f}")
-    st.caption(
-        f"The shipped threshold is {op['threshold']:.3f}. Figures come from the stored "
-        "test ROC points; nothing is recomputed."
-    )
+def ml_detail(metrics: dict) -> None:
+    """Machine-learning figures, each in its own expander."""
+    st.subheader("Machine-learning detail")
+    with st.expander("Headline test figures with intervals"):
+        table(headline_frame(metrics))
+        st.caption(metrics.get("intervals_method", ""))
+    with st.expander("Against the project's quality targets"):
+        table(targets_frame(metrics))
+    with st.expander("Per class"):
+        table(per_class_frame(metrics))
+        confusion(metrics)
+    with st.expander("ROC curves"):
+        roc_curves(metrics)
+    with st.expander("Calibration of the malignant risk"):
+        calibration(metrics)
+    if metrics.get("with_metadata"):
+        with st.expander("With and without patient details"):
+            table(context_frame(metrics))
+    robust = metrics.get("robustness")
+    if robust:
+        with st.expander("Another dermatoscope's colours (white-balance shift)"):
+            wb = robust["white_balance"]
+            st.markdown(
+                f"{wb['shift']}: balanced accuracy {wb['balanced_accuracy']:.3f} "
+                f"(cost {robust['white_balance_cost']:+.3f}), malignant AUC "
+                f"{wb['malignant_auc']:.3f}."
+            )
+    grouping = metrics.get("lesion_grouping")
+    if grouping:
+        with st.expander("Several images of one lesion"):
+            st.markdown(
+                f"On the {grouping['n_images']} test images of {grouping['n_lesions']} lesions "
+                f"with more than one image, balanced accuracy was {grouping['per_image']:.3f} per "
+                f"image and {grouping['lesion_mean']:.3f} when each image got its lesion's "
+                f"result ({grouping['combination']})."
+            )
+
+
+st.title("Model metrics")
+metrics = get_metrics()
+if metrics is None:
+    st.stop()
+bundle = get_bundle()
+trained = (
+    (bundle.malignant_share if bundle else None)
+    or metrics["malignant"].get("training_share")
+    or 0.2
+)
+prevalence = clinic_prevalence(trained)
+st.caption(
+    f"{metrics.get('evaluated_on', 'evaluation')}: {metrics['n_images']} images. Every figure "
+    "here is read from the model's metrics.json; the clinic setting is in the sidebar."
+)
+clinic_view(metrics, prevalence, trained)
+explorer(metrics, prevalence, trained)
+ml_detail(metrics)

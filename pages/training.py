@@ -1,83 +1,126 @@
-"""Training curves: loss, accuracy and learning rate per epoch for every model directory."""
+"""Training curves: one chart per metric with the chosen runs overlaid, a marker at the
+epoch whose weights each run kept; cross-validation, ensemble and attempts tables.
+"""
+
+import json
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
+from app_common import model_dir, table
 from skin_model import REPO_ROOT
 from skin_model.artifacts import (
+    ATTEMPTS_FILE,
     CV_FILE,
+    METRICS_FILE,
     ArtifactError,
-    best_epoch,
     find_cv_dirs,
     find_model_dirs,
     read_history,
     read_json,
 )
 from skin_model.card import cv_summary_text
-from skin_model.tables import cv_frame, ensemble_frame
+from skin_model.tables import attempts_frame, cv_frame, ensemble_frame
+
+PANELS = [
+    ("loss", "Loss"),
+    ("accuracy", "Accuracy"),
+    ("balanced_accuracy", "Balanced accuracy"),
+    ("learning_rate", "Learning rate"),
+]
+
+
+def kept_epoch(directory, history: pd.DataFrame) -> int:
+    """The epoch whose weights the run kept (metrics.json), else its last."""
+    try:
+        return int(read_json(directory / METRICS_FILE)["training"]["best_epoch"])
+    except (OSError, KeyError, ValueError, json.JSONDecodeError):
+        return int(history["epoch"].max())
+
+
+def long_history(dirs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every chosen run's history in long form, and each run's kept epoch."""
+    frames, kept = [], []
+    for d in dirs:
+        try:
+            h = read_history(d)
+        except ArtifactError as exc:
+            st.error(str(exc))
+            continue
+        for key, _ in PANELS:
+            for part, col in (("training", key), ("validation", f"val_{key}")):
+                if col in h:
+                    frames.append(
+                        pd.DataFrame(
+                            {
+                                "run": d.name,
+                                "metric": key,
+                                "part": part,
+                                "epoch": h["epoch"],
+                                "value": h[col],
+                            }
+                        )
+                    )
+        kept.append({"run": d.name, "epoch": kept_epoch(d, h)})
+    return (pd.concat(frames) if frames else pd.DataFrame()), pd.DataFrame(kept)
+
+
+def curves(data: pd.DataFrame, kept: pd.DataFrame) -> None:
+    """One chart per metric, runs by colour, training solid and validation dashed."""
+    cols = st.columns(2)
+    for i, (key, title) in enumerate(PANELS):
+        part = data[data["metric"] == key] if not data.empty else data
+        if part.empty:
+            continue
+        lines = (
+            alt.Chart(part)
+            .mark_line(point=True)
+            .encode(
+                x="epoch:Q",
+                y=alt.Y("value:Q", title=title),
+                color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=2)),
+                strokeDash=alt.StrokeDash("part:N", legend=alt.Legend(orient="bottom")),
+                tooltip=["run", "part", "epoch", "value"],
+            )
+        )
+        marks = alt.Chart(kept).mark_rule(strokeDash=[2, 2]).encode(x="epoch:Q", color="run:N")
+        cols[i % 2].altair_chart(
+            (lines + marks).properties(title=title, height=260), width="stretch"
+        )
+    st.caption("Dotted vertical line: the epoch whose weights each run kept.")
+
 
 st.title("Training curves")
-dirs = find_model_dirs(REPO_ROOT / "models")
+root = model_dir().parent
+dirs = find_model_dirs(root)
 if not dirs:
-    st.error("No model directory with a history.csv was found under models/.")
+    st.error(f"No model directory with a history.csv was found under {root}.")
     st.stop()
+names = [d.name for d in dirs]
+default = [model_dir().name] if model_dir().name in names else names[:1]
+chosen = st.multiselect("Runs to compare", names, default=default)
+data, kept = long_history([d for d in dirs if d.name in chosen])
+curves(data, kept)
 
-PANELS = [("loss", "Loss"), ("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy")]
-for directory in dirs:
-    st.subheader(directory.name)
-    try:
-        history = read_history(directory)
-    except ArtifactError as exc:
-        st.error(str(exc))
-        continue
-    best = best_epoch(history)
-    st.caption(
-        f"{len(history)} epochs; dashed line: epoch {best}, the highest validation balanced "
-        "accuracy (restored only in runs that asked for it; the pretrained runs keep the "
-        "last epoch of their cosine schedule)."
-    )
-    cols = st.columns(len(PANELS) + 1)
-    rule = alt.Chart(pd.DataFrame({"epoch": [best]})).mark_rule(strokeDash=[4, 4]).encode(x="epoch")
-    for col, (key, title) in zip(cols, PANELS, strict=False):
-        series = {"train": key, "validation": f"val_{key}"}
-        present = {k: v for k, v in series.items() if v in history}
-        if not present:
-            continue
-        long = history.melt("epoch", list(present.values()), "series", title)
-        long["series"] = long["series"].map({v: k for k, v in present.items()})
-        chart = (
-            alt.Chart(long)
-            .mark_line(point=True)
-            .encode(x="epoch:Q", y=alt.Y(f"{title}:Q"), color="series:N")
-        )
-        col.altair_chart((chart + rule).properties(title=title), width="stretch")
-    if "learning_rate" in history:
-        lr = alt.Chart(history).mark_line().encode(x="epoch:Q", y="learning_rate:Q")
-        cols[-1].altair_chart((lr + rule).properties(title="Learning rate"), width="stretch")
+with st.expander("Every training attempt"):
+    table(attempts_frame(root / ATTEMPTS_FILE), digits=4)
 
-for cv_dir in find_cv_dirs(REPO_ROOT / "models"):
-    st.subheader(f"Cross-validation: {cv_dir.name}")
-    try:
-        cv = read_json(cv_dir / CV_FILE)
-        frame = cv_frame(cv)
-        st.caption(cv_summary_text(cv))
-        numbers = {c: st.column_config.NumberColumn(format="%.3f") for c in frame.columns[1:]}
-        st.dataframe(frame, hide_index=True, column_config=numbers)
-    except (OSError, ValueError, KeyError) as exc:
-        st.error(f"{cv_dir.name}: cv.json could not be read ({exc}).")
+for cv_dir in find_cv_dirs(root):
+    with st.expander(f"Cross-validation: {cv_dir.name}"):
+        try:
+            cv = read_json(cv_dir / CV_FILE)
+            st.caption(cv_summary_text(cv))
+            table(cv_frame(cv))
+        except (OSError, ValueError, KeyError) as exc:
+            st.error(f"{cv_dir.name}: cv.json could not be read ({exc}).")
 
 ENSEMBLE = REPO_ROOT / "docs" / "ensemble.json"
 if ENSEMBLE.is_file():
-    st.subheader("Ensemble")
-    try:
-        result = read_json(ENSEMBLE)
-        st.caption(
-            f"{' + '.join(result['members'])}, {result['combination']}; scored on the same "
-            "validation half (which chooses) and test split; network speed on 256 images."
-        )
-        frame = ensemble_frame(result)
-        numbers = {c: st.column_config.NumberColumn(format="%.3f") for c in frame.columns[2:-1]}
-        st.dataframe(frame, hide_index=True, column_config=numbers)
-    except (OSError, ValueError, KeyError) as exc:
-        st.error(f"docs/ensemble.json could not be read ({exc}).")
+    with st.expander("Ensemble"):
+        try:
+            result = read_json(ENSEMBLE)
+            st.caption(f"{' + '.join(result['members'])}, {result['combination']}.")
+            table(ensemble_frame(result))
+        except (OSError, ValueError, KeyError) as exc:
+            st.error(f"docs/ensemble.json could not be read ({exc}).")

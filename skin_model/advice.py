@@ -36,8 +36,8 @@ TIER_TEXT = {
     ),
     "low": (
         "Low risk",
-        "Below the referral threshold. A low result does not rule out melanoma: examine the "
-        "lesion and the rest of the skin, and review or refer if it is new, changing, "
+        "A low result does not rule out melanoma: examine the lesion and the rest of the "
+        "skin, and review or refer if it is new, changing, "
         "symptomatic or you are concerned. If in doubt, photograph it and compare in about "
         "3 months.",
     ),
@@ -91,7 +91,7 @@ class Verdict:
         risk_line: Risk against the threshold, e.g. ``"Malignant risk 12% (referral
             threshold 9.2%)"``.
         threshold_reason: Why this case's threshold differs from the image-only one, or "".
-        warnings: Plain warnings shown beside the verdict.
+        warnings: ``(short label, what it means and what to do)`` shown beside the verdict.
     """
 
     refer: bool
@@ -101,7 +101,12 @@ class Verdict:
     evidence: str
     risk_line: str
     threshold_reason: str
-    warnings: tuple[str, ...]
+    warnings: tuple[tuple[str, str], ...]
+
+    @property
+    def labels(self) -> str:
+        """The warnings' short labels, e.g. ``"not dermoscopic, blurred"`` (or ``"none"``)."""
+        return ", ".join(label for label, _ in self.warnings) or "none"
 
 
 def verdict(
@@ -124,7 +129,8 @@ def verdict(
         prevalence: The malignant share the figures are shown at.
         image_only_threshold: The page's image-only threshold at ``prevalence`` (to say
             why a case with patient details has another).
-        quality: Retake messages of the quality gate.
+        quality: Problems the quality gate found (keys of
+            :data:`skin_model.quality.MESSAGES`).
 
     Returns:
         The :class:`Verdict`.
@@ -150,17 +156,25 @@ def verdict(
             f"{pct(image_only_threshold)} because patient details were given: it was chosen on "
             "calibration cases with their details so that the same sensitivity holds."
         )
+    from skin_model.quality import LABELS, MESSAGES
+
     warnings = []
     if not prediction.looks_dermoscopic:
         warnings.append(
-            "This does not look like a dermoscopic image of a skin lesion, so the result may "
-            "mean nothing. Check that the right image was uploaded."
+            (
+                "not dermoscopic",
+                "This does not look like a dermoscopic image of a skin lesion, so the result "
+                "may mean nothing. Check that the right image was uploaded.",
+            )
         )
-    warnings.extend(quality)
+    warnings.extend((LABELS[q], MESSAGES[q]) for q in quality)
     if prediction.unsure:
         warnings.append(
-            "The model is unsure about this image (its answer is spread over several "
-            "classes). Weigh the whole differential, not the first line."
+            (
+                "model unsure",
+                "The model is unsure about this image (its answer is spread over several "
+                "classes). Weigh the whole differential, not the first line.",
+            )
         )
     return Verdict(
         refer=bool(prediction.suspicious),

@@ -10,7 +10,6 @@ from skin_model.artifacts import (
     CARD_FILE,
     CV_FILE,
     METRICS_FILE,
-    MODEL_FILE,
     find_cv_dirs,
     read_integrity,
     read_json,
@@ -166,66 +165,74 @@ def calibration_lines(config: dict, m: dict) -> list[str]:
     return lines
 
 
-def render_model_card(model_dir: Path) -> str:
-    """Markdown model card built from ``config.json``, ``metrics.json`` and attempts."""
+def card_sections(model_dir: Path) -> dict[str, str]:
+    """The model card's sections in reading order, as Markdown: what it is for first, the
+    figures next, what was tried, and provenance and file digests last.
+
+    Returns:
+        ``{"use", "model", "numbers", "tried", "provenance"}``.
+    """
     model_dir = Path(model_dir)
     config = read_model_config(model_dir).to_dict()
     m = read_json(model_dir / METRICS_FILE)
     tr = m["training"]
     counts = {s: sum(v.values()) for s, v in m["split"].items()}
-    lines = [
-        f"# Model card: {model_dir.name}",
+    model = [
+        "## The model",
         "",
         f"- Architecture: `{config['architecture']}`, input {config['input_size']}x"
         f"{config['input_size']} RGB, {m['model']['parameters']:,} parameters, "
         f"{m['model']['file_bytes'] / 1e6:.1f} MB.",
-        f"- Model file `{MODEL_FILE}` SHA-256 (as `integrity.json` records it): "
-        f"`{read_integrity(model_dir).get(MODEL_FILE, 'not recorded')}`",
         f"- Trained {config['trained_on']} on {tr['device']} in {tr['train_seconds'] / 60:.1f} "
         f"min ({tr['epochs_run']} epochs; weights of epoch {tr['best_epoch']} kept).",
         f"- Data: HAM10000 (Tschandl et al. 2018, CC BY-NC 4.0), {sum(counts.values())} images "
         f"split by `lesion_id` into train {counts['train']} / validation {counts['val']} / "
         + (f"calibration {counts['calib']} / " if "calib" in counts else "")
         + f"test {counts['test']}, stratified by diagnosis (`split.csv`).",
-        *calibration_lines(config, m),
+        *[line for line in calibration_lines(config, m) if "Initial weights" not in line],
         f"- Reproduce: `{reproduce_command(config['training'], f'models/{model_dir.name}')}`",
-        "",
+    ]
+    numbers = [
         f"## Headline numbers (test split, {m['n_images']} images)",
         "",
         markdown(headline_frame(m)),
         "",
-        *(
-            [
-                "## With and without the patient context (test)",
-                "",
-                markdown(context_frame(m)),
-                "",
-            ]
-            if m.get("with_metadata")
-            else []
-        ),
-        "## Against the quality targets (test)",
-        "",
-        markdown(targets_frame(m)),
-        "",
-        "## Per class (test)",
-        "",
-        markdown(per_class_frame(m)),
     ]
-    lines += [
-        "",
-        INTENDED_USE,
+    if m.get("with_metadata"):
+        numbers += ["## With and without the patient context (test)", ""]
+        numbers += [markdown(context_frame(m)), ""]
+    numbers += ["## Against the quality targets (test)", "", markdown(targets_frame(m)), ""]
+    numbers += ["## Per class (test)", "", markdown(per_class_frame(m))]
+    tried = [
         "## What was tried",
-        "Every `train.py` run appends a row to `models/attempts.csv`; validation decided, "
-        "the test split was read once per run.",
+        "Every `train.py` run appends a row to `models/attempts.csv`; validation or "
+        "cross-validation decided, the test split was read once per run.",
         "",
         markdown(attempts_frame(model_dir.parent / ATTEMPTS_FILE), digits=4),
     ]
     for cv_dir in find_cv_dirs(model_dir.parent):
         cv = read_json(cv_dir / CV_FILE)
-        lines += ["", f"## Cross-validation: {cv_dir.name}", "", cv_summary_text(cv), ""]
-        lines.append(markdown(cv_frame(cv)))
-    return "\n".join(lines) + "\n"
+        tried += ["", f"### Cross-validation: {cv_dir.name}", "", cv_summary_text(cv), ""]
+        tried.append(markdown(cv_frame(cv)))
+    digests = read_integrity(model_dir)
+    provenance = ["## Provenance and integrity", ""]
+    provenance += [line for line in calibration_lines(config, m) if "Initial weights" in line]
+    provenance += [
+        f"- `{name}` SHA-256 `{sha}` (`integrity.json`)" for name, sha in digests.items()
+    ]
+    return {
+        "use": INTENDED_USE.rstrip(),
+        "model": "\n".join(model),
+        "numbers": "\n".join(numbers),
+        "tried": "\n".join(tried),
+        "provenance": "\n".join(provenance),
+    }
+
+
+def render_model_card(model_dir: Path) -> str:
+    """Markdown model card built from ``config.json``, ``metrics.json`` and attempts."""
+    sections = card_sections(model_dir)
+    return f"# Model card: {Path(model_dir).name}\n\n" + "\n\n".join(sections.values()) + "\n"
 
 
 def write_model_card(model_dir: Path) -> Path:

@@ -133,22 +133,34 @@ def resize_heatmap(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
 
-def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """Blend a jet-coloured heatmap over the image.
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """Blend a jet-coloured heatmap over the image, strongest where attention is high: each
+    pixel's opacity is ``alpha`` times its heatmap value, so regions the model ignored
+    stay as they are instead of being tinted blue.
 
     Args:
         image: RGB uint8 (H, W, 3).
         cam: Heatmap (H, W) in [0, 1].
-        alpha: Heatmap opacity, 0 (image only) to 1 (heatmap only).
+        alpha: Opacity at the heatmap's maximum, 0 (image only) to 1.
 
     Returns:
         RGB uint8 (H, W, 3).
     """
     from matplotlib import colormaps
 
-    colour = colormaps["jet"](np.clip(cam, 0, 1))[..., :3] * 255.0
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colour
+    cam = np.clip(cam, 0, 1)
+    colour = colormaps["jet"](cam)[..., :3] * 255.0
+    weight = (alpha * cam)[..., None]
+    blended = (1.0 - weight) * image.astype(np.float32) + weight * colour
     return np.clip(blended, 0, 255).astype(np.uint8)
+
+
+def legend_image(width: int = 256, height: int = 14) -> np.ndarray:
+    """The heatmap's colour scale as an RGB strip (low attention left, high right)."""
+    from matplotlib import colormaps
+
+    ramp = colormaps["jet"](np.linspace(0, 1, width))[:, :3] * 255.0
+    return np.repeat(ramp[None], height, axis=0).astype(np.uint8)
 
 
 def box_energy_ratio(cam: np.ndarray, box: tuple[int, int, int, int]) -> float:

@@ -82,7 +82,8 @@ class Prediction:
     :mod:`skin_model.calibration`), which is not always the most probable class: a rare
     class is suggested when its probability is high for it. ``threshold`` is the referral
     threshold on the same scale as ``malignant_probability``; ``suspicious`` is the
-    referral flag (risk at or above it), whatever the warnings say.
+    referral flag (risk at or above it), whatever the warnings say. ``base_risk`` and
+    ``base_threshold`` are both at the training prevalence, where the risk tiers are set.
     """
 
     probabilities: np.ndarray
@@ -95,6 +96,12 @@ class Prediction:
     threshold: float
     prevalence: float | None = None
     context: PatientContext | None = None
+    base_risk: float | None = None
+    base_threshold: float | None = None
+
+    def __post_init__(self):
+        if self.base_risk is None:  # created at the training prevalence
+            self.base_risk, self.base_threshold = self.malignant_probability, self.threshold
 
     @property
     def context_used(self) -> str:
@@ -286,6 +293,7 @@ def predict_images(
     prevalence: float | None = None,
     contexts: Sequence[PatientContext | None] | None = None,
     chunk: int = 16,
+    groups: Sequence[int] | None = None,
 ) -> list[Prediction]:
     """Classify decoded RGB uint8 images: network, post-hoc layer, detector.
 
@@ -297,9 +305,14 @@ def predict_images(
             data's share.
         contexts: Optional patient context per image (ignored by a model that uses none).
         chunk: Images per model call (see :func:`network_outputs`; smaller = less memory).
+        groups: Lesion index of each image: images of one lesion share one result, from
+            the mean of their network outputs (the context of the group's first image is
+            used; a group looks dermoscopic only if all its images do). None: one result
+            per image.
 
     Returns:
-        One :class:`Prediction` per image, in order.
+        One :class:`Prediction` per image (per group with ``groups``, in order of first
+        appearance).
     """
     if not images:
         return []
@@ -309,25 +322,42 @@ def predict_images(
     use_meta = bundle.uses_context
     meta = np.stack([encode(c) for c in contexts]) if use_meta else None
     network, feats = network_outputs(bundle, batch, bundle.config.tta, chunk, meta)
+    detector = bundle.detector
+    scores = detector.score(feats) if detector is not None else None
+    if groups is not None:
+        network, meta, contexts, scores = _pool_groups(groups, network, meta, contexts, scores)
     given = np.array([use_meta and c is not None and bool(c.given) for c in contexts], bool)
     out = bundle.posthoc.apply(network, meta, given)
     entropy = normalised_entropy(out.fused)
-    detector = bundle.detector
-    scores = detector.score(feats) if detector is not None else [None] * len(images)
     return [
         Prediction(
             probabilities=out.probabilities[i],
             malignant_probability=float(out.risk[i]),
             suspicious=bool(out.flagged[i]),
             unsure=bool(out.fused[i].max() < UNSURE_TOP_PROBABILITY or entropy[i] > UNSURE_ENTROPY),
-            ood_score=None if scores[i] is None else float(scores[i]),
-            looks_dermoscopic=scores[i] is None or not bool(detector.flagged(scores[i])),
+            ood_score=None if scores is None else float(scores[i]),
+            looks_dermoscopic=scores is None or not bool(detector.flagged(scores[i])),
             decision=int(out.decisions[i]),
             threshold=float(out.thresholds[i]),
             context=contexts[i] if use_meta else None,
         ).at_prevalence(bundle.posthoc, prevalence)
-        for i in range(len(images))
+        for i in range(len(network))
     ]
+
+
+def _pool_groups(groups, network, meta, contexts, scores):
+    """Per-group mean outputs, the first image's context, and the highest detector score."""
+    groups = np.asarray(groups)
+    order = list(dict.fromkeys(groups.tolist()))
+    first = [int(np.flatnonzero(groups == g)[0]) for g in order]
+    pooled = np.stack([network[groups == g].mean(axis=0) for g in order])
+    worst = None if scores is None else np.array([scores[groups == g].max() for g in order])
+    return (
+        pooled,
+        None if meta is None else meta[first],
+        [contexts[i] for i in first],
+        worst,
+    )
 
 
 def display_threshold(bundle: ModelBundle, prevalence: float | None = None) -> float:

@@ -96,11 +96,13 @@ def predict_files(
             row gets that row's error.
 
     Returns:
-        Rows with :data:`skin_model.inference.CSV_COLUMNS`.
+        Rows with :data:`skin_model.results.CSV_COLUMNS`.
     """
     from skin_model.inference import predict_images
+    from skin_model.quality import check
     from skin_model.results import result_row
 
+    shown_at = prevalence if prevalence is not None else bundle.malignant_share
     rows: list[dict] = []
     used: set[str] = set()
     for start in range(0, len(files), CHUNK):
@@ -118,7 +120,7 @@ def predict_files(
                 rows.append(result_row(str(f), None, err))
                 continue
             pred = next(preds)
-            rows.append(result_row(str(f), pred))
+            rows.append(result_row(str(f), pred, quality=check(image), prevalence=shown_at))
             if cam_dir is not None:
                 save_cam(bundle, image, pred.decision, cam_dir, unique_stem(f, used))
         if progress:

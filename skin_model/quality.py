@@ -40,6 +40,14 @@ MESSAGES = {
     "lesion and a rim of normal skin in view.",
 }
 """What each problem means for the user, and what to do."""
+LABELS = {
+    "blurred": "blurred",
+    "too_dark": "too dark",
+    "too_bright": "overexposed",
+    "too_small": "too small",
+    "cut_off": "lesion off the edge",
+}
+"""A short name of each problem (tables, CSV)."""
 
 
 @dataclass(frozen=True)
@@ -146,8 +154,8 @@ def problems(m: Measures, lim: dict | None = None) -> list[str]:
 
 
 def check(image: np.ndarray) -> list[str]:
-    """The retake messages for one decoded image (empty: no problem found)."""
-    return [MESSAGES[p] for p in problems(measure(image))]
+    """What is wrong with one decoded image: keys of :data:`MESSAGES` (empty: nothing)."""
+    return problems(measure(image))
 
 
 def degrade(image: np.ndarray, kind: str) -> np.ndarray:

@@ -1,81 +1,135 @@
-"""A one-page PNG report per case: image, explanation overlay, probabilities, flags."""
+"""The printable case report: one A4 PDF page for the patient file (matplotlib's PDF
+backend, text kept as text so it can be searched and read back).
+
+Everything a user typed or named (file names, case reference, notes) is drawn as plain
+text: never parsed as mathtext or markup.
+"""
 
 from __future__ import annotations
 
 import io
+import textwrap
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from skin_model import CLASSES, display_name
-from skin_model.inference import Prediction
 
 DISCLAIMER = (
-    "Not a medical device. Research/teaching aid trained on HAM10000; it does not diagnose. "
-    "Decisions belong to a qualified clinician."
+    "Not a medical device. A research and teaching aid trained on HAM10000 (dermoscopic "
+    "images of pigmented lesions); it does not diagnose, and it must not decide on biopsy, "
+    "referral or treatment by itself. Decisions belong to a qualified clinician."
 )
 
 
-def report_text(prediction: Prediction, threshold: float, flag_text: str, model: str) -> str:
-    """The report's text block: decision, risk, threshold, flags, context, model."""
-    at = (
-        f"at a malignant prevalence of {prediction.prevalence:.1%} (set by the user)"
-        if prediction.prevalence is not None
-        else "at HAM10000's class frequencies"
-    )
-    looks = "yes" if prediction.looks_dermoscopic else "NO — the result is not meaningful"
-    return (
-        f"Suggested diagnosis (balanced rule): {display_name(prediction.suggested_class)}\n"
-        f"Malignant risk (mel + bcc + akiec), {at}: {prediction.malignant_probability:.1%} "
-        f"(referral threshold {threshold:.1%})\n"
-        f"Flag: {flag_text}\n"
-        f"Looks like a dermoscopic image: {looks}\n"
-        f"Patient context used: {prediction.context_used}\n"
-        f"Model: {model}\n\n{DISCLAIMER}"
-    )
+@dataclass
+class ReportRecord:
+    """What one case's report shows.
 
-
-def render_report(
-    name: str,
-    image: np.ndarray,
-    overlay_image: np.ndarray,
-    prediction: Prediction,
-    threshold: float,
-    flag_text: str,
-    model_version: str,
-    overlay_title: str,
-) -> bytes:
-    """Render the report as PNG bytes (in memory).
-
-    Args:
-        name: File name shown in the title.
-        image: Original RGB uint8 image.
-        overlay_image: Explanation overlay, RGB uint8.
-        prediction: The case's prediction (probabilities as shown in the app).
-        threshold: The referral threshold on the shown risk scale.
-        flag_text: The plain-language flag.
-        model_version: Model identifier (architecture, input size, date).
-        overlay_title: What the overlay shows, e.g. ``"Grad-CAM++ for Melanoma (mel)"``.
-
-    Returns:
-        PNG file bytes.
+    Attributes:
+        created: Date and time the report was made (text).
+        case_reference: Optional reference typed by the user.
+        notes: Optional notes typed by the user.
+        files: The case's file names (as uploaded).
+        model: Model version line.
+        title: The verdict's title, e.g. "Raised risk: refer".
+        lines: Verdict details in order (action, evidence, risk line, threshold, ...).
+        warnings: Quality, "not dermoscopic" and "unsure" warnings.
+        probabilities: (K,) class probabilities as shown.
+        images: The case's images (RGB uint8).
+        overlay: Explanation overlay of the first image (RGB uint8), or None.
+        overlay_title: What the overlay shows.
+        context: Patient context used, in words.
     """
+
+    created: str
+    case_reference: str
+    notes: str
+    files: list[str]
+    model: str
+    title: str
+    lines: list[str]
+    warnings: list[str]
+    probabilities: np.ndarray
+    images: list[np.ndarray]
+    overlay: np.ndarray | None
+    overlay_title: str
+    context: str = "none given"
+    extra: dict = field(default_factory=dict)
+
+
+def _wrap(text: str, width: int = 100) -> str:
+    return "\n".join(textwrap.wrap(text, width)) or ""
+
+
+def _text(fig, x: float, y: float, text: str, **kw):
+    """Plain text on the page (no mathtext), returning the next y below it."""
+    size = kw.pop("fontsize", 9)
+    wrapped = _wrap(text, kw.pop("width", 105))
+    fig.text(x, y, wrapped, fontsize=size, va="top", parse_math=False, **kw)
+    return y - (wrapped.count("\n") + 1) * size * 1.45 / 842
+
+
+def render_pdf(record: ReportRecord) -> bytes:
+    """The report as PDF bytes (in memory: nothing is written to disk)."""
+    import matplotlib as mpl
+    from matplotlib.backends.backend_pdf import FigureCanvasPdf
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8.27, 11.69), dpi=100)
-    fig.suptitle(f"Skin-lesion classifier report: {name}", fontsize=13)
-    ax1, ax2 = fig.add_axes([0.05, 0.58, 0.43, 0.32]), fig.add_axes([0.52, 0.58, 0.43, 0.32])
-    for ax, im, title in ((ax1, image, "Image"), (ax2, overlay_image, overlay_title)):
-        ax.imshow(im)
-        ax.set_title(title, fontsize=10)
-        ax.axis("off")
-    ax3 = fig.add_axes([0.38, 0.30, 0.55, 0.23])
-    probs = prediction.probabilities
-    order = np.argsort(probs)
-    ax3.barh([display_name(CLASSES[i]) for i in order], probs[order], color="#4472c4")
-    ax3.set_xlim(0, 1)
-    ax3.set_xlabel("probability")
-    text = report_text(prediction, threshold, flag_text, model_version)
-    fig.text(0.05, 0.04, text, fontsize=9, wrap=True, va="bottom")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    with mpl.rc_context({"pdf.fonttype": 42, "text.usetex": False}):
+        fig = Figure(figsize=(8.27, 11.69))
+        FigureCanvasPdf(fig)
+        y = 0.965
+        y = _text(fig, 0.06, y, "Skin-lesion classifier: case report", fontsize=15, weight="bold")
+        y = _text(fig, 0.06, y - 0.004, f"Date: {record.created}", fontsize=9)
+        if record.case_reference:
+            y = _text(fig, 0.06, y, f"Case reference: {record.case_reference}", fontsize=9)
+        y = _text(fig, 0.06, y, f"Image(s): {', '.join(record.files)}", fontsize=9)
+        y = _text(fig, 0.06, y, f"Model: {record.model}", fontsize=8, color="#444444")
+        colour = "#b00020" if "refer" in record.title and "below" not in record.title else "#1b5e20"
+        y = _text(fig, 0.06, y - 0.01, record.title, fontsize=14, weight="bold", color=colour)
+        for line in record.lines:
+            y = _text(fig, 0.06, y, line, fontsize=9.5)
+        y = _text(fig, 0.06, y, f"Patient details used: {record.context}", fontsize=9)
+        for w in record.warnings:
+            y = _text(fig, 0.06, y, f"Warning: {w}", fontsize=9, color="#8a4b00")
+        y -= 0.01
+        img_h = 0.2
+        shown = [*record.images[:2], *([record.overlay] if record.overlay is not None else [])]
+        titles = [f"Image {i + 1}" for i in range(len(record.images[:2]))]
+        titles += [record.overlay_title] if record.overlay is not None else []
+        width = min(0.28, 0.88 / max(len(shown), 1) - 0.02)
+        for i, (im, title) in enumerate(zip(shown, titles, strict=True)):
+            ax = fig.add_axes([0.06 + i * (width + 0.02), y - img_h, width, img_h])
+            ax.imshow(im)
+            ax.set_title(_wrap(title, 40), fontsize=8, parse_math=False)
+            ax.axis("off")
+        if record.overlay is not None:
+            from matplotlib import colormaps
+            from matplotlib.colorbar import ColorbarBase
+            from matplotlib.colors import Normalize
+
+            i = len(shown) - 1
+            cax = fig.add_axes([0.06 + i * (width + 0.02), y - img_h - 0.018, width, 0.008])
+            bar = ColorbarBase(
+                cax, cmap=colormaps["jet"], norm=Normalize(0, 1), orientation="horizontal"
+            )
+            bar.set_ticks([0, 1], labels=["little attention", "most attention"])
+            bar.ax.tick_params(labelsize=7)
+        y -= img_h + 0.06
+        ax = fig.add_axes([0.36, y - 0.17, 0.56, 0.17])
+        order = np.argsort(record.probabilities)
+        ax.barh(
+            [display_name(CLASSES[i]) for i in order], record.probabilities[order], color="#4472c4"
+        )
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("probability (as shown in the app)", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.set_title("Differential", fontsize=9)
+        y -= 0.2
+        if record.notes:
+            y = _text(fig, 0.06, y, f"Notes: {record.notes}", fontsize=9)
+        _text(fig, 0.06, max(y - 0.01, 0.09), DISCLAIMER, fontsize=8, color="#444444")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="pdf")
     return buf.getvalue()

@@ -1,4 +1,9 @@
-"""The prediction CSV: its columns, one row per file, and the writer (CLI and app)."""
+"""The results CSV of the CLI and the app: its columns, one row per file, and the writer.
+
+Cells are safe to open in a spreadsheet: text that a spreadsheet would run as a formula
+(starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) is prefixed with
+``'``, and numbers are written in plain decimals (no exponents).
+"""
 
 from __future__ import annotations
 
@@ -6,39 +11,97 @@ import csv
 import io
 from collections.abc import Iterable, Sequence
 
-from skin_model import CLASSES
+from skin_model import CLASSES, display_name
+from skin_model.advice import TIER_TEXT, tier_key
 from skin_model.inference import Prediction
 
 CSV_COLUMNS = (
     "file",
-    "prediction",
-    "malignant_probability",
+    "lesion",
+    "refer",
+    "risk_tier",
+    "malignant_risk",
+    "referral_threshold",
+    "prevalence",
+    "most_likely",
+    "most_likely_probability",
+    "suggested_diagnosis",
     *CLASSES,
     "looks_dermoscopic",
-    "ood_score",
+    "not_dermoscopic_score",
+    "quality_warnings",
+    "model_unsure",
     "patient_context",
     "error",
 )
-"""``prediction`` is the suggested diagnosis (balanced rule); the class columns and
-``malignant_probability`` are probabilities at the training class frequencies (or at the
-``--prevalence`` given); ``looks_dermoscopic`` is ``true``/``false``; ``patient_context``
-says which of age, sex and body site the prediction used."""
+"""``refer`` is the referral flag (``yes`` when ``malignant_risk`` reaches
+``referral_threshold``), whatever the warnings say; ``risk_tier`` its plain-language tier.
+``malignant_risk``, the class columns and ``referral_threshold`` are at ``prevalence``
+(the malignant share the figures are shown at). ``most_likely`` is the most probable class;
+``suggested_diagnosis`` the balanced rule's choice (the one balanced accuracy measures).
+``not_dermoscopic_score`` is above 1 where the "not dermoscopic" detector's limit is
+passed; ``quality_warnings`` lists the image-quality gate's findings."""
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def result_row(file: str, prediction: Prediction | None, error: str = "") -> dict:
-    """One results-CSV row (:data:`CSV_COLUMNS`) for a prediction or an error."""
+def safe_cell(value):
+    """A cell a spreadsheet shows as text: formula-like strings get a leading ``'``."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def number(x: float | None, digits: int = 4) -> str:
+    """A plain decimal (``"0.0001"``, never ``"1e-04"``); ``""`` for None."""
+    return "" if x is None else f"{float(x):.{digits}f}"
+
+
+def result_row(
+    file: str,
+    prediction: Prediction | None,
+    error: str = "",
+    lesion: str = "",
+    quality: Sequence[str] = (),
+    prevalence: float | None = None,
+) -> dict:
+    """One results-CSV row (:data:`CSV_COLUMNS`) for a prediction or an error.
+
+    Args:
+        file: The file's name or path, as given.
+        prediction: Its prediction (None: it failed, see ``error``).
+        error: Why it could not be classified.
+        lesion: The lesion (case) it belongs to, if grouped.
+        quality: The problems the quality gate found (keys of
+            :data:`skin_model.quality.LABELS`).
+        prevalence: The malignant share the prediction is shown at (None: the training
+            data's, taken from the prediction when it was re-weighted).
+    """
     row = {c: "" for c in CSV_COLUMNS}
-    row["file"], row["error"] = file, error
+    row["file"], row["error"], row["lesion"] = file, error, lesion
+    from skin_model.quality import LABELS
+
+    row["quality_warnings"] = ", ".join(LABELS[q] for q in quality)
     if prediction is not None:
-        row["prediction"] = prediction.suggested_class
-        row["malignant_probability"] = round(prediction.malignant_probability, 6)
-        for c, p in zip(CLASSES, prediction.probabilities, strict=True):
-            row[c] = round(float(p), 6)
-        row["looks_dermoscopic"] = str(prediction.looks_dermoscopic).lower()
-        if prediction.ood_score is not None:
-            row["ood_score"] = round(prediction.ood_score, 3)
-        row["patient_context"] = prediction.context_used
-    return row
+        probs = prediction.probabilities
+        most = prediction.most_probable_class
+        row.update(
+            refer="yes" if prediction.suspicious else "no",
+            risk_tier=TIER_TEXT[tier_key(prediction.base_risk, prediction.base_threshold)][0],
+            malignant_risk=number(prediction.malignant_probability),
+            referral_threshold=number(prediction.threshold),
+            prevalence=number(prediction.prevalence if prediction.prevalence else prevalence),
+            most_likely=display_name(most),
+            most_likely_probability=number(probs[CLASSES.index(most)]),
+            suggested_diagnosis=display_name(prediction.suggested_class),
+            looks_dermoscopic="yes" if prediction.looks_dermoscopic else "no",
+            not_dermoscopic_score=number(prediction.ood_score, 3),
+            model_unsure="yes" if prediction.unsure else "no",
+            patient_context=prediction.context_used,
+        )
+        for c, p in zip(CLASSES, probs, strict=True):
+            row[c] = number(p)
+    return {k: safe_cell(v) for k, v in row.items()}
 
 
 def write_rows(rows: Iterable[dict], out) -> None:

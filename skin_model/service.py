@@ -1,11 +1,13 @@
-"""A case end to end, for the app: decode, predict (with optional patient context and a
-clinic's prevalence), explain, report.
+"""Cases end to end, for the app: a session store that owns the decoded uploads, how they
+are grouped into lesions, the details typed for each lesion, and the prediction and
+heatmap caches, with explicit pruning; plus the summary rows, the CSV and the report.
 
 All in memory: nothing here writes or logs an image or a patient's details.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,164 +15,335 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from skin_model import CLASSES, display_name
+from skin_model.advice import Verdict, pct, verdict
 from skin_model.explain import explain, overlay
 from skin_model.imaging import ImageError, decode_image
-from skin_model.inference import ModelBundle, Prediction, predict_images
+from skin_model.inference import ModelBundle, Prediction, display_threshold, predict_images
 from skin_model.metadata import PatientContext, encode
-from skin_model.report import render_report
+from skin_model.quality import check
+from skin_model.report import ReportRecord, render_pdf
 from skin_model.results import result_row, rows_to_csv_text
-
-SUSPICIOUS = "suspicious — consider biopsy/referral"
-BENIGN = "below the referral threshold"
-NOT_DERMOSCOPIC = "does not look like a dermoscopic image"
-
-
-@dataclass
-class Case:
-    """One uploaded file and what became of it.
-
-    ``predictions`` caches the model's result per patient context, at the training
-    prevalence, so changing the context or the prevalence never re-decodes the image.
-    """
-
-    name: str
-    digest: str
-    image: np.ndarray | None = None
-    error: str = ""
-    predictions: dict = field(default_factory=dict)
-
-
-def digest(data: bytes) -> str:
-    """SHA-256 hex digest of a file's bytes (the cache key of an upload)."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def decode_uploads(uploads: Sequence[tuple[str, bytes]]) -> list[Case]:
-    """Decode uploads; a file that cannot be used gets its own error, the rest go on."""
-    cases = []
-    for name, data in uploads:
-        case = Case(name=name, digest=digest(data))
-        try:
-            case.image = decode_image(data)
-        except ImageError as exc:
-            case.error = str(exc)
-        cases.append(case)
-    return cases
-
 
 APP_CHUNK = 4
 """Images per model call in the app: a few uploads at a time, so peak memory matters more
 than batch speed (16, the CLI's, used about 17 MB more for 10 uploads)."""
 
 
-def predict_cases(
-    bundle: ModelBundle,
-    cases: Sequence[Case],
-    contexts: Sequence[PatientContext | None] | None = None,
-    prevalence: float | None = None,
-) -> list[Prediction | None]:
-    """Each case's prediction for its context, at ``prevalence``; uncached ones in one batch.
+def digest(data: bytes) -> str:
+    """SHA-256 hex digest of a file's bytes (the identity of an upload)."""
+    return hashlib.sha256(data).hexdigest()
 
-    Args:
-        bundle: Loaded model.
-        cases: Decoded cases (failed ones give None).
-        contexts: Patient context per case (None: not given).
-        prevalence: Malignant share to show probabilities at (None: the training data's).
 
-    Returns:
-        One prediction (or None for a failed case) per case, in order.
+@dataclass
+class Upload:
+    """One uploaded file and what became of it.
+
+    Attributes:
+        key: Its identity (content digest, plus a count for the same file uploaded twice).
+        name: The file name as given (untrusted text: shown and written as plain text).
+        image: The decoded image (None when it could not be decoded).
+        error: Why it could not be decoded.
+        quality: What the quality gate found (keys of :data:`skin_model.quality.MESSAGES`).
     """
-    contexts = list(contexts) if contexts is not None else [None] * len(cases)
-    todo = [
-        (c, ctx)
-        for c, ctx in zip(cases, contexts, strict=True)
-        if c.image is not None and ctx not in c.predictions
-    ]
-    if todo:
-        images, ctxs = [c.image for c, _ in todo], [x for _, x in todo]
-        preds = predict_images(bundle, images, None, ctxs, chunk=APP_CHUNK)
-        for (case, ctx), pred in zip(todo, preds, strict=True):
-            case.predictions[ctx] = pred
-    return [
-        None if c.image is None else c.predictions[ctx].at_prevalence(bundle.posthoc, prevalence)
-        for c, ctx in zip(cases, contexts, strict=True)
-    ]
+
+    key: str
+    name: str
+    image: np.ndarray | None = None
+    error: str = ""
+    quality: list[str] = field(default_factory=list)
 
 
-def flag(prediction: Prediction) -> str:
-    """Plain-language flag of a prediction."""
-    if not prediction.looks_dermoscopic:
-        return NOT_DERMOSCOPIC
-    return SUSPICIOUS if prediction.suspicious else BENIGN
+def decode_upload(key: str, name: str, data: bytes) -> Upload:
+    """Decode one upload and run the quality gate; a bad file gets its own error."""
+    try:
+        image = decode_image(data)
+    except ImageError as exc:
+        return Upload(key, name, error=str(exc))
+    return Upload(key, name, image, quality=check(image))
 
 
-def summary_row(case: Case, prediction: Prediction | None) -> dict:
-    """One row of the batch summary table."""
-    if prediction is None:
-        return {
-            "file": case.name,
-            "suggested diagnosis": "—",
-            "its probability": None,
-            "malignant risk": None,
-            "flag": f"error: {case.error}",
-            "patient context used": "—",
+@dataclass
+class Lesion:
+    """A case: one lesion with one or more images and one set of patient details."""
+
+    key: str
+    uploads: list[Upload]
+    context: PatientContext | None
+
+    @property
+    def names(self) -> list[str]:
+        """The file names of its images."""
+        return [u.name for u in self.uploads]
+
+    @property
+    def good(self) -> list[Upload]:
+        """Its images that could be decoded."""
+        return [u for u in self.uploads if u.image is not None]
+
+
+@dataclass
+class Result:
+    """A lesion's result at the page's prevalence, with its plain-language verdict."""
+
+    lesion: Lesion
+    prediction: Prediction | None
+    verdict: Verdict | None
+
+    @property
+    def error(self) -> str:
+        """Why nothing could be classified (every image failed), else ``""``."""
+        if self.prediction is not None:
+            return ""
+        return "; ".join(f"{u.name}: {u.error}" for u in self.lesion.uploads)
+
+
+@dataclass
+class CaseStore:
+    """Everything the Classify page keeps for one browser session.
+
+    Uploads are decoded once and kept until removed (so leaving the page and coming back
+    keeps them); predictions are cached per lesion and patient details at the training
+    prevalence, heatmaps per image, class, method and details. Removing an upload or
+    regrouping prunes exactly the cache entries that depended on it.
+    """
+
+    uploads: dict[str, Upload] = field(default_factory=dict)
+    lesion_of: dict[str, str] = field(default_factory=dict)
+    contexts: dict[str, PatientContext] = field(default_factory=dict)
+    case_reference: str = ""
+    notes: str = ""
+    _predictions: dict = field(default_factory=dict)
+    _heatmaps: dict = field(default_factory=dict)
+
+    def add(self, files: Sequence[tuple[str, bytes]]) -> list[str]:
+        """Decode new files (the same file under the same name is not decoded again).
+
+        Returns:
+            The key of each file, in order.
+        """
+        keys = []
+        for name, data in files:
+            base = digest(data)
+            key, n = base, 1
+            while key in self.uploads and self.uploads[key].name != name:
+                n += 1
+                key = f"{base}-{n}"
+            if key not in self.uploads:
+                self.uploads[key] = decode_upload(key, name, data)
+                self.lesion_of[key] = key
+            keys.append(key)
+        return keys
+
+    def remove(self, key: str) -> None:
+        """Forget an upload and everything cached for it."""
+        self.uploads.pop(key, None)
+        lesion = self.lesion_of.pop(key, None)
+        self._prune(key, lesion)
+        if lesion is not None and lesion not in self.lesion_of.values():
+            self.contexts.pop(lesion, None)
+
+    def clear(self) -> None:
+        """Start the next patient: drop every upload, detail, note and cache."""
+        self.uploads.clear()
+        self.lesion_of.clear()
+        self.contexts.clear()
+        self._predictions.clear()
+        self._heatmaps.clear()
+        self.case_reference = self.notes = ""
+
+    def group(self, keys: Sequence[str]) -> None:
+        """Mark uploads as images of one lesion (it keeps the first one's details)."""
+        keys = [k for k in keys if k in self.uploads]
+        if len(keys) < 2:
+            return
+        target = self.lesion_of[keys[0]]
+        for k in keys:
+            self._prune(None, self.lesion_of[k])
+            self.lesion_of[k] = target
+
+    def split(self, lesion: str) -> None:
+        """Make each image of a lesion its own case again."""
+        self._prune(None, lesion)
+        for k, v in list(self.lesion_of.items()):
+            if v == lesion:
+                self.lesion_of[k] = k
+                if k != lesion and lesion in self.contexts:
+                    self.contexts[k] = self.contexts[lesion]
+
+    def set_context(self, lesion: str, context: PatientContext | None) -> None:
+        """Record the patient details typed for a lesion."""
+        if context is None:
+            self.contexts.pop(lesion, None)
+        else:
+            self.contexts[lesion] = context
+
+    def lesions(self) -> list[Lesion]:
+        """The cases in upload order, each with its images and details."""
+        order: dict[str, list[Upload]] = {}
+        for key, upload in self.uploads.items():
+            order.setdefault(self.lesion_of[key], []).append(upload)
+        return [Lesion(k, ups, self.contexts.get(k)) for k, ups in order.items()]
+
+    def _prune(self, upload: str | None, lesion: str | None) -> None:
+        self._predictions = {
+            k: v for k, v in self._predictions.items() if lesion is None or k[0] != lesion
         }
+        if upload is not None:
+            self._heatmaps = {k: v for k, v in self._heatmaps.items() if k[0] != upload}
+
+    def predictions(self, bundle: ModelBundle, lesions: Sequence[Lesion]) -> dict[str, Prediction]:
+        """Each lesion's prediction at the training prevalence; uncached ones in one batch
+        (a lesion of several images: the mean of their network outputs).
+        """
+        todo = [les for les in lesions if les.good and self._key(les) not in self._predictions]
+        images, contexts, groups = [], [], []
+        for i, les in enumerate(todo):
+            for upload in les.good:
+                images.append(upload.image)
+                contexts.append(les.context)
+                groups.append(i)
+        if images:
+            preds = predict_images(bundle, images, None, contexts, APP_CHUNK, groups)
+            for les, pred in zip(todo, preds, strict=True):
+                self._predictions[self._key(les)] = pred
+        return {les.key: self._predictions[self._key(les)] for les in lesions if les.good}
+
+    @staticmethod
+    def _key(lesion: Lesion) -> tuple:
+        return (lesion.key, tuple(u.key for u in lesion.good), lesion.context)
+
+    def heatmap(
+        self,
+        bundle: ModelBundle,
+        upload: Upload,
+        class_code: str,
+        method: str,
+        context: PatientContext | None,
+    ) -> np.ndarray:
+        """The cached heatmap of ``class_code`` for one image (computed once)."""
+        key = (upload.key, class_code, method, context)
+        if key not in self._heatmaps:
+            meta = encode(context) if bundle.feeds_context else None
+            self._heatmaps[key] = explain(
+                bundle, upload.image, CLASSES.index(class_code), method, meta
+            )
+        return self._heatmaps[key]
+
+
+def results(
+    bundle: ModelBundle,
+    store: CaseStore,
+    prevalence: float | None,
+    tiers: list[dict] | None,
+) -> list[Result]:
+    """Every lesion's result at ``prevalence`` (None: the training data's share)."""
+    lesions = store.lesions()
+    preds = store.predictions(bundle, lesions)
+    shown_at = prevalence if prevalence is not None else bundle.malignant_share
+    page_threshold = display_threshold(bundle, prevalence)
+    out = []
+    for les in lesions:
+        pred = preds.get(les.key)
+        if pred is None:
+            out.append(Result(les, None, None))
+            continue
+        shown = pred.at_prevalence(bundle.posthoc, prevalence)
+        quality = [q for u in les.good for q in u.quality]
+        v = verdict(
+            shown,
+            pred.base_risk,
+            pred.base_threshold,
+            tiers,
+            shown_at or 0.2,
+            page_threshold,
+            list(dict.fromkeys(quality)),
+        )
+        out.append(Result(les, shown, v))
+    return out
+
+
+def summary_row(result: Result) -> dict:
+    """One row of the summary table (plain text cells)."""
+    les = result.lesion
+    if result.prediction is None:
+        return {
+            "image(s)": ", ".join(les.names),
+            "referral": "no result",
+            "risk tier": "",
+            "malignant risk": "",
+            "threshold": "",
+            "most likely": "",
+            "warnings": result.error,
+        }
+    p, v = result.prediction, result.verdict
     return {
-        "file": case.name,
-        "suggested diagnosis": display_name(prediction.suggested_class),
-        "its probability": float(prediction.probabilities[prediction.decision]),
-        "malignant risk": prediction.malignant_probability,
-        "flag": flag(prediction) + (" (model unsure)" if prediction.unsure else ""),
-        "patient context used": prediction.context_used,
+        "image(s)": ", ".join(les.names),
+        "referral": "REFER" if v.refer else "below threshold",
+        "risk tier": v.title.split(":")[0],
+        "malignant risk": pct(p.malignant_probability),
+        "threshold": pct(p.threshold),
+        "most likely": display_name(p.most_probable_class),
+        "warnings": v.labels,
     }
 
 
-def csv_text(cases: Sequence[Case], predictions: Sequence[Prediction | None]) -> str:
-    """The CLI's CSV for a batch of cases (same columns)."""
-    rows = [result_row(c.name, p, c.error) for c, p in zip(cases, predictions, strict=True)]
+def csv_text(outcomes: Sequence[Result], prevalence: float | None) -> str:
+    """The results CSV (the CLI's columns): one row per image, its lesion's result."""
+    rows = []
+    for r in outcomes:
+        for u in r.lesion.uploads:
+            if u.image is None:
+                rows.append(result_row(u.name, None, u.error, r.lesion.key[:8]))
+            else:
+                rows.append(
+                    result_row(u.name, r.prediction, "", r.lesion.key[:8], u.quality, prevalence)
+                )
     return rows_to_csv_text(rows)
 
 
-def top3_table(prediction: Prediction) -> dict[str, float]:
-    """The three most probable classes as ``{"Melanoma (mel)": 0.61, ...}``."""
-    return {display_name(c): p for c, p in prediction.top_k(3)}
+def top_table(prediction: Prediction, k: int = 7) -> list[tuple[str, float]]:
+    """The ``k`` most probable classes as ``[("Melanoma (mel)", 0.61), ...]``."""
+    return [(display_name(c), p) for c, p in prediction.top_k(k)]
 
 
-def explanation(
-    bundle: ModelBundle,
-    case: Case,
-    class_code: str,
-    method: str,
-    context: PatientContext | None = None,
-) -> np.ndarray:
-    """The heatmap of ``class_code`` for a decoded case (image path; context held fixed)."""
-    meta = encode(context) if bundle.feeds_context else None
-    return explain(bundle, case.image, CLASSES.index(class_code), method, meta)
-
-
-def overlay_image(case: Case, cam: np.ndarray, alpha: float) -> np.ndarray:
-    """The case's image with the heatmap blended in at opacity ``alpha``."""
-    return overlay(case.image, cam, alpha)
+def overlay_image(image: np.ndarray, cam: np.ndarray, alpha: float) -> np.ndarray:
+    """An image with a heatmap blended in (opacity ``alpha``, faint where attention is low)."""
+    return overlay(image, cam, alpha)
 
 
 def case_report(
     bundle: ModelBundle,
-    case: Case,
-    prediction: Prediction,
-    cam: np.ndarray,
-    class_code: str,
-    method: str,
+    store: CaseStore,
+    result: Result,
+    cam: np.ndarray | None,
+    overlay_title: str,
     alpha: float,
+    now: dt.datetime | None = None,
 ) -> bytes:
-    """The one-page PNG report of a case, naming the method and class the overlay shows."""
-    version = bundle.config.describe()
-    return render_report(
-        case.name,
-        case.image,
-        overlay(case.image, cam, alpha),
-        prediction,
-        prediction.threshold,
-        flag(prediction),
-        version,
-        f"{method} for {display_name(class_code)}",
+    """The PDF report of one lesion's result."""
+    p, v = result.prediction, result.verdict
+    first = result.lesion.good[0]
+    lines = [v.action, v.risk_line]
+    if v.evidence:
+        lines.append(v.evidence)
+    if v.threshold_reason:
+        lines.append(v.threshold_reason)
+    from skin_model.advice import headline
+
+    lines += [line for line in headline(p) if line]
+    record = ReportRecord(
+        created=(now or dt.datetime.now()).strftime("%Y-%m-%d %H:%M"),
+        case_reference=store.case_reference,
+        notes=store.notes,
+        files=result.lesion.names,
+        model=bundle.config.describe(),
+        title=v.title,
+        lines=lines,
+        warnings=[message for _, message in v.warnings],
+        probabilities=p.probabilities,
+        images=[u.image for u in result.lesion.good],
+        overlay=None if cam is None else overlay(first.image, cam, alpha),
+        overlay_title=overlay_title,
+        context=p.context_used,
     )
+    return render_pdf(record)

@@ -45,6 +45,9 @@ def test_overlay_blends():
     assert overlay(image, cam, 0.0).max() == 0
     assert overlay(image, cam, 1.0).shape == (10, 10, 3)
     assert overlay(image, cam, 1.0)[0, 0, 0] > 100  # jet at 1.0 is dark red
+    faint = overlay(np.full((2, 1, 3), 200, np.uint8), np.array([[0.0], [1.0]]), 0.6)
+    assert (faint[0] == 200).all()  # no attention: the image is left as it is
+    assert (faint[1] != 200).any()
 
 
 def test_box_energy_ratio_by_hand():
