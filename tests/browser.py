@@ -104,3 +104,12 @@ def upload_and_wait(page, files: list[dict], timeout_ms: int = 120_000) -> None:
         arg=2,
         timeout=timeout_ms,
     )
+
+
+def settle(page, timeout_ms: int = 120_000) -> None:
+    """Wait until the app has finished its current run (no "Running..." indicator)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=timeout_ms
+    )
+    page.wait_for_timeout(300)

@@ -130,6 +130,14 @@ def trained_dir(tiny_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_bundle(trained_dir):
+    """The smoke-trained model, loaded once."""
+    from skin_model.inference import load_bundle
+
+    return load_bundle(trained_dir)
+
+
+@pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     """The real HAM10000 folder ($HAM10000_DIR or ../shared/data/ham10000)."""
     path = Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR))
@@ -158,7 +166,7 @@ def good_jpeg() -> bytes:
     return jpeg_bytes(lesion_image("mel", 1))
 
 
-SLOW_FIXTURES = {"trained_dir", "real_data_dir", "shipped_bundle"}
+SLOW_FIXTURES = {"trained_dir", "trained_bundle", "real_data_dir", "shipped_bundle"}
 """Fixtures that train a model or read the whole dataset: tests using them are ``slow``."""
 
 

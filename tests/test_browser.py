@@ -1,18 +1,33 @@
-"""Real browser: ``streamlit run`` + headless Chromium. Upload, wait for the diagnosis and
-the Grad-CAM overlay, screenshot every page; and prove no uploaded byte reaches disk or logs.
+"""Real browser: ``streamlit run`` + headless Chromium, driven as a clinician would. A
+transparent-corner melanoma keeps its referral verdict; a blurred image gets the retake
+message; the camera stays off until asked; moving between pages keeps the case; names
+with formula, Markdown or maths characters stay plain text (and the CSV cell escaped);
+the PDF report downloads and names verdict, tier and date; no uploaded byte reaches disk
+or logs. Screenshots of every page at desktop and phone size (``SCREENSHOT_DIR``).
 """
 
+import datetime as dt
+import io
 import os
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 
-from skin_model import REPO_ROOT
-from tests.browser import chromium_path, launch_browser, streamlit_server, upload_and_wait
-from tests.conftest import jpeg_bytes, lesion_image, skip_or_fail
+from skin_model import DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR, REPO_ROOT
+from tests.browser import (
+    chromium_path,
+    launch_browser,
+    settle,
+    streamlit_server,
+    upload_and_wait,
+)
+from tests.conftest import jpeg_bytes, lesion_image, png_bytes, skip_or_fail
 
 pytestmark = pytest.mark.browser
 try:
@@ -22,12 +37,22 @@ except ImportError:
 if chromium_path() is None:
     skip_or_fail("Debian chromium not installed (apt-get install chromium)")
 
+DESKTOP = {"width": 1400, "height": 1000}
+PHONE = {"width": 390, "height": 844}
 PAGES = [
-    ("", "Classify a skin lesion", "classify"),
-    ("metrics", "Model metrics", "metrics"),
-    ("training", "Training curves", "training"),
-    ("about", "About this model", "about"),
+    ("Classify", "Classify a skin lesion", "classify"),
+    ("Model metrics", "Model metrics", "metrics"),
+    ("Training curves", "Training curves", "training"),
+    ("About this model", "About this model", "about"),
 ]
+COUNT_CAMERA = """
+window.__cameraCalls = 0;
+if (navigator.mediaDevices) {
+  const original = navigator.mediaDevices.getUserMedia?.bind(navigator.mediaDevices);
+  navigator.mediaDevices.getUserMedia = (c) => { window.__cameraCalls += 1;
+    return original ? original(c) : Promise.reject(new Error('no camera')); };
+}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -37,37 +62,141 @@ def server(tmp_path_factory):
         yield url, proc, log
 
 
-def test_upload_shows_diagnosis_overlay_and_every_page_renders(server, tmp_path):
-    url, _, _ = server
+@pytest.fixture()
+def page(server):
+    with playwright_api.sync_playwright() as p:
+        browser = launch_browser(p)
+        context = browser.new_context(viewport=DESKTOP, accept_downloads=True)
+        context.add_init_script(COUNT_CAMERA)
+        tab = context.new_page()
+        tab.goto(server[0])
+        tab.get_by_role("heading", name="Classify a skin lesion").wait_for(timeout=120_000)
+        yield tab
+        browser.close()
+
+
+def _ham(image_id: str) -> np.ndarray:
+    data = Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR)) / "images" / f"{image_id}.jpg"
+    return np.asarray(Image.open(io.BytesIO(data.read_bytes())).convert("RGB"))
+
+
+def _riskiest_test_melanoma() -> str:
+    """The shipped model's test melanoma with the highest malignant risk."""
+    preds = pd.read_csv(DEFAULT_MODEL_DIR / "test_predictions.csv")
+    mel = preds[preds["dx"] == "mel"]
+    return mel.loc[(mel["mel"] + mel["bcc"] + mel["akiec"]).idxmax(), "image_id"]
+
+
+def _file(name: str, data: bytes, mime: str = "image/jpeg") -> dict:
+    return {"name": name, "mimeType": mime, "buffer": data}
+
+
+def _case_text(page) -> str:
+    return page.locator("[data-testid=stMain]").inner_text()
+
+
+def _csv(page) -> pd.DataFrame:
+    settle(page)
+    with page.expect_download() as info:
+        page.get_by_text("Download results (CSV)").click()
+    return pd.read_csv(info.value.path(), dtype=str, keep_default_na=False)
+
+
+def test_transparent_corner_melanoma_shows_its_referral_verdict(page, real_data_dir):
+    image = _ham(_riskiest_test_melanoma())
+    h, w = image.shape[:2]
+    yy, xx = np.ogrid[:h, :w]
+    inside = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2 <= 1
+    rgba = np.dstack([image, np.where(inside, 255, 0).astype(np.uint8)])
+    data = png_bytes(Image.fromarray(rgba, mode="RGBA"))
+    upload_and_wait(page, [_file("corners.png", data, "image/png")])
+    assert ": refer." in _case_text(page)  # the verdict, whatever warning stands beside it
+    assert _csv(page)["refer"].iloc[0] == "yes"  # and in the results file
+
+
+def test_blurred_image_gets_the_retake_message(page, real_data_dir):
+    from skin_model.quality import degrade
+
+    blurred = degrade(_ham(_riskiest_test_melanoma()), "blurred")
+    upload_and_wait(page, [_file("blurred.jpg", jpeg_bytes(blurred))])
+    text = _case_text(page)
+    assert "looks blurred. Retake it" in text
+    assert "threshold" in text  # the verdict still stands beside the warning
+
+
+def test_camera_is_off_until_asked(page):
+    page.wait_for_timeout(1500)
+    assert page.locator("[data-testid=stCameraInput]").count() == 0
+    assert page.evaluate("window.__cameraCalls") == 0
+    page.get_by_text("Take a photo with this device's camera").click()
+    page.locator("[data-testid=stCameraInput]").wait_for(timeout=30_000)
+
+
+def test_moving_between_pages_keeps_the_case(page):
+    upload_and_wait(page, [_file("kept-case.jpg", jpeg_bytes(lesion_image("bkl", 8)))])
+    page.get_by_label("Case reference (optional, printed on the report)").fill("ward 3")
+    page.keyboard.press("Enter")
+    settle(page)
+    page.get_by_role("link", name="Model metrics").click()
+    page.get_by_role("heading", name="Model metrics").wait_for(timeout=60_000)
+    page.get_by_role("link", name="Classify").click()
+    page.get_by_role("heading", name="kept-case.jpg").wait_for(timeout=60_000)
+    field = page.get_by_label("Case reference (optional, printed on the report)")
+    assert field.input_value() == "ward 3"
+
+
+def test_user_strings_stay_plain_text_and_the_csv_cell_is_escaped(page):
+    name = "=HYPERLINK(x)**bold**:red[x]$x$.jpg"
+    upload_and_wait(page, [_file(name, jpeg_bytes(lesion_image("mel", 9)))])
+    heading = page.get_by_role("heading", name=name)
+    heading.wait_for(timeout=60_000)
+    assert heading.locator("strong, .katex, span[style*=color]").count() == 0
+    assert name in _case_text(page)
+    assert _csv(page)["file"].iloc[0] == "'" + name
+
+
+def test_pdf_report_downloads_with_verdict_tier_and_date(page):
+    from pypdf import PdfReader
+
+    upload_and_wait(page, [_file("report-case.jpg", jpeg_bytes(lesion_image("mel", 10)))])
+    page.get_by_label("Case reference (optional, printed on the report)").fill("R-17")
+    page.keyboard.press("Enter")
+    settle(page)
+    with page.expect_download() as info:
+        page.get_by_text("Download report (PDF)").click()
+    text = " ".join(p.extract_text() for p in PdfReader(info.value.path()).pages)
+    text = " ".join(text.split())
+    assert "risk:" in text.lower() and ("refer" in text.lower())
+    assert any(tier in text for tier in ("Low risk", "Raised risk", "High risk"))
+    assert dt.date.today().isoformat() in text and "R-17" in text
+    assert "report-case.jpg" in text and "Not a medical device" in text
+
+
+def test_every_page_at_desktop_and_phone_size(server, tmp_path):
+    url = server[0]
     shots = Path(os.environ.get("SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    image = REPO_ROOT.parent / "shared/data/ham10000/images/ISIC_0024306.jpg"
+    image = Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR)) / "images/ISIC_0024306.jpg"
     data = image.read_bytes() if image.is_file() else jpeg_bytes(lesion_image("nv", 0))
     with playwright_api.sync_playwright() as p:
         browser = launch_browser(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1700})
-        for path, title, name in PAGES:
-            page.goto(f"{url}/{path}")
-            page.get_by_role("heading", name=title).wait_for(timeout=120_000)
-            if name == "classify":
-                start = time.perf_counter()
-                upload_and_wait(
-                    page, [{"name": "lesion.jpg", "mimeType": "image/jpeg", "buffer": data}]
-                )
-                page.get_by_text("Malignant risk (mel + bcc + akiec)").first.wait_for()
-                print(f"upload to overlay: {time.perf_counter() - start:.2f}s")
-                # both images (original and overlay) decoded and drawn
-                page.wait_for_function(
-                    "() => { const imgs = [...document.querySelectorAll("
-                    "'[data-testid=stImage] img')]; return imgs.length >= 2 && "
-                    "imgs.every(i => i.complete && i.naturalWidth > 0); }",
-                    timeout=60_000,
-                )
-                page.wait_for_timeout(500)
-            else:
-                page.wait_for_timeout(1500)
-            assert page.get_by_text("This app has encountered an error").count() == 0
-            page.screenshot(path=str(shots / f"{name}.png"), full_page=name != "classify")
+        for size, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+            page = browser.new_page(viewport=viewport)
+            page.goto(url)
+            page.get_by_role("heading", name="Classify a skin lesion").wait_for(timeout=120_000)
+            start = time.perf_counter()
+            upload_and_wait(page, [_file("lesion.jpg", data)])
+            print(f"{size}: upload to overlay {time.perf_counter() - start:.2f}s")
+            for link, title, name in PAGES:
+                if size == "phone":
+                    page.goto(f"{url}/{'' if name == 'classify' else name}")
+                else:
+                    page.get_by_role("link", name=link).click()
+                page.get_by_role("heading", name=title).wait_for(timeout=60_000)
+                page.wait_for_timeout(2500)
+                assert page.get_by_text("This app has encountered an error").count() == 0
+                page.screenshot(path=str(shots / f"{name}-{size}.png"), full_page=True)
+            page.close()
         browser.close()
 
 
@@ -101,7 +230,7 @@ def test_uploaded_image_never_reaches_disk_or_logs(server):
         page = browser.new_page()
         page.goto(url)
         page.get_by_role("heading", name="Classify a skin lesion").wait_for(timeout=120_000)
-        upload_and_wait(page, [{"name": name, "mimeType": "image/jpeg", "buffer": data}])
+        upload_and_wait(page, [_file(name, data)])
         page.get_by_role("heading", name=name).wait_for()
         browser.close()
     roots = [REPO_ROOT, tempfile.gettempdir(), str(Path.home())]
