@@ -201,10 +201,15 @@ def differential(prediction) -> None:
         .mark_bar()
         .encode(
             x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-            y=alt.Y("diagnosis:N", sort=None, title=None, axis=alt.Axis(labelLimit=240)),
+            y=alt.Y(
+                "diagnosis:N",
+                sort=None,
+                title=None,
+                axis=alt.Axis(labelLimit=240, labelOverlap=False),
+            ),
             tooltip=["diagnosis", "shown"],
         )
-        .properties(height=24 * len(table) + 30)
+        .properties(height=28 * len(table) + 30)
     )
     st.altair_chart(chart, width="stretch")
 

@@ -188,16 +188,30 @@ def test_every_page_at_desktop_and_phone_size(server, tmp_path):
             upload_and_wait(page, [_file("lesion.jpg", data)])
             print(f"{size}: upload to overlay {time.perf_counter() - start:.2f}s")
             for link, title, name in PAGES:
-                if size == "phone":
-                    page.goto(f"{url}/{'' if name == 'classify' else name}")
-                else:
+                if name != "classify" and size == "phone":
+                    page.goto(f"{url}/{name}")  # the sidebar is folded away on a phone
+                elif name != "classify":
                     page.get_by_role("link", name=link).click()
                 page.get_by_role("heading", name=title).wait_for(timeout=60_000)
-                page.wait_for_timeout(2500)
+                settle(page)
+                page.wait_for_timeout(1500)
                 assert page.get_by_text("This app has encountered an error").count() == 0
-                page.screenshot(path=str(shots / f"{name}-{size}.png"), full_page=True)
+                _whole_page(page, viewport, shots / f"{name}-{size}.png")
             page.close()
         browser.close()
+
+
+def _whole_page(page, viewport: dict, path: Path) -> None:
+    """Screenshot the whole page: the app scrolls inside its own container, so the window
+    is made as tall as the content first (the width, which sets the layout, is kept)."""
+    height = page.evaluate(
+        "() => Math.max(...[...document.querySelectorAll('[data-testid=stMain], "
+        "[data-testid=stMainBlockContainer]')].map(e => e.scrollHeight))"
+    )
+    page.set_viewport_size({"width": viewport["width"], "height": min(int(height) + 80, 9000)})
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(path))
+    page.set_viewport_size(viewport)
 
 
 def _new_files_containing(roots, since: float, needle: bytes) -> list[str]:

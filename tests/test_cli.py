@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skin_model import CLASSES, REPO_ROOT
+from skin_model import CLASSES, REPO_ROOT, display_name
 from skin_model.cli import main
 from skin_model.results import CSV_COLUMNS
 from tests.bad_inputs import bad_inputs
@@ -41,20 +41,29 @@ def test_predict_folder_csv(trained_dir, image_folder, capsys):
     assert tuple(rows[0].keys()) == CSV_COLUMNS
     config = json.loads((trained_dir / "config.json").read_text())
     prior, temperature = np.array(config["class_prior"]), config["temperature"]
+    threshold = config["malignant_threshold"]
     for r in rows:
         probs = np.array([float(r[c]) for c in CLASSES])
         assert probs.sum() == pytest.approx(1, abs=1e-4)
         # the suggested diagnosis is the argmax of the network's own output, recovered from
         # the shown probabilities by undoing the temperature and the prior re-weighting
         raw_logits = temperature * np.log(np.clip(probs, 1e-12, 1)) - np.log(prior)
-        assert r["prediction"] == CLASSES[int(raw_logits.argmax())]
-        assert float(r["malignant_probability"]) == pytest.approx(
-            float(r["akiec"]) + float(r["bcc"]) + float(r["mel"]), abs=1e-4
+        assert r["suggested_diagnosis"] == display_name(CLASSES[int(raw_logits.argmax())])
+        assert r["most_likely"] == display_name(CLASSES[int(probs.argmax())])
+        assert float(r["malignant_risk"]) == pytest.approx(
+            float(r["akiec"]) + float(r["bcc"]) + float(r["mel"]), abs=2e-4
         )
-        assert r["looks_dermoscopic"] in ("true", "false")
-        assert float(r["ood_score"]) > 0
+        risk = float(r["malignant_risk"])
+        if abs(risk - threshold) > 1e-4:  # (4 decimals in the file)
+            assert r["refer"] == ("yes" if risk >= threshold else "no")
+        assert float(r["referral_threshold"]) == pytest.approx(threshold, abs=1e-4)
+        assert float(r["prevalence"]) == pytest.approx(config["malignant_share"], abs=1e-4)
+        assert r["risk_tier"] in ("Low risk", "Raised risk", "High risk")
+        assert r["looks_dermoscopic"] in ("yes", "no") and r["model_unsure"] in ("yes", "no")
+        assert float(r["not_dermoscopic_score"]) > 0
         assert r["patient_context"] == "none given"
         assert r["error"] == ""
+        assert not any("e-" in r[c] for c in CLASSES)  # plain decimals
     header = list(CSV_COLUMNS)
     assert header.index("looks_dermoscopic") == header.index("vasc") + 1
 
@@ -72,9 +81,9 @@ def test_bad_files_among_good_ones_keep_order_and_exit_1(trained_dir, tmp_path, 
     assert code == 1
     rows = _rows(out.read_text())
     assert [r["file"] for r in rows] == [str(p) for p in paths]
-    assert rows[0]["error"] == "" and rows[0]["prediction"] in CLASSES
+    assert rows[0]["error"] == "" and rows[0]["refer"] in ("yes", "no")
     for row, (_, _, fragment) in zip(rows[1:], bad_inputs(), strict=False):
-        assert fragment.lower() in row["error"].lower() and row["prediction"] == ""
+        assert fragment.lower() in row["error"].lower() and row["refer"] == ""
     assert rows[-1]["error"] == "file not found"
     assert "could not be classified" in capsys.readouterr().err
 
@@ -178,7 +187,7 @@ def test_metadata_rows_are_matched_by_name_and_bad_rows_get_errors(
     assert rows["case0"]["patient_context"] == "age 63, male, back"
     assert rows["case1"]["patient_context"] == "female"
     assert "age 'abc' is not a number" in rows["case2"]["error"]
-    assert rows["case2"]["prediction"] == ""
+    assert rows["case2"]["refer"] == ""
 
 
 def test_metadata_changes_the_prediction_and_unknown_site_is_an_error(
@@ -214,8 +223,10 @@ def test_prevalence_option_reweights_the_risk(trained_dir, image_folder, capsys)
     assert _predict(trained_dir, "--prevalence", "0.05", image_folder) == 0
     low = _rows(capsys.readouterr().out)
     for a, b in zip(base, low, strict=True):
-        expected = adjust_prevalence(float(a["malignant_probability"]), share, 0.05)
-        assert float(b["malignant_probability"]) == pytest.approx(expected, abs=1e-5)
-        assert a["prediction"] == b["prediction"]  # the decision does not move
+        expected = adjust_prevalence(float(a["malignant_risk"]), share, 0.05)
+        assert float(b["malignant_risk"]) == pytest.approx(expected, abs=2e-4)
+        assert a["suggested_diagnosis"] == b["suggested_diagnosis"]  # the decision stays
+        assert a["refer"] == b["refer"]  # so does the referral flag: its threshold moves
+        assert float(b["prevalence"]) == 0.05
     with pytest.raises(SystemExit):
         main(["predict", "--prevalence", "1.5", str(image_folder)])

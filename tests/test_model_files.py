@@ -48,7 +48,14 @@ def test_truncated_model_without_check_still_clear(model_copy):
         load_bundle(model_copy, verify=False)
 
 
-def test_card_without_sha(model_copy):
-    (model_copy / "MODEL_CARD.md").write_text("# card\n")
-    with pytest.raises(ModelLoadError, match="SHA-256"):
+def test_missing_integrity_file(model_copy):
+    (model_copy / "integrity.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"integrity\.json is missing"):
+        load_bundle(model_copy)
+
+
+def test_edited_config_fails_the_integrity_check(model_copy):
+    path = model_copy / "config.json"
+    path.write_text(path.read_text().replace('"temperature"', '"temperature" ', 1))
+    with pytest.raises(ModelLoadError, match=r"config\.json is damaged"):
         load_bundle(model_copy)
