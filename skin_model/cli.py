@@ -1,4 +1,5 @@
-"""Command line: ``python -m skin_model predict | evaluate | bench | ensemble | quality``.
+"""Command line: ``python -m skin_model predict | evaluate | bench | ensemble | quality |
+export``.
 
 Exit codes: 0 every file succeeded, 1 some files failed (their rows say why),
 2 usage errors (bad options, no inputs, unusable model or data folder).
@@ -196,6 +197,19 @@ def cmd_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``export``: the model as a SavedModel, LiteRT or ONNX file with everything inside."""
+    from skin_model.artifacts import ModelLoadError
+    from skin_model.serving import ExportError, export
+
+    try:
+        out = export(args.model_dir, args.format, args.out)
+    except (ExportError, ModelLoadError) as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"{args.format} written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its subcommands."""
     default_data = Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR))
@@ -261,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--false-alarm", type=float, default=0.005, help="share flagged per measure")
     q.add_argument("--out", type=Path, help="default: skin_model/quality.json")
     q.set_defaults(func=cmd_quality)
+    x = sub.add_parser(
+        "export", help="the model for TF Serving, LiteRT or ONNX Runtime (post-hoc layer inside)"
+    )
+    x.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODEL_DIR)
+    x.add_argument("--format", choices=("saved_model", "litert", "onnx"), required=True)
+    x.add_argument("--out", type=Path, required=True, help="folder (saved_model) or file")
+    x.set_defaults(func=cmd_export)
     return parser
 
 

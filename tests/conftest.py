@@ -186,7 +186,7 @@ GROUPS = {
         "test_shipped_model",
         "test_concurrency",
     ),
-    "app": ("test_app", "test_cli", "test_readme_and_bench"),
+    "app": ("test_app", "test_cli", "test_readme_and_bench", "test_serving"),
     "browser": ("test_browser",),
 }
 """Which part of the code each test file covers (``pytest -m unit`` etc.)."""

@@ -1,0 +1,217 @@
+"""A model directory as one self-contained network that standard runtimes load: TF Serving
+(SavedModel), LiteRT (``.tflite``) and ONNX Runtime.
+
+The exported network takes raw RGB pixels (float, any size: resizing and the colour
+handling are inside) and returns what the app shows for an image without patient details:
+the seven probabilities at the training prevalence, the malignant risk, the suggested
+diagnosis (the balanced rule) and the "not dermoscopic" score, with the post-hoc layer
+(prior shift, temperature) and the detector baked in. Exports go through Keras' own
+``model.export`` (TensorFlow's converters; ``tf2onnx`` for ONNX).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from skin_model import CLASSES, MALIGNANT
+
+FORMATS = {"saved_model": "tf_saved_model", "litert": "litert", "onnx": "onnx"}
+OUTPUTS = ("probabilities", "malignant_risk", "suggested_class", "not_dermoscopic_score")
+"""Outputs of the exported network, in this order."""
+
+
+class ExportError(ValueError):
+    """A model or input that cannot be exported or served, with the reason."""
+
+
+class _Dihedral(keras.layers.Layer):
+    """One of the 8 flips/rotations of an image batch (view-major, as the app's TTA)."""
+
+    def __init__(self, view: int, **kwargs):
+        super().__init__(**kwargs)
+        self.view = view
+
+    def call(self, x):
+        ops = keras.ops
+        if self.view >= 4:
+            x = ops.flip(x, axis=2)
+        for _ in range(self.view % 4):  # np.rot90 over (H, W): counter-clockwise
+            x = ops.flip(ops.transpose(x, (0, 2, 1, 3)), axis=1)
+        return x
+
+
+class _NoContext(keras.layers.Layer):
+    """The "no patient details" vector for every image of the batch."""
+
+    def __init__(self, missing: np.ndarray, **kwargs):
+        super().__init__(**kwargs)
+        self.missing = np.asarray(missing, np.float32)
+
+    def call(self, images):
+        ops = keras.ops
+        n = ops.shape(images)[0]
+        return ops.tile(ops.convert_to_tensor(self.missing)[None], [n, 1])
+
+
+class _PostHoc(keras.layers.Layer):
+    """Prior shift, temperature, malignant risk, the balanced decision and the detector's
+    score, as the package computes them (:mod:`skin_model.posthoc`, :mod:`skin_model.ood`).
+    """
+
+    def __init__(self, bundle, **kwargs):
+        super().__init__(**kwargs)
+        post = bundle.posthoc
+        self.prior = None if post.class_prior is None else np.asarray(post.class_prior, np.float32)
+        self.temperature = float(post.temperature)
+        self.malignant = np.array([c in MALIGNANT for c in CLASSES])
+        det = bundle.detector
+        stats = [] if det is None else det.stats
+        self.stats = [(m.astype(np.float32), p.astype(np.float32)) for m, p in stats]
+        self.limits = [] if det is None else [float(v) for v in det.group_limits]
+
+    def call(self, raw, features):
+        ops = keras.ops
+        raw = ops.cast(raw, "float32")
+        probs = raw
+        if self.prior is not None:
+            probs = raw * ops.convert_to_tensor(self.prior)
+            probs = probs / ops.sum(probs, axis=1, keepdims=True)
+        if self.temperature != 1.0:
+            logits = ops.log(ops.clip(probs, 1e-7, 1.0)) / self.temperature
+            probs = ops.softmax(logits, axis=1)
+        mask = ops.convert_to_tensor(self.malignant.astype(np.float32))
+        risk = ops.sum(probs * mask, axis=1)
+        # top_k, not argmax: Keras' argmax uses bit casts that LiteRT and ONNX lack
+        _, decision = ops.top_k(raw if self.prior is not None else probs, k=1)
+        decision = decision[:, 0]
+        if self.stats:
+            ratios = []
+            groups = zip(features, self.stats, self.limits, strict=True)
+            for feats, (mean, precision), limit in groups:
+                d = ops.cast(feats, "float32") - ops.convert_to_tensor(mean)
+                q = ops.sum(ops.matmul(d, ops.convert_to_tensor(precision)) * d, axis=1)
+                ratios.append(ops.sqrt(ops.maximum(q, 0.0)) / limit)
+            score = ops.max(ops.stack(ratios, axis=1), axis=1)
+        else:
+            score = ops.zeros_like(risk)
+        return probs, risk, ops.cast(decision, "int32"), score
+
+
+def serving_model(bundle) -> keras.Model:
+    """The bundle's network with resizing, test-time augmentation, the post-hoc layer and
+    the detector inside: raw RGB pixels in, :data:`OUTPUTS` out.
+    """
+    from skin_model.inference import takes_metadata
+    from skin_model.metadata import MISSING
+    from skin_model.ood import feature_tensors
+
+    model, size = bundle.model, bundle.input_size
+    layers = list(bundle.detector.layers) if bundle.detector else []
+    net = keras.Model(model.inputs, [*feature_tensors(model, layers), model.output])
+    image = keras.Input((None, None, 3), name="image", dtype="float32")
+    x = keras.layers.Resizing(size, size, interpolation="bilinear", name="resize")(image)
+    context = _NoContext(MISSING, name="no_context")(x) if takes_metadata(model) else None
+    outs = []
+    for v in range(int(bundle.config.tta)):
+        view = _Dihedral(v, name=f"view_{v}")(x)
+        outs.append(net([view, context] if context is not None else view, training=False))
+    features = list(outs[0][:-1])
+    raw = outs[0][-1]
+    if len(outs) > 1:
+        raw = keras.layers.Average(name="tta_mean")([o[-1] for o in outs])
+    probs, risk, decision, score = _PostHoc(bundle, name="posthoc")(raw, features)
+    return keras.Model(image, [probs, risk, decision, score], name="skin_lesion_classifier")
+
+
+def export(model_dir: Path, fmt: str, out: Path) -> Path:
+    """Export a model directory in one of :data:`FORMATS`.
+
+    Args:
+        model_dir: A finalised model directory.
+        fmt: ``saved_model``, ``litert`` or ``onnx``.
+        out: The SavedModel folder, ``.tflite`` file or ``.onnx`` file to write.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ExportError: For an unknown format or a converter that is not installed.
+    """
+    from skin_model.inference import load_bundle
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    bundle = load_bundle(model_dir)
+    model = serving_model(bundle)
+    size = bundle.input_size
+    model(np.zeros((1, size, size, 3), np.float32))  # the ONNX exporter needs one call
+    signature = None
+    if fmt == "litert":  # LiteRT keeps the batch dynamic; the side is the model's own
+        signature = [keras.InputSpec(shape=(None, size, size, 3), dtype="float32")]
+    try:
+        model.export(str(out), format=FORMATS[fmt], verbose=False, input_signature=signature)
+    except ImportError as exc:
+        raise ExportError(f"the {fmt} converter is not installed ({exc})") from exc
+    return Path(out)
+
+
+def check_images(images) -> np.ndarray:
+    """A batch the exported network accepts: (N, H, W, 3) float32 RGB in [0, 255].
+
+    Raises:
+        ExportError: For any other shape, with what was given.
+    """
+    x = np.asarray(images)
+    if x.ndim != 4 or x.shape[-1] != 3 or min(x.shape[1:3]) < 1:
+        raise ExportError(
+            f"expected a batch of RGB images shaped (N, H, W, 3), got {tuple(x.shape)}"
+        )
+    return x.astype(np.float32)
+
+
+def run_saved_model(path: Path, images) -> dict[str, np.ndarray]:
+    """The SavedModel's ``serving_default`` signature on a batch (as TF Serving runs it)."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    out = fn(tf.constant(check_images(images)))
+    values = [out[k].numpy() for k in sorted(out, key=lambda k: int(k.split("_")[-1] or 0))]
+    return dict(zip(OUTPUTS, values, strict=True))
+
+
+def run_litert(path: Path, images) -> dict[str, np.ndarray]:
+    """The LiteRT file's ``serving_default`` signature on a batch (TensorFlow's
+    interpreter; the images must be at the model's input size).
+    """
+    import warnings
+
+    import tensorflow as tf
+
+    x = check_images(images)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # tf.lite's deprecation notice
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    signature = interpreter.get_signature_list()["serving_default"]
+    runner = interpreter.get_signature_runner("serving_default")
+    expected = tuple(interpreter.get_input_details()[0]["shape_signature"][1:3])
+    if tuple(x.shape[1:3]) != expected:
+        raise ExportError(
+            f"this LiteRT model takes images of {expected} pixels, got {x.shape[1:3]}"
+        )
+    out = runner(**{signature["inputs"][0]: x})
+    return {name: out[f"output_{i}"] for i, name in enumerate(OUTPUTS)}
+
+
+def run_onnx(path: Path, images) -> dict[str, np.ndarray]:
+    """The ONNX file on a batch with ONNX Runtime."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return dict(zip(OUTPUTS, session.run(None, {name: check_images(images)}), strict=True))
+
+
+RUNNERS = {"saved_model": run_saved_model, "litert": run_litert, "onnx": run_onnx}
