@@ -5,10 +5,12 @@ README and its model card)::
 
     python train.py --data-dir ../shared/data/ham10000 --out models/mine
 
-Without ``--out`` the run goes to ``models/<name>`` (``--name``, else
+``--devices N|all`` trains data-parallel on several GPUs (one host, or several with
+``TF_CONFIG`` / the JAX coordinator variables). Without ``--out`` the run goes to
+``models/<name>`` (``--name``, else
 ``<architecture>-<input size>``). ``models/default``, the shipped model, is only
-overwritten with ``--replace-default``. Runs on a CPU as it is; on GPUs it uses mixed
-precision (and MirroredStrategy for several GPUs with the TensorFlow backend).
+overwritten with ``--replace-default``. Runs on a CPU as it is; on GPUs that support it
+training uses mixed precision.
 """
 
 from __future__ import annotations
@@ -68,6 +70,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="stop after fitting (e.g. on a GPU machine with Keras on JAX and no "
         "TensorFlow) and write fitted_weights.npz; finalise later with --resume DIR",
+    )
+    p.add_argument(
+        "--devices",
+        default="1",
+        metavar="N|all",
+        help="data-parallel training over N devices (or all): MirroredStrategy or "
+        "MultiWorkerMirroredStrategy (TF_CONFIG) on TensorFlow, keras.distribution."
+        "DataParallel on JAX; --batch-size is the global batch",
     )
     p.add_argument(
         "--cv",
@@ -157,9 +167,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{summary['folds_done']} folds; table in {out}")
         return 0
+    from skin_model.distribute import DistributionError
+
     try:
-        metrics = train_model(args.data_dir, out, cfg, resume=resume, fit_only=args.fit_only)
-    except DataError as exc:
+        metrics = train_model(
+            args.data_dir, out, cfg, resume=resume, fit_only=args.fit_only, devices=args.devices
+        )
+    except (DataError, DistributionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if metrics is None:

@@ -269,6 +269,11 @@ def hide_metadata(vector, seed, p_all: float, p_field: float):
     return tf.where(mask, tf.constant(MISSING), vector)
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches in one pass over ``n`` images."""
+    return int(np.ceil(n / batch_size))
+
+
 def make_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -297,12 +302,12 @@ def make_dataset(
 
     Returns:
         A ``tf.data.Dataset`` of (inputs, labels) batches; inputs are float32 images in
-        [0, 255], or ``{"image", "metadata"}`` with ``metadata``.
+        [0, 255], or ``{"image", "metadata"}`` with ``metadata``. With ``training`` it never
+        ends: pass ``steps_per_epoch`` (:func:`steps_per_epoch`) to ``fit``.
     """
     import tensorflow as tf
 
     x_src = images if metadata is None else (images, metadata.astype(np.float32))
-    ds = tf.data.Dataset.from_tensor_slices((x_src, labels))
 
     def inputs(x, s):
         if metadata is None:
@@ -317,12 +322,33 @@ def make_dataset(
         meta = hide_metadata(x[1], s, *hide) if training else x[1]
         return {"image": image, "metadata": meta}
 
-    if training:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        counter = tf.data.Dataset.random(seed=seed).batch(2)
-        ds = tf.data.Dataset.zip((ds, counter)).map(
-            lambda xy, s: (inputs(xy[0], s), xy[1]), num_parallel_calls=tf.data.AUTOTUNE
-        )
+    if not training:
+        ds = tf.data.Dataset.from_tensor_slices((x_src, labels))
+        ds = ds.map(lambda x, y: (inputs(x, None), y)).batch(batch_size)
     else:
-        ds = ds.map(lambda x, y: (inputs(x, None), y))
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        # An endless stream of epochs, each a stateless permutation of the images (seeded by
+        # ``seed`` and the epoch) cut into batches, with augmentation seeds from the epoch
+        # and position: the same batches on one device or split over several (a tf.data
+        # shuffle is reseeded when a strategy distributes the dataset). Fit with
+        # ``steps_per_epoch``; each epoch is drawn in one pass.
+        n = len(images)
+        data = tuple(tf.constant(a) for a in (x_src if metadata is not None else (x_src,)))
+        y_all = tf.constant(labels)
+
+        def epoch(e):
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e])
+            )
+            items = tf.data.Dataset.from_tensor_slices(order).enumerate()
+
+            def element(position, i):
+                x = tuple(tf.gather(a, i) for a in data)
+                s = tf.stack([e * 1_000_003 + position, tf.constant(seed, tf.int64)])
+                return inputs(x if metadata is not None else x[0], s), tf.gather(y_all, i)
+
+            return items.map(element, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+
+        ds = tf.data.Dataset.range(1 << 30).flat_map(epoch)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)

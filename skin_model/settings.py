@@ -5,7 +5,7 @@ option and is recorded in ``config.json``, ``run_config.json`` and the model car
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from skin_model.artifacts import CHECKPOINT_FILE, FITTED_WEIGHTS_FILE, RUN_CONFIG_FILE
@@ -127,4 +127,6 @@ def read_run_config(out_dir: Path) -> TrainConfig:
         raise FileNotFoundError(
             f"{out_dir} holds no interrupted run (no {path.name}/checkpoint/fitted weights)"
         )
-    return TrainConfig(**json.loads(path.read_text(encoding="utf-8")))
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in recorded.items() if k in known})

@@ -10,7 +10,6 @@ read of the test split.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import time
@@ -94,28 +93,6 @@ def _gpus() -> list[str]:
 
         return [str(d) for d in jax.devices() if d.platform == "gpu"]
     return []
-
-
-def distribution_scope(use_gpu_features: bool = True):
-    """Mixed precision and a multi-GPU strategy on GPUs; nothing on a CPU.
-
-    Args:
-        use_gpu_features: Allow mixed precision / MirroredStrategy when GPUs exist.
-
-    Returns:
-        A context manager to build and compile the model in.
-    """
-    import keras
-
-    gpus = _gpus() if use_gpu_features else []
-    if not gpus:
-        return contextlib.nullcontext()
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    if keras.backend.backend() == "tensorflow" and len(gpus) > 1:
-        import tensorflow as tf
-
-        return tf.distribute.MirroredStrategy().scope()
-    return contextlib.nullcontext()
 
 
 def lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
@@ -321,13 +298,8 @@ def compile_model(cfg: TrainConfig, prior: np.ndarray, steps: int):
         loss = LogitAdjustedCrossentropy(prior)
     else:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-    with distribution_scope():
-        model = spec.build(cfg.input_size, **kwargs)
-        model.compile(
-            optimizer=make_optimizer(cfg, steps),
-            loss=loss,
-            metrics=["accuracy"],
-        )
+    model = spec.build(cfg.input_size, **kwargs)
+    model.compile(optimizer=make_optimizer(cfg, steps), loss=loss, metrics=["accuracy"])
     return model
 
 
@@ -402,6 +374,7 @@ def fit_model(
     start = time.perf_counter()
     model.fit(
         train_ds,
+        steps_per_epoch=steps,
         validation_data=val_ds,
         epochs=cfg.epochs,
         initial_epoch=state["epochs_done"],
@@ -426,7 +399,12 @@ def cache_size(cfg: TrainConfig) -> int:
 
 
 def train_model(
-    data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool = False, fit_only: bool = False
+    data_dir: Path,
+    out_dir: Path,
+    cfg: TrainConfig,
+    resume: bool = False,
+    fit_only: bool = False,
+    devices: str = "1",
 ) -> dict | None:
     """Train, calibrate, evaluate and write a complete model directory.
 
@@ -438,14 +416,19 @@ def train_model(
             finalise the weights a ``fit_only`` run left there).
         fit_only: Stop after fitting and write ``fitted_weights.npz`` (small enough to
             copy off a GPU machine); ``resume`` later finalises it where TensorFlow is.
+        devices: ``N`` or ``all``: data-parallel training over that many devices
+            (:mod:`skin_model.distribute`); finalisation runs on one.
 
     Returns:
         The metrics written to ``metrics.json`` (None with ``fit_only``).
     """
+    from skin_model.distribute import make_plan, session
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    plan = make_plan(devices, cfg.batch_size)
     if not resume:
-        write_json(out_dir / RUN_CONFIG_FILE, config_dict(cfg))
+        write_json(out_dir / RUN_CONFIG_FILE, {**config_dict(cfg), "distribution": plan.record()})
     df = prepare_data(data_dir, cfg)
     df[["image_id", "lesion_id", "dx", "split"]].to_csv(out_dir / SPLIT_FILE, index=False)
     t0 = time.perf_counter()
@@ -467,7 +450,8 @@ def train_model(
         metas = {"train": encode_frame(df[is_train])}
         metas.update({s: encode_frame(rest[rest["split"] == s]) for s in ("val", "calib", "test")})
     net_metas = metas if cfg.metadata else None
-    model, fit_info = fit_model(cfg, parts, out_dir, resume=resume, metas=net_metas)
+    with session(plan):
+        model, fit_info = fit_model(cfg, parts, out_dir, resume=resume, metas=net_metas)
     if cfg.ema_half_life > 0 and (out_dir / EMA_FILE).is_file():
         model.set_weights(read_ema(out_dir))
     if fit_only:

@@ -182,6 +182,7 @@ GROUPS = {
         "test_crossval",
         "test_ensemble",
         "test_batches",
+        "test_distribute",
         "test_model_files",
         "test_shipped_model",
         "test_concurrency",
