@@ -327,6 +327,7 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
         "share_of_matmul_peak": round(used / gflops, 3),
     }
     r["train_images_per_s"] = round(train_throughput(bundle.model, 2 if quick else 8), 1)
+    r["runtimes"] = runtimes(model_dir, size, 64 if quick else 256)
     r["side_by_side"] = side_by_side(bundle.model, size, r, quick)
     try:
         m = read_metrics(model_dir)
@@ -344,6 +345,27 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
     if out:
         Path(out).write_text(json.dumps(r, indent=1) + "\n", encoding="utf-8")
     return r
+
+
+def runtimes(model_dir: Path, size: int, n: int) -> dict:
+    """Images/s and peak memory of the exported SavedModel, LiteRT and ONNX files beside the
+    in-process model, each in a fresh process (same images, batches of 16)."""
+    import tempfile
+
+    from skin_model.serving import export
+
+    out = {"in-process (predict_images)": _child("in_process", str(model_dir), str(size), str(n))}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt, name in (("saved_model", "sm"), ("litert", "m.tflite"), ("onnx", "m.onnx")):
+            try:
+                path = export(Path(model_dir), fmt, Path(tmp) / name)
+                out[fmt] = _child("runtime", fmt, str(path), str(size), str(n))
+            except Exception as exc:  # a missing converter is reported, not fatal
+                out[fmt] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    return {
+        k: {m: round(v, 1) for m, v in d.items() if m != "parent_start"} if "error" not in d else d
+        for k, d in out.items()
+    }
 
 
 def side_by_side(model, size: int, r: dict, quick: bool) -> dict:
@@ -448,13 +470,23 @@ def format_table(r: dict) -> str:
     ]
     for seed in ("custom_cnn", "resnet50"):
         ratio = sbs[f"ratio_vs_{seed}"]
+        judged = (
+            " " + against("resnet50_speedup", ratio["throughput"]) if seed == "resnet50" else ""
+        )
         rows.append(
             (
                 f"shipped / seed {seed} @224",
                 f"params x{ratio['params']}, FLOPs x{ratio['mflops']}, "
-                f"throughput x{ratio['throughput']}, latency x{ratio['single_latency']}",
+                f"throughput x{ratio['throughput']}{judged}, latency x{ratio['single_latency']}",
             )
         )
+    for name, fig in (r.get("runtimes") or {}).items():
+        text = (
+            f"{fig['images_per_s']} img/s, peak RSS {fig['rss_mb']} MB"
+            if "images_per_s" in fig
+            else str(fig.get("error", fig))
+        )
+        rows.append((f"runtime: {name}", text))
     if "balanced_accuracy" in q:
         rows.append(
             (

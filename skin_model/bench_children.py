@@ -84,7 +84,42 @@ def app_rss(model: str, folder: str, app: str, n: str) -> dict:
     }
 
 
-CHILDREN = {"cold_start": cold_start, "cli_rss": cli_rss, "app_rss": app_rss}
+def runtime(fmt: str, path: str, size: str, n: str) -> dict:
+    """Images per second and peak memory of one exported runtime on ``n`` images."""
+    from skin_model.serving import RUNNERS
+
+    run = RUNNERS[fmt]
+    images = np.random.default_rng(0).uniform(0, 255, (int(n), int(size), int(size), 3))
+    images = images.astype(np.float32)
+    run(Path(path), images[:4])  # load and warm up
+    t0 = time.perf_counter()
+    for start in range(0, len(images), 16):
+        run(Path(path), images[start : start + 16])
+    seconds = time.perf_counter() - t0
+    return {"images_per_s": len(images) / seconds, "rss_mb": peak_rss_mb()}
+
+
+def in_process(model: str, size: str, n: str) -> dict:
+    """The same measurement for the in-process model (``predict_images``)."""
+    from skin_model.inference import load_bundle, predict_images
+
+    bundle = load_bundle(Path(model))
+    images = np.random.default_rng(0).uniform(0, 255, (int(n), int(size), int(size), 3))
+    images = list(images.astype(np.uint8))
+    predict_images(bundle, images[:4])
+    t0 = time.perf_counter()
+    for start in range(0, len(images), 16):
+        predict_images(bundle, images[start : start + 16])
+    return {"images_per_s": len(images) / (time.perf_counter() - t0), "rss_mb": peak_rss_mb()}
+
+
+CHILDREN = {
+    "cold_start": cold_start,
+    "cli_rss": cli_rss,
+    "app_rss": app_rss,
+    "runtime": runtime,
+    "in_process": in_process,
+}
 
 
 def main(argv: list[str]) -> int:
