@@ -349,7 +349,8 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
 
 def runtimes(model_dir: Path, size: int, n: int) -> dict:
     """Images/s and peak memory of the exported SavedModel, LiteRT and ONNX files beside the
-    in-process model, each in a fresh process (same images, batches of 16)."""
+    in-process model, each in a fresh process (same images, batches of 16).
+    """
     import tempfile
 
     from skin_model.serving import export
