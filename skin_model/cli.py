@@ -158,10 +158,13 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     """``ensemble``: members' and their average's figures on validation and test, speed."""
     from skin_model.artifacts import ModelLoadError, write_json
     from skin_model.data import DataError
-    from skin_model.ensemble import evaluate_ensemble
+    from skin_model.ensemble import evaluate_cv_ensemble, evaluate_ensemble
 
     try:
-        result = evaluate_ensemble(args.models, args.data_dir)
+        if args.cv:
+            result = evaluate_cv_ensemble(args.cv, args.models[0], args.data_dir)
+        else:
+            result = evaluate_ensemble(args.models, args.data_dir)
     except (ModelLoadError, DataError, ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from exc
     if args.out:
@@ -266,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
         "ensemble", help="figures of models trained on one split and of their average"
     )
     n.add_argument("models", type=Path, nargs="+", help="finalised model directories")
+    n.add_argument(
+        "--cv",
+        type=Path,
+        default=None,
+        metavar="CV_DIR",
+        help="average the fold models of this cross-validation run instead, beside the one "
+        "model directory given (same split and recipe), on the calibration part and test",
+    )
     n.add_argument("--data-dir", type=Path, default=default_data)
     n.add_argument("--out", type=Path, help="write the figures JSON here")
     n.set_defaults(func=cmd_ensemble)

@@ -98,3 +98,68 @@ def evaluate_ensemble(
     speed["ensemble"] = images_per_second(bundles, sample)
     out["images_per_second"] = speed
     return out
+
+
+def fold_members(cv_dir: Path) -> list[ModelBundle]:
+    """The fold models a cross-validation run kept, as bundles (image only, one view)."""
+    import keras
+
+    import skin_model.models  # noqa: F401  (registers the custom layers)
+    from skin_model.artifacts import FOLD_MODEL_FILE, RUN_CONFIG_FILE, read_json
+    from skin_model.model_config import ModelConfig
+
+    settings = read_json(Path(cv_dir) / RUN_CONFIG_FILE)
+    files = sorted(Path(cv_dir).glob(f"fold*/{FOLD_MODEL_FILE}"))
+    if not files:
+        raise FileNotFoundError(f"no fold models in {cv_dir} (they are kept from this version on)")
+    config = ModelConfig(settings["architecture"], int(settings["input_size"]), ood_layers=[])
+    return [ModelBundle(keras.models.load_model(f, compile=False), config, f.parent) for f in files]
+
+
+def evaluate_cv_ensemble(
+    cv_dir: Path, model_dir: Path, data_dir: Path, parts: tuple[str, ...] = ("calib", "test")
+) -> dict:
+    """A cross-validation run's fold models averaged, beside the model trained on the whole
+    training part with the same recipe, on parts of its split that no member saw.
+
+    The folds were drawn from the training and validation lesions, so every member saw
+    most of the validation half: only the calibration part and the test split are fair.
+
+    Args:
+        cv_dir: A cross-validation directory with ``fold*/fold_model.keras``.
+        model_dir: The finalised single model of the same split and recipe.
+        data_dir: The HAM10000-layout folder.
+        parts: Split parts to score.
+
+    Returns:
+        Like :func:`evaluate_ensemble`: ``{"members", "combination", "parts",
+        "images_per_second"}``.
+    """
+    members = fold_members(cv_dir)
+    single = load_bundle(model_dir)
+    split = pd.read_csv(Path(model_dir) / SPLIT_FILE)
+    size = single.input_size
+    df = read_metadata(data_dir).merge(split[["image_id", "split"]], on="image_id")
+    prior = single.posthoc.class_prior
+    names = [Path(model_dir).name, f"{len(members)}-fold ensemble ({Path(cv_dir).name})"]
+    out = {
+        "members": [str(b.model_dir.relative_to(Path(cv_dir).parent)) for b in members],
+        "combination": "mean of the fold models' balanced-prior outputs, image only, one view",
+        "parts": {},
+    }
+    for part in parts:
+        rows = df[df["split"] == part]
+        images = load_images(rows["path"].tolist(), size)
+        y = class_indices(rows["dx"])
+        mean = np.mean([member_outputs(b, images) for b in members], axis=0)
+        table = [
+            {"model": names[0], **figures(member_outputs(single, images), y, prior)},
+            {"model": names[1], **figures(mean, y, prior)},
+        ]
+        out["parts"][part] = {"n_images": len(rows), "rows": table}
+    sample = load_images(df["path"].iloc[:256].tolist(), size)
+    out["images_per_second"] = {
+        names[0]: images_per_second([single], sample),
+        names[1]: images_per_second(members, sample),
+    }
+    return out

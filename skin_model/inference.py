@@ -270,7 +270,8 @@ def network_outputs(
         m = metadata[start : start + step]
         m = np.tile(m, (views, 1)) if views > 1 else m
         with bundle.lock:
-            *groups, probs = infer(x.astype(np.float32), m)
+            result = infer(x.astype(np.float32), m)
+        *groups, probs = result if isinstance(result, list | tuple) else [result]
         probs = np.asarray(probs)
         n = len(part)
         probs_out.append(probs.reshape(-1, n, probs.shape[-1]).mean(axis=0))

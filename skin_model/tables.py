@@ -273,7 +273,9 @@ def ensemble_frame(result: dict) -> pd.DataFrame:
     speed = result["images_per_second"]
     rows = []
     for part, block in result["parts"].items():
-        name = {"val": "validation half", "test": "test"}.get(part, part)
+        name = {"val": "validation half", "calib": "calibration part", "test": "test"}.get(
+            part, part
+        )
         for row in block["rows"]:
             rows.append(
                 {

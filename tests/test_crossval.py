@@ -85,7 +85,9 @@ def test_weight_average_keeps_the_last_or_the_first_weights(tmp_path, decay):
 
 
 @pytest.mark.slow
-def test_tiny_cross_validation_covers_the_pool_once_and_resumes(tiny_data, tmp_path, capsys):
+def test_tiny_cross_validation_covers_the_pool_once_and_resumes(
+    tiny_data, trained_dir, tmp_path, capsys
+):
     import train
 
     out = tmp_path / "cv"
@@ -114,6 +116,13 @@ def test_tiny_cross_validation_covers_the_pool_once_and_resumes(tiny_data, tmp_p
     assert "p chosen on the other folds" in frame["variant"].iloc[-1]
     assert "image_wb" in set(table["variant"])  # the white-balance-shifted copy is scored
     assert list(out.glob("fold*/fold_model.keras"))  # fold models kept: ensemble members
+    from skin_model.ensemble import evaluate_cv_ensemble
+
+    ens = evaluate_cv_ensemble(out, trained_dir, tiny_data)  # same split, fold models averaged
+    assert ens["members"] == ["cv/fold0", "cv/fold1"] and set(ens["parts"]) == {"calib", "test"}
+    for block in ens["parts"].values():
+        assert block["rows"][0]["model"] == "smoke"
+        assert all(0 <= r["balanced_accuracy"] <= 1 for r in block["rows"])
     before = (out / "fold0" / "fold.json").read_text()
     assert train.main(args) == 0  # a finished run is summarised again, not retrained
     assert (out / "fold0" / "fold.json").read_text() == before
