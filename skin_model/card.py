@@ -77,23 +77,14 @@ def cv_summary_text(cv: dict) -> str:
     """One sentence saying what a cross-validation run was."""
     s = cv["settings"]
     minutes = sum(cv["train_seconds"]) / 60
+    from skin_model.tables import recipe_text
+
     return (
         f"{cv['folds_done']} fold{'s' if cv['folds_done'] != 1 else ''} held out, "
         f"{cv['n_images']} images of {cv['n_lesions']} lesions "
-        f"({cv['method']}). Recipe: {s['architecture']} at {s['input_size']} px, "
-        f"{s['epochs']} epochs, weight-average half-life {s.get('ema_half_life', 0):g} epochs"
-        f"{backbone_text(s)}; {minutes:.0f} min of training on {cv['device']}."
+        f"({cv['method']}). Recipe: {recipe_text(s)}; {minutes:.0f} min of training on "
+        f"{cv['device']}."
     )
-
-
-def backbone_text(settings: dict) -> str:
-    """``", backbone learning rate x0.3"`` etc. when the backbone trains slower, else ``""``."""
-    parts = []
-    if settings.get("backbone_lr_scale", 1.0) != 1.0:
-        parts.append(f"backbone learning rate x{settings['backbone_lr_scale']:g}")
-    if settings.get("head_warmup_epochs", 0):
-        parts.append(f"head-only warm-up {settings['head_warmup_epochs']} epoch(s)")
-    return "".join(", " + p for p in parts)
 
 
 def tta_text(value) -> str:

@@ -17,6 +17,7 @@ from skin_model.tables import (
     cv_frame,
     ensemble_frame,
     headline_frame,
+    levers_frame,
     load_frame,
     markdown,
     per_class_frame,
@@ -27,6 +28,7 @@ README = REPO_ROOT / "README.md"
 BENCH_FILE = REPO_ROOT / "docs" / "bench.json"
 LOAD_FILE = REPO_ROOT / "docs" / "load_test.json"
 ENSEMBLE_FILE = REPO_ROOT / "docs" / "ensemble.json"
+CV_ENSEMBLE_FILE = REPO_ROOT / "docs" / "cv_ensemble.json"
 
 
 def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
@@ -66,16 +68,62 @@ def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
 
 
 def cv_section(root: Path = DEFAULT_MODEL_DIR.parent) -> str:
-    """The cross-validation tables of every ``models/*/cv.json``."""
-    dirs = find_cv_dirs(root)
-    if not dirs:
+    """The full tables of every cross-validation run over more than one fold."""
+    runs = [(d, read_json(d / CV_FILE)) for d in find_cv_dirs(root)]
+    runs = [(d, cv) for d, cv in runs if cv["folds_done"] > 1]
+    if not runs:
         return "_No cross-validation recorded yet: run `python train.py --cv 5 --out DIR`._"
     lines = []
-    for cv_dir in dirs:
-        cv = read_json(cv_dir / CV_FILE)
+    for cv_dir, cv in runs:
         lines += [f"`{cv_dir.relative_to(REPO_ROOT)}`: {cv_summary_text(cv)}", ""]
         lines += [markdown(cv_frame(cv)), ""]
     return "\n".join(lines).rstrip()
+
+
+def levers_section(root: Path = DEFAULT_MODEL_DIR.parent) -> str:
+    """Every recipe lever on the same held-out fold 0 (one row per cross-validation run)."""
+    runs = [(d.name, read_json(d / CV_FILE)) for d in find_cv_dirs(root)]
+    if not runs:
+        return "_No cross-validation recorded yet._"
+    return markdown(levers_frame(runs))
+
+
+def quality_section(path: Path | None = None) -> str:
+    """The image-quality gate's limits and how often it fires (``skin_model/quality.json``)."""
+    from skin_model.quality import LIMITS_FILE, MIN_SIDE
+
+    q = read_json(path or LIMITS_FILE)
+    lines = [
+        f"Chosen by `python -m skin_model quality` on the {q['n_images']} images of the "
+        f"{q['images']} ({q['method']}). Images under {MIN_SIDE} px on a side are also "
+        "called too small.",
+        "",
+        "| check | limit | share flagged |",
+        "|---|---|---|",
+    ]
+    lim = q["limits"]
+    names = {
+        "blurred": f"sharpness (variance of the Laplacian) below {lim['sharpness_min']:g}",
+        "too_dark": f"central brightness below {lim['brightness_min']:g} of 255",
+        "too_bright": f"central brightness above {lim['brightness_max']:g}, or over "
+        f"{lim['clipped_max']:.0%} of central pixels white",
+        "cut_off": f"edge asymmetry of the dark lesion region above {lim['edge_asymmetry_max']:g}",
+    }
+    for key, share in q["flagged"].items():
+        what = names.get(key, "any of the checks")
+        label = f"synthetic {key.replace('_', ' ')} copies" if key in names else "HAM10000 images"
+        lines.append(f"| {label}: {what} | | {share:.1%} |")
+    return "\n".join(lines)
+
+
+def cv_ensemble_section(path: Path = CV_ENSEMBLE_FILE) -> str:
+    """Fold models averaged vs the single model (``ensemble --cv``)."""
+    if not path.is_file():
+        return (
+            "_No fold ensemble recorded yet: run `python -m skin_model ensemble MODEL --cv "
+            "CV_DIR --out docs/cv_ensemble.json`._"
+        )
+    return markdown(ensemble_frame(json.loads(path.read_text())))
 
 
 def bench_section(path: Path = BENCH_FILE) -> str:
@@ -108,7 +156,10 @@ def ensemble_section(path: Path = ENSEMBLE_FILE) -> str:
 
 SECTIONS = {
     "metrics": metrics_section,
+    "levers": levers_section,
     "cv": cv_section,
+    "cv_ensemble": cv_ensemble_section,
+    "quality": quality_section,
     "ensemble": ensemble_section,
     "bench": bench_section,
     "load": load_section,

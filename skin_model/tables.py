@@ -312,3 +312,59 @@ def load_frame(rows: list[dict]) -> pd.DataFrame:
             for r in rows
         ]
     )
+
+
+def recipe_text(settings: dict) -> str:
+    """A cross-validation run's recipe in a few words."""
+    parts = [f"{settings['architecture']} @{settings['input_size']} px", f"{settings['epochs']} ep"]
+    if settings.get("colour_constancy"):
+        parts.append(f"Shades of Gray p={settings['colour_constancy']:g}")
+    if settings.get("white_balance"):
+        parts.append(f"white-balance jitter ±{settings['white_balance']:g}")
+    if settings.get("backbone_lr_scale", 1.0) != 1.0:
+        parts.append(f"backbone lr x{settings['backbone_lr_scale']:g}")
+    if settings.get("head_warmup_epochs"):
+        parts.append(f"head-only warm-up {settings['head_warmup_epochs']} ep")
+    if settings.get("learning_rate", 1e-3) != 1e-3:
+        parts.append(f"lr {settings['learning_rate']:g}")
+    if settings.get("ema_half_life"):
+        parts.append(f"weight average {settings['ema_half_life']:g} ep")
+    return ", ".join(parts)
+
+
+def levers_frame(runs: list[tuple[str, dict]]) -> pd.DataFrame:
+    """Every recipe lever on the same held-out fold 0: one row per cross-validation run.
+
+    Args:
+        runs: ``(directory name, cv.json)`` pairs.
+
+    Returns:
+        Image-only fold-0 figures, the same on white-balance-shifted copies where scored,
+        late fusion of the patient context (power chosen on that fold: optimistic), and the
+        training minutes of the fold.
+    """
+    rows = []
+    for name, cv in runs:
+        by = {(r["variant"], r["fold"]): r for r in cv["table"]}
+        image = by.get(("image", "0"))
+        if image is None:
+            continue
+        shifted = by.get(("image_wb", "0"))
+        fused = by.get(("late_fusion_image", "0"))
+        rows.append(
+            {
+                "run": name,
+                "recipe": recipe_text(cv["settings"]),
+                "balanced accuracy": image["balanced_accuracy"],
+                "on white-balance-shifted copies": shifted["balanced_accuracy"]
+                if shifted
+                else None,
+                "malignant AUC": image["malignant_auc"],
+                "melanoma AUC": image["mel_auc"],
+                "melanoma sensitivity": image["mel_sensitivity"],
+                "macro AUC": image["macro_auc"],
+                "with age/sex/site, late fusion": fused["balanced_accuracy"] if fused else None,
+                "fold 0 training min": f"{cv['train_seconds'][0] / 60:.0f}",
+            }
+        )
+    return pd.DataFrame(rows)

@@ -128,11 +128,18 @@ def test_tiny_cross_validation_covers_the_pool_once_and_resumes(
     assert (out / "fold0" / "fold.json").read_text() == before
 
 
-def test_recipe_line_names_a_slower_backbone():
-    from skin_model.card import backbone_text
+def test_recipe_line_names_every_lever():
+    from skin_model.tables import recipe_text
 
-    assert backbone_text({"backbone_lr_scale": 1.0, "head_warmup_epochs": 0}) == ""
-    assert backbone_text({}) == ""
-    assert backbone_text({"backbone_lr_scale": 0.3, "head_warmup_epochs": 1}) == (
-        ", backbone learning rate x0.3, head-only warm-up 1 epoch(s)"
-    )
+    base = {"architecture": "efficientnet_lite0", "input_size": 192, "epochs": 6}
+    assert recipe_text(base) == "efficientnet_lite0 @192 px, 6 ep"
+    levers = {**base, "backbone_lr_scale": 0.3, "head_warmup_epochs": 1, "colour_constancy": 6}
+    text = recipe_text({**levers, "white_balance": 0.1, "learning_rate": 0.002})
+    for part in (
+        "backbone lr x0.3",
+        "head-only warm-up 1 ep",
+        "Shades of Gray p=6",
+        "±0.1",
+        "lr 0.002",
+    ):
+        assert part in text
