@@ -5,7 +5,7 @@ Checks: every session shows the same diagnosis and probability as the CLI for it
 no session shows another session's file, and the server survives. Prints per-session
 latency (upload to overlay, p50/p95) and the server's peak memory for each N.
 
-    .venv/bin/python scripts/load_test.py --sessions 4 8 16
+    .venv/bin/python scripts/load_test.py --sessions 4 8 20
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from skin_model import DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR, display_name
+from skin_model import DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR
 from tests.browser import chromium_path, streamlit_server
 
 
@@ -35,16 +35,19 @@ def server_peak_mb(pid: int) -> float:
 
 
 def cli_expectations(files: list[Path]) -> dict[str, str]:
-    """Expected 'Suggested diagnosis' text per file name, from the CLI code path."""
+    """Expected headline per file name, from the CLI code path at the app's default
+    clinic prevalence."""
+    from skin_model.advice import DEFAULT_PRESET, PRESETS, pct
     from skin_model.inference import load_bundle
     from skin_model.predict import predict_files
 
-    rows = predict_files(load_bundle(DEFAULT_MODEL_DIR), files)
-    out = {}
-    for f, r in zip(files, rows, strict=True):
-        p = float(r[r["prediction"]])
-        out[f.name] = f"Suggested diagnosis: {display_name(r['prediction'])} ({p:.0%})"
-    return out
+    rows = predict_files(
+        load_bundle(DEFAULT_MODEL_DIR), files, prevalence=PRESETS[DEFAULT_PRESET][1]
+    )
+    return {
+        f.name: f"Most likely: {r['most_likely']}, {pct(float(r['most_likely_probability']))}"
+        for f, r in zip(files, rows, strict=True)
+    }
 
 
 async def one_session(browser, url: str, file: Path, all_names: list[str]) -> dict:
@@ -65,7 +68,7 @@ async def one_session(browser, url: str, file: Path, all_names: list[str]) -> di
     )
     latency = time.perf_counter() - start
     shown = await page.locator(
-        "[data-testid=stMarkdownContainer]", has_text="Suggested diagnosis:"
+        "[data-testid=stMarkdownContainer]", has_text="Most likely:"
     ).first.inner_text()
     headings = await page.get_by_role("heading").all_inner_texts()
     foreign = [n for n in all_names if n != file.name and n in headings]
@@ -90,7 +93,7 @@ async def run_round(url: str, files: list[Path]) -> list[dict]:
 def main() -> int:
     """Run the rounds and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sessions", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[4, 8, 20])
     parser.add_argument(
         "--data-dir", type=Path, default=Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR))
     )

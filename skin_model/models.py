@@ -213,7 +213,8 @@ def make_skinnet(
     num_classes: int = len(CLASSES),
     width: float = 1.0,
 ) -> keras.Model:
-    """The shipped design: a small residual depthwise-separable CNN for CPU inference.
+    """A small residual depthwise-separable CNN for CPU inference (trained from scratch; the
+    shipped models before ImageNet initialisation).
 
     Args:
         input_size: Side of the square input image.
