@@ -36,7 +36,8 @@ def server_peak_mb(pid: int) -> float:
 
 def cli_expectations(files: list[Path]) -> dict[str, str]:
     """Expected headline per file name, from the CLI code path at the app's default
-    clinic prevalence."""
+    clinic prevalence.
+    """
     from skin_model.advice import DEFAULT_PRESET, PRESETS, pct
     from skin_model.inference import load_bundle
     from skin_model.predict import predict_files
