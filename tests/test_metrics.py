@@ -150,13 +150,15 @@ def test_bootstrap_resamples_whole_lesions():
 
 def test_target_status_by_hand():
     m = compute_metrics(Y, _probs(np.array([5, 5, 4, 4, 5, 1])), threshold=0.5)
-    m["calibration"]["ece"] = 0.02
+    m["malignant"]["calibration"]["ece"] = 0.08
     m["intervals"] = {"balanced_accuracy": [0.5, 0.9]}
+    m["robustness"] = {"white_balance_cost": 0.04}
     rows = {r["key"]: r for r in target_status(m)}
-    assert rows["balanced_accuracy"]["met"] is False  # 0.722 < 0.75
+    assert rows["balanced_accuracy"]["met"] is True  # 0.722 >= 0.72
     assert rows["balanced_accuracy"]["interval"] == [0.5, 0.9]
-    assert rows["ece"]["met"] is True  # 0.02 <= 0.03
-    assert rows["cam_ratio"]["met"] is None  # not measured
+    assert rows["malignant_ece"]["met"] is False  # 0.08 > 0.05
+    assert rows["white_balance_cost"]["met"] is False  # 0.04 > 0.03
+    assert rows["cam_ratio"]["met"] is None and rows["context_gain"]["met"] is None
 
 
 def test_certain_predictions_score_without_warnings():
