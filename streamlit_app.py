@@ -1,4 +1,8 @@
-"""Skin-lesion classifier: the Streamlit router. Pages live in ``pages/``."""
+"""Skin-lesion classifier: the Streamlit router.
+
+Pages live in ``app_pages/``, not ``pages/``: Streamlit would also serve files there on
+their own, without this router (and its page setup), at their URLs.
+"""
 
 import streamlit as st
 
@@ -7,9 +11,9 @@ st.set_page_config(
 )
 
 pages = [
-    st.Page("pages/classify.py", title="Classify", icon=":material/biotech:", default=True),
-    st.Page("pages/metrics.py", title="Model metrics", icon=":material/monitoring:"),
-    st.Page("pages/training.py", title="Training curves", icon=":material/show_chart:"),
-    st.Page("pages/about.py", title="About this model", icon=":material/info:"),
+    st.Page("app_pages/classify.py", title="Classify", icon=":material/biotech:", default=True),
+    st.Page("app_pages/metrics.py", title="Model metrics", icon=":material/monitoring:"),
+    st.Page("app_pages/training.py", title="Training curves", icon=":material/show_chart:"),
+    st.Page("app_pages/about.py", title="About this model", icon=":material/info:"),
 ]
 st.navigation(pages).run()

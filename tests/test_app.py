@@ -15,7 +15,12 @@ from tests.bad_inputs import bad_inputs
 from tests.conftest import jpeg_bytes, lesion_image
 
 APP = str(REPO_ROOT / "streamlit_app.py")
-PAGES = ["pages/classify.py", "pages/metrics.py", "pages/training.py", "pages/about.py"]
+PAGES = [
+    "app_pages/classify.py",
+    "app_pages/metrics.py",
+    "app_pages/training.py",
+    "app_pages/about.py",
+]
 
 
 def _app(monkeypatch, model_dir) -> AppTest:
@@ -110,7 +115,7 @@ def test_prevalence_from_the_sidebar_reweights_every_figure(
     row = at.dataframe[0].value.iloc[0]
     assert row["malignant risk"] == pct(shown.malignant_probability)
     assert row["referral"] == ("REFER" if pred.suspicious else "below threshold")
-    at.switch_page("pages/metrics.py").run()  # the setting is the session's, on every page
+    at.switch_page("app_pages/metrics.py").run()  # the setting is the session's, on every page
     assert at.sidebar.radio(key="clinic").value == "custom"
     assert any("30%" in m.value for m in at.subheader)
 
@@ -119,8 +124,8 @@ def test_cases_and_details_survive_leaving_the_page(monkeypatch, trained_dir):
     at = _upload(_app(monkeypatch, trained_dir).run(), ("a.jpg", lesion_image("bkl", 2)))
     at.number_input(key=_key(at, "age_")).set_value(64).run()
     at.text_input(key="case_reference").set_value("clinic 7").run()
-    at.switch_page("pages/about.py").run()
-    at.switch_page("pages/classify.py").run()
+    at.switch_page("app_pages/about.py").run()
+    at.switch_page("app_pages/classify.py").run()
     assert not at.exception
     assert [_shown(s.value) for s in at.subheader][1:] == ["a.jpg"]
     assert at.number_input(key=_key(at, "age_")).value == 64
@@ -228,19 +233,19 @@ def test_missing_or_damaged_metrics_show_message(monkeypatch, trained_dir, tmp_p
     else:
         (broken / "metrics.json").write_text(content)
     at = _app(monkeypatch, broken)
-    at.switch_page("pages/metrics.py").run()
+    at.switch_page("app_pages/metrics.py").run()
     assert not at.exception and _errors(at)
 
 
 def test_about_without_card_shows_message(monkeypatch, tmp_path):
     at = _app(monkeypatch, tmp_path)
-    at.switch_page("pages/about.py").run()
+    at.switch_page("app_pages/about.py").run()
     assert not at.exception and any("cannot be read" in e for e in _errors(at))
 
 
 def test_metrics_page_shows_targets_from_metrics_file(monkeypatch, shipped_model_dir):
     at = _app(monkeypatch, shipped_model_dir)
-    at.switch_page("pages/metrics.py").run()
+    at.switch_page("app_pages/metrics.py").run()
     m = json.loads((shipped_model_dir / "metrics.json").read_text())
     table = next(df.value for df in at.dataframe if "target" in df.value.columns)
     first = table.iloc[0]

@@ -124,7 +124,7 @@ def confusion(metrics: dict) -> None:
         tooltip=["true", "predicted", "count", "share of true class"],
     )
     text = base.mark_text().encode(text=alt.Text("share of true class:Q", format=".2f"))
-    st.altair_chart(heat + text, width="stretch")
+    st.altair_chart(heat + text, width="stretch", height=360)
 
 
 def roc_curves(metrics: dict) -> None:
@@ -152,7 +152,7 @@ def roc_curves(metrics: dict) -> None:
             color=alt.Color("curve:N", legend=alt.Legend(orient="bottom", columns=4)),
         )
     )
-    st.altair_chart(chart, width="stretch")
+    st.altair_chart(chart, width="stretch", height=420)
 
 
 def reliability(bins: list[dict], x: str, y: str, x_title: str, y_title: str):
@@ -188,7 +188,7 @@ def calibration(metrics: dict) -> None:
         )
         chart = reliability(mal_cal["bins"], "mean_risk", "observed", "mean risk", "observed share")
         if chart is not None:
-            st.altair_chart(chart, width="stretch")
+            st.altair_chart(chart, width="stretch", height=420)
 
 
 def ml_detail(metrics: dict) -> None:

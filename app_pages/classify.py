@@ -211,7 +211,7 @@ def differential(prediction) -> None:
         )
         .properties(height=28 * len(table) + 30)
     )
-    st.altair_chart(chart, width="stretch")
+    st.altair_chart(chart, width="stretch", height=28 * len(table) + 90)
 
 
 @st.fragment

@@ -78,16 +78,15 @@ def curves(data: pd.DataFrame, kept: pd.DataFrame) -> None:
             .mark_line(point=True)
             .encode(
                 x="epoch:Q",
-                y=alt.Y("value:Q", title=title),
-                color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=2)),
+                y=alt.Y("value:Q", title=title, scale=alt.Scale(zero=False)),
+                color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=3)),
                 strokeDash=alt.StrokeDash("part:N", legend=alt.Legend(orient="bottom")),
                 tooltip=["run", "part", "epoch", "value"],
             )
         )
         marks = alt.Chart(kept).mark_rule(strokeDash=[2, 2]).encode(x="epoch:Q", color="run:N")
-        cols[i % 2].altair_chart(
-            (lines + marks).properties(title=title, height=260), width="stretch"
-        )
+        chart = alt.layer(lines, marks).properties(title=title, height=220)
+        cols[i % 2].altair_chart(chart, width="stretch", height=380)
     st.caption("Dotted vertical line: the epoch whose weights each run kept.")
 
 
