@@ -255,8 +255,12 @@ def lesion_section(bundle, store: CaseStore, result, metrics) -> None:
     for u in result.lesion.uploads:
         if u.image is None:
             st.error(plain(f"{u.name}: {u.error}"))
-    if bundle.uses_context:
-        context_fields(store, result.lesion)
+    context_fields(store, result.lesion)
+    if not bundle.uses_context:
+        st.caption(
+            "Age, sex and body site are recorded on the report; they do not change this "
+            "model's result (the About page says why)."
+        )
     verdict_box(result, metrics)
     left, right = st.columns(2)
     with left:

@@ -121,14 +121,17 @@ def choose_tta(
 
 
 def context_fusion(cfg, context_model: dict | None) -> dict | None:
-    """The late-fusion settings of ``cfg`` with its context model (fitted on the training
-    part); None when ``cfg.context_fusion_power`` is 0 or there is no patient context.
+    """How the patient context is used: the late-fusion settings of ``cfg`` with its
+    context model (fitted on the training part). None when the context only feeds the
+    network (no late fusion) or there is none; ``power`` 0 with ``feed_network`` false
+    means the context is recorded but changes nothing.
     """
-    if context_model is None or cfg.context_fusion_power <= 0:
+    feed = bool(cfg.context_fusion_feed_network and cfg.metadata)
+    if context_model is None or (cfg.context_fusion_power <= 0 and feed):
         return None
     return {
         "power": float(cfg.context_fusion_power),
-        "feed_network": bool(cfg.context_fusion_feed_network and cfg.metadata),
+        "feed_network": feed,
         "model": "class-balanced logistic regression on the encoded age, sex and site, "
         "fitted on the training part",
         **context_model,
@@ -139,6 +142,8 @@ def fusion_text(fusion: dict | None) -> str:
     """How a model uses the patient context, in words."""
     if not fusion:
         return "network input"
+    if not fusion["feed_network"] and not fusion["power"]:
+        return "not used"
     how = "network input and " if fusion["feed_network"] else ""
     return f"{how}late fusion (age/sex/site posterior^{fusion['power']:g})"
 

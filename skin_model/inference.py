@@ -58,7 +58,8 @@ class ModelBundle:
     @property
     def uses_context(self) -> bool:
         """Whether a patient context changes the predictions (network input or late fusion)."""
-        return takes_metadata(self.model) or bool(self.posthoc.context_fusion)
+        fusion = self.posthoc.context_fusion or {}
+        return self.feeds_context or bool(fusion.get("power"))
 
     @property
     def feeds_context(self) -> bool:

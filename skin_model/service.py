@@ -331,6 +331,9 @@ def case_report(
     from skin_model.advice import headline
 
     lines += [line for line in headline(p) if line]
+    ctx = result.lesion.context
+    if ctx is not None and ctx.given and not bundle.uses_context:
+        lines.append(f"Patient details recorded (not used by this model): {ctx.describe()}")
     record = ReportRecord(
         created=(now or dt.datetime.now()).strftime("%Y-%m-%d %H:%M"),
         case_reference=store.case_reference,
