@@ -132,8 +132,15 @@ def calibration_lines(config: dict, m: dict) -> list[str]:
         "images, each relative to its limit; flagged above the "
         f"{fit['ood_quantile']:.0%} quantile of the calibration part.",
     ]
-    if config.get("metadata_input"):
-        fusion = config.get("context_fusion")
+    fusion = config.get("context_fusion")
+    if fusion and not fusion["feed_network"] and not fusion["power"]:
+        lines.append(
+            "- Patient context (optional age, sex, body site): recorded on the report but not "
+            "used: on the lesion-grouped cross-validation of this recipe neither feeding it to "
+            "the network nor fusing it late raised the balanced accuracy of the image alone "
+            "(README, cross-validation table)."
+        )
+    elif config.get("metadata_input"):
         lines.append(
             "- Patient context (optional age, sex, body site): "
             + (
