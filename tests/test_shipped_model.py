@@ -66,3 +66,42 @@ def test_config_matches_metrics(shipped_model_dir):
         <= m["training"]["epochs_run"]
         == len(read_history(shipped_model_dir))
     )
+
+
+def test_ordinary_variants_of_dermoscopy_pass_and_photos_stay_flagged(
+    shipped_model_dir, shipped_bundle, real_data_dir
+):
+    """Transparent (flattened) or black round corners, a larger re-saved file, a quarter
+    turn and another white balance are still dermoscopy; real photographs are not."""
+    from PIL import Image
+
+    from skin_model.imaging import dermoscope_vignette, shift_white_balance_batch
+    from skin_model.photos import reference_photos
+    from tests.conftest import jpeg_bytes, png_bytes
+
+    ids = pd.read_csv(shipped_model_dir / "test_predictions.csv")["image_id"].sample(
+        30, random_state=1
+    )
+    images = [decode_image((real_data_dir / "images" / f"{i}.jpg").read_bytes()) for i in ids]
+
+    def transparent(im):
+        alpha = dermoscope_vignette(np.full_like(im, 255), 0.42)[..., 0]
+        return decode_image(png_bytes(Image.fromarray(np.dstack([im, alpha]), mode="RGBA")))
+
+    def larger(im):
+        big = Image.fromarray(im).resize((im.shape[1] * 3, im.shape[0] * 3), Image.BICUBIC)
+        return decode_image(jpeg_bytes(np.asarray(big)))
+
+    variants = {
+        "transparent corners": [transparent(im) for im in images],
+        "black round corners": [dermoscope_vignette(im, 0.40) for im in images],
+        "larger file": [larger(im) for im in images],
+        "rotated": [np.rot90(im).copy() for im in images],
+        "white balance": list(shift_white_balance_batch(np.stack(images), 0.08, seed=3)),
+    }
+    for name, batch in variants.items():
+        flagged = np.mean([not p.looks_dermoscopic for p in predict_images(shipped_bundle, batch)])
+        assert flagged <= 0.1, name
+    photos = [im for _, im in reference_photos()]
+    flagged = np.mean([not p.looks_dermoscopic for p in predict_images(shipped_bundle, photos)])
+    assert flagged >= 0.9
