@@ -70,7 +70,9 @@ def reproduce_command(training: dict, out: str = "models/default") -> str:
         and f.name != "verbose"
         and training[f.name] != getattr(defaults, f.name)
     ]
-    return " ".join(["python train.py --data-dir ../shared/data/ham10000", f"--out {out}", *flags])
+    replace = ["--replace-default"] if out.rstrip("/") == "models/default" else []
+    head = ["python train.py --data-dir ../shared/data/ham10000", f"--out {out}", *replace]
+    return " ".join([*head, *flags])
 
 
 def cv_summary_text(cv: dict) -> str:
