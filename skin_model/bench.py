@@ -136,7 +136,7 @@ def naive_latency(bundle, uploads) -> dict:
     """The unoptimised path, for before/after: ``model.predict`` per image and a new
     Grad-CAM explainer (model clone) per call.
     """
-    from skin_model.explain import heatmap, make_explainer
+    from skin_model.explain import bundle_cam_layer, heatmap, make_explainer
     from skin_model.imaging import decode_image, resize_for_model
     from skin_model.inference import batch_inputs
 
@@ -153,6 +153,7 @@ def naive_latency(bundle, uploads) -> dict:
             image,
             int(probs.argmax()),
             bundle.input_size,
+            layer=bundle_cam_layer(bundle),
         )
         cam_t.append(time.perf_counter() - t1)
         predict_t.append(t1 - t0)

@@ -11,6 +11,7 @@ diagnosis (the balanced rule) and the "not dermoscopic" score, with the post-hoc
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import keras
@@ -172,11 +173,38 @@ def check_images(images) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def run_saved_model(path: Path, images) -> dict[str, np.ndarray]:
-    """The SavedModel's ``serving_default`` signature on a batch (as TF Serving runs it)."""
+@functools.cache
+def _saved_model(path: str):
     import tensorflow as tf
 
-    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    return tf.saved_model.load(path)
+
+
+@functools.cache
+def _litert(path: str):
+    import warnings
+
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # tf.lite's deprecation notice
+        return tf.lite.Interpreter(model_path=path)
+
+
+@functools.cache
+def _onnx(path: str):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def run_saved_model(path: Path, images) -> dict[str, np.ndarray]:
+    """The SavedModel's ``serving_default`` signature on a batch (as TF Serving runs it;
+    loaded once per path and process).
+    """
+    import tensorflow as tf
+
+    fn = _saved_model(str(path)).signatures["serving_default"]
     out = fn(tf.constant(check_images(images)))
     values = [out[k].numpy() for k in sorted(out, key=lambda k: int(k.split("_")[-1] or 0))]
     return dict(zip(OUTPUTS, values, strict=True))
@@ -186,14 +214,8 @@ def run_litert(path: Path, images) -> dict[str, np.ndarray]:
     """The LiteRT file's ``serving_default`` signature on a batch (TensorFlow's
     interpreter; the images must be at the model's input size).
     """
-    import warnings
-
-    import tensorflow as tf
-
     x = check_images(images)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # tf.lite's deprecation notice
-        interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter = _litert(str(path))
     signature = interpreter.get_signature_list()["serving_default"]
     runner = interpreter.get_signature_runner("serving_default")
     expected = tuple(interpreter.get_input_details()[0]["shape_signature"][1:3])
@@ -207,9 +229,7 @@ def run_litert(path: Path, images) -> dict[str, np.ndarray]:
 
 def run_onnx(path: Path, images) -> dict[str, np.ndarray]:
     """The ONNX file on a batch with ONNX Runtime."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = _onnx(str(path))
     name = session.get_inputs()[0].name
     return dict(zip(OUTPUTS, session.run(None, {name: check_images(images)}), strict=True))
 
