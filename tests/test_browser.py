@@ -97,7 +97,7 @@ def _case_text(page) -> str:
 
 def _csv(page) -> pd.DataFrame:
     settle(page)
-    with page.expect_download() as info:
+    with page.expect_download(timeout=120_000) as info:
         page.get_by_text("Download results (CSV)").click()
     return pd.read_csv(info.value.path(), dtype=str, keep_default_na=False)
 
@@ -162,7 +162,8 @@ def test_pdf_report_downloads_with_verdict_tier_and_date(page):
     page.get_by_label("Case reference (optional, printed on the report)").fill("R-17")
     page.keyboard.press("Enter")
     settle(page)
-    with page.expect_download() as info:
+    # the PDF is drawn when clicked; a fresh machine first builds matplotlib's font cache
+    with page.expect_download(timeout=180_000) as info:
         page.get_by_text("Download report (PDF)").click()
     text = " ".join(p.extract_text() for p in PdfReader(info.value.path()).pages)
     text = " ".join(text.split())
