@@ -38,7 +38,8 @@ def model_dir() -> Path:
 @st.cache_resource(show_spinner=LOADING)
 def _load(path: str):
     """Load and warm up the model once per process (predict and Grad-CAM; and matplotlib's
-    font cache, which the first PDF report would otherwise wait for on a fresh machine)."""
+    font cache, which the first PDF report would otherwise wait for on a fresh machine).
+    """
     import matplotlib.font_manager  # noqa: F401
 
     from skin_model.explain import explain
