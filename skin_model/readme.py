@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from skin_model import DEFAULT_MODEL_DIR, REPO_ROOT
-from skin_model.artifacts import CV_FILE, find_cv_dirs, read_json, read_metrics
+from skin_model.artifacts import CV_FILE, RUN_CONFIG_FILE, find_cv_dirs, read_json, read_metrics
 from skin_model.card import cv_summary_text, reproduce_command
 from skin_model.tables import (
     context_frame,
@@ -67,15 +67,28 @@ def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
     return "\n".join(lines)
 
 
-def cv_section(root: Path = DEFAULT_MODEL_DIR.parent) -> str:
-    """The full tables of every cross-validation run over more than one fold."""
+def is_shipped_recipe(settings: dict, shipped: dict) -> bool:
+    """Whether a cross-validation run's settings are the shipped model's backbone, input
+    size and epochs (the rest of the recipe is in its summary line).
+    """
+    keys = ("architecture", "input_size", "epochs")
+    return all(settings.get(k) == shipped.get(k) for k in keys)
+
+
+def cv_section(root: Path = DEFAULT_MODEL_DIR.parent, model_dir: Path = DEFAULT_MODEL_DIR) -> str:
+    """The full tables of every cross-validation run over more than one fold, the shipped
+    model's recipe first.
+    """
     runs = [(d, read_json(d / CV_FILE)) for d in find_cv_dirs(root)]
     runs = [(d, cv) for d, cv in runs if cv["folds_done"] > 1]
     if not runs:
         return "_No cross-validation recorded yet: run `python train.py --cv 5 --out DIR`._"
+    shipped = read_json(Path(model_dir) / RUN_CONFIG_FILE)
+    runs.sort(key=lambda run: not is_shipped_recipe(run[1]["settings"], shipped))
     lines = []
     for cv_dir, cv in runs:
-        lines += [f"`{cv_dir.relative_to(REPO_ROOT)}`: {cv_summary_text(cv)}", ""]
+        which = "Shipped recipe" if is_shipped_recipe(cv["settings"], shipped) else "Earlier recipe"
+        lines += [f"{which}, `{cv_dir.relative_to(REPO_ROOT)}`: {cv_summary_text(cv)}", ""]
         lines += [markdown(cv_frame(cv)), ""]
     return "\n".join(lines).rstrip()
 

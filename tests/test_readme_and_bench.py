@@ -19,6 +19,12 @@ def test_readme_generated_sections_are_current():
     assert "<!-- metrics:start -->\n<!-- metrics:end -->" not in text
 
 
+def test_shipped_recipe_is_matched_on_backbone_size_and_epochs():
+    shipped = {"architecture": "efficientnet_lite0", "input_size": 192, "epochs": 6, "seed": 1}
+    assert readme.is_shipped_recipe({**shipped, "seed": 2}, shipped)
+    assert not readme.is_shipped_recipe({**shipped, "input_size": 160}, shipped)
+
+
 def test_count_flops_by_hand():
     inputs = keras.Input((8, 8, 3))
     x = layers.Conv2D(4, 3, padding="same")(inputs)
