@@ -85,10 +85,27 @@ def inputs(store: CaseStore) -> None:
     left, right = st.columns([1, 2])
     seed(store, "case_reference", store.case_reference)
     seed(store, "notes", store.notes)
-    left.text_input("Case reference (optional, printed on the report)", key="case_reference")
-    right.text_input("Notes (optional, printed on the report)", key="notes")
+    left.text_input(
+        "Case reference (optional, printed on the report)",
+        key="case_reference",
+        on_change=keep,
+        args=(store, "case_reference"),
+    )
+    right.text_input(
+        "Notes (optional, printed on the report)",
+        key="notes",
+        on_change=keep,
+        args=(store, "notes"),
+    )
     store.case_reference = st.session_state["case_reference"]
     store.notes = st.session_state["notes"]
+
+
+def keep(store: CaseStore, key: str) -> None:
+    """Copy a changed field into the store before anything else runs, so that leaving the
+    page straight after typing (which drops the widget's own state) keeps it.
+    """
+    setattr(store, key, st.session_state[key])
 
 
 def seed(store: CaseStore, key: str, value) -> None:

@@ -113,3 +113,20 @@ def settle(page, timeout_ms: int = 120_000) -> None:
         "() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=timeout_ms
     )
     page.wait_for_timeout(300)
+
+
+def download(page, label: str, attempts: int = 3, timeout_ms: int = 60_000):
+    """Click the download button ``label`` and return the download; click again if none
+    starts (a click that lands while the page is re-rendering after a rerun can be lost,
+    and a person would click again too).
+    """
+    for attempt in range(attempts):
+        settle(page)
+        try:
+            with page.expect_download(timeout=timeout_ms) as info:
+                page.get_by_text(label).click()
+            return info.value
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")

@@ -22,6 +22,7 @@ from PIL import Image
 from skin_model import DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR, REPO_ROOT
 from tests.browser import (
     chromium_path,
+    download,
     launch_browser,
     settle,
     streamlit_server,
@@ -96,10 +97,8 @@ def _case_text(page) -> str:
 
 
 def _csv(page) -> pd.DataFrame:
-    settle(page)
-    with page.expect_download(timeout=120_000) as info:
-        page.get_by_text("Download results (CSV)").click()
-    return pd.read_csv(info.value.path(), dtype=str, keep_default_na=False)
+    csv = download(page, "Download results (CSV)")
+    return pd.read_csv(csv.path(), dtype=str, keep_default_na=False)
 
 
 def test_transparent_corner_melanoma_shows_its_referral_verdict(page, real_data_dir):
@@ -163,9 +162,8 @@ def test_pdf_report_downloads_with_verdict_tier_and_date(page):
     page.keyboard.press("Enter")
     settle(page)
     # the PDF is drawn when clicked; a fresh machine first builds matplotlib's font cache
-    with page.expect_download(timeout=180_000) as info:
-        page.get_by_text("Download report (PDF)").click()
-    text = " ".join(p.extract_text() for p in PdfReader(info.value.path()).pages)
+    pdf = download(page, "Download report (PDF)", timeout_ms=90_000)
+    text = " ".join(p.extract_text() for p in PdfReader(pdf.path()).pages)
     text = " ".join(text.split())
     assert "risk:" in text.lower() and ("refer" in text.lower())
     assert any(tier in text for tier in ("Low risk", "Raised risk", "High risk"))
