@@ -260,7 +260,7 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
     """
     import tempfile
 
-    from skin_model.artifacts import MODEL_FILE, read_metrics
+    from skin_model.artifacts import MODEL_FILE
     from skin_model.inference import load_bundle
 
     n_lat, n_cli, reps = (20, 64, 3) if quick else (60, 512, 10)
@@ -330,18 +330,7 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
     r["train_images_per_s"] = round(train_throughput(bundle.model, 2 if quick else 8), 1)
     r["runtimes"] = runtimes(model_dir, size, 64 if quick else 256)
     r["side_by_side"] = side_by_side(bundle.model, size, r, quick)
-    try:
-        m = read_metrics(model_dir)
-        r["quality"] = {
-            "balanced_accuracy": m["balanced_accuracy"],
-            "malignant_auc": m["malignant"]["auc"],
-            "macro_auc": m["macro_auc"],
-            "malignant_sensitivity": m["malignant"]["operating_point"]["sensitivity"],
-            "malignant_specificity": m["malignant"]["operating_point"]["specificity"],
-            "ece": m["calibration"]["ece"],
-        }
-    except Exception as exc:
-        r["quality"] = {"error": str(exc)}
+    r["quality"] = quality_figures(model_dir)
     print(format_table(r))
     if out:
         Path(out).write_text(json.dumps(r, indent=1) + "\n", encoding="utf-8")
@@ -411,6 +400,24 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def quality_figures(model_dir: Path) -> dict:
+    """The shipped model's headline test figures from its ``metrics.json`` (bench context)."""
+    from skin_model.artifacts import read_metrics
+
+    try:
+        m = read_metrics(model_dir)
+        return {
+            "balanced_accuracy": m["balanced_accuracy"],
+            "malignant_auc": m["malignant"]["auc"],
+            "macro_auc": m["macro_auc"],
+            "malignant_sensitivity": m["malignant"]["operating_point"]["sensitivity"],
+            "malignant_specificity": m["malignant"]["operating_point"]["specificity"],
+            "ece": m["calibration"]["ece"],
+        }
+    except Exception as exc:
+        return {"error": str(exc)}
 
 
 def format_table(r: dict) -> str:
