@@ -97,8 +97,6 @@ def inputs(store: CaseStore) -> None:
         on_change=keep,
         args=(store, "notes"),
     )
-    store.case_reference = st.session_state["case_reference"]
-    store.notes = st.session_state["notes"]
 
 
 def keep(store: CaseStore, key: str) -> None:

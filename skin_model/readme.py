@@ -84,10 +84,13 @@ def cv_section(root: Path = DEFAULT_MODEL_DIR.parent, model_dir: Path = DEFAULT_
     if not runs:
         return "_No cross-validation recorded yet: run `python train.py --cv 5 --out DIR`._"
     shipped = read_json(Path(model_dir) / RUN_CONFIG_FILE)
-    runs.sort(key=lambda run: not is_shipped_recipe(run[1]["settings"], shipped))
+    runs = sorted(
+        ((is_shipped_recipe(cv["settings"], shipped), d, cv) for d, cv in runs),
+        key=lambda run: not run[0],
+    )
     lines = []
-    for cv_dir, cv in runs:
-        which = "Shipped recipe" if is_shipped_recipe(cv["settings"], shipped) else "Earlier recipe"
+    for ours, cv_dir, cv in runs:
+        which = "Shipped recipe" if ours else "Earlier recipe"
         lines += [f"{which}, `{cv_dir.relative_to(REPO_ROOT)}`: {cv_summary_text(cv)}", ""]
         lines += [markdown(cv_frame(cv)), ""]
     return "\n".join(lines).rstrip()
