@@ -36,7 +36,7 @@ def _flag(text: str) -> bool:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; every TrainConfig field is an option."""
     from skin_model import DEFAULT_DATA_DIR
-    from skin_model.architectures import ARCHITECTURES
+    from skin_model.architectures import REGISTRY
     from skin_model.settings import TrainConfig
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(defaults, f.name)
         kind = {int: int, float: float, bool: _flag}.get(type(value), str)
         if f.name == "architecture":
-            p.add_argument(flag, default=value, choices=ARCHITECTURES)
+            p.add_argument(flag, default=value, choices=tuple(REGISTRY))
         elif f.name == "weights":
             p.add_argument(
                 flag,
@@ -140,15 +140,24 @@ def output_dir(args: argparse.Namespace, cfg) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Train and report; exit code 2 on unusable settings or data."""
     args = parse_args(argv)
+    import keras
+
     from skin_model.data import DataError
+    from skin_model.distribute import DistributionError, PeerLost, read_cluster, work_dir
     from skin_model.settings import TrainConfig, read_run_config
     from skin_model.training import train_model
 
     resume = args.resume is not None
     try:
+        cluster = read_cluster(keras.backend.backend())
+        if args.cv and cluster.processes > 1:
+            raise DistributionError(
+                "--cv runs on one process; start it without TF_CONFIG or the JAX "
+                "coordinator variables"
+            )
         if resume:
             out = args.resume
-            cfg = read_run_config(out)
+            cfg = read_run_config(work_dir(out, cluster))
         else:
             cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
             out = output_dir(args, cfg)
@@ -167,8 +176,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{summary['folds_done']} folds; table in {out}")
         return 0
-    from skin_model.distribute import DistributionError
-
     try:
         metrics = train_model(
             args.data_dir, out, cfg, resume=resume, fit_only=args.fit_only, devices=args.devices
@@ -176,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, DistributionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PeerLost as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     if metrics is None:
-        print(f"fitted; finalise with: python train.py --resume {out}")
+        if cluster.is_chief:
+            print(f"fitted; finalise with: python train.py --resume {out}")
         return 0
     op = metrics["malignant"]["operating_point"]
     print(

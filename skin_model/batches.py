@@ -23,6 +23,7 @@ def augment_array(
     out_size: int | None = None,
     min_scale: float = 0.75,
     white_balance: float = 0.0,
+    robust: float = 0.0,
 ) -> np.ndarray:
     """Random flip, rotation by quarter turns, crop, brightness, contrast, saturation,
     hue and white balance of one uint8 image (the NumPy twin of
@@ -34,6 +35,7 @@ def augment_array(
         out_size: Output side (crops are resized to it); ``None`` keeps ``S``.
         min_scale: Smallest crop side as a share of ``S``.
         white_balance: Half-width of a random gain per colour channel; 0 = none.
+        robust: Probability of each capture change (:func:`capture_change_array`).
 
     Returns:
         (out_size, out_size, 3) float32 in [0, 255].
@@ -59,7 +61,46 @@ def augment_array(
     x = hsv_to_rgb(hsv)
     if white_balance > 0:
         x = x * rng.uniform(1.0 - white_balance, 1.0 + white_balance, 3)
+    x = np.clip(x, 0.0, 1.0)
+    if robust > 0:
+        x = capture_change_array(x, rng, robust)
     return (np.clip(x, 0.0, 1.0) * 255.0).astype(np.float32)
+
+
+def field_of_view_array(size: int, radii, centre, softness: float) -> np.ndarray:
+    """The NumPy twin of :func:`skin_model.data.field_of_view_mask`."""
+    grid = (np.arange(size, dtype=np.float32) + 0.5) / size
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+    r = np.sqrt(((yy - centre[0]) / radii[0]) ** 2 + ((xx - centre[1]) / radii[1]) ** 2)
+    return np.clip((1.0 - r) / max(softness, 1e-3) + 0.5, 0.0, 1.0)[:, :, None]
+
+
+def capture_change_array(x: np.ndarray, rng: np.random.Generator, robust: float) -> np.ndarray:
+    """The NumPy twin of :func:`skin_model.data.capture_change` (float image in [0, 1])."""
+    import io
+
+    from skin_model.data import CAPTURE_CHANGES as c
+
+    size = x.shape[0]
+    u = rng.random(4)
+    if u[0] < robust:
+        small = max(int(size * rng.uniform(*c["low_resolution"])), 16)
+        img = Image.fromarray((x * 255).astype(np.uint8)).resize((small, small), Image.LANCZOS)
+        x = np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+    if u[1] < robust:
+        x = np.clip(x * rng.uniform(1.0 - c["exposure"], 1.0 + c["exposure"]), 0.0, 1.0)
+    if u[2] < robust:
+        radii = rng.uniform(*c["fov_radius"], 2)
+        centre = 0.5 + rng.uniform(-c["fov_offset"], c["fov_offset"], 2)
+        x = x * field_of_view_array(size, radii, centre, rng.uniform(0.0, 0.08))
+    if u[3] < robust:
+        buf = io.BytesIO()
+        quality = int(rng.integers(c["jpeg_quality"][0], c["jpeg_quality"][1] + 1))
+        Image.fromarray((np.clip(x, 0, 1) * 255).astype(np.uint8)).save(
+            buf, "JPEG", quality=quality
+        )
+        x = np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0
+    return x
 
 
 def hide_array(vector: np.ndarray, rng: np.random.Generator, p_all: float, p_field: float):
@@ -87,6 +128,9 @@ class ArrayBatches(keras.utils.PyDataset):
         metadata: (N, DIM) patient-context vectors for a two-input model, or None.
         hide: Probabilities of hiding all / each metadata field (training only).
         white_balance: Random per-channel gain half-width (training only).
+        robust: Probability of each capture change (training only).
+        shard: ``(process, processes)``: this process yields its slice of every global
+            batch (JAX with several processes assembles the global batch from them).
     """
 
     def __init__(
@@ -101,12 +145,15 @@ class ArrayBatches(keras.utils.PyDataset):
         metadata: np.ndarray | None = None,
         hide: tuple[float, float] = (0.5, 0.2),
         white_balance: float = 0.0,
+        robust: float = 0.0,
+        shard: tuple[int, int] = (0, 1),
     ):
         super().__init__(workers=os.cpu_count() or 1, use_multiprocessing=False)
         self.images, self.labels, self.metadata = images, labels, metadata
         self.batch_size, self.training, self.seed = batch_size, training, seed
         self.out_size, self.min_scale, self.hide = out_size, min_scale, hide
-        self.white_balance = white_balance
+        self.white_balance, self.robust = white_balance, robust
+        self.shard = shard
         self.epoch = 0
         self.order = self._order()
 
@@ -120,15 +167,26 @@ class ArrayBatches(keras.utils.PyDataset):
         return int(np.ceil(len(self.images) / self.batch_size))
 
     def __getitem__(self, index: int):
-        idx = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        batch = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        process, processes = self.shard
+        per = len(batch) // processes
+        positions = np.arange(process * per, (process + 1) * per)
+        idx = batch[positions]
         if self.training:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+            # one generator per image and place in the batch: any process draws the same
+            # augmentation for it
+            rngs = [np.random.default_rng([self.seed, self.epoch, index, p]) for p in positions]
             x = np.stack(
                 [
                     augment_array(
-                        self.images[i], rng, self.out_size, self.min_scale, self.white_balance
+                        self.images[i],
+                        rng,
+                        self.out_size,
+                        self.min_scale,
+                        self.white_balance,
+                        self.robust,
                     )
-                    for i in idx
+                    for i, rng in zip(idx, rngs, strict=True)
                 ]
             )
         else:
@@ -138,7 +196,7 @@ class ArrayBatches(keras.utils.PyDataset):
             return x, y
         m = self.metadata[idx].astype(np.float32)
         if self.training:
-            m = np.stack([hide_array(v, rng, *self.hide) for v in m])
+            m = np.stack([hide_array(v, r, *self.hide) for v, r in zip(m, rngs, strict=True)])
         return {"image": x, "metadata": m}, y
 
     def on_epoch_end(self) -> None:

@@ -201,8 +201,76 @@ COLOUR_JITTER = {"brightness": 0.1, "contrast": (0.8, 1.2), "saturation": (0.8, 
 and saturation factors, hue shift (share of the colour circle)."""
 
 
+CAPTURE_CHANGES = {
+    "fov_radius": (0.42, 0.75),
+    "fov_offset": 0.06,
+    "exposure": 0.15,
+    "jpeg_quality": (30, 95),
+    "low_resolution": (0.35, 0.8),
+}
+"""The capture and export changes both twins apply with probability ``robust`` each:
+a black round or elliptical field of view (radii as a share of the side, centre offset),
+an exposure gain (half-width), JPEG re-compression (quality range) and a lower-resolution
+file scaled back up (share of the side)."""
+
+
+def field_of_view_mask(size: int, radii, centre, softness):
+    """A (size, size, 1) float mask: 1 inside an ellipse, 0 outside (tf ops).
+
+    Args:
+        size: Side of the square image.
+        radii: (ry, rx) as shares of the side.
+        centre: (cy, cx) as shares of the side.
+        softness: Width of the edge as a share of the side (0 = hard).
+    """
+    import tensorflow as tf
+
+    grid = (tf.cast(tf.range(size), tf.float32) + 0.5) / tf.cast(size, tf.float32)
+    yy, xx = tf.meshgrid(grid, grid, indexing="ij")
+    r = tf.sqrt(((yy - centre[0]) / radii[0]) ** 2 + ((xx - centre[1]) / radii[1]) ** 2)
+    edge = tf.maximum(softness, 1e-3)
+    return tf.clip_by_value((1.0 - r) / edge + 0.5, 0.0, 1.0)[:, :, None]
+
+
+def capture_change(x, seed, robust: float):
+    """Other dermatoscopes and export paths on one float image in [0, 1] (tf ops): each of
+    a black field of view, exposure, JPEG re-compression and low resolution with
+    probability ``robust`` (:data:`CAPTURE_CHANGES`).
+    """
+    import tensorflow as tf
+
+    c = CAPTURE_CHANGES
+    seeds = tf.random.experimental.stateless_split(seed, num=8)
+    u = tf.random.stateless_uniform([4], seeds[0])
+    size = tf.shape(x)[0]
+    side = tf.cast(size, tf.float32)
+    # a lower-resolution file, scaled up again by the app
+    scale = tf.random.stateless_uniform([], seeds[1], *c["low_resolution"])
+    small = tf.maximum(tf.cast(side * scale, tf.int32), 16)
+    lowres = tf.image.resize(
+        tf.image.resize(x, tf.stack([small, small]), antialias=True), tf.stack([size, size])
+    )
+    x = tf.where(u[0] < robust, lowres, x)
+    gain = tf.random.stateless_uniform([], seeds[2], 1.0 - c["exposure"], 1.0 + c["exposure"])
+    x = tf.where(u[1] < robust, tf.clip_by_value(x * gain, 0.0, 1.0), x)
+    radii = tf.random.stateless_uniform([2], seeds[3], *c["fov_radius"])
+    centre = 0.5 + tf.random.stateless_uniform([2], seeds[4], -c["fov_offset"], c["fov_offset"])
+    soft = tf.random.stateless_uniform([], seeds[5], 0.0, 0.08)
+    x = tf.where(u[2] < robust, x * field_of_view_mask(size, radii, centre, soft), x)
+    jpeg = tf.image.stateless_random_jpeg_quality(
+        tf.clip_by_value(x, 0.0, 1.0), *c["jpeg_quality"], seeds[6]
+    )
+    x = tf.where(u[3] < robust, tf.reshape(jpeg, tf.shape(x)), x)
+    return x
+
+
 def augment(
-    image, seed, out_size: int | None = None, min_scale: float = 0.75, white_balance: float = 0.0
+    image,
+    seed,
+    out_size: int | None = None,
+    min_scale: float = 0.75,
+    white_balance: float = 0.0,
+    robust: float = 0.0,
 ):
     """Random dihedral transform, crop and colour jitter of one uint8 image (tf ops).
 
@@ -216,6 +284,7 @@ def augment(
         min_scale: Smallest crop side as a share of ``S``.
         white_balance: Half-width of a random gain per colour channel (another
             dermatoscope's white balance); 0 = none.
+        robust: Probability of each capture change (:func:`capture_change`); 0 = none.
 
     Returns:
         The augmented (out_size, out_size, 3) float32 tensor in [0, 255].
@@ -243,6 +312,9 @@ def augment(
         x = x * tf.random.stateless_uniform(
             [3], gain_seed, 1.0 - white_balance, 1.0 + white_balance
         )
+    x = tf.clip_by_value(x, 0.0, 1.0)
+    if robust > 0:
+        x = capture_change(x, tf.random.experimental.stateless_fold_in(seed, 11), robust)
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
 
@@ -285,6 +357,7 @@ def make_dataset(
     metadata: np.ndarray | None = None,
     hide: tuple[float, float] = (0.5, 0.2),
     white_balance: float = 0.0,
+    robust: float = 0.0,
 ):
     """Build a ``tf.data`` pipeline; only ``training=True`` shuffles and augments.
 
@@ -299,6 +372,7 @@ def make_dataset(
         metadata: (N, DIM) patient-context vectors for a two-input model, or None.
         hide: Probabilities of hiding all / each metadata field (training only).
         white_balance: Random per-channel gain half-width (training only).
+        robust: Probability of each capture change (training only).
 
     Returns:
         A ``tf.data.Dataset`` of (inputs, labels) batches; inputs are float32 images in
@@ -312,10 +386,10 @@ def make_dataset(
     def inputs(x, s):
         if metadata is None:
             if training:
-                return augment(x, s, out_size, min_scale, white_balance)
+                return augment(x, s, out_size, min_scale, white_balance, robust)
             return tf.cast(x, tf.float32)
         image = (
-            augment(x[0], s, out_size, min_scale, white_balance)
+            augment(x[0], s, out_size, min_scale, white_balance, robust)
             if training
             else tf.cast(x[0], tf.float32)
         )

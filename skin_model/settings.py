@@ -34,6 +34,7 @@ class TrainConfig:
     crop_min_scale: float = 0.75
     white_balance: float = 0.0
     colour_constancy: float = 0.0
+    robust: float = 0.0
     bn_momentum: float = 0.9
     restore_best: bool = False
     ema_half_life: float = 0.0
@@ -81,6 +82,7 @@ class TrainConfig:
             (self.epochs < 1 or self.batch_size < 1, "--epochs and --batch-size must be >= 1"),
             (not 0 < self.crop_min_scale <= 1, "--crop-min-scale must be in (0, 1]"),
             (not 0 <= self.white_balance < 0.5, "--white-balance must be in [0, 0.5)"),
+            (not 0 <= self.robust <= 1, "--robust must be in [0, 1]"),
             (self.colour_constancy < 0, "--colour-constancy must be >= 0 (0 = off)"),
             (self.context_fusion_power < 0, "--context-fusion-power must be >= 0"),
             (not 0 < self.val_frac + self.test_frac < 1, "--val-frac + --test-frac must be < 1"),

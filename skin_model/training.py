@@ -10,8 +10,10 @@ read of the test split.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -45,6 +47,7 @@ from skin_model.data import (
     read_metadata,
     split_by_lesion,
 )
+from skin_model.distribute import HostView, build_before_fit, no_distribution
 from skin_model.finalise import finalise_model
 from skin_model.settings import TrainConfig, config_dict
 
@@ -110,7 +113,11 @@ def lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
 
 
 def make_balanced_accuracy_callback(
-    x_val: np.ndarray, y_val: np.ndarray, batch_size: int, meta_val: np.ndarray | None = None
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    batch_size: int,
+    meta_val: np.ndarray | None = None,
+    view=None,
 ):
     """A callback that logs ``val_balanced_accuracy`` (with the patient context where the
     model takes it, and ``val_balanced_accuracy_image_only`` then) and ``learning_rate``
@@ -121,6 +128,7 @@ def make_balanced_accuracy_callback(
         y_val: Validation class indices (N,).
         batch_size: Prediction batch size.
         meta_val: (N, DIM) metadata vectors for a two-input model, or None.
+        view: ``model -> model`` this process can read (:class:`HostView`); None: itself.
 
     Returns:
         A ``keras.callbacks.Callback``; place it before ``CSVLogger`` and ``EarlyStopping``.
@@ -135,22 +143,24 @@ def make_balanced_accuracy_callback(
             super().__init__()
             self.best, self.best_epoch, self.best_weights = -1.0, 0, None
 
-        def score(self, meta) -> float:
-            x = batch_inputs(self.model, x_val, meta)
-            probs = self.model.predict(x, batch_size, verbose=0)
+        def score(self, model, meta) -> float:
+            x = batch_inputs(model, x_val, meta)
+            probs = model.predict(x, batch_size, verbose=0)
             return float(balanced_accuracy_score(y_val, probs.argmax(axis=1)))
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs if logs is not None else {}
-            score = self.score(meta_val)
-            logs["val_balanced_accuracy"] = score
-            if meta_val is not None:
-                logs["val_balanced_accuracy_image_only"] = self.score(None)
+            model = (view or _itself)(self.model)
+            with no_distribution() if model is not self.model else contextlib.nullcontext():
+                score = self.score(model, meta_val)
+                logs["val_balanced_accuracy"] = score
+                if meta_val is not None:
+                    logs["val_balanced_accuracy_image_only"] = self.score(model, None)
             lr = self.model.optimizer.learning_rate
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
             if score > self.best:
                 self.best, self.best_epoch = score, epoch + 1
-                self.best_weights = self.model.get_weights()
+                self.best_weights = model.get_weights()
 
     return BalancedAccuracy()
 
@@ -174,7 +184,11 @@ def prepare_data(data_dir: Path, cfg: TrainConfig) -> pd.DataFrame:
     return df
 
 
-def make_checkpoint_callback(out_dir: Path, best, seconds_before: float = 0.0):
+def _itself(model):
+    return model
+
+
+def make_checkpoint_callback(out_dir: Path, best, seconds_before: float = 0.0, view=None):
     """A callback that saves the model with its optimizer state and the run's progress
     after every epoch, so ``train.py --resume`` can continue an interrupted run.
 
@@ -182,6 +196,7 @@ def make_checkpoint_callback(out_dir: Path, best, seconds_before: float = 0.0):
         out_dir: The model directory being written.
         best: The balanced-accuracy callback (its best score and epoch are saved too).
         seconds_before: Training seconds of the run before a resume.
+        view: ``model -> model`` this process can read and save; None: itself.
 
     Returns:
         A ``keras.callbacks.Callback``.
@@ -193,9 +208,11 @@ def make_checkpoint_callback(out_dir: Path, best, seconds_before: float = 0.0):
             self.start = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            self.model.save(out_dir / CHECKPOINT_FILE)
-            if best.best_epoch == epoch + 1:
-                self.model.save_weights(out_dir / BEST_WEIGHTS_FILE)
+            model = (view or _itself)(self.model)
+            with no_distribution() if model is not self.model else contextlib.nullcontext():
+                model.save(out_dir / CHECKPOINT_FILE)
+                if best.best_epoch == epoch + 1:
+                    model.save_weights(out_dir / BEST_WEIGHTS_FILE)
             state = {
                 "epochs_done": epoch + 1,
                 "best": best.best,
@@ -304,7 +321,13 @@ def compile_model(cfg: TrainConfig, prior: np.ndarray, steps: int):
 
 
 def fit_model(
-    cfg: TrainConfig, parts: dict, out_dir: Path, resume: bool = False, metas: dict | None = None
+    cfg: TrainConfig,
+    parts: dict,
+    out_dir: Path,
+    resume: bool = False,
+    metas: dict | None = None,
+    shard: tuple[int, int] = (0, 1),
+    plan=None,
 ):
     """Build (or resume), compile and fit the model; return it with the fit summary.
 
@@ -315,9 +338,13 @@ def fit_model(
         out_dir: The model directory (history, checkpoint and progress go there).
         resume: Continue from the directory's checkpoint (optimizer state included).
         metas: ``{"train"|"val": (N, DIM) metadata vectors}`` for a two-input model.
+        shard: ``(process, processes)``: on JAX with several processes, each feeds its own
+            slice of every global batch.
+        plan: The :class:`~skin_model.distribute.Plan` it runs under (None: one device).
 
     Returns:
-        ``(model, {"epochs_run", "best_epoch", "train_seconds"})``; the model holds the
+        ``(model, {"epochs_run", "best_epoch", "train_seconds"})`` (a model this process
+        can read: :class:`~skin_model.distribute.HostView`); the model holds the
         last (or, with ``restore_best``, the best) epoch's weights; with
         ``ema_half_life`` the weight average is in the directory (:func:`read_ema`).
     """
@@ -352,16 +379,19 @@ def fit_model(
         metadata=metas["train"] if metas else None,
         hide=(cfg.metadata_hide_all, cfg.metadata_hide_field),
         white_balance=cfg.white_balance,
+        robust=cfg.robust,
+        **({"shard": shard} if shard[1] > 1 else {}),
     )
     meta_va = metas["val"] if metas else None
     val_ds = make_batches(x_va, one_hot(y_va), cfg.batch_size, training=False, metadata=meta_va)
     y_va_idx = class_indices(y_va)
-    best = make_balanced_accuracy_callback(x_va, y_va_idx, cfg.batch_size * 2, meta_va)
+    view = HostView(lambda: compile_model(cfg, class_frequencies(y_tr), steps))
+    best = make_balanced_accuracy_callback(x_va, y_va_idx, cfg.batch_size * 2, meta_va, view)
     best.best, best.best_epoch = state["best"], state["best_epoch"]
     callbacks = [
         best,
         keras.callbacks.CSVLogger(str(out_dir / HISTORY_FILE), append=resume),
-        make_checkpoint_callback(out_dir, best, float(state.get("seconds", 0.0))),
+        make_checkpoint_callback(out_dir, best, float(state.get("seconds", 0.0)), view),
         keras.callbacks.EarlyStopping(
             monitor="val_balanced_accuracy", mode="max", patience=cfg.patience
         ),
@@ -371,26 +401,83 @@ def fit_model(
             (out_dir / EMA_FILE).unlink(missing_ok=True)
         callbacks.insert(0, make_ema_callback(out_dir, ema_decay(cfg.ema_half_life, steps)))
     weights = class_weights(y_tr, cfg.class_weight_power) if cfg.class_weight_power else None
+    if plan is not None:
+        build_before_fit(model, _sample_batch(y_va, meta_va, cfg.input_size), plan)
     start = time.perf_counter()
-    model.fit(
-        train_ds,
-        steps_per_epoch=steps,
-        validation_data=val_ds,
-        epochs=cfg.epochs,
-        initial_epoch=state["epochs_done"],
-        class_weight=weights,
-        callbacks=callbacks,
-        verbose=cfg.verbose,
-    )
+    with peers_watched(out_dir):
+        model.fit(
+            train_ds,
+            steps_per_epoch=steps,
+            validation_data=val_ds,
+            epochs=cfg.epochs,
+            initial_epoch=state["epochs_done"],
+            class_weight=weights,
+            callbacks=callbacks,
+            verbose=cfg.verbose,
+            # the batches are already a stateless permutation per epoch; Keras would
+            # otherwise shuffle a PyDataset's batch order from Python's global random
+            # state, which building any other model in the same process advances
+            shuffle=False,
+        )
     seconds = time.perf_counter() - start + float(state.get("seconds", 0.0))
     if cfg.restore_best and (out_dir / BEST_WEIGHTS_FILE).is_file():
         model.load_weights(out_dir / BEST_WEIGHTS_FILE)
     history = pd.read_csv(out_dir / HISTORY_FILE)
-    return model, {
+    return view(model), {
         "epochs_run": len(history),
         "best_epoch": best.best_epoch if cfg.restore_best else len(history),
         "train_seconds": round(seconds, 1),
     }
+
+
+def _sample_batch(codes, meta: np.ndarray | None, size: int):
+    """One plain ``(inputs, labels)`` batch of the training inputs' shapes."""
+    image = np.zeros((1, size, size, 3), np.float32)
+    y = one_hot(codes[:1])
+    if meta is None:
+        return image, y
+    return {"image": image, "metadata": meta[:1].astype(np.float32)}, y
+
+
+@contextlib.contextmanager
+def peers_watched(out_dir: Path):
+    """Turn a collective operation that gave up on a silent peer into :class:`PeerLost`,
+    saying how far the run got and how to continue it.
+    """
+    from skin_model.distribute import PEER_TIMEOUT_S, PeerLost
+
+    try:
+        yield
+    except Exception as exc:
+        name = type(exc).__name__
+        if name not in (
+            "DeadlineExceededError",
+            "UnavailableError",
+            "AbortedError",
+            "CancelledError",
+            "InternalError",
+            "XlaRuntimeError",
+        ):
+            raise
+        done = (
+            read_json(out_dir / STATE_FILE).get("epochs_done", 0)
+            if (out_dir / STATE_FILE).is_file()
+            else 0
+        )
+        raise PeerLost(
+            f"another process of this run stopped answering for {PEER_TIMEOUT_S} s "
+            f"({name}); stopped after epoch {done}: start every process again with "
+            "--resume and the same output directory"
+        ) from exc
+
+
+def local_copy(model, cfg: TrainConfig, prior: np.ndarray):
+    """The fitted network as a one-process model (the chief finalises it alone: no
+    collective operation may wait for the other processes).
+    """
+    copy = compile_model(cfg, prior, 1)
+    copy.set_weights([np.asarray(w) for w in model.get_weights()])
+    return copy
 
 
 def cache_size(cfg: TrainConfig) -> int:
@@ -422,13 +509,17 @@ def train_model(
     Returns:
         The metrics written to ``metrics.json`` (None with ``fit_only``).
     """
-    from skin_model.distribute import make_plan, session
+    import keras
 
-    out_dir = Path(out_dir)
+    from skin_model.distribute import make_plan, read_cluster, session, work_dir
+
+    cluster = read_cluster(keras.backend.backend())
+    plan = make_plan(devices, cfg.batch_size, cluster)
+    final_dir, out_dir = Path(out_dir), work_dir(Path(out_dir), cluster)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan = make_plan(devices, cfg.batch_size)
     if not resume:
-        write_json(out_dir / RUN_CONFIG_FILE, {**config_dict(cfg), "distribution": plan.record()})
+        record = {**config_dict(cfg), "distribution": plan.record()}
+        write_json(out_dir / RUN_CONFIG_FILE, record)
     df = prepare_data(data_dir, cfg)
     df[["image_id", "lesion_id", "dx", "split"]].to_csv(out_dir / SPLIT_FILE, index=False)
     t0 = time.perf_counter()
@@ -450,8 +541,15 @@ def train_model(
         metas = {"train": encode_frame(df[is_train])}
         metas.update({s: encode_frame(rest[rest["split"] == s]) for s in ("val", "calib", "test")})
     net_metas = metas if cfg.metadata else None
+    shard = (cluster.index, cluster.processes) if cluster.source == "JAX" else (0, 1)
     with session(plan):
-        model, fit_info = fit_model(cfg, parts, out_dir, resume=resume, metas=net_metas)
+        model, fit_info = fit_model(cfg, parts, out_dir, resume, net_metas, shard, plan)
+    if not cluster.is_chief:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        print(f"process {cluster.index}: done; process 0 writes {final_dir}")
+        return None
+    if plan.hosts > 1:
+        model = local_copy(model, cfg, class_frequencies(parts["train"][1]))
     if cfg.ema_half_life > 0 and (out_dir / EMA_FILE).is_file():
         model.set_weights(read_ema(out_dir))
     if fit_only:

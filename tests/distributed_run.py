@@ -22,24 +22,8 @@ if keras.backend.backend() == "tensorflow":
 
 import numpy as np
 import pandas as pd
-from keras import layers
 
-from skin_model.architectures import REGISTRY, ArchitectureSpec
-
-
-def make_tiny(input_size: int):
-    """No batch norm, no dropout: the same maths on one device or split over two."""
-    inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = layers.Rescaling(1 / 255.0, name="rescale")(inputs)
-    x = layers.Conv2D(8, 3, strides=2, activation="relu", name="last_conv")(x)
-    x = layers.GlobalAveragePooling2D(name="features")(x)
-    out = layers.Dense(7, activation="softmax", name="predictions")(x)
-    return keras.Model(inputs, out, name="tiny")
-
-
-REGISTRY["tiny"] = ArchitectureSpec(
-    name="tiny", builder=make_tiny, summary="parity test", cam_layers=("last_conv",)
-)
+import tests.tiny_architecture  # noqa: F401  (registers the "tiny" architecture)
 
 
 def main(argv: list[str]) -> int:
