@@ -81,9 +81,14 @@ def share_at(tier: dict, prevalence: float) -> float | None:
 class Verdict:
     """What a case's result means, in words.
 
+    The decision travels as data (``refer``, ``tier``, ``risk``, ``threshold``): the page,
+    the PDF, the CSV and the summary read these fields, never the wording.
+
     Attributes:
         refer: The referral flag (risk at or above the threshold), whatever the warnings.
         tier: ``high``, ``raised`` or ``low``.
+        risk: The case's malignant risk as shown (at the page's prevalence).
+        threshold: The referral threshold it was compared with (same scale).
         title: E.g. ``"Raised risk: refer"``.
         action: What to do next.
         evidence: ``"About 31 of 100 lesions with this result were malignant in testing
@@ -96,12 +101,19 @@ class Verdict:
 
     refer: bool
     tier: str
+    risk: float
+    threshold: float
     title: str
     action: str
     evidence: str
     risk_line: str
     threshold_reason: str
     warnings: tuple[tuple[str, str], ...]
+
+    @property
+    def tier_name(self) -> str:
+        """The tier in words, e.g. ``"Raised risk"``."""
+        return TIER_TEXT[self.tier][0]
 
     @property
     def labels(self) -> str:
@@ -179,6 +191,8 @@ def verdict(
     return Verdict(
         refer=bool(prediction.suspicious),
         tier=key,
+        risk=float(prediction.malignant_probability),
+        threshold=float(prediction.threshold),
         title=title,
         action=action,
         evidence=evidence,

@@ -36,22 +36,21 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def read_and_decode(path: Path):
-    """Decode one file; return ``(image, "")`` or ``(None, reason)``."""
-    from skin_model.imaging import ImageError, decode_image
+def read_upload(path: Path):
+    """Read and decode one file through the pipeline's decoder and quality gate (an
+    :class:`~skin_model.pipeline.Upload` with the reason when it cannot be read).
+    """
+    from skin_model.pipeline import Upload, decode_upload
 
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return None, "file not found"
+        return Upload(str(path), str(path), error="file not found")
     except IsADirectoryError:
-        return None, "is a folder with no JPEG/PNG images"
+        return Upload(str(path), str(path), error="is a folder with no JPEG/PNG images")
     except OSError as exc:
-        return None, f"cannot read file: {exc.strerror or exc}"
-    try:
-        return decode_image(data), ""
-    except ImageError as exc:
-        return None, str(exc)
+        return Upload(str(path), str(path), error=f"cannot read file: {exc.strerror or exc}")
+    return decode_upload(str(path), str(path), data)
 
 
 def unique_stem(path: Path, used: set[str]) -> str:
@@ -64,13 +63,16 @@ def unique_stem(path: Path, used: set[str]) -> str:
     return name
 
 
-def save_cam(bundle, image: np.ndarray, class_index: int, cam_dir: Path, stem: str) -> None:
-    """Write ``<stem>.npy`` (heatmap, float32 [0, 1], image size) and ``<stem>.png`` (overlay)."""
+def save_cam(bundle, image: np.ndarray, prediction, cam_dir: Path, stem: str) -> None:
+    """Write ``<stem>.npy`` (heatmap, float32 [0, 1], image size) and ``<stem>.png`` (overlay)
+    of the class the app explains by default, with the details the result used.
+    """
     from PIL import Image
 
-    from skin_model.explain import explain, overlay
+    from skin_model.explain import overlay
+    from skin_model.pipeline import case_heatmap, explained_class
 
-    cam = explain(bundle, image, class_index)
+    cam = case_heatmap(bundle, image, prediction.context, explained_class(prediction))
     np.save(cam_dir / f"{stem}.npy", cam.astype(np.float32))
     Image.fromarray(overlay(image, cam)).save(cam_dir / f"{stem}.png")
 
@@ -82,6 +84,7 @@ def predict_files(
     progress: Callable[[int, int], None] | None = None,
     prevalence: float | None = None,
     contexts: dict | None = None,
+    tiers: list[dict] | None = None,
 ) -> list[dict]:
     """Classify files in batches; one result row per file, in order.
 
@@ -94,12 +97,12 @@ def predict_files(
         contexts: ``{file stem: PatientContext or MetadataError}`` from ``--metadata``; a
             file without a row is classified from the image alone, one with an invalid
             row gets that row's error.
+        tiers: The model's risk tiers (``metrics.json``) for the verdicts' wording.
 
     Returns:
         Rows with :data:`skin_model.results.CSV_COLUMNS`.
     """
-    from skin_model.inference import predict_images
-    from skin_model.quality import check
+    from skin_model.pipeline import CaseInput, Upload, assess
     from skin_model.results import result_row
 
     shown_at = prevalence if prevalence is not None else bundle.malignant_share
@@ -108,21 +111,31 @@ def predict_files(
     for start in range(0, len(files), CHUNK):
         chunk = files[start : start + CHUNK]
         found = [(contexts or {}).get(f.stem) for f in chunk]
-        decoded = [
-            (None, str(ctx)) if isinstance(ctx, Exception) else read_and_decode(f)
+        uploads = [
+            Upload(str(f), str(f), error=str(ctx)) if isinstance(ctx, Exception) else read_upload(f)
             for f, ctx in zip(chunk, found, strict=True)
         ]
-        good = [im for im, err in decoded if not err]
-        ctxs = [c for (_, err), c in zip(decoded, found, strict=True) if not err]
-        preds = iter(predict_images(bundle, good, prevalence, ctxs))
-        for f, (image, err) in zip(chunk, decoded, strict=True):
-            if err:
-                rows.append(result_row(str(f), None, err))
+        cases = [
+            CaseInput((u,), None if isinstance(ctx, Exception) else ctx)
+            for u, ctx in zip(uploads, found, strict=True)
+        ]
+        for f, u, case in zip(
+            chunk, uploads, assess(bundle, cases, prevalence, tiers), strict=True
+        ):
+            if u.image is None:
+                rows.append(result_row(str(f), None, u.error))
                 continue
-            pred = next(preds)
-            rows.append(result_row(str(f), pred, quality=check(image), prevalence=shown_at))
+            rows.append(
+                result_row(
+                    str(f),
+                    case.prediction,
+                    quality=case.quality,
+                    prevalence=shown_at,
+                    verdict=case.verdict,
+                )
+            )
             if cam_dir is not None:
-                save_cam(bundle, image, pred.decision, cam_dir, unique_stem(f, used))
+                save_cam(bundle, u.image, case.prediction, cam_dir, unique_stem(f, used))
         if progress:
             progress(min(start + CHUNK, len(files)), len(files))
     return rows

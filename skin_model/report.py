@@ -33,6 +33,7 @@ class ReportRecord:
         files: The case's file names (as uploaded).
         model: Model version line.
         title: The verdict's title, e.g. "Raised risk: refer".
+        refer: The verdict's referral flag (it decides the title's colour).
         lines: Verdict details in order (action, evidence, risk line, threshold, ...).
         warnings: Quality, "not dermoscopic" and "unsure" warnings.
         probabilities: (K,) class probabilities as shown.
@@ -48,6 +49,7 @@ class ReportRecord:
     files: list[str]
     model: str
     title: str
+    refer: bool
     lines: list[str]
     warnings: list[str]
     probabilities: np.ndarray
@@ -86,7 +88,7 @@ def render_pdf(record: ReportRecord) -> bytes:
             y = _text(fig, 0.06, y, f"Case reference: {record.case_reference}", fontsize=9)
         y = _text(fig, 0.06, y, f"Image(s): {', '.join(record.files)}", fontsize=9)
         y = _text(fig, 0.06, y, f"Model: {record.model}", fontsize=8, color="#444444")
-        colour = "#b00020" if "refer" in record.title and "below" not in record.title else "#1b5e20"
+        colour = "#b00020" if record.refer else "#1b5e20"
         y = _text(fig, 0.06, y - 0.01, record.title, fontsize=14, weight="bold", color=colour)
         for line in record.lines:
             y = _text(fig, 0.06, y, line, fontsize=9.5)

@@ -12,7 +12,7 @@ import io
 from collections.abc import Iterable, Sequence
 
 from skin_model import CLASSES, display_name
-from skin_model.advice import TIER_TEXT, tier_key
+from skin_model.advice import TIER_TEXT, Verdict, tier_key
 from skin_model.inference import Prediction
 
 CSV_COLUMNS = (
@@ -64,6 +64,7 @@ def result_row(
     lesion: str = "",
     quality: Sequence[str] = (),
     prevalence: float | None = None,
+    verdict: Verdict | None = None,
 ) -> dict:
     """One results-CSV row (:data:`CSV_COLUMNS`) for a prediction or an error.
 
@@ -76,6 +77,8 @@ def result_row(
             :data:`skin_model.quality.LABELS`).
         prevalence: The malignant share the prediction is shown at (None: the training
             data's, taken from the prediction when it was re-weighted).
+        verdict: The case's verdict (its ``refer`` and ``tier`` are written); None: from
+            the prediction's own flag and tier.
     """
     row = {c: "" for c in CSV_COLUMNS}
     row["file"], row["error"], row["lesion"] = file, error, lesion
@@ -85,9 +88,13 @@ def result_row(
     if prediction is not None:
         probs = prediction.probabilities
         most = prediction.most_probable_class
+        refer = verdict.refer if verdict else prediction.suspicious
+        tier = (
+            verdict.tier if verdict else tier_key(prediction.base_risk, prediction.base_threshold)
+        )
         row.update(
-            refer="yes" if prediction.suspicious else "no",
-            risk_tier=TIER_TEXT[tier_key(prediction.base_risk, prediction.base_threshold)][0],
+            refer="yes" if refer else "no",
+            risk_tier=TIER_TEXT[tier][0],
             malignant_risk=number(prediction.malignant_probability),
             referral_threshold=number(prediction.threshold),
             prevalence=number(prediction.prevalence if prediction.prevalence else prevalence),

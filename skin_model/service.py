@@ -14,13 +14,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from skin_model import CLASSES, display_name
-from skin_model.advice import Verdict, pct, verdict
-from skin_model.explain import explain, overlay
-from skin_model.imaging import ImageError, decode_image
-from skin_model.inference import ModelBundle, Prediction, display_threshold, predict_images
-from skin_model.metadata import PatientContext, encode
-from skin_model.quality import check
+from skin_model import display_name
+from skin_model.advice import Verdict, pct
+from skin_model.explain import overlay
+from skin_model.inference import ModelBundle, Prediction
+from skin_model.metadata import PatientContext
+from skin_model.pipeline import (
+    CaseInput,
+    Upload,
+    case_heatmap,
+    decode_upload,
+    judge,
+    network_predictions,
+)
 from skin_model.report import ReportRecord, render_pdf
 from skin_model.results import result_row, rows_to_csv_text
 
@@ -32,34 +38,6 @@ than batch speed (16, the CLI's, used about 17 MB more for 10 uploads)."""
 def digest(data: bytes) -> str:
     """SHA-256 hex digest of a file's bytes (the identity of an upload)."""
     return hashlib.sha256(data).hexdigest()
-
-
-@dataclass
-class Upload:
-    """One uploaded file and what became of it.
-
-    Attributes:
-        key: Its identity (content digest, plus a count for the same file uploaded twice).
-        name: The file name as given (untrusted text: shown and written as plain text).
-        image: The decoded image (None when it could not be decoded).
-        error: Why it could not be decoded.
-        quality: What the quality gate found (keys of :data:`skin_model.quality.MESSAGES`).
-    """
-
-    key: str
-    name: str
-    image: np.ndarray | None = None
-    error: str = ""
-    quality: list[str] = field(default_factory=list)
-
-
-def decode_upload(key: str, name: str, data: bytes) -> Upload:
-    """Decode one upload and run the quality gate; a bad file gets its own error."""
-    try:
-        image = decode_image(data)
-    except ImageError as exc:
-        return Upload(key, name, error=str(exc))
-    return Upload(key, name, image, quality=check(image))
 
 
 @dataclass
@@ -79,6 +57,10 @@ class Lesion:
     def good(self) -> list[Upload]:
         """Its images that could be decoded."""
         return [u for u in self.uploads if u.image is not None]
+
+    def as_input(self) -> CaseInput:
+        """The case as the pipeline takes it."""
+        return CaseInput(tuple(self.uploads), self.context)
 
 
 @dataclass
@@ -196,16 +178,9 @@ class CaseStore:
         (a lesion of several images: the mean of their network outputs).
         """
         todo = [les for les in lesions if les.good and self._key(les) not in self._predictions]
-        images, contexts, groups = [], [], []
-        for i, les in enumerate(todo):
-            for upload in les.good:
-                images.append(upload.image)
-                contexts.append(les.context)
-                groups.append(i)
-        if images:
-            preds = predict_images(bundle, images, None, contexts, APP_CHUNK, groups)
-            for les, pred in zip(todo, preds, strict=True):
-                self._predictions[self._key(les)] = pred
+        preds = network_predictions(bundle, [les.as_input() for les in todo], APP_CHUNK)
+        for les, pred in zip(todo, preds, strict=True):
+            self._predictions[self._key(les)] = pred
         return {les.key: self._predictions[self._key(les)] for les in lesions if les.good}
 
     @staticmethod
@@ -223,10 +198,7 @@ class CaseStore:
         """The cached heatmap of ``class_code`` for one image (computed once)."""
         key = (upload.key, class_code, method, context)
         if key not in self._heatmaps:
-            meta = encode(context) if bundle.feeds_context else None
-            self._heatmaps[key] = explain(
-                bundle, upload.image, CLASSES.index(class_code), method, meta
-            )
+            self._heatmaps[key] = case_heatmap(bundle, upload.image, context, class_code, method)
         return self._heatmaps[key]
 
 
@@ -239,26 +211,12 @@ def results(
     """Every lesion's result at ``prevalence`` (None: the training data's share)."""
     lesions = store.lesions()
     preds = store.predictions(bundle, lesions)
-    shown_at = prevalence if prevalence is not None else bundle.malignant_share
-    page_threshold = display_threshold(bundle, prevalence)
     out = []
     for les in lesions:
-        pred = preds.get(les.key)
-        if pred is None:
-            out.append(Result(les, None, None))
-            continue
-        shown = pred.at_prevalence(bundle.posthoc, prevalence)
-        quality = [q for u in les.good for q in u.quality]
-        v = verdict(
-            shown,
-            pred.base_risk,
-            pred.base_threshold,
-            tiers,
-            shown_at or 0.2,
-            page_threshold,
-            list(dict.fromkeys(quality)),
+        judged = judge(
+            bundle, preds.get(les.key), prevalence, tiers, [q for u in les.good for q in u.quality]
         )
-        out.append(Result(les, shown, v))
+        out.append(Result(les, judged.prediction, judged.verdict))
     return out
 
 
@@ -279,7 +237,7 @@ def summary_row(result: Result) -> dict:
     return {
         "image(s)": ", ".join(les.names),
         "referral": "REFER" if v.refer else "below threshold",
-        "risk tier": v.title.split(":")[0],
+        "risk tier": v.tier_name,
         "malignant risk": pct(p.malignant_probability),
         "threshold": pct(p.threshold),
         "most likely": display_name(p.most_probable_class),
@@ -296,7 +254,9 @@ def csv_text(outcomes: Sequence[Result], prevalence: float | None) -> str:
                 rows.append(result_row(u.name, None, u.error, r.lesion.key[:8]))
             else:
                 rows.append(
-                    result_row(u.name, r.prediction, "", r.lesion.key[:8], u.quality, prevalence)
+                    result_row(
+                        u.name, r.prediction, "", r.lesion.key[:8], u.quality, prevalence, r.verdict
+                    )
                 )
     return rows_to_csv_text(rows)
 
@@ -341,6 +301,7 @@ def case_report(
         files=result.lesion.names,
         model=bundle.config.describe(),
         title=v.title,
+        refer=v.refer,
         lines=lines,
         warnings=[message for _, message in v.warnings],
         probabilities=p.probabilities,

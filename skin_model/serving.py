@@ -1,9 +1,9 @@
 """A model directory as one self-contained network that standard runtimes load: TF Serving
 (SavedModel), LiteRT (``.tflite``) and ONNX Runtime.
 
-The exported network takes raw RGB pixels (float, any size: resizing and the colour
-handling are inside) and returns what the app shows for an image without patient details:
-the seven probabilities at the training prevalence, the malignant risk, the suggested
+The exported network takes raw RGB pixels (float, any size: the app's own resize,
+:class:`PillowResize`, and the colour handling are inside) and returns what the app shows
+for an image without patient details: the seven probabilities at the training prevalence, the malignant risk, the suggested
 diagnosis (the balanced rule) and the "not dermoscopic" score, with the post-hoc layer
 (prior shift, temperature) and the detector baked in. Exports go through Keras' own
 ``model.export`` (TensorFlow's converters; ``tf2onnx`` for ONNX).
@@ -42,6 +42,63 @@ class _Dihedral(keras.layers.Layer):
         for _ in range(self.view % 4):  # np.rot90 over (H, W): counter-clockwise
             x = ops.flip(ops.transpose(x, (0, 2, 1, 3)), axis=1)
         return x
+
+
+class PillowResize(keras.layers.Layer):
+    """The app's resize (:func:`skin_model.imaging.resize_for_model`: Pillow's bilinear
+    filter, antialiased, with ``reducing_gap=2``) as graph ops, so the exported network fed
+    raw pixels of any size sees the pixels the app's network sees.
+
+    Per axis, as Pillow does it: a box reduction by ``floor(in / (2 * out))`` (edge boxes
+    averaged over the pixels they hold) rounded to 8 bits, then a triangle filter whose
+    support grows with the downscale factor, horizontal pass first, each rounded to 8 bits.
+    Pillow works in fixed point; this in float32, so a pixel can differ by one level.
+    """
+
+    def __init__(self, size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.size = int(size)
+
+    def _axis(self, n):
+        import tensorflow as tf
+
+        out = float(self.size)
+        n_f = tf.cast(n, tf.float32)
+        factor = tf.maximum(tf.floor(n_f / (out * 2.0)), 1.0)
+        f_int = tf.cast(factor, tf.int32)
+        reduced = (n + f_int - 1) // f_int
+        member = tf.equal(tf.range(n)[None, :] // f_int, tf.range(reduced)[:, None])
+        box = tf.cast(member, tf.float32)
+        box = box / tf.reduce_sum(box, axis=1, keepdims=True)
+        scale = n_f / factor / out
+        support = tf.maximum(scale, 1.0)
+        centres = (tf.range(self.size, dtype=tf.float32) + 0.5) * scale
+        pixels = tf.cast(tf.range(reduced), tf.float32) + 0.5
+        tri = tf.maximum(1.0 - tf.abs(pixels[None, :] - centres[:, None]) / support, 0.0)
+        return box, tri / tf.reduce_sum(tri, axis=1, keepdims=True)
+
+    def call(self, images):
+        """(N, H, W, 3) pixels of any size to (N, size, size, 3), 8-bit levels as floats."""
+        import tensorflow as tf
+
+        def level(x):
+            return tf.clip_by_value(tf.floor(x + 0.5), 0.0, 255.0)
+
+        x = tf.cast(images, tf.float32)
+        shape = tf.shape(x)
+        box_y, tri_y = self._axis(shape[1])
+        box_x, tri_x = self._axis(shape[2])
+        x = level(tf.einsum("ph,nhwc->npwc", box_y, tf.einsum("qw,nhwc->nhqc", box_x, x)))
+        x = level(tf.einsum("qw,nhwc->nhqc", tri_x, x))
+        return level(tf.einsum("ph,nhwc->npwc", tri_y, x))
+
+    def compute_output_shape(self, input_shape):
+        """Square at the model's input size."""
+        return (input_shape[0], self.size, self.size, input_shape[-1])
+
+    def get_config(self):
+        """The layer's settings (Keras serialisation)."""
+        return {**super().get_config(), "size": self.size}
 
 
 class _NoContext(keras.layers.Layer):
@@ -113,7 +170,7 @@ def serving_model(bundle) -> keras.Model:
     layers = list(bundle.detector.layers) if bundle.detector else []
     net = keras.Model(model.inputs, [*feature_tensors(model, layers), model.output])
     image = keras.Input((None, None, 3), name="image", dtype="float32")
-    x = keras.layers.Resizing(size, size, interpolation="bilinear", name="resize")(image)
+    x = PillowResize(size, name="resize")(image)
     context = _NoContext(MISSING, name="no_context")(x) if takes_metadata(model) else None
     outs = []
     for v in range(int(bundle.config.tta)):
@@ -149,9 +206,7 @@ def export(model_dir: Path, fmt: str, out: Path) -> Path:
     model = serving_model(bundle)
     size = bundle.input_size
     model(np.zeros((1, size, size, 3), np.float32))  # the ONNX exporter needs one call
-    signature = None
-    if fmt == "litert":  # LiteRT keeps the batch dynamic; the side is the model's own
-        signature = [keras.InputSpec(shape=(None, size, size, 3), dtype="float32")]
+    signature = [keras.InputSpec(shape=(None, None, None, 3), dtype="float32")]
     try:
         model.export(str(out), format=FORMATS[fmt], verbose=False, input_signature=signature)
     except ImportError as exc:
@@ -211,18 +266,13 @@ def run_saved_model(path: Path, images) -> dict[str, np.ndarray]:
 
 
 def run_litert(path: Path, images) -> dict[str, np.ndarray]:
-    """The LiteRT file's ``serving_default`` signature on a batch (TensorFlow's
-    interpreter; the images must be at the model's input size).
+    """The LiteRT file's ``serving_default`` signature on a batch of any size (TensorFlow's
+    interpreter; the runner resizes its input tensor to the batch).
     """
     x = check_images(images)
     interpreter = _litert(str(path))
     signature = interpreter.get_signature_list()["serving_default"]
     runner = interpreter.get_signature_runner("serving_default")
-    expected = tuple(interpreter.get_input_details()[0]["shape_signature"][1:3])
-    if tuple(x.shape[1:3]) != expected:
-        raise ExportError(
-            f"this LiteRT model takes images of {expected} pixels, got {x.shape[1:3]}"
-        )
     out = runner(**{signature["inputs"][0]: x})
     return {name: out[f"output_{i}"] for i, name in enumerate(OUTPUTS)}
 

@@ -151,6 +151,7 @@ def test_pdf_report_keeps_user_text_plain_and_readable():
         files=["a$b$.jpg"],
         model="m",
         title="High risk: refer",
+        refer=True,
         lines=["Refer urgently."],
         warnings=["The image looks blurred."],
         probabilities=np.full(7, 1 / 7),

@@ -1,0 +1,69 @@
+"""One path from pixels to verdict: the CLI and the app give the same result for the same
+files and patient details, heatmap included; the decision travels as data."""
+
+import numpy as np
+
+from skin_model.metadata import PatientContext
+from tests.conftest import jpeg_bytes, lesion_image
+
+
+def _files(tmp_path):
+    paths = []
+    for i, dx in enumerate(("mel", "nv", "bcc")):
+        path = tmp_path / f"case{i}.jpg"
+        path.write_bytes(jpeg_bytes(lesion_image(dx, 10 + i)))
+        paths.append(path)
+    return paths
+
+
+def test_the_cli_and_the_app_give_identical_results_and_heatmaps(shipped_bundle, tmp_path):
+    from skin_model.advice import tier_key
+    from skin_model.pipeline import explained_class
+    from skin_model.predict import predict_files
+    from skin_model.service import CaseStore, csv_text, results
+
+    bundle = shipped_bundle
+    files = _files(tmp_path)
+    details = PatientContext(age=63, sex="male", site="back")
+    contexts = {files[0].stem: details}
+    cams = tmp_path / "cams"
+    cams.mkdir()
+    cli = predict_files(bundle, files, cams, prevalence=0.05, contexts=contexts)
+
+    store = CaseStore()
+    keys = store.add([(f.name, f.read_bytes()) for f in files])
+    store.set_context(store.lesion_of[keys[0]], details)
+    outcomes = results(bundle, store, 0.05, None)
+    import csv
+    import io
+
+    app = list(csv.DictReader(io.StringIO(csv_text(outcomes, 0.05))))
+    assert len(app) == len(cli) == 3
+    for c, a in zip(cli, app, strict=True):
+        differ = {k for k in c if k not in ("file", "lesion") and str(c[k]) != a[k]}
+        assert not differ, {k: (c[k], a[k]) for k in differ}
+    for f, outcome in zip(files, outcomes, strict=True):
+        p, v = outcome.prediction, outcome.verdict
+        assert v.refer == p.suspicious and v.risk == p.malignant_probability
+        assert v.tier == tier_key(p.base_risk, p.base_threshold)
+        upload = outcome.lesion.good[0]
+        shown = store.heatmap(
+            bundle, upload, explained_class(p), "Grad-CAM", outcome.lesion.context
+        )
+        np.testing.assert_allclose(np.load(cams / f"{f.stem}.npy"), shown, atol=1e-6)
+
+
+def test_the_summary_reads_the_verdict_fields_not_its_wording(shipped_bundle):
+    from dataclasses import replace
+
+    from skin_model.service import CaseStore, results, summary_row
+
+    store = CaseStore()
+    store.add([("a.jpg", jpeg_bytes(lesion_image("mel", 3)))])
+    (outcome,) = results(shipped_bundle, store, None, None)
+    # another wording, the same decision: the summary does not change
+    reworded = replace(outcome, verdict=replace(outcome.verdict, title="Wording: changed"))
+    assert summary_row(reworded)["risk tier"] == summary_row(outcome)["risk tier"]
+    assert summary_row(reworded)["referral"] == (
+        "REFER" if outcome.verdict.refer else "below threshold"
+    )
