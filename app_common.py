@@ -14,6 +14,7 @@ import streamlit as st
 from skin_model import DEFAULT_MODEL_DIR
 from skin_model.advice import DEFAULT_PRESET, PRESETS, pct
 from skin_model.artifacts import METRICS_FILE, ArtifactError, ModelLoadError, read_metrics
+from skin_model.clinic import FALLBACK_SHARE
 from skin_model.inference import load_bundle, predict_images
 
 NOT_A_DEVICE = (
@@ -100,7 +101,7 @@ def clinic_prevalence(training_share: float | None) -> float:
     Returns:
         The malignant share (0-1).
     """
-    share_default = training_share or 0.2
+    share_default = training_share or FALLBACK_SHARE
     with st.sidebar:
         st.markdown("**Your clinic**")
         preset = st.radio(

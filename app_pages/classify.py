@@ -133,7 +133,7 @@ def grouping(store: CaseStore, lesions) -> None:
         )
         for les in lesions:
             if len(les.uploads) > 1 and st.button(
-                f"Split case of {len(les.uploads)} images", key=f"split_{les.key[:12]}"
+                f"Split case of {len(les.uploads)} images", key=f"split_{les.key}"
             ):
                 store.split(les.key)
                 st.rerun()
@@ -153,7 +153,7 @@ def summary(outcomes, prevalence: float) -> None:
 
 def context_fields(store: CaseStore, lesion) -> None:
     """Age, sex and body site of one lesion, kept in the store."""
-    key = lesion.key[:12]
+    key = lesion.key  # whole: the same image under two names gives keys sharing a prefix
     ctx = lesion.context or PatientContext()
     a, s, b = st.columns(3)
 
@@ -190,6 +190,8 @@ def verdict_box(result, metrics) -> None:
         box = st.error if v.refer else st.success
         box(f"**{plain(v.title)}.** {plain(v.action)}")
         st.markdown(plain(v.risk_line))
+        if v.details:
+            st.markdown(plain(v.details))
         if v.evidence:
             st.markdown(plain(v.evidence))
         if v.threshold_reason:
@@ -218,7 +220,7 @@ def differential(prediction) -> None:
             x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
             y=alt.Y(
                 "diagnosis:N",
-                sort=None,
+                sort="-x",  # from the values, never from an earlier chart's order
                 title=None,
                 axis=alt.Axis(labelLimit=240, labelOverlap=False),
             ),
@@ -234,7 +236,7 @@ def explanation(bundle, store: CaseStore, result) -> None:
     """Grad-CAM of one image: class, method and opacity change the overlay only (the
     heatmap is cached; the model is not run again), and the report uses what is shown.
     """
-    key = result.lesion.key[:12]
+    key = result.lesion.key
     first = result.lesion.good[0]
     p = result.prediction
     c1, c2 = st.columns([3, 2])
@@ -280,11 +282,13 @@ def lesion_section(bundle, store: CaseStore, result, metrics) -> None:
     left, right = st.columns(2)
     with left:
         images = result.lesion.good
-        st.image([u.image for u in images], caption=[u.name for u in images], width="stretch")
+        st.image(
+            [u.image for u in images], caption=[plain(u.name) for u in images], width="stretch"
+        )
         differential(result.prediction)
     with right:
         explanation(bundle, store, result)
-    if st.button("Remove this case", key=f"remove_{result.lesion.key[:12]}"):
+    if st.button("Remove this case", key=f"remove_{result.lesion.key}"):
         for u in result.lesion.uploads:
             store.remove(u.key)
         st.rerun()

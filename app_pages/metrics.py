@@ -10,8 +10,8 @@ import streamlit as st
 
 from app_common import clinic_prevalence, get_bundle, get_metrics, table
 from skin_model import CLASSES
-from skin_model.advice import TIER_TEXT, pct, share_at
-from skin_model.calibration import adjust_prevalence
+from skin_model.advice import pct
+from skin_model.clinic import per_thousand, risk_at, tier_rows, training_share
 from skin_model.metrics import operating_point_from_roc
 from skin_model.tables import (
     context_frame,
@@ -19,18 +19,6 @@ from skin_model.tables import (
     per_class_frame,
     targets_frame,
 )
-
-
-def per_thousand(op: dict, prevalence: float) -> dict:
-    """Referrals and missed cancers per 1,000 examined lesions at an operating point."""
-    sens, spec = op["sensitivity"], op["specificity"]
-    malignant = 1000 * prevalence
-    return {
-        "referred": malignant * sens + (1000 - malignant) * (1 - spec),
-        "found": malignant * sens,
-        "missed": malignant * (1 - sens),
-        "benign_referred": (1000 - malignant) * (1 - spec),
-    }
 
 
 def clinic_view(metrics: dict, prevalence: float, trained: float) -> None:
@@ -42,7 +30,7 @@ def clinic_view(metrics: dict, prevalence: float, trained: float) -> None:
     c[0].metric("Referred per 1,000 lesions", f"{n['referred']:.0f}")
     c[1].metric("Malignant lesions found", f"{n['found']:.0f} of {1000 * prevalence:.0f}")
     c[2].metric("Malignant lesions missed", f"{n['missed']:.1f} per 1,000")
-    shown = pct(adjust_prevalence(op["threshold"], trained, prevalence))
+    shown = pct(risk_at(op["threshold"], trained, prevalence))
     st.markdown(
         f"At the shipped referral threshold ({shown} risk at your prevalence), the model "
         f"referred {op['sensitivity'] * 100:.1f}% of "
@@ -51,25 +39,7 @@ def clinic_view(metrics: dict, prevalence: float, trained: float) -> None:
     )
     tiers = metrics["malignant"].get("tiers")
     if tiers:
-        rows = []
-        for t in tiers:
-            lo = adjust_prevalence(t["lower"], trained, prevalence)
-            hi = adjust_prevalence(min(t["upper"], 1.0), trained, prevalence)
-            share = share_at(t, prevalence)
-            per_1000 = 1000 * (
-                prevalence * t["rate_malignant"] + (1 - prevalence) * t["rate_benign"]
-            )
-            rows.append(
-                {
-                    "result": TIER_TEXT[t["key"]][0],
-                    "risk shown": f"{pct(lo)} to {pct(hi)}",
-                    "lesions per 1,000": f"{per_1000:.0f}",
-                    "malignant among them": ""
-                    if share is None
-                    else f"about {share * 100:.0f} in 100",
-                    "what to do": TIER_TEXT[t["key"]][1],
-                }
-            )
+        rows = tier_rows(tiers, prevalence, trained)
         st.markdown("**What each result means** (test lesions, re-weighted to your prevalence)")
         st.dataframe(pd.DataFrame(rows), hide_index=True)
 
@@ -86,7 +56,7 @@ def explorer(metrics: dict, prevalence: float, trained: float) -> None:
             "Referral threshold (risk at your prevalence)",
             options=options,
             value=op["threshold"],
-            format_func=lambda t: pct(adjust_prevalence(t, trained, prevalence)),
+            format_func=lambda t: pct(risk_at(t, trained, prevalence)),
         )
         point = (
             op
@@ -234,11 +204,7 @@ metrics = get_metrics()
 if metrics is None:
     st.stop()
 bundle = get_bundle()
-trained = (
-    (bundle.malignant_share if bundle else None)
-    or metrics["malignant"].get("training_share")
-    or 0.2
-)
+trained = training_share(bundle.malignant_share if bundle else None, metrics)
 prevalence = clinic_prevalence(trained)
 st.caption(
     f"{metrics.get('evaluated_on', 'evaluation')}: {metrics['n_images']} images. Every figure "

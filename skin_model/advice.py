@@ -91,11 +91,14 @@ class Verdict:
         threshold: The referral threshold it was compared with (same scale).
         title: E.g. ``"Raised risk: refer"``.
         action: What to do next.
-        evidence: ``"About 31 of 100 lesions with this result were malignant in testing
-            (at a prevalence of 5.0%)."`` (empty without tier figures).
+        evidence: The tier's average, said to be one, after the case's own risk:
+            ``"Tier average: about 31 of 100 lesions in the raised-risk tier were malignant
+            in testing (at a prevalence of 5.0%); this case's own risk is 12%."`` (empty
+            without tier figures).
         risk_line: Risk against the threshold, e.g. ``"Malignant risk 12% (referral
             threshold 9.2%)"``.
         threshold_reason: Why this case's threshold differs from the image-only one, or "".
+        details: Which patient details the result used when only some were given, or "".
         warnings: ``(short label, what it means and what to do)`` shown beside the verdict.
     """
 
@@ -109,6 +112,7 @@ class Verdict:
     risk_line: str
     threshold_reason: str
     warnings: tuple[tuple[str, str], ...]
+    details: str = ""
 
     @property
     def tier_name(self) -> str:
@@ -154,12 +158,14 @@ def verdict(
     tier = next((t for t in tiers or [] if t["key"] == key), None)
     share = share_at(tier, prevalence) if tier else None
     if share is not None:
+        among = f"lesions in the {name.lower().replace(' ', '-')} tier"
+        own = f"this case's own risk is {pct(prediction.malignant_probability)}"
         evidence = (
-            f"About {max(share * 100, 0.1):.0f} of 100 lesions with a result like this were "
-            f"malignant in testing (at a prevalence of {pct(prevalence)})."
+            f"Tier average: about {max(share * 100, 0.1):.0f} of 100 {among} were malignant "
+            f"in testing (at a prevalence of {pct(prevalence)}); {own}."
             if share >= 0.01
-            else f"Fewer than 1 in 100 lesions with a result like this were malignant in "
-            f"testing (at a prevalence of {pct(prevalence)})."
+            else f"Tier average: fewer than 1 in 100 {among} were malignant in testing (at a "
+            f"prevalence of {pct(prevalence)}); {own}."
         )
     reason = ""
     if image_only_threshold is not None and abs(prediction.threshold - image_only_threshold) > 1e-9:
@@ -202,6 +208,27 @@ def verdict(
         ),
         threshold_reason=reason,
         warnings=tuple(warnings),
+        details=details_used(getattr(prediction, "context", None)),
+    )
+
+
+def details_used(context) -> str:
+    """Which patient details a result used, said when only some were given (they move
+    the risk, so a half-filled form must not pass unnoticed); ``""`` for all or none.
+
+    Args:
+        context: The :class:`~skin_model.metadata.PatientContext` the result used (None:
+            none, or a model that uses none).
+    """
+    if context is None:
+        return ""
+    given = context.given
+    if not given or len(given) == 3:
+        return ""
+    missing = [f for f in ("age", "sex", "site") if f not in given]
+    return (
+        f"Patient details: {' and '.join(given)} given, {' and '.join(missing)} not given; "
+        f"the result uses {' and '.join(given)} only."
     )
 
 

@@ -50,6 +50,7 @@ class ArchitectureSpec:
         head_layers: Layers trained at the full rate when the backbone is slowed.
         cam_layers: Grad-CAM candidates, the default first.
         ood_layers: Layers the "not dermoscopic" detector reads.
+        keras_imagenet: Whether ``--weights imagenet`` (Keras' own download) works.
     """
 
     name: str
@@ -63,6 +64,7 @@ class ArchitectureSpec:
     head_layers: tuple[str, ...] = (PREDICTIONS, CONTEXT_DENSE)
     cam_layers: tuple[str, ...] = ()
     ood_layers: tuple[str, ...] = (FEATURES,)
+    keras_imagenet: bool = False
 
     def resolve_weights(self, weights: str | None) -> str | None:
         """A weights setting (``default``, a source name, a file, or none) as a file path."""
@@ -146,6 +148,7 @@ REGISTRY: dict[str, ArchitectureSpec] = {
             weight_sources={"nsfwjs": _mobilenetv2_source()},
             cam_layers=("out_relu", "block_13_expand_relu", "block_6_expand_relu"),
             ood_layers=("block_3_expand_relu", "block_6_expand_relu"),
+            keras_imagenet=True,
         ),
         _lite_spec("lite0"),
         _lite_spec("lite1"),
@@ -169,6 +172,7 @@ REGISTRY: dict[str, ArchitectureSpec] = {
             builder=models.make_resnet50,
             summary="ResNet-50 (the seed's reference; ImageNet weights need a download)",
             takes_weights=True,
+            keras_imagenet=True,
         ),
     )
 }

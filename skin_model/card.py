@@ -9,10 +9,10 @@ from skin_model.artifacts import (
     ATTEMPTS_FILE,
     CARD_FILE,
     CV_FILE,
-    METRICS_FILE,
     find_cv_dirs,
     read_integrity,
     read_json,
+    read_metrics,
 )
 from skin_model.model_config import read_model_config
 from skin_model.settings import TrainConfig
@@ -174,7 +174,7 @@ def card_sections(model_dir: Path) -> dict[str, str]:
     """
     model_dir = Path(model_dir)
     config = read_model_config(model_dir).to_dict()
-    m = read_json(model_dir / METRICS_FILE)
+    m = read_metrics(model_dir)
     tr = m["training"]
     counts = {s: sum(v.values()) for s, v in m["split"].items()}
     model = [

@@ -48,7 +48,7 @@ from skin_model.calibration import late_fusion, normalise_rows
 from skin_model.data import class_indices
 from skin_model.metadata import context_posterior, fit_context_model
 from skin_model.metrics import HEADLINES, compute_metrics, headline_values
-from skin_model.settings import TrainConfig, config_dict
+from skin_model.settings import TrainConfig, config_dict, read_run_record
 
 FUSION_POWERS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 
@@ -269,7 +269,7 @@ def summarise(out_dir: Path) -> dict:
         "n_lesions": int(oof["lesion_id"].nunique()),
         "train_seconds": [f["train_seconds"] for f in fold_info],
         "device": fold_info[0]["device"],
-        "settings": read_json(out_dir / RUN_CONFIG_FILE),
+        "settings": read_run_record(out_dir).settings(),
         "late_fusion": fusion,
         "table": table.astype(object).where(table.notna(), None).to_dict(orient="records"),
         "method": "StratifiedGroupKFold over lesions of the training and validation parts "
@@ -311,7 +311,7 @@ def run_cv(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / RUN_CONFIG_FILE).is_file():
-        cfg = TrainConfig(**read_json(out_dir / RUN_CONFIG_FILE))
+        cfg = read_run_record(out_dir).config
     else:
         write_json(out_dir / RUN_CONFIG_FILE, config_dict(cfg.validate()))
     pool = cv_pool(data_dir, cfg, n_folds)

@@ -105,14 +105,15 @@ def fold_members(cv_dir: Path) -> list[ModelBundle]:
     import keras
 
     import skin_model.models  # noqa: F401  (registers the custom layers)
-    from skin_model.artifacts import FOLD_MODEL_FILE, RUN_CONFIG_FILE, read_json
+    from skin_model.artifacts import FOLD_MODEL_FILE
     from skin_model.model_config import ModelConfig
+    from skin_model.settings import read_run_record
 
-    settings = read_json(Path(cv_dir) / RUN_CONFIG_FILE)
+    recipe = read_run_record(cv_dir).config
     files = sorted(Path(cv_dir).glob(f"fold*/{FOLD_MODEL_FILE}"))
     if not files:
         raise FileNotFoundError(f"no fold models in {cv_dir} (they are kept from this version on)")
-    config = ModelConfig(settings["architecture"], int(settings["input_size"]), ood_layers=[])
+    config = ModelConfig(recipe.architecture, int(recipe.input_size), ood_layers=[])
     return [ModelBundle(keras.models.load_model(f, compile=False), config, f.parent) for f in files]
 
 

@@ -214,7 +214,9 @@ def compiled_gradcam(model, layer: str | None = None):
     dense = model.get_layer("predictions")
     two = keras.Model(model.inputs, [model.get_layer(cam_layer(model, layer)).output, dense.input])
     specs = [tf.TensorSpec([1, None, None, 3], tf.float32)]
-    if len(model.inputs) > 1:
+    from skin_model.inference import takes_metadata
+
+    if takes_metadata(model):
         specs.append(tf.TensorSpec([1, model.inputs[1].shape[-1]], tf.float32))
 
     @tf.function(

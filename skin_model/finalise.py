@@ -48,7 +48,7 @@ from skin_model.evaluation import (
     metadata_only_baseline,
     write_predictions,
 )
-from skin_model.inference import ModelBundle, network_outputs
+from skin_model.inference import ModelBundle, network_outputs, takes_metadata
 from skin_model.metadata import fit_context_model
 from skin_model.metrics import (
     binary_operating_point,
@@ -298,7 +298,7 @@ def model_config(cfg, bundle: ModelBundle, posthoc: PostHoc, detector: Detector,
         classes=list(CLASSES),
         tta=int(bundle.config.tta),
         cam_layer=cam,
-        metadata_input=bool(len(bundle.model.inputs) > 1),
+        metadata_input=takes_metadata(bundle.model),
         **posthoc.config(),
         **detector.config(),
         weights_provenance=spec.provenance(cfg.weights),

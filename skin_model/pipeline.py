@@ -16,6 +16,7 @@ import numpy as np
 
 from skin_model import CLASSES
 from skin_model.advice import Verdict, verdict
+from skin_model.clinic import FALLBACK_SHARE
 from skin_model.imaging import ImageError, decode_image
 from skin_model.inference import ModelBundle, Prediction, display_threshold, predict_images
 from skin_model.metadata import PatientContext, encode
@@ -127,7 +128,7 @@ def judge(
         prediction.base_risk,
         prediction.base_threshold,
         tiers,
-        shown_at or 0.2,
+        shown_at or FALLBACK_SHARE,
         display_threshold(bundle, prevalence),
         list(quality),
     )

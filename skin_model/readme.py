@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 from skin_model import DEFAULT_MODEL_DIR, REPO_ROOT
-from skin_model.artifacts import CV_FILE, RUN_CONFIG_FILE, find_cv_dirs, read_json, read_metrics
+from skin_model.artifacts import CV_FILE, find_cv_dirs, read_json, read_metrics
 from skin_model.card import cv_summary_text, reproduce_command
+from skin_model.settings import read_run_record
 from skin_model.tables import (
     context_frame,
     cv_frame,
@@ -83,7 +84,7 @@ def cv_section(root: Path = DEFAULT_MODEL_DIR.parent, model_dir: Path = DEFAULT_
     runs = [(d, cv) for d, cv in runs if cv["folds_done"] > 1]
     if not runs:
         return "_No cross-validation recorded yet: run `python train.py --cv 5 --out DIR`._"
-    shipped = read_json(Path(model_dir) / RUN_CONFIG_FILE)
+    shipped = read_run_record(model_dir).settings()
     runs = sorted(
         ((is_shipped_recipe(cv["settings"], shipped), d, cv) for d, cv in runs),
         key=lambda run: not run[0],

@@ -284,6 +284,8 @@ def case_report(
     p, v = result.prediction, result.verdict
     first = result.lesion.good[0]
     lines = [v.action, v.risk_line]
+    if v.details:
+        lines.append(v.details)
     if v.evidence:
         lines.append(v.evidence)
     if v.threshold_reason:

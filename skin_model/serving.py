@@ -3,10 +3,11 @@
 
 The exported network takes raw RGB pixels (float, any size: the app's own resize,
 :class:`PillowResize`, and the colour handling are inside) and returns what the app shows
-for an image without patient details: the seven probabilities at the training prevalence, the malignant risk, the suggested
-diagnosis (the balanced rule) and the "not dermoscopic" score, with the post-hoc layer
-(prior shift, temperature) and the detector baked in. Exports go through Keras' own
-``model.export`` (TensorFlow's converters; ``tf2onnx`` for ONNX).
+for an image without patient details: the seven probabilities at the training prevalence,
+the malignant risk, the suggested diagnosis (the balanced rule) and the "not dermoscopic"
+score, with the post-hoc layer (prior shift, temperature) and the detector baked in.
+Exports go through Keras' own ``model.export`` (TensorFlow's converters; ``tf2onnx`` for
+ONNX).
 """
 
 from __future__ import annotations

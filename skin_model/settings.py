@@ -100,9 +100,7 @@ class TrainConfig:
             return
         if not spec.takes_weights:
             raise ConfigError(f"--architecture {self.architecture} takes no --weights")
-        if w in spec.weight_sources or (
-            w == "imagenet" and spec.name in ("mobilenetv2", "resnet50")
-        ):
+        if w in spec.weight_sources or (w == "imagenet" and spec.keras_imagenet):
             return
         if not Path(w).is_file():
             known = ", ".join([*spec.weight_sources, "none", "default", "a file"])
@@ -118,6 +116,36 @@ def config_dict(cfg: TrainConfig) -> dict:
     return asdict(cfg)
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run recorded in ``run_config.json``: its settings and, for training runs, how
+    it was spread over devices (:class:`skin_model.distribute.Plan`).
+    """
+
+    config: TrainConfig
+    distribution: dict | None = None
+
+    def settings(self) -> dict:
+        """The record as a JSON-ready dict (the file's layout)."""
+        extra = {"distribution": self.distribution} if self.distribution else {}
+        return {**config_dict(self.config), **extra}
+
+
+def read_run_record(run_dir: Path) -> RunRecord:
+    """A run's ``run_config.json``; the one place that reads it.
+
+    Upgrading older files happens here: settings added since the run was recorded take
+    their defaults (which is what that run used), names no longer known are dropped.
+
+    Raises:
+        FileNotFoundError: If ``run_dir`` has no ``run_config.json``.
+    """
+    recorded = json.loads((Path(run_dir) / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
+    known = {f.name for f in fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in recorded.items() if k in known})
+    return RunRecord(config, recorded.get("distribution"))
+
+
 def read_run_config(out_dir: Path) -> TrainConfig:
     """The settings an interrupted run in ``out_dir`` started with.
 
@@ -130,6 +158,4 @@ def read_run_config(out_dir: Path) -> TrainConfig:
         raise FileNotFoundError(
             f"{out_dir} holds no interrupted run (no {path.name}/checkpoint/fitted weights)"
         )
-    recorded = json.loads(path.read_text(encoding="utf-8"))
-    known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in recorded.items() if k in known})
+    return read_run_record(out_dir).config

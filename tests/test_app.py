@@ -8,6 +8,7 @@ import shutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import skin_model.pipeline
 import skin_model.service
 from skin_model import REPO_ROOT
 from skin_model.advice import TIER_TEXT, pct, share_at, tier_key
@@ -92,7 +93,7 @@ def test_tier_and_its_evidence_come_from_metrics(monkeypatch, trained_dir, train
     share = share_at(next(t for t in metrics["malignant"]["tiers"] if t["key"] == key), prevalence)
     text = _texts(at)
     assert TIER_TEXT[key][0] in at.dataframe[0].value["risk tier"].iloc[0]
-    assert f"About {max(share * 100, 0.1):.0f} of 100" in text or "Fewer than 1 in 100" in text
+    assert f"about {max(share * 100, 0.1):.0f} of 100" in text or "fewer than 1 in 100" in text
     assert TIER_TEXT[key][1].split(":")[0] in text
 
 
@@ -152,6 +153,20 @@ def test_images_of_one_lesion_make_one_case(monkeypatch, trained_dir, trained_bu
     assert len([n for n in at.number_input if n.key.startswith("age_")]) == 1
 
 
+def test_the_same_image_under_two_names_gives_two_cases(monkeypatch, trained_dir):
+    image = lesion_image("mel", 8)
+    names = ("**bold**.jpg", "$x$ copy.jpg")
+    at = _upload(_app(monkeypatch, trained_dir).run(), *((n, image) for n in names))
+    assert not at.exception and not _errors(at)
+    assert [_shown(s.value) for s in at.subheader][1:] == list(names)
+    assert len(at.dataframe[0].value) == 2
+    at.number_input(key=_key(at, "age_" + skin_model.service.digest(jpeg_bytes(image)) + "-2"))
+    # image captions are Markdown: the names are escaped so that they show as typed
+    captions = [c for i in at.get("image") for c in (im.caption for im in i.proto.imgs)]
+    assert r"\*\*bold\*\*\.jpg" in captions and r"\$x\$ copy\.jpg" in captions
+    assert {"**bold**.jpg", "$x$ copy.jpg"} <= {_shown(c) for c in captions}
+
+
 def test_each_bad_upload_gets_its_own_error_and_good_ones_results(monkeypatch, trained_dir):
     at = _app(monkeypatch, trained_dir).run()
     files = [("good.jpg", jpeg_bytes(lesion_image("bkl", 3)), "image/jpeg")]
@@ -167,13 +182,13 @@ def test_each_bad_upload_gets_its_own_error_and_good_ones_results(monkeypatch, t
 
 def test_overlay_changes_do_not_rerun_the_classifier(monkeypatch, trained_dir):
     calls = []
-    original = skin_model.service.predict_images
+    original = skin_model.pipeline.predict_images
 
     def counting(bundle, images, *args, **kwargs):
         calls.append(len(images))
         return original(bundle, images, *args, **kwargs)
 
-    monkeypatch.setattr(skin_model.service, "predict_images", counting)
+    monkeypatch.setattr(skin_model.pipeline, "predict_images", counting)
     at = _upload(_app(monkeypatch, trained_dir).run(), ("a.jpg", lesion_image("mel", 4)))
     assert calls == [1]
     at.slider(key=_key(at, "alpha_")).set_value(0.8).run()
@@ -189,7 +204,7 @@ def _captions(image) -> list[str]:
 
 def test_patient_details_update_the_result_without_decoding_again(monkeypatch, trained_dir):
     calls, decodes = [], []
-    original, decode = skin_model.service.predict_images, skin_model.service.decode_image
+    original, decode = skin_model.pipeline.predict_images, skin_model.pipeline.decode_image
 
     def counting(bundle, images, prevalence=None, contexts=None, *args, **kwargs):
         calls.append([c.describe() if c else "none given" for c in contexts])
@@ -199,11 +214,13 @@ def test_patient_details_update_the_result_without_decoding_again(monkeypatch, t
         decodes.append(1)
         return decode(data)
 
-    monkeypatch.setattr(skin_model.service, "predict_images", counting)
-    monkeypatch.setattr(skin_model.service, "decode_image", counting_decode)
+    monkeypatch.setattr(skin_model.pipeline, "predict_images", counting)
+    monkeypatch.setattr(skin_model.pipeline, "decode_image", counting_decode)
     at = _upload(_app(monkeypatch, trained_dir).run(), ("a.jpg", lesion_image("mel", 4)))
     assert calls == [["none given"]] and len(decodes) == 1
     at.number_input(key=_key(at, "age_")).set_value(71).run()
+    # a half-filled form is named on the result
+    assert "the result uses age only" in _texts(at)
     at.selectbox(key=_key(at, "sex_")).set_value("female").run()
     at.selectbox(key=_key(at, "site_")).set_value("face").run()
     assert not at.exception

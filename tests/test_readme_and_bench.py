@@ -99,8 +99,9 @@ def test_tier_evidence_is_bayes_at_the_clinic_prevalence():
     # high tier at 5% prevalence: 0.05 * 0.6 / (0.05 * 0.6 + 0.95 * 0.05) = 0.387
     assert share_at(TIERS[2], 0.05) == pytest.approx(0.03 / (0.03 + 0.0475))
     v = verdict(_pred(0.9), 0.93, 0.3, TIERS, 0.05)
-    assert "About 39 of 100 lesions" in v.evidence and "5.0%" in v.evidence
-    assert "Fewer than 1 in 100" in verdict(_pred(0.02), 0.05, 0.3, TIERS, 0.001).evidence
+    assert "about 39 of 100 lesions in the high-risk tier" in v.evidence and "5.0%" in v.evidence
+    assert v.evidence.startswith("Tier average") and "this case's own risk is" in v.evidence
+    assert "fewer than 1 in 100" in verdict(_pred(0.02), 0.05, 0.3, TIERS, 0.001).evidence
 
 
 def test_a_case_threshold_that_differs_says_why():
