@@ -54,8 +54,14 @@ def _photographed(store: CaseStore) -> None:
         store.add([(f"camera-{digest(photo.getvalue())[:6]}.jpg", photo.getvalue())])
 
 
+CASE_WIDGETS = ("ref_", "notes_", "age_", "sex_", "site_", "cls_", "method_", "alpha_")
+"""Prefixes of the per-case widgets (their state is dropped with the patient)."""
+
+
 def _new_patient(store: CaseStore) -> None:
     store.clear()
+    for key in [k for k in st.session_state if str(k).startswith(CASE_WIDGETS)]:
+        del st.session_state[key]
     st.session_state["uploader_seen"] = set()
     st.session_state["uploader_round"] = st.session_state.get("uploader_round", 0) + 1
 
@@ -82,28 +88,28 @@ def inputs(store: CaseStore) -> None:
             on_change=_photographed,
             args=(store,),
         )
+
+
+def record_fields(store: CaseStore, lesion) -> None:
+    """The case's own reference and notes (printed on its report and in the CSV)."""
+    key = lesion.key
+
+    def changed():
+        store.set_record(
+            lesion.key,
+            st.session_state.get(f"ref_{key}", ""),
+            st.session_state.get(f"notes_{key}", ""),
+        )
+
+    seed(store, f"ref_{key}", lesion.record.reference)
+    seed(store, f"notes_{key}", lesion.record.notes)
     left, right = st.columns([1, 2])
-    seed(store, "case_reference", store.case_reference)
-    seed(store, "notes", store.notes)
     left.text_input(
-        "Case reference (optional, printed on the report)",
-        key="case_reference",
-        on_change=keep,
-        args=(store, "case_reference"),
+        "Case reference (optional, printed on the report)", key=f"ref_{key}", on_change=changed
     )
     right.text_input(
-        "Notes (optional, printed on the report)",
-        key="notes",
-        on_change=keep,
-        args=(store, "notes"),
+        "Notes (optional, printed on the report)", key=f"notes_{key}", on_change=changed
     )
-
-
-def keep(store: CaseStore, key: str) -> None:
-    """Copy a changed field into the store before anything else runs, so that leaving the
-    page straight after typing (which drops the widget's own state) keeps it.
-    """
-    setattr(store, key, st.session_state[key])
 
 
 def seed(store: CaseStore, key: str, value) -> None:
@@ -139,13 +145,13 @@ def grouping(store: CaseStore, lesions) -> None:
                 st.rerun()
 
 
-def summary(outcomes, prevalence: float) -> None:
+def summary(outcomes, prevalence: float, model: str) -> None:
     """One row per case, and the CSV of every image."""
     st.subheader("Summary")
     st.dataframe(pd.DataFrame([summary_row(r) for r in outcomes]), hide_index=True)
     st.download_button(
         "Download results (CSV)",
-        csv_text(outcomes, prevalence),
+        csv_text(outcomes, prevalence, model),
         file_name="results.csv",
         mime="text/csv",
     )
@@ -266,6 +272,7 @@ def lesion_section(bundle, store: CaseStore, result, metrics) -> None:
     """Everything about one case."""
     st.divider()
     st.subheader(plain(", ".join(result.lesion.names)))
+    st.caption(plain(result.lesion.label))
     if result.prediction is None:
         st.error(plain(result.error))
         return
@@ -273,6 +280,7 @@ def lesion_section(bundle, store: CaseStore, result, metrics) -> None:
         if u.image is None:
             st.error(plain(f"{u.name}: {u.error}"))
     context_fields(store, result.lesion)
+    record_fields(store, result.lesion)
     if not bundle.uses_context:
         st.caption(
             "Age, sex and body site are recorded on the report; they do not change this "
@@ -318,7 +326,7 @@ lesions = store.lesions()
 grouping(store, lesions)
 with st.spinner(f"Classifying {len(store.uploads)} image(s)…"):
     outcomes = results(bundle, store, prevalence, (metrics or {}).get("malignant", {}).get("tiers"))
-summary(outcomes, prevalence)
+summary(outcomes, prevalence, bundle.config.describe())
 st.caption(
     f"Referral threshold for images alone: {pct(display_threshold(bundle, prevalence))} "
     f"at your clinic's prevalence ({pct(prevalence)})."

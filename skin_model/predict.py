@@ -102,10 +102,16 @@ def predict_files(
     Returns:
         Rows with :data:`skin_model.results.CSV_COLUMNS`.
     """
+    import datetime as dt
+
     from skin_model.pipeline import CaseInput, Upload, assess
     from skin_model.results import result_row
 
     shown_at = prevalence if prevalence is not None else bundle.malignant_share
+    record = {
+        "created": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "model": bundle.config.describe(),
+    }
     rows: list[dict] = []
     used: set[str] = set()
     for start in range(0, len(files), CHUNK):
@@ -123,7 +129,7 @@ def predict_files(
             chunk, uploads, assess(bundle, cases, prevalence, tiers), strict=True
         ):
             if u.image is None:
-                rows.append(result_row(str(f), None, u.error))
+                rows.append(result_row(str(f), None, u.error, record=record))
                 continue
             rows.append(
                 result_row(
@@ -132,6 +138,7 @@ def predict_files(
                     quality=case.quality,
                     prevalence=shown_at,
                     verdict=case.verdict,
+                    record=record,
                 )
             )
             if cam_dir is not None:

@@ -12,15 +12,21 @@ import io
 from collections.abc import Iterable, Sequence
 
 from skin_model import CLASSES, display_name
-from skin_model.advice import TIER_TEXT, Verdict, tier_key
+from skin_model.advice import TIER_TEXT, Verdict, pct, tier_key
 from skin_model.inference import Prediction
 
 CSV_COLUMNS = (
     "file",
-    "lesion",
+    "case",
+    "created",
+    "model",
+    "reference",
+    "notes",
     "refer",
     "risk_tier",
+    "malignant_risk_shown",
     "malignant_risk",
+    "referral_threshold_shown",
     "referral_threshold",
     "prevalence",
     "most_likely",
@@ -34,10 +40,14 @@ CSV_COLUMNS = (
     "patient_context",
     "error",
 )
-"""``refer`` is the referral flag (``yes`` when ``malignant_risk`` reaches
-``referral_threshold``), whatever the warnings say; ``risk_tier`` its plain-language tier.
+"""``case`` is the case's label as the page shows it (``Case 2``; images of one lesion share
+it), ``created`` the date and time, ``model`` the model version, ``reference`` and ``notes``
+what the clinician typed for the case. ``refer`` is the referral flag (``yes`` when
+``malignant_risk`` reaches ``referral_threshold``), whatever the warnings say; ``risk_tier``
+its plain-language tier.
 ``malignant_risk``, the class columns and ``referral_threshold`` are at ``prevalence``
-(the malignant share the figures are shown at). ``most_likely`` is the most probable class;
+(the malignant share the figures are shown at), as decimals; the ``_shown`` columns are the
+same two figures as the page shows them (``"23%"``). ``most_likely`` is the most probable class;
 ``suggested_diagnosis`` the balanced rule's choice (the one balanced accuracy measures).
 ``not_dermoscopic_score`` is above 1 where the "not dermoscopic" detector's limit is
 passed; ``quality_warnings`` lists the image-quality gate's findings."""
@@ -61,10 +71,10 @@ def result_row(
     file: str,
     prediction: Prediction | None,
     error: str = "",
-    lesion: str = "",
     quality: Sequence[str] = (),
     prevalence: float | None = None,
     verdict: Verdict | None = None,
+    record: dict | None = None,
 ) -> dict:
     """One results-CSV row (:data:`CSV_COLUMNS`) for a prediction or an error.
 
@@ -72,16 +82,18 @@ def result_row(
         file: The file's name or path, as given.
         prediction: Its prediction (None: it failed, see ``error``).
         error: Why it could not be classified.
-        lesion: The lesion (case) it belongs to, if grouped.
         quality: The problems the quality gate found (keys of
             :data:`skin_model.quality.LABELS`).
         prevalence: The malignant share the prediction is shown at (None: the training
             data's, taken from the prediction when it was re-weighted).
         verdict: The case's verdict (its ``refer`` and ``tier`` are written); None: from
             the prediction's own flag and tier.
+        record: Values of the case columns (``case``, ``created``, ``model``,
+            ``reference``, ``notes``) where known.
     """
     row = {c: "" for c in CSV_COLUMNS}
-    row["file"], row["error"], row["lesion"] = file, error, lesion
+    row.update({k: v for k, v in (record or {}).items() if k in row})
+    row["file"], row["error"] = file, error
     from skin_model.quality import LABELS
 
     row["quality_warnings"] = ", ".join(LABELS[q] for q in quality)
@@ -96,7 +108,9 @@ def result_row(
             refer="yes" if refer else "no",
             risk_tier=TIER_TEXT[tier][0],
             malignant_risk=number(prediction.malignant_probability),
+            malignant_risk_shown=pct(prediction.malignant_probability),
             referral_threshold=number(prediction.threshold),
+            referral_threshold_shown=pct(prediction.threshold),
             prevalence=number(prediction.prevalence if prediction.prevalence else prevalence),
             most_likely=display_name(most),
             most_likely_probability=number(probs[CLASSES.index(most)]),

@@ -40,13 +40,30 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@dataclass(frozen=True)
+class CaseRecord:
+    """What the clinician typed for one case (plain text: shown and written as typed)."""
+
+    reference: str = ""
+    notes: str = ""
+
+
 @dataclass
 class Lesion:
-    """A case: one lesion with one or more images and one set of patient details."""
+    """A case: one lesion with one or more images, one set of patient details and its
+    own record (reference and notes); ``number`` is its place on the page (1, 2, ...).
+    """
 
     key: str
     uploads: list[Upload]
     context: PatientContext | None
+    record: CaseRecord = CaseRecord()
+    number: int = 1
+
+    @property
+    def label(self) -> str:
+        """The case as people name it: ``"Case 2"``."""
+        return f"Case {self.number}"
 
     @property
     def names(self) -> list[str]:
@@ -92,8 +109,7 @@ class CaseStore:
     uploads: dict[str, Upload] = field(default_factory=dict)
     lesion_of: dict[str, str] = field(default_factory=dict)
     contexts: dict[str, PatientContext] = field(default_factory=dict)
-    case_reference: str = ""
-    notes: str = ""
+    records: dict[str, CaseRecord] = field(default_factory=dict)
     _predictions: dict = field(default_factory=dict)
     _heatmaps: dict = field(default_factory=dict)
 
@@ -123,6 +139,7 @@ class CaseStore:
         self._prune(key, lesion)
         if lesion is not None and lesion not in self.lesion_of.values():
             self.contexts.pop(lesion, None)
+            self.records.pop(lesion, None)
 
     def clear(self) -> None:
         """Start the next patient: drop every upload, detail, note and cache."""
@@ -131,7 +148,7 @@ class CaseStore:
         self.contexts.clear()
         self._predictions.clear()
         self._heatmaps.clear()
-        self.case_reference = self.notes = ""
+        self.records.clear()
 
     def group(self, keys: Sequence[str]) -> None:
         """Mark uploads as images of one lesion (it keeps the first one's details)."""
@@ -151,6 +168,8 @@ class CaseStore:
                 self.lesion_of[k] = k
                 if k != lesion and lesion in self.contexts:
                     self.contexts[k] = self.contexts[lesion]
+                if k != lesion and lesion in self.records:
+                    self.records[k] = self.records[lesion]
 
     def set_context(self, lesion: str, context: PatientContext | None) -> None:
         """Record the patient details typed for a lesion."""
@@ -159,12 +178,23 @@ class CaseStore:
         else:
             self.contexts[lesion] = context
 
+    def set_record(self, lesion: str, reference: str | None = None, notes: str | None = None):
+        """Record a case's reference and/or notes (None leaves a field as it is)."""
+        old = self.records.get(lesion, CaseRecord())
+        self.records[lesion] = CaseRecord(
+            old.reference if reference is None else reference,
+            old.notes if notes is None else notes,
+        )
+
     def lesions(self) -> list[Lesion]:
-        """The cases in upload order, each with its images and details."""
+        """The cases in upload order, each with its images, details and record."""
         order: dict[str, list[Upload]] = {}
         for key, upload in self.uploads.items():
             order.setdefault(self.lesion_of[key], []).append(upload)
-        return [Lesion(k, ups, self.contexts.get(k)) for k, ups in order.items()]
+        return [
+            Lesion(k, ups, self.contexts.get(k), self.records.get(k, CaseRecord()), i + 1)
+            for i, (k, ups) in enumerate(order.items())
+        ]
 
     def _prune(self, upload: str | None, lesion: str | None) -> None:
         self._predictions = {
@@ -225,6 +255,7 @@ def summary_row(result: Result) -> dict:
     les = result.lesion
     if result.prediction is None:
         return {
+            "case": les.label,
             "image(s)": ", ".join(les.names),
             "referral": "no result",
             "risk tier": "",
@@ -235,6 +266,7 @@ def summary_row(result: Result) -> dict:
         }
     p, v = result.prediction, result.verdict
     return {
+        "case": les.label,
         "image(s)": ", ".join(les.names),
         "referral": "REFER" if v.refer else "below threshold",
         "risk tier": v.tier_name,
@@ -245,18 +277,32 @@ def summary_row(result: Result) -> dict:
     }
 
 
-def csv_text(outcomes: Sequence[Result], prevalence: float | None) -> str:
-    """The results CSV (the CLI's columns): one row per image, its lesion's result."""
+def csv_text(
+    outcomes: Sequence[Result],
+    prevalence: float | None,
+    model: str = "",
+    now: dt.datetime | None = None,
+) -> str:
+    """The results CSV (the CLI's columns): one row per image with its case's label,
+    record and result, the date and time and the model version.
+    """
+    created = (now or dt.datetime.now()).strftime("%Y-%m-%d %H:%M")
     rows = []
     for r in outcomes:
-        for u in r.lesion.uploads:
+        les = r.lesion
+        record = {
+            "case": les.label,
+            "created": created,
+            "model": model,
+            "reference": les.record.reference,
+            "notes": les.record.notes,
+        }
+        for u in les.uploads:
             if u.image is None:
-                rows.append(result_row(u.name, None, u.error, r.lesion.key[:8]))
+                rows.append(result_row(u.name, None, u.error, record=record))
             else:
                 rows.append(
-                    result_row(
-                        u.name, r.prediction, "", r.lesion.key[:8], u.quality, prevalence, r.verdict
-                    )
+                    result_row(u.name, r.prediction, "", u.quality, prevalence, r.verdict, record)
                 )
     return rows_to_csv_text(rows)
 
@@ -298,9 +344,9 @@ def case_report(
         lines.append(f"Patient details recorded (not used by this model): {ctx.describe()}")
     record = ReportRecord(
         created=(now or dt.datetime.now()).strftime("%Y-%m-%d %H:%M"),
-        case_reference=store.case_reference,
-        notes=store.notes,
-        files=result.lesion.names,
+        case_reference=result.lesion.record.reference,
+        notes=result.lesion.record.notes,
+        files=[f"{result.lesion.label}: {n}" for n in result.lesion.names],
         model=bundle.config.describe(),
         title=v.title,
         refer=v.refer,

@@ -50,7 +50,7 @@ def _upload(at, *names_and_images):
 
 def _key(at, prefix: str) -> str:
     """The key of the one widget whose key starts with ``prefix``."""
-    widgets = [*at.selectbox, *at.number_input, *at.radio, *at.slider]
+    widgets = [*at.selectbox, *at.number_input, *at.radio, *at.slider, *at.text_input]
     keys = [w.key for w in widgets if w.key and w.key.startswith(prefix)]
     assert len(keys) == 1, keys
     return keys[0]
@@ -124,15 +124,55 @@ def test_prevalence_from_the_sidebar_reweights_every_figure(
 def test_cases_and_details_survive_leaving_the_page(monkeypatch, trained_dir):
     at = _upload(_app(monkeypatch, trained_dir).run(), ("a.jpg", lesion_image("bkl", 2)))
     at.number_input(key=_key(at, "age_")).set_value(64).run()
-    at.text_input(key="case_reference").set_value("clinic 7").run()
+    at.text_input(key=_key(at, "ref_")).set_value("clinic 7").run()
     at.switch_page("app_pages/about.py").run()
     at.switch_page("app_pages/classify.py").run()
     assert not at.exception
     assert [_shown(s.value) for s in at.subheader][1:] == ["a.jpg"]
     assert at.number_input(key=_key(at, "age_")).value == 64
-    assert at.text_input(key="case_reference").value == "clinic 7"
+    assert at.text_input(key=_key(at, "ref_")).value == "clinic 7"
     at.button[0].click().run()  # New patient
     assert not at.dataframe and any("Upload one or more" in i.value for i in at.info)
+
+
+def test_each_case_keeps_its_own_record_and_new_patient_clears_every_field(
+    monkeypatch, trained_dir
+):
+    import csv
+    import io
+
+    from pypdf import PdfReader
+
+    a, b = lesion_image("mel", 11), lesion_image("nv", 12)
+    at = _upload(_app(monkeypatch, trained_dir).run(), ("a.jpg", a), ("b.jpg", b))
+    ka, kb = (skin_model.service.digest(jpeg_bytes(x)) for x in (a, b))
+    at.text_input(key=f"ref_{ka}").set_value("R-1").run()
+    at.text_input(key=f"notes_{ka}").set_value("left shoulder, =1+1").run()
+    at.text_input(key=f"notes_{kb}").set_value("second lesion").run()
+    assert not at.exception
+    from skin_model.inference import load_bundle
+
+    bundle = load_bundle(trained_dir)
+    store = at.session_state["case_store"]
+    outcomes = skin_model.service.results(bundle, store, 0.05, None)
+    text = skin_model.service.csv_text(outcomes, 0.05, "model v1")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["case"], r["reference"], r["notes"]) for r in rows] == [
+        ("Case 1", "R-1", "left shoulder, =1+1"),
+        ("Case 2", "", "second lesion"),
+    ]
+    assert all(r["model"] == "model v1" and r["created"] for r in rows)
+    assert rows[0]["malignant_risk_shown"].endswith("%")
+    # each case's report carries its own record
+    pdfs = [skin_model.service.case_report(bundle, store, o, None, "", 0.5) for o in outcomes]
+    texts = [" ".join(p.extract_text() for p in PdfReader(io.BytesIO(d)).pages) for d in pdfs]
+    assert "left shoulder" in texts[0] and "second lesion" not in texts[0]
+    assert "second lesion" in texts[1] and "R-1" not in texts[1] and "Case 2" in texts[1]
+    # New patient: every case, detail and note goes, and nothing comes back
+    next(x for x in at.button if x.label.startswith("New patient")).click().run()
+    at = _upload(at, ("a.jpg", a))
+    assert at.text_input(key=f"ref_{ka}").value == ""
+    assert at.text_input(key=f"notes_{ka}").value == ""
 
 
 def test_images_of_one_lesion_make_one_case(monkeypatch, trained_dir, trained_bundle):
