@@ -6,6 +6,8 @@ their own, without this router (and its page setup), at their URLs.
 
 import streamlit as st
 
+from app_commit import commit_guard
+
 st.set_page_config(
     page_title="Skin-lesion classifier", page_icon=":material/biotech:", layout="wide"
 )
@@ -16,4 +18,6 @@ pages = [
     st.Page("app_pages/training.py", title="Training curves", icon=":material/show_chart:"),
     st.Page("app_pages/about.py", title="About this model", icon=":material/info:"),
 ]
-st.navigation(pages).run()
+page = st.navigation(pages)
+commit_guard()
+page.run()

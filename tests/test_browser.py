@@ -144,6 +144,36 @@ def test_moving_between_pages_keeps_the_case(page):
     assert field.input_value() == "ward 3"
 
 
+def test_text_typed_without_enter_survives_leaving_by_the_sidebar(page):
+    upload_and_wait(page, [_file("unconfirmed.jpg", jpeg_bytes(lesion_image("bkl", 13)))])
+    settle(page)
+    page.get_by_label("Notes (optional, printed on the report)").fill("typed, never confirmed")
+    page.get_by_label("Case reference (optional, printed on the report)").fill("bed 12")
+    # no Enter, no click elsewhere: straight to another page by the sidebar
+    page.get_by_role("link", name="About this model").click()
+    page.get_by_role("heading", name="About this model").wait_for(timeout=60_000)
+    page.get_by_role("link", name="Classify").click()
+    page.get_by_role("heading", name="unconfirmed.jpg").wait_for(timeout=60_000)
+    settle(page)
+    notes = page.get_by_label("Notes (optional, printed on the report)")
+    assert notes.input_value() == "typed, never confirmed"
+    assert page.get_by_label("Case reference (optional, printed on the report)").input_value() == (
+        "bed 12"
+    )
+
+
+def test_a_pdf_downloaded_right_after_typing_has_the_notes(page):
+    from pypdf import PdfReader
+
+    upload_and_wait(page, [_file("notes-case.jpg", jpeg_bytes(lesion_image("mel", 14)))])
+    settle(page)
+    page.get_by_label("Notes (optional, printed on the report)").fill("seen twice, growing")
+    with page.expect_download(timeout=120_000) as info:
+        page.get_by_text("Download report (PDF)").click()  # straight after typing
+    text = " ".join(p.extract_text() for p in PdfReader(info.value.path()).pages)
+    assert "seen twice, growing" in " ".join(text.split())
+
+
 def test_user_strings_stay_plain_text_and_the_csv_cell_is_escaped(page):
     name = "=HYPERLINK(x)**bold**:red[x]$x$.jpg"
     upload_and_wait(page, [_file(name, jpeg_bytes(lesion_image("mel", 9)))])
