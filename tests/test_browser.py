@@ -61,6 +61,9 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
     with streamlit_server(log_path=log) as (url, proc):
         yield url, proc, log
+    # the suite fails on any uncaught exception the server logged while it ran
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text and "Uncaught" not in text, text[-4000:]
 
 
 @pytest.fixture()
