@@ -5,8 +5,10 @@ sidebar link, "New patient" or a download button straight after typing moves the
 and starts the click's own run at once; what was typed did not reach the case in 2 of 3
 tries (the page shows "Press Enter to apply" until it does). The guard holds such a click:
 it lets the field commit (its ``on_change`` copies the value into the case store), waits
-until that run has finished, then clicks again for the user. Clicks with nothing pending
-pass straight through.
+until that run has finished, then clicks again for the user. A click on a link or button
+while a run is going on is held the same way until it ends (a download clicked mid-run
+asked for a file that the run had replaced: "Deferred file not found"). Other clicks pass
+straight through.
 """
 
 import streamlit as st
@@ -30,16 +32,19 @@ export default function(component) {
     const app = doc.querySelector("[data-test-script-state]");
     const state = app ? app.getAttribute("data-test-script-state") : "notRunning";
     return state !== "running" && state !== "rerunRequested" &&
-      !doc.querySelector("[data-testid=stStatusWidget] button");
+      !doc.querySelector("[data-testid=stStatusWidget]");
   }
-  function whenIdle(done) {
-    let calm = 0, waited = 0;
+  // after a commit, wait for its run to start (or 1.5 s) and then to end and stay ended
+  function whenIdle(done, expectRun) {
+    let calm = 0, waited = 0, started = !expectRun;
     const tick = () => {
-      calm = idle() ? calm + 1 : 0;
+      const quiet = idle();
+      started = started || !quiet || waited > 1500;
+      calm = quiet && started ? calm + 1 : 0;
       waited += 50;
-      if (calm >= 4 || waited > 15000) { done(); } else { setTimeout(tick, 50); }
+      if (calm >= 6 || waited > 30000) { done(); } else { setTimeout(tick, 50); }
     };
-    setTimeout(tick, 100);
+    setTimeout(tick, 50);
   }
   doc.addEventListener("pointerdown", (ev) => {
     if (replaying) { return; }
@@ -47,14 +52,16 @@ export default function(component) {
     pending = field && !field.contains(ev.target) ? field : null;
   }, true);
   doc.addEventListener("click", (ev) => {
-    if (replaying || !pending) { return; }
+    if (replaying) { return; }
     const control = ev.target.closest("a, button");
     const field = pending;
     pending = null;
-    if (!control) { return; }
+    // hold a click on a link or button while a field waits to commit or a run is going on
+    // (a download clicked mid-run would ask for a file that run replaced)
+    if (!control || (!field && idle())) { return; }
     ev.preventDefault();
     ev.stopImmediatePropagation();
-    field.blur();
+    if (field) { field.blur(); }
     const label = control.getAttribute("href") || control.textContent;
     whenIdle(() => {
       // the run may have redrawn the control: find it again by its link or label
@@ -64,7 +71,7 @@ export default function(component) {
           (c) => (c.getAttribute("href") || c.textContent) === label) || null;
       }
       if (again) { replaying = true; again.click(); replaying = false; }
-    });
+    }, Boolean(field));
   }, true);
 }
 """

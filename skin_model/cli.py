@@ -213,6 +213,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_robustness(args: argparse.Namespace) -> int:
+    """``robustness``: changed copies of a split's images against the plain ones."""
+    from skin_model.robustness import run
+
+    result = run(args.model, args.data_dir, args.split, args.out, args.limit)
+    plain = result["plain"]
+    print(
+        f"{result['n_images']} {args.split} images: balanced accuracy "
+        f"{plain['balanced_accuracy']:.3f}, malignant AUC {plain['malignant_auc']:.3f}"
+    )
+    for name, c in result["changes"].items():
+        print(
+            f"  {name}: balanced accuracy {c['balanced_accuracy']:.3f} "
+            f"({-c['balanced_accuracy_cost']:+.3f}), AUC {c['malignant_auc']:.3f} "
+            f"({-c['auc_cost']:+.3f}), referrals changed {100 * c['referrals_changed']:.1f}%"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its subcommands."""
     default_data = Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR))
@@ -293,6 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=("saved_model", "litert", "onnx"), required=True)
     x.add_argument("--out", type=Path, required=True, help="folder (saved_model) or file")
     x.set_defaults(func=cmd_export)
+    r = sub.add_parser(
+        "robustness", help="changed copies (field of view, casts, rotation...) of a split"
+    )
+    r.add_argument("model", type=Path, nargs="?", default=DEFAULT_MODEL_DIR)
+    r.add_argument("--data-dir", type=Path, default=default_data)
+    r.add_argument("--split", choices=("val", "calib", "test"), default="val")
+    r.add_argument("--limit", type=int, default=0, help="first N images of the split only")
+    r.add_argument("--out", type=Path, help="write the JSON here")
+    r.set_defaults(func=cmd_robustness)
     return parser
 
 

@@ -68,3 +68,27 @@ def test_the_summary_reads_the_verdict_fields_not_its_wording(shipped_bundle):
     assert summary_row(reworded)["referral"] == (
         "REFER" if outcome.verdict.refer else "below threshold"
     )
+
+
+def test_changed_copies_are_scored_beside_the_plain_images(trained_bundle):
+    from skin_model.imaging import decode_image
+    from skin_model.robustness import (
+        CHANGES,
+        robustness,
+        round_field,
+        round_mask,
+        transparent_corners,
+    )
+
+    codes = ("mel", "nv", "bcc", "bkl", "akiec", "df", "vasc")
+    images = [lesion_image(dx, 30 + i) for i, dx in enumerate(codes * 2)]
+    labels = np.array([i % 7 for i in range(len(images))])
+    result = robustness(trained_bundle, images, labels)
+    assert set(result["changes"]) == set(CHANGES) and result["n_images"] == 14
+    for c in result["changes"].values():
+        assert 0.0 <= c["referrals_changed"] <= 1.0 and np.isfinite(c["auc_cost"])
+    # transparency is composited as the decoder does it: black, like a round field of view
+    png = decode_image(transparent_corners(images[0]))
+    inside = round_mask(*images[0].shape[:2])
+    np.testing.assert_array_equal(png, np.where(inside[..., None], images[0], 0))
+    assert decode_image(round_field(images[0]))[~inside].mean() < 5  # black, up to JPEG ringing
