@@ -20,6 +20,7 @@ export default function(component) {
   const doc = window.document;
   let pending = null;   // the edited field the pressed control took the focus from
   let replaying = false;
+  let committing = 0;   // until when a field's commit (Enter, focus lost) may not have run
 
   function edited(el) {
     if (!el || !(el.tagName === "INPUT" || el.tagName === "TEXTAREA")) { return null; }
@@ -46,6 +47,13 @@ export default function(component) {
     };
     setTimeout(tick, 50);
   }
+  const committed = (ev) => {
+    if (edited(ev.target) && (ev.type === "focusout" || ev.key === "Enter")) {
+      committing = Date.now() + 1500;
+    }
+  };
+  doc.addEventListener("keydown", committed, true);
+  doc.addEventListener("focusout", committed, true);
   doc.addEventListener("pointerdown", (ev) => {
     if (replaying) { return; }
     const field = edited(doc.activeElement);
@@ -58,7 +66,8 @@ export default function(component) {
     pending = null;
     // hold a click on a link or button while a field waits to commit or a run is going on
     // (a download clicked mid-run would ask for a file that run replaced)
-    if (!control || (!field && idle())) { return; }
+    const recent = Date.now() < committing;
+    if (!control || (!field && !recent && idle())) { return; }
     ev.preventDefault();
     ev.stopImmediatePropagation();
     if (field) { field.blur(); }
@@ -71,7 +80,7 @@ export default function(component) {
           (c) => (c.getAttribute("href") || c.textContent) === label) || null;
       }
       if (again) { replaying = true; again.click(); replaying = false; }
-    }, Boolean(field));
+    }, Boolean(field) || recent);
   }, true);
 }
 """
