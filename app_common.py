@@ -12,10 +12,11 @@ import numpy as np
 import streamlit as st
 
 from skin_model import DEFAULT_MODEL_DIR
-from skin_model.advice import DEFAULT_PRESET, PRESETS, pct
-from skin_model.artifacts import METRICS_FILE, ArtifactError, ModelLoadError, read_metrics
-from skin_model.clinic import FALLBACK_SHARE
-from skin_model.inference import load_bundle, predict_images
+from skin_model.model.artifacts import METRICS_FILE, ArtifactError, ModelLoadError
+from skin_model.model.metrics_file import Metrics, read_metrics
+from skin_model.runtime.advice import DEFAULT_PRESET, PRESETS, pct
+from skin_model.runtime.clinic import FALLBACK_SHARE
+from skin_model.runtime.inference import load_bundle, predict_images
 
 NOT_A_DEVICE = (
     "**Not a medical device.** This research tool does not diagnose and must not replace a "
@@ -43,7 +44,7 @@ def _load(path: str):
     """
     import matplotlib.font_manager  # noqa: F401
 
-    from skin_model.explain import explain
+    from skin_model.runtime.explain import explain
 
     bundle = load_bundle(Path(path))
     blank = np.full((bundle.input_size, bundle.input_size, 3), 128, dtype=np.uint8)
@@ -62,7 +63,7 @@ def get_bundle():
 
 
 @st.cache_data(show_spinner=False)
-def _metrics(path: str, mtime: float) -> dict:
+def _metrics(path: str, mtime: float) -> Metrics:
     """Read metrics.json (keyed on its modification time)."""
     return read_metrics(Path(path))
 

@@ -36,8 +36,8 @@ def _flag(text: str) -> bool:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; every TrainConfig field is an option."""
     from skin_model import DEFAULT_DATA_DIR
-    from skin_model.architectures import REGISTRY
-    from skin_model.settings import TrainConfig
+    from skin_model.model.architectures import REGISTRY
+    from skin_model.model.settings import TrainConfig
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -142,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import keras
 
-    from skin_model.data import DataError
-    from skin_model.distribute import DistributionError, PeerLost, read_cluster, work_dir
-    from skin_model.settings import TrainConfig, read_run_config
-    from skin_model.training import train_model
+    from skin_model.data.dataset import DataError
+    from skin_model.model.settings import TrainConfig, read_run_config
+    from skin_model.train.distribute import DistributionError, PeerLost, read_cluster, work_dir
+    from skin_model.train.training import train_model
 
     resume = args.resume is not None
     try:
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.cv:
-        from skin_model.crossval import run_cv
+        from skin_model.train.crossval import run_cv
 
         try:
             only = [int(k) for k in args.cv_folds.split(",")] if args.cv_folds else None

@@ -5,8 +5,8 @@ next; provenance and file digests last.
 import streamlit as st
 
 from app_common import NOT_A_DEVICE, model_dir
-from skin_model.artifacts import ArtifactError, ModelLoadError
-from skin_model.card import card_sections
+from skin_model.model.artifacts import ArtifactError, ModelLoadError
+from skin_model.reports.card import card_sections
 
 st.title("About this model")
 st.warning(NOT_A_DEVICE, icon=":material/warning:")

@@ -15,11 +15,11 @@ from app_common import (
     plain,
 )
 from skin_model import CLASSES, display_name
-from skin_model.advice import headline, operating_point_text, pct
-from skin_model.explain import METHODS, legend_image
-from skin_model.inference import display_threshold
-from skin_model.metadata import SEXES, SITES, PatientContext, site_label
-from skin_model.service import (
+from skin_model.data.metadata import SEXES, SITES, PatientContext, site_label
+from skin_model.runtime.advice import headline, operating_point_text, pct
+from skin_model.runtime.explain import METHODS, legend_image
+from skin_model.runtime.inference import display_threshold
+from skin_model.runtime.service import (
     CaseStore,
     case_report,
     csv_text,
@@ -325,7 +325,7 @@ st.button(
 lesions = store.lesions()
 grouping(store, lesions)
 with st.spinner(f"Classifying {len(store.uploads)} image(s)…"):
-    outcomes = results(bundle, store, prevalence, (metrics or {}).get("malignant", {}).get("tiers"))
+    outcomes = results(bundle, store, prevalence)
 summary(outcomes, prevalence, bundle.config.describe())
 st.caption(
     f"Referral threshold for images alone: {pct(display_threshold(bundle, prevalence))} "

@@ -3,6 +3,8 @@ missed cancers per 1,000, risk tiers), the machine-learning detail below. Every 
 read from the model's metrics.json.
 """
 
+from collections.abc import Sequence
+
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -10,60 +12,63 @@ import streamlit as st
 
 from app_common import clinic_prevalence, get_bundle, get_metrics, table
 from skin_model import CLASSES
-from skin_model.advice import pct
-from skin_model.clinic import per_thousand, risk_at, tier_rows, training_share
-from skin_model.metrics import operating_point_from_roc
-from skin_model.tables import (
+from skin_model.evaluate.metrics import operating_point_from_roc
+from skin_model.model.metrics_file import Metrics
+from skin_model.reports.tables import (
     context_frame,
     headline_frame,
     per_class_frame,
     targets_frame,
 )
+from skin_model.runtime.advice import pct
+from skin_model.runtime.clinic import per_thousand, risk_at, tier_rows, training_share
 
 
-def clinic_view(metrics: dict, prevalence: float, trained: float) -> None:
+def clinic_view(metrics: Metrics, prevalence: float, trained: float) -> None:
     """The referral threshold's consequences per 1,000 lesions, and the risk tiers."""
-    op = metrics["malignant"]["operating_point"]
-    n = per_thousand(op, prevalence)
+    op = metrics.malignant.operating_point
+    if op.sensitivity is None or op.specificity is None:
+        st.info("The test split had no malignant or no benign lesions: no referral figures.")
+        return
+    n = per_thousand(op.sensitivity, op.specificity, prevalence)
     st.subheader(f"At your clinic (about {pct(prevalence)} of examined lesions malignant)")
     c = st.columns(3)
     c[0].metric("Referred per 1,000 lesions", f"{n['referred']:.0f}")
     c[1].metric("Malignant lesions found", f"{n['found']:.0f} of {1000 * prevalence:.0f}")
     c[2].metric("Malignant lesions missed", f"{n['missed']:.1f} per 1,000")
-    shown = pct(risk_at(op["threshold"], trained, prevalence))
+    shown = pct(risk_at(op.threshold, trained, prevalence))
     st.markdown(
         f"At the shipped referral threshold ({shown} risk at your prevalence), the model "
-        f"referred {op['sensitivity'] * 100:.1f}% of "
-        f"malignant and {(1 - op['specificity']) * 100:.1f}% of benign test lesions "
+        f"referred {op.sensitivity * 100:.1f}% of "
+        f"malignant and {(1 - op.specificity) * 100:.1f}% of benign test lesions "
         "(new patients, never seen in training)."
     )
-    tiers = metrics["malignant"].get("tiers")
+    tiers = metrics.malignant.tiers
     if tiers:
         rows = tier_rows(tiers, prevalence, trained)
         st.markdown("**What each result means** (test lesions, re-weighted to your prevalence)")
         st.dataframe(pd.DataFrame(rows), hide_index=True)
 
 
-def explorer(metrics: dict, prevalence: float, trained: float) -> None:
+def explorer(metrics: Metrics, prevalence: float, trained: float) -> None:
     """Other thresholds, from the stored test ROC points (the shipped one exactly)."""
-    mal = metrics["malignant"]
-    op = mal["operating_point"]
-    if not mal.get("roc"):
+    roc, op = metrics.malignant.roc, metrics.malignant.operating_point
+    if roc is None or not roc.thresholds or op.sensitivity is None or op.specificity is None:
         return
     with st.expander("What if the threshold were different?"):
-        options = sorted({round(float(t), 6) for t in mal["roc"]["thresholds"]} | {op["threshold"]})
+        options = sorted({round(float(t), 6) for t in roc.thresholds} | {op.threshold})
         chosen = st.select_slider(
             "Referral threshold (risk at your prevalence)",
             options=options,
-            value=op["threshold"],
+            value=op.threshold,
             format_func=lambda t: pct(risk_at(t, trained, prevalence)),
         )
         point = (
-            op
-            if chosen == op["threshold"]
-            else operating_point_from_roc(mal["roc"], prevalence, chosen)
+            op.as_dict()
+            if chosen == op.threshold
+            else operating_point_from_roc(roc.as_dict(), prevalence, chosen)
         )
-        n = per_thousand(point, prevalence)
+        n = per_thousand(point["sensitivity"], point["specificity"], prevalence)
         e = st.columns(4)
         e[0].metric("Sensitivity", f"{point['sensitivity']:.3f}")
         e[1].metric("Specificity", f"{point['specificity']:.3f}")
@@ -75,10 +80,12 @@ def explorer(metrics: dict, prevalence: float, trained: float) -> None:
         )
 
 
-def confusion(metrics: dict) -> None:
+def confusion(metrics: Metrics) -> None:
     """Row-normalised confusion matrix."""
-    counts = np.array(metrics["confusion_matrix"]["counts"])
-    labels = metrics["confusion_matrix"]["labels"]
+    counts = np.array(metrics.confusion_counts)
+    labels = list(metrics.confusion_labels)
+    if not labels:
+        return
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     cm = pd.DataFrame(
         [
@@ -97,22 +104,18 @@ def confusion(metrics: dict) -> None:
     st.altair_chart(heat + text, width="stretch", height=360)
 
 
-def roc_curves(metrics: dict) -> None:
+def roc_curves(metrics: Metrics) -> None:
     """Per-class and malignant ROC curves, legend below the plot."""
-    rows = []
-    for k in CLASSES:
-        roc = metrics["per_class"][k]["roc"]
-        if roc:
-            rows += [
-                {"curve": k, "fpr": x, "tpr": y}
-                for x, y in zip(roc["fpr"], roc["tpr"], strict=False)
-            ]
-    roc = metrics["malignant"]["roc"]
-    if roc:
-        rows += [
-            {"curve": "malignant vs benign", "fpr": x, "tpr": y}
-            for x, y in zip(roc["fpr"], roc["tpr"], strict=False)
-        ]
+    curves = [(k, metrics.per_class[k].roc) for k in CLASSES if k in metrics.per_class]
+    curves.append(("malignant vs benign", metrics.malignant.roc))
+    rows = [
+        {"curve": name, "fpr": x, "tpr": y}
+        for name, roc in curves
+        if roc is not None
+        for x, y in zip(roc.fpr, roc.tpr, strict=False)
+    ]
+    if not rows:
+        return
     chart = (
         alt.Chart(pd.DataFrame(rows))
         .mark_line()
@@ -125,7 +128,7 @@ def roc_curves(metrics: dict) -> None:
     st.altair_chart(chart, width="stretch", height=420)
 
 
-def reliability(bins: list[dict], x: str, y: str, x_title: str, y_title: str):
+def reliability(bins: Sequence[dict], x: str, y: str, x_title: str, y_title: str):
     """A reliability diagram (bars per bin, the diagonal) from stored bins."""
     frame = pd.DataFrame([b for b in bins if b["count"]])
     if frame.empty:
@@ -147,26 +150,26 @@ def reliability(bins: list[dict], x: str, y: str, x_title: str, y_title: str):
     return bars + diag
 
 
-def calibration(metrics: dict) -> None:
+def calibration(metrics: Metrics) -> None:
     """The malignant risk's reliability."""
-    mal_cal = metrics["malignant"].get("calibration")
-    if mal_cal:
+    mal_cal = metrics.malignant.calibration
+    if mal_cal and mal_cal.mean_risk is not None and mal_cal.observed_share is not None:
         st.markdown(
-            f"Malignant risk against what happened: ECE {mal_cal['ece']:.3f}; mean risk "
-            f"{mal_cal['mean_risk']:.3f} vs observed malignant share "
-            f"{mal_cal['observed_share']:.3f}."
+            f"Malignant risk against what happened: ECE {mal_cal.ece:.3f}; mean risk "
+            f"{mal_cal.mean_risk:.3f} vs observed malignant share "
+            f"{mal_cal.observed_share:.3f}."
         )
-        chart = reliability(mal_cal["bins"], "mean_risk", "observed", "mean risk", "observed share")
+        chart = reliability(mal_cal.bins, "mean_risk", "observed", "mean risk", "observed share")
         if chart is not None:
             st.altair_chart(chart, width="stretch", height=420)
 
 
-def ml_detail(metrics: dict) -> None:
+def ml_detail(metrics: Metrics) -> None:
     """Machine-learning figures, each in its own expander."""
     st.subheader("Machine-learning detail")
     with st.expander("Headline test figures with intervals"):
         table(headline_frame(metrics))
-        st.caption(metrics.get("intervals_method", ""))
+        st.caption(metrics.intervals_method)
     with st.expander("Against the project's quality targets"):
         table(targets_frame(metrics))
     with st.expander("Per class"):
@@ -176,11 +179,11 @@ def ml_detail(metrics: dict) -> None:
         roc_curves(metrics)
     with st.expander("Calibration of the malignant risk"):
         calibration(metrics)
-    if metrics.get("with_metadata"):
+    if metrics.with_metadata:
         with st.expander("With and without patient details"):
             table(context_frame(metrics))
-    robust = metrics.get("robustness")
-    if robust:
+    robust = metrics.robustness
+    if robust.get("white_balance"):
         with st.expander("Another dermatoscope's colours (white-balance shift)"):
             wb = robust["white_balance"]
             st.markdown(
@@ -188,7 +191,7 @@ def ml_detail(metrics: dict) -> None:
                 f"(cost {robust['white_balance_cost']:+.3f}), malignant AUC "
                 f"{wb['malignant_auc']:.3f}."
             )
-    grouping = metrics.get("lesion_grouping")
+    grouping = metrics.lesion_grouping
     if grouping:
         with st.expander("Several images of one lesion"):
             st.markdown(
@@ -207,7 +210,7 @@ bundle = get_bundle()
 trained = training_share(bundle.malignant_share if bundle else None, metrics)
 prevalence = clinic_prevalence(trained)
 st.caption(
-    f"{metrics.get('evaluated_on', 'evaluation')}: {metrics['n_images']} images. Every figure "
+    f"{metrics.evaluated_on}: {metrics.n_images} images. Every figure "
     "here is read from the model's metrics.json; the clinic setting is in the sidebar."
 )
 clinic_view(metrics, prevalence, trained)

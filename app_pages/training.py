@@ -2,26 +2,24 @@
 epoch whose weights each run kept; cross-validation, ensemble and attempts tables.
 """
 
-import json
-
 import altair as alt
 import pandas as pd
 import streamlit as st
 
 from app_common import model_dir, table
 from skin_model import REPO_ROOT
-from skin_model.artifacts import (
+from skin_model.model.artifacts import (
     ATTEMPTS_FILE,
     CV_FILE,
-    METRICS_FILE,
     ArtifactError,
     find_cv_dirs,
     find_model_dirs,
     read_history,
     read_json,
 )
-from skin_model.card import cv_summary_text
-from skin_model.tables import attempts_frame, cv_frame, ensemble_frame
+from skin_model.model.metrics_file import read_metrics
+from skin_model.reports.card import cv_summary_text
+from skin_model.reports.tables import attempts_frame, cv_frame, ensemble_frame
 
 PANELS = [
     ("loss", "Loss"),
@@ -34,9 +32,10 @@ PANELS = [
 def kept_epoch(directory, history: pd.DataFrame) -> int:
     """The epoch whose weights the run kept (metrics.json), else its last."""
     try:
-        return int(read_json(directory / METRICS_FILE)["training"]["best_epoch"])
-    except (OSError, KeyError, ValueError, json.JSONDecodeError):
-        return int(history["epoch"].max())
+        best = read_metrics(directory).best_epoch
+    except ArtifactError:
+        best = None
+    return int(history["epoch"].max()) if best is None else best
 
 
 def long_history(dirs) -> tuple[pd.DataFrame, pd.DataFrame]:

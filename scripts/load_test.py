@@ -38,9 +38,9 @@ def cli_expectations(files: list[Path]) -> dict[str, str]:
     """Expected headline per file name, from the CLI code path at the app's default
     clinic prevalence.
     """
-    from skin_model.advice import DEFAULT_PRESET, PRESETS, pct
-    from skin_model.inference import load_bundle
-    from skin_model.predict import predict_files
+    from skin_model.runtime.advice import DEFAULT_PRESET, PRESETS, pct
+    from skin_model.runtime.inference import load_bundle
+    from skin_model.runtime.predict import predict_files
 
     rows = predict_files(
         load_bundle(DEFAULT_MODEL_DIR), files, prevalence=PRESETS[DEFAULT_PRESET][1]

@@ -1,7 +1,17 @@
 """skin_model: data, models, training, evaluation, inference and explanations for
 dermoscopic skin-lesion classification on the 7 HAM10000 classes.
 
-The package holds no Streamlit code; the app and the CLI are thin layers over it.
+The package holds no Streamlit code; the app and the CLI are thin layers over it. Its
+folders are the stages, each importing only from those above it in this list:
+
+- ``data``: decoding, the quality gate, patient context, the split and input pipeline;
+- ``model``: networks, backbones, the post-hoc layer and detector, the model files;
+- ``runtime``: inference, the one pipeline to a verdict, Grad-CAM, CSV, PDF, exports;
+- ``evaluate``: metrics, evaluation, robustness, ensembles, the benchmark;
+- ``reports``: tables, the model card, the README's generated sections;
+- ``train``: training, several processes, finalising, cross-validation.
+
+``cli`` (``python -m skin_model``) sits on top of them all.
 """
 
 from pathlib import Path

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from skin_model import CLASSES, DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR
-from skin_model.artifacts import SPLIT_FILE
-from skin_model.predict import CHUNK, expand_paths, predict_files
+from skin_model.model.artifacts import SPLIT_FILE
+from skin_model.runtime.predict import CHUNK, expand_paths, predict_files
 
 
 class UsageError(Exception):
@@ -42,8 +42,8 @@ def progress_bar(stream=sys.stderr, width: int = 30) -> Callable[[int, int], Non
 
 def load_model_or_exit(model_dir: Path):
     """Load a model directory; turn a load failure into a usage error with its message."""
-    from skin_model.artifacts import ModelLoadError
-    from skin_model.inference import load_bundle
+    from skin_model.model.artifacts import ModelLoadError
+    from skin_model.runtime.inference import load_bundle
 
     try:
         return load_bundle(model_dir)
@@ -60,11 +60,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.cam_dir.mkdir(parents=True, exist_ok=True)
     bundle = load_model_or_exit(args.model)
     show = progress_bar() if (len(files) > CHUNK and not args.quiet) else None
-    from skin_model.results import write_rows
+    from skin_model.runtime.results import write_rows
 
     contexts = None
     if args.metadata is not None:
-        from skin_model.metadata import MetadataError, read_metadata_csv
+        from skin_model.data.metadata import MetadataError, read_metadata_csv
 
         try:
             contexts = read_metadata_csv(args.metadata)
@@ -89,8 +89,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``evaluate``: metrics of the model on a labelled HAM10000-layout folder."""
     import pandas as pd
 
-    from skin_model.data import DataError, read_metadata
-    from skin_model.evaluation import evaluate_frame
+    from skin_model.data.dataset import DataError, read_metadata
+    from skin_model.evaluate.evaluation import evaluate_frame
 
     try:
         df = read_metadata(args.data_dir)
@@ -147,8 +147,8 @@ def _f(x) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """``bench``: speed, memory and quality figures (see :mod:`skin_model.bench`)."""
-    from skin_model.bench import run_bench
+    """``bench``: speed, memory and quality figures (see :mod:`skin_model.evaluate.bench`)."""
+    from skin_model.evaluate.bench import run_bench
 
     run_bench(model_dir=args.model, data_dir=args.data_dir, quick=args.quick, out=args.out)
     return 0
@@ -156,9 +156,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
     """``ensemble``: members' and their average's figures on validation and test, speed."""
-    from skin_model.artifacts import ModelLoadError, write_json
-    from skin_model.data import DataError
-    from skin_model.ensemble import evaluate_cv_ensemble, evaluate_ensemble
+    from skin_model.data.dataset import DataError
+    from skin_model.evaluate.ensemble import evaluate_cv_ensemble, evaluate_ensemble
+    from skin_model.model.artifacts import ModelLoadError, write_json
 
     try:
         if args.cv:
@@ -181,9 +181,9 @@ def cmd_quality(args: argparse.Namespace) -> int:
     """``quality``: choose the image-quality limits on HAM10000 and write them."""
     import pandas as pd
 
-    from skin_model.data import DataError, read_metadata
-    from skin_model.imaging import decode_image
-    from skin_model.quality import LIMITS_FILE, choose_limits
+    from skin_model.data.dataset import DataError, read_metadata
+    from skin_model.data.imaging import decode_image
+    from skin_model.data.quality import LIMITS_FILE, QualityGate
 
     try:
         df = read_metadata(args.data_dir)
@@ -192,7 +192,8 @@ def cmd_quality(args: argparse.Namespace) -> int:
     split = pd.read_csv(Path(args.model) / SPLIT_FILE, dtype=str)
     ids = set(split.loc[split["split"] == "calib", "image_id"])
     paths = df.loc[df["image_id"].isin(ids), "path"]
-    result = choose_limits([decode_image(Path(p).read_bytes()) for p in paths], args.false_alarm)
+    images = [decode_image(Path(p).read_bytes()) for p in paths]
+    result = QualityGate(false_alarm=args.false_alarm).fit(images).to_config()
     result["images"] = f"calibration part of {Path(args.model).name}/split.csv"
     out = args.out or LIMITS_FILE
     Path(out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
@@ -202,8 +203,8 @@ def cmd_quality(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``export``: the model as a SavedModel, LiteRT or ONNX file with everything inside."""
-    from skin_model.artifacts import ModelLoadError
-    from skin_model.serving import ExportError, export
+    from skin_model.model.artifacts import ModelLoadError
+    from skin_model.runtime.serving import ExportError, export
 
     try:
         out = export(args.model_dir, args.format, args.out)
@@ -215,7 +216,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_robustness(args: argparse.Namespace) -> int:
     """``robustness``: changed copies of a split's images against the plain ones."""
-    from skin_model.robustness import run
+    from skin_model.evaluate.robustness import run
 
     result = run(args.model, args.data_dir, args.split, args.out, args.limit)
     plain = result["plain"]
@@ -303,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data-dir", type=Path, default=default_data)
     q.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="whose split to use")
     q.add_argument("--false-alarm", type=float, default=0.005, help="share flagged per measure")
-    q.add_argument("--out", type=Path, help="default: skin_model/quality.json")
+    q.add_argument("--out", type=Path, help="default: skin_model/data/quality.json")
     q.set_defaults(func=cmd_quality)
     x = sub.add_parser(
         "export", help="the model for TF Serving, LiteRT or ONNX Runtime (post-hoc layer inside)"

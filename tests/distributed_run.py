@@ -27,8 +27,8 @@ import tests.tiny_architecture  # noqa: F401  (registers the "tiny" architecture
 
 
 def main(argv: list[str]) -> int:
-    from skin_model.settings import TrainConfig
-    from skin_model.training import read_weight_list, train_model
+    from skin_model.model.settings import TrainConfig
+    from skin_model.train.training import read_weight_list, train_model
 
     data, out, devices = Path(argv[0]), Path(argv[1]), argv[2]
     cfg = TrainConfig(

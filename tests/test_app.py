@@ -8,10 +8,11 @@ import shutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import skin_model.pipeline
-import skin_model.service
+import skin_model.runtime.pipeline
+import skin_model.runtime.service
 from skin_model import REPO_ROOT
-from skin_model.advice import TIER_TEXT, pct, share_at, tier_key
+from skin_model.model.metrics_file import read_metrics
+from skin_model.runtime.advice import TIER_TEXT, pct, share_at, tier_key
 from tests.bad_inputs import bad_inputs
 from tests.conftest import jpeg_bytes, lesion_image
 
@@ -84,13 +85,13 @@ def test_classify_shows_verdict_differential_overlay_and_downloads(monkeypatch, 
 
 def test_tier_and_its_evidence_come_from_metrics(monkeypatch, trained_dir, trained_bundle):
     at = _upload(_app(monkeypatch, trained_dir).run(), ("a.jpg", lesion_image("mel", 4)))
-    from skin_model.inference import predict_images
+    from skin_model.runtime.inference import predict_images
 
     pred = predict_images(trained_bundle, [lesion_image("mel", 4)])[0]
-    metrics = json.loads((trained_dir / "metrics.json").read_text())
+    tiers = read_metrics(trained_dir).malignant.tiers
     key = tier_key(pred.base_risk, pred.base_threshold)
     prevalence = 0.05  # the primary-care preset, the default
-    share = share_at(next(t for t in metrics["malignant"]["tiers"] if t["key"] == key), prevalence)
+    share = share_at(next(t for t in tiers if t.key == key), prevalence)
     text = _texts(at)
     assert TIER_TEXT[key][0] in at.dataframe[0].value["risk tier"].iloc[0]
     assert f"about {max(share * 100, 0.1):.0f} of 100" in text or "fewer than 1 in 100" in text
@@ -100,7 +101,7 @@ def test_tier_and_its_evidence_come_from_metrics(monkeypatch, trained_dir, train
 def test_prevalence_from_the_sidebar_reweights_every_figure(
     monkeypatch, trained_dir, trained_bundle
 ):
-    from skin_model.inference import predict_images
+    from skin_model.runtime.inference import predict_images
 
     image = lesion_image("mel", 4)
     at = _upload(_app(monkeypatch, trained_dir).run(), ("a.jpg", image))
@@ -145,17 +146,17 @@ def test_each_case_keeps_its_own_record_and_new_patient_clears_every_field(
 
     a, b = lesion_image("mel", 11), lesion_image("nv", 12)
     at = _upload(_app(monkeypatch, trained_dir).run(), ("a.jpg", a), ("b.jpg", b))
-    ka, kb = (skin_model.service.digest(jpeg_bytes(x)) for x in (a, b))
+    ka, kb = (skin_model.runtime.service.digest(jpeg_bytes(x)) for x in (a, b))
     at.text_input(key=f"ref_{ka}").set_value("R-1").run()
     at.text_input(key=f"notes_{ka}").set_value("left shoulder, =1+1").run()
     at.text_input(key=f"notes_{kb}").set_value("second lesion").run()
     assert not at.exception
-    from skin_model.inference import load_bundle
+    from skin_model.runtime.inference import load_bundle
 
     bundle = load_bundle(trained_dir)
     store = at.session_state["case_store"]
-    outcomes = skin_model.service.results(bundle, store, 0.05, None)
-    text = skin_model.service.csv_text(outcomes, 0.05, "model v1")
+    outcomes = skin_model.runtime.service.results(bundle, store, 0.05)
+    text = skin_model.runtime.service.csv_text(outcomes, 0.05, "model v1")
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [(r["case"], r["reference"], r["notes"]) for r in rows] == [
         ("Case 1", "R-1", "left shoulder, =1+1"),
@@ -164,7 +165,9 @@ def test_each_case_keeps_its_own_record_and_new_patient_clears_every_field(
     assert all(r["model"] == "model v1" and r["created"] for r in rows)
     assert rows[0]["malignant_risk_shown"].endswith("%")
     # each case's report carries its own record
-    pdfs = [skin_model.service.case_report(bundle, store, o, None, "", 0.5) for o in outcomes]
+    pdfs = [
+        skin_model.runtime.service.case_report(bundle, store, o, None, "", 0.5) for o in outcomes
+    ]
     texts = [" ".join(p.extract_text() for p in PdfReader(io.BytesIO(d)).pages) for d in pdfs]
     assert "left shoulder" in texts[0] and "second lesion" not in texts[0]
     assert "second lesion" in texts[1] and "R-1" not in texts[1] and "Case 2" in texts[1]
@@ -176,12 +179,12 @@ def test_each_case_keeps_its_own_record_and_new_patient_clears_every_field(
 
 
 def test_images_of_one_lesion_make_one_case(monkeypatch, trained_dir, trained_bundle):
-    from skin_model.inference import predict_images
+    from skin_model.runtime.inference import predict_images
 
     a, b = lesion_image("mel", 5), lesion_image("mel", 6)
     at = _upload(_app(monkeypatch, trained_dir).run(), ("a.jpg", a), ("b.jpg", b))
     assert len(at.dataframe[0].value) == 2
-    keys = [skin_model.service.digest(jpeg_bytes(x)) for x in (a, b)]
+    keys = [skin_model.runtime.service.digest(jpeg_bytes(x)) for x in (a, b)]
     at = at.multiselect(key="group_pick").set_value(keys).run()
     next(x for x in at.button if x.label == "Combine into one case").click().run()
     assert not at.exception
@@ -200,7 +203,9 @@ def test_the_same_image_under_two_names_gives_two_cases(monkeypatch, trained_dir
     assert not at.exception and not _errors(at)
     assert [_shown(s.value) for s in at.subheader][1:] == list(names)
     assert len(at.dataframe[0].value) == 2
-    at.number_input(key=_key(at, "age_" + skin_model.service.digest(jpeg_bytes(image)) + "-2"))
+    at.number_input(
+        key=_key(at, "age_" + skin_model.runtime.service.digest(jpeg_bytes(image)) + "-2")
+    )
     # image captions are Markdown: the names are escaped so that they show as typed
     captions = [c for i in at.get("image") for c in (im.caption for im in i.proto.imgs)]
     assert r"\*\*bold\*\*\.jpg" in captions and r"\$x\$ copy\.jpg" in captions
@@ -222,13 +227,13 @@ def test_each_bad_upload_gets_its_own_error_and_good_ones_results(monkeypatch, t
 
 def test_overlay_changes_do_not_rerun_the_classifier(monkeypatch, trained_dir):
     calls = []
-    original = skin_model.pipeline.predict_images
+    original = skin_model.runtime.pipeline.predict_images
 
     def counting(bundle, images, *args, **kwargs):
         calls.append(len(images))
         return original(bundle, images, *args, **kwargs)
 
-    monkeypatch.setattr(skin_model.pipeline, "predict_images", counting)
+    monkeypatch.setattr(skin_model.runtime.pipeline, "predict_images", counting)
     at = _upload(_app(monkeypatch, trained_dir).run(), ("a.jpg", lesion_image("mel", 4)))
     assert calls == [1]
     at.slider(key=_key(at, "alpha_")).set_value(0.8).run()
@@ -244,7 +249,10 @@ def _captions(image) -> list[str]:
 
 def test_patient_details_update_the_result_without_decoding_again(monkeypatch, trained_dir):
     calls, decodes = [], []
-    original, decode = skin_model.pipeline.predict_images, skin_model.pipeline.decode_image
+    original, decode = (
+        skin_model.runtime.pipeline.predict_images,
+        skin_model.runtime.pipeline.decode_image,
+    )
 
     def counting(bundle, images, prevalence=None, contexts=None, *args, **kwargs):
         calls.append([c.describe() if c else "none given" for c in contexts])
@@ -254,8 +262,8 @@ def test_patient_details_update_the_result_without_decoding_again(monkeypatch, t
         decodes.append(1)
         return decode(data)
 
-    monkeypatch.setattr(skin_model.pipeline, "predict_images", counting)
-    monkeypatch.setattr(skin_model.pipeline, "decode_image", counting_decode)
+    monkeypatch.setattr(skin_model.runtime.pipeline, "predict_images", counting)
+    monkeypatch.setattr(skin_model.runtime.pipeline, "decode_image", counting_decode)
     at = _upload(_app(monkeypatch, trained_dir).run(), ("a.jpg", lesion_image("mel", 4)))
     assert calls == [["none given"]] and len(decodes) == 1
     at.number_input(key=_key(at, "age_")).set_value(71).run()

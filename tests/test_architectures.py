@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from keras import layers
 
-from skin_model.architectures import REGISTRY, ArchitectureSpec, spec_for
-from skin_model.settings import ConfigError, TrainConfig
+from skin_model.model.architectures import REGISTRY, ArchitectureSpec, spec_for
+from skin_model.model.settings import ConfigError, TrainConfig
 
 
 def test_every_spec_builds_a_flat_model_with_its_named_layers():
@@ -67,10 +67,10 @@ def test_weight_sources_resolve_by_name_and_name_their_provenance(monkeypatch, t
 def test_a_new_backbone_is_one_spec_entry_and_its_builder(monkeypatch):
     """Everything downstream (builder options, context check, optimizer head, Grad-CAM
     candidates, detector layers) reads the spec: registering one is all it takes."""
-    from skin_model.finalise import cam_candidates
-    from skin_model.inference import ModelBundle
-    from skin_model.model_config import ModelConfig
-    from skin_model.training import compile_model
+    from skin_model.model.config import ModelConfig
+    from skin_model.runtime.inference import ModelBundle
+    from skin_model.train.finalise import cam_candidates
+    from skin_model.train.training import compile_model
 
     def make_tiny(input_size: int, width: float = 1.0):
         inputs = keras.Input((input_size, input_size, 3), name="image")
@@ -98,7 +98,7 @@ def test_a_new_backbone_is_one_spec_entry_and_its_builder(monkeypatch):
 
 
 def test_shades_of_gray_undoes_a_colour_cast_and_survives_saving(tmp_path):
-    from skin_model.models import ShadesOfGray
+    from skin_model.model.networks import ShadesOfGray
 
     rng = np.random.default_rng(0)
     image = rng.uniform(60, 200, (1, 32, 32, 3)).astype(np.float32)

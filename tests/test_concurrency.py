@@ -5,13 +5,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from skin_model.explain import explain
-from skin_model.inference import predict_images
+from skin_model.runtime.explain import explain
+from skin_model.runtime.inference import predict_images
 from tests.conftest import lesion_image
 
 
 def test_parallel_predictions_and_cams_match_sequential(trained_dir):
-    from skin_model.inference import load_bundle
+    from skin_model.runtime.inference import load_bundle
 
     bundle = load_bundle(trained_dir)
     images = [lesion_image(dx, i) for i, dx in enumerate(["mel", "nv", "bcc", "df"] * 3)]
@@ -32,7 +32,7 @@ def test_parallel_predictions_and_cams_match_sequential(trained_dir):
 
 
 def test_smaller_chunks_give_the_same_predictions(trained_dir):
-    from skin_model.inference import load_bundle
+    from skin_model.runtime.inference import load_bundle
 
     bundle = load_bundle(trained_dir)
     images = [lesion_image(dx, seed) for seed, dx in enumerate(["mel", "nv", "bkl"] * 3)]

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from skin_model import CLASSES
-from skin_model.calibration import late_fusion
-from skin_model.crossval import FUSION_POWERS, assign_folds, choose_fusion_power, read_oof
-from skin_model.training import ema_decay
+from skin_model.model.calibration import late_fusion
+from skin_model.train.crossval import FUSION_POWERS, assign_folds, choose_fusion_power, read_oof
+from skin_model.train.training import ema_decay
 
 
 def _pool(n_lesions_per_class: int = 10, images_per_lesion: int = 3) -> pd.DataFrame:
@@ -70,7 +70,7 @@ def test_ema_decay_halves_in_the_half_life():
 def test_weight_average_keeps_the_last_or_the_first_weights(tmp_path, decay):
     import keras
 
-    from skin_model.training import make_ema_callback, read_ema
+    from skin_model.train.training import make_ema_callback, read_ema
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
@@ -108,7 +108,7 @@ def test_tiny_cross_validation_covers_the_pool_once_and_resumes(
     assert fused < set(table["variant"])
     assert set(table.loc[table["variant"] == "image", "fold"]) == {"0", "1", "mean", "sd", "pooled"}
     assert not list(out.glob("fold*/checkpoint.keras"))  # large files removed once a fold ends
-    from skin_model.tables import cv_frame, markdown
+    from skin_model.reports.tables import cv_frame, markdown
 
     n_variants = table["variant"].nunique()
     frame = cv_frame(summary)
@@ -116,7 +116,7 @@ def test_tiny_cross_validation_covers_the_pool_once_and_resumes(
     assert "p chosen on the other folds" in frame["variant"].iloc[-1]
     assert "image_wb" in set(table["variant"])  # the white-balance-shifted copy is scored
     assert list(out.glob("fold*/fold_model.keras"))  # fold models kept: ensemble members
-    from skin_model.ensemble import evaluate_cv_ensemble
+    from skin_model.evaluate.ensemble import evaluate_cv_ensemble
 
     ens = evaluate_cv_ensemble(out, trained_dir, tiny_data)  # same split, fold models averaged
     assert ens["members"] == ["cv/fold0", "cv/fold1"] and set(ens["parts"]) == {"calib", "test"}
@@ -129,7 +129,7 @@ def test_tiny_cross_validation_covers_the_pool_once_and_resumes(
 
 
 def test_recipe_line_names_every_lever():
-    from skin_model.tables import recipe_text
+    from skin_model.reports.tables import recipe_text
 
     base = {"architecture": "efficientnet_lite0", "input_size": 192, "epochs": 6}
     assert recipe_text(base) == "efficientnet_lite0 @192 px, 6 ep"

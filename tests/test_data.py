@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from skin_model import CLASSES
-from skin_model.data import (
+from skin_model.data.dataset import (
     DataError,
     augment,
     carve_calibration,
@@ -123,8 +123,8 @@ def test_carve_calibration_halves_validation_by_lesion(tiny_data):
 def test_metadata_hiding_blanks_whole_fields():
     import tensorflow as tf
 
-    from skin_model.data import hide_metadata
-    from skin_model.metadata import MISSING, PatientContext, encode, segment_ids
+    from skin_model.data.dataset import hide_metadata
+    from skin_model.data.metadata import MISSING, PatientContext, encode, segment_ids
 
     full = encode(PatientContext(60, "female", "face"))
     seg = segment_ids()
@@ -143,7 +143,7 @@ def test_metadata_hiding_blanks_whole_fields():
 
 def test_make_dataset_feeds_metadata_to_a_two_input_model():
     images = np.random.default_rng(0).integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
-    from skin_model.metadata import DIM, MISSING
+    from skin_model.data.metadata import DIM, MISSING
 
     meta = np.repeat(MISSING[None], 6, axis=0)
     x, _ = next(iter(make_dataset(images, one_hot(["nv"] * 6), 6, False, metadata=meta)))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from skin_model import REPO_ROOT
+from skin_model.model.settings import read_run_record
 
 pytestmark = pytest.mark.slow
 SITE = Path(os.environ.get("SKIN_JAX_SITE", REPO_ROOT / ".jax-site"))
@@ -39,14 +40,14 @@ def test_two_devices_train_as_one(backend, tiny_data, tmp_path):
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4, atol=1e-5)
     for a, b in zip(one["weights"], two["weights"], strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
-    plan = json.loads((tmp_path / "two" / "run_config.json").read_text())["distribution"]
+    plan = read_run_record(tmp_path / "two").distribution
     assert plan["devices"] == 2 and plan["global_batch"] == 16 and plan["per_replica_batch"] == 8
     expected = "MirroredStrategy" if backend == "tensorflow" else "keras.distribution.DataParallel"
     assert plan["strategy"] == expected and plan["mixed_precision"] is False
 
 
 def test_a_two_device_run_finalises_into_a_directory_the_app_loads(tiny_data, tmp_path):
-    from skin_model.inference import load_bundle, predict_images
+    from skin_model.runtime.inference import load_bundle, predict_images
     from tests.conftest import lesion_image
 
     _run("tensorflow", tiny_data, tmp_path / "two", "2", "--finalise")

@@ -8,8 +8,8 @@ import pytest
 
 from skin_model import CLASSES
 from skin_model.cli import main
-from skin_model.ensemble import evaluate_ensemble, figures
-from skin_model.metrics import HEADLINES
+from skin_model.evaluate.ensemble import evaluate_ensemble, figures
+from skin_model.evaluate.metrics import HEADLINES
 
 
 def test_figures_of_perfect_outputs():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from skin_model.explain import (
+from skin_model.runtime.explain import (
     METHODS,
     box_area_share,
     box_energy_ratio,
@@ -61,10 +61,10 @@ def test_box_energy_ratio_by_hand():
 @pytest.fixture(scope="module")
 def fusion_bundle():
     """A two-input (image + metadata) MobileNetV2 at 64 px, random weights."""
-    from skin_model.inference import ModelBundle
-    from skin_model.metadata import DIM
-    from skin_model.model_config import ModelConfig
-    from skin_model.models import make_mobilenetv2
+    from skin_model.data.metadata import DIM
+    from skin_model.model.config import ModelConfig
+    from skin_model.model.networks import make_mobilenetv2
+    from skin_model.runtime.inference import ModelBundle
 
     keras.utils.set_random_seed(1)
     model = make_mobilenetv2(64, metadata_dim=DIM)
@@ -73,8 +73,8 @@ def fusion_bundle():
 
 @pytest.mark.parametrize("layer", ["out_relu", "block_13_expand_relu", "block_6_expand_relu"])
 def test_compiled_gradcam_matches_tf_keras_vis_on_a_two_input_model(fusion_bundle, layer):
-    from skin_model.explain import explain
-    from skin_model.metadata import PatientContext, encode
+    from skin_model.data.metadata import PatientContext, encode
+    from skin_model.runtime.explain import explain
     from tests.conftest import lesion_image
 
     bundle = fusion_bundle
@@ -92,8 +92,8 @@ def test_compiled_gradcam_matches_tf_keras_vis_on_a_two_input_model(fusion_bundl
 
 
 def test_compiled_gradcam_reads_the_named_layer(fusion_bundle):
-    from skin_model.explain import compiled_gradcam, model_inputs
-    from skin_model.metadata import MISSING
+    from skin_model.data.metadata import MISSING
+    from skin_model.runtime.explain import compiled_gradcam, model_inputs
     from tests.conftest import lesion_image
 
     x = model_inputs(fusion_bundle.model, lesion_image("mel", 0), 64, MISSING)
@@ -118,10 +118,10 @@ def test_late_fusion_without_feeding_the_network(fusion_bundle):
     posterior is multiplied in, and only where a context is given."""
     from dataclasses import replace
 
-    from skin_model.calibration import late_fusion
-    from skin_model.inference import network_outputs
-    from skin_model.metadata import MISSING, context_posterior, encode, parse_context
-    from skin_model.posthoc import PostHoc
+    from skin_model.data.metadata import MISSING, ContextModel, encode, parse_context
+    from skin_model.model.calibration import late_fusion
+    from skin_model.model.posthoc import PostHoc
+    from skin_model.runtime.inference import network_outputs
 
     rng = np.random.default_rng(0)
     params = {"coef": rng.normal(size=(7, len(MISSING))).tolist(), "intercept": [0.0] * 7}
@@ -135,5 +135,5 @@ def test_late_fusion_without_feeding_the_network(fusion_bundle):
     fused = bundle.posthoc.fuse(network, meta)
     plain, _ = network_outputs(fusion_bundle, images, 1)
     np.testing.assert_allclose(fused[1], plain[1], atol=1e-6)
-    want = late_fusion(plain[:1], context_posterior(params, meta[:1]), 1.0)
+    want = late_fusion(plain[:1], ContextModel.from_config(params).predict_proba(meta[:1]), 1.0)
     np.testing.assert_allclose(fused[:1], want, atol=1e-5)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skin_model.imaging import MAX_SIDE, ImageError, decode_image, resize_for_model
+from skin_model.data.imaging import MAX_SIDE, ImageError, decode_image, resize_for_model
 from tests.bad_inputs import bad_inputs
 from tests.conftest import jpeg_bytes, lesion_image, png_bytes
 
@@ -41,7 +41,7 @@ def test_rgba_is_flattened_onto_black_like_a_dermatoscope_field_of_view():
 
 
 def test_vignette_blacks_out_the_corners_only():
-    from skin_model.imaging import dermoscope_vignette
+    from skin_model.data.imaging import dermoscope_vignette
 
     image = np.full((150, 200, 3), 180, np.uint8)
     out = dermoscope_vignette(image, 0.4)

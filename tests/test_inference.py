@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from skin_model.inference import dihedral_views
-from skin_model.model_config import SCHEMA, read_model_config
-from skin_model.ood import read_stats, write_stats
+from skin_model.model.config import SCHEMA, read_model_config
+from skin_model.model.ood import read_stats, write_stats
+from skin_model.runtime.inference import dihedral_views
 
 
 def test_dihedral_views_rotations_first():

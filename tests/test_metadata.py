@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skin_model.metadata import (
+from skin_model.data.metadata import (
     DIM,
     MISSING,
     SITES,
@@ -88,7 +88,7 @@ def test_read_metadata_csv(tmp_path):
 
 
 def _contexts(n: int = 140):
-    from skin_model.metadata import SITES, encode_frame
+    from skin_model.data.metadata import SITES, encode_frame
 
     rng = np.random.default_rng(0)
     y = np.arange(n) % 7
@@ -105,19 +105,19 @@ def _contexts(n: int = 140):
 def test_context_model_is_sklearns_logistic_regression():
     from sklearn.linear_model import LogisticRegression
 
-    from skin_model.metadata import context_posterior, fit_context_model
+    from skin_model.data.metadata import ContextModel
 
     vectors, y = _contexts()
-    params = fit_context_model(vectors, y)
-    json.dumps(params)  # stored in config.json
+    model = ContextModel().fit(vectors, y)
+    stored = json.loads(json.dumps(model.to_config()))  # stored in config.json
     clf = LogisticRegression(class_weight="balanced", max_iter=2000).fit(vectors, y)
-    np.testing.assert_allclose(
-        context_posterior(params, vectors), clf.predict_proba(vectors), atol=1e-4
-    )
+    np.testing.assert_allclose(model.predict_proba(vectors), clf.predict_proba(vectors), atol=1e-4)
+    back = ContextModel.from_config({**stored, "power": 1.0})  # fusion settings ride along
+    np.testing.assert_array_equal(back.predict_proba(vectors), model.predict_proba(vectors))
 
 
 def test_has_context_is_false_only_for_the_missing_vector():
-    from skin_model.metadata import MISSING, has_context
+    from skin_model.data.metadata import MISSING, has_context
 
     given = encode(parse_context(40, None, None))
     assert has_context(np.stack([MISSING, given])).tolist() == [False, True]

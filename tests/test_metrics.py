@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from skin_model import CLASSES
-from skin_model.calibration import apply_temperature, fit_temperature, malignant_probability
-from skin_model.metrics import (
+from skin_model.evaluate.metrics import (
     binary_operating_point,
     bootstrap_intervals,
     calibration_bins,
@@ -13,6 +12,7 @@ from skin_model.metrics import (
     operating_point_from_roc,
     target_status,
 )
+from skin_model.model.calibration import apply_temperature, fit_temperature, malignant_probability
 
 # Classes: akiec=0 bcc=1 bkl=2 df=3 mel=4 nv=5 vasc=6
 Y = np.array([5, 5, 5, 4, 4, 1])

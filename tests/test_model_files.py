@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 
-from skin_model.artifacts import ModelLoadError
-from skin_model.inference import load_bundle
+from skin_model.model.artifacts import ModelLoadError
+from skin_model.runtime.inference import load_bundle
 
 
 @pytest.fixture()

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from skin_model.architectures import build_model
-from skin_model.models import BackboneScaledAdamW
+from skin_model.model.architectures import build_model
+from skin_model.model.networks import BackboneScaledAdamW
 
 
 @pytest.mark.parametrize(("arch", "size"), [("skinnet", 64), ("custom_cnn", 64), ("resnet50", 64)])
@@ -87,8 +87,8 @@ def test_backbone_scaled_optimizer_survives_a_checkpoint(tmp_path):
 
 
 def test_training_settings_choose_the_optimizer():
-    from skin_model.settings import TrainConfig
-    from skin_model.training import make_optimizer
+    from skin_model.model.settings import TrainConfig
+    from skin_model.train.training import make_optimizer
 
     assert type(make_optimizer(TrainConfig(), 10)) is keras.optimizers.AdamW
     slow = make_optimizer(TrainConfig(backbone_lr_scale=0.3, head_warmup_epochs=2), 10)

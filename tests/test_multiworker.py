@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from skin_model import REPO_ROOT
+from skin_model.model.settings import read_run_record
 
 SITE = Path(os.environ.get("SKIN_JAX_SITE", REPO_ROOT / ".jax-site"))
 LIMIT_S = 300
@@ -104,7 +105,7 @@ def _one_process(backend, data, out, *options):
 
 
 def _weights(path: Path) -> list[np.ndarray]:
-    from skin_model.training import read_weight_list
+    from skin_model.train.training import read_weight_list
 
     if path.suffix == ".npz":
         return read_weight_list(path)
@@ -126,7 +127,7 @@ def test_two_tensorflow_workers_train_as_one_process_and_only_the_chief_writes(t
     results = _tf_workers(tiny_data, out)
     for code, err, _ in results:
         assert code == 0, err[-3000:]
-    from skin_model.artifacts import check_model_files
+    from skin_model.model.artifacts import check_model_files
 
     check_model_files(out)  # complete: every file the app needs, integrity checked
     for name in ("metrics.json", "MODEL_CARD.md", "config.json", "model.keras"):
@@ -134,7 +135,7 @@ def test_two_tensorflow_workers_train_as_one_process_and_only_the_chief_writes(t
     assert not list(out.parent.glob(".m.worker-*")), "the worker's own directory is left"
     rows = (out.parent / "attempts.csv").read_text().strip().splitlines()
     assert len(rows) == 2, "the chief alone appends the attempts row"
-    plan = json.loads((out / "run_config.json").read_text())["distribution"]
+    plan = read_run_record(out).distribution
     assert plan["strategy"] == "MultiWorkerMirroredStrategy" and plan["hosts"] == 2
     assert plan["global_batch"] == 16 and plan["per_replica_batch"] == 8
     one = _weights(tmp_path / "one" / "m" / "fitted_weights.npz")
@@ -147,7 +148,7 @@ def test_two_jax_processes_train_as_one_process(tiny_data, tmp_path):
     out = tmp_path / "two" / "m"
     for code, err, _ in _jax_processes(tiny_data, out, "--fit-only"):
         assert code == 0, err[-3000:]
-    plan = json.loads((out / "run_config.json").read_text())["distribution"]
+    plan = read_run_record(out).distribution
     assert plan["strategy"] == "keras.distribution.DataParallel" and plan["hosts"] == 2
     assert not list(out.parent.glob(".m.worker-*"))
     one = _weights(tmp_path / "one" / "m" / "fitted_weights.npz")
@@ -174,7 +175,7 @@ def test_a_tensorflow_worker_that_dies_stops_the_run_and_it_resumes(tiny_data, t
 
 @pytest.mark.slow
 def test_a_jax_process_that_dies_stops_the_run_in_bounded_time(tiny_data, tmp_path):
-    from skin_model.distribute import PEER_TIMEOUT_S
+    from skin_model.train.distribute import PEER_TIMEOUT_S
 
     (chief, err, seconds), (worker, _, _) = _jax_processes(
         tiny_data, tmp_path / "m", "--epochs", "3", "--fit-only", die=1
@@ -234,7 +235,7 @@ BAD = [
 
 @pytest.mark.parametrize(("env", "backend", "reason"), BAD)
 def test_contradictory_cluster_settings_are_refused_in_one_line(env, backend, reason):
-    from skin_model.distribute import DistributionError, read_cluster
+    from skin_model.train.distribute import DistributionError, read_cluster
 
     with pytest.raises(DistributionError, match=reason.replace(".", r"\.")) as info:
         read_cluster(backend, env)
@@ -242,7 +243,7 @@ def test_contradictory_cluster_settings_are_refused_in_one_line(env, backend, re
 
 
 def test_the_cluster_says_who_is_chief():
-    from skin_model.distribute import Cluster, read_cluster, work_dir
+    from skin_model.train.distribute import Cluster, read_cluster, work_dir
 
     conf = {"cluster": {"chief": ["c:1"], "worker": ["a:1", "b:2"]}}
     chief = read_cluster(

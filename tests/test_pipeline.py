@@ -3,7 +3,7 @@ files and patient details, heatmap included; the decision travels as data."""
 
 import numpy as np
 
-from skin_model.metadata import PatientContext
+from skin_model.data.metadata import PatientContext
 from tests.conftest import jpeg_bytes, lesion_image
 
 
@@ -17,10 +17,10 @@ def _files(tmp_path):
 
 
 def test_the_cli_and_the_app_give_identical_results_and_heatmaps(shipped_bundle, tmp_path):
-    from skin_model.advice import tier_key
-    from skin_model.pipeline import explained_class
-    from skin_model.predict import predict_files
-    from skin_model.service import CaseStore, csv_text, results
+    from skin_model.runtime.advice import tier_key
+    from skin_model.runtime.pipeline import explained_class
+    from skin_model.runtime.predict import predict_files
+    from skin_model.runtime.service import CaseStore, csv_text, results
 
     bundle = shipped_bundle
     files = _files(tmp_path)
@@ -33,7 +33,7 @@ def test_the_cli_and_the_app_give_identical_results_and_heatmaps(shipped_bundle,
     store = CaseStore()
     keys = store.add([(f.name, f.read_bytes()) for f in files])
     store.set_context(store.lesion_of[keys[0]], details)
-    outcomes = results(bundle, store, 0.05, None)
+    outcomes = results(bundle, store, 0.05)
     import csv
     import io
 
@@ -57,11 +57,11 @@ def test_the_cli_and_the_app_give_identical_results_and_heatmaps(shipped_bundle,
 def test_the_summary_reads_the_verdict_fields_not_its_wording(shipped_bundle):
     from dataclasses import replace
 
-    from skin_model.service import CaseStore, results, summary_row
+    from skin_model.runtime.service import CaseStore, results, summary_row
 
     store = CaseStore()
     store.add([("a.jpg", jpeg_bytes(lesion_image("mel", 3)))])
-    (outcome,) = results(shipped_bundle, store, None, None)
+    (outcome,) = results(shipped_bundle, store, None)
     # another wording, the same decision: the summary does not change
     reworded = replace(outcome, verdict=replace(outcome.verdict, title="Wording: changed"))
     assert summary_row(reworded)["risk tier"] == summary_row(outcome)["risk tier"]
@@ -71,8 +71,8 @@ def test_the_summary_reads_the_verdict_fields_not_its_wording(shipped_bundle):
 
 
 def test_changed_copies_are_scored_beside_the_plain_images(trained_bundle):
-    from skin_model.imaging import decode_image
-    from skin_model.robustness import (
+    from skin_model.data.imaging import decode_image
+    from skin_model.evaluate.robustness import (
         CHANGES,
         robustness,
         round_field,

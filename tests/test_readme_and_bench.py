@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 from keras import layers
 
-from skin_model import readme
-from skin_model.advice import headline, pct, share_at, verdict
-from skin_model.bench import count_flops, format_table, percentiles
-from skin_model.inference import Prediction
+from skin_model.evaluate.bench import count_flops, format_table, percentiles
+from skin_model.reports import readme
+from tests.fakes import prediction as _pred
 
 
 def test_readme_generated_sections_are_current():
     text = readme.README.read_text(encoding="utf-8")
-    assert readme.render(text) == text, "run `python -m skin_model.readme`"
+    assert readme.render(text) == text, "run `python -m skin_model.reports.readme`"
     assert "<!-- metrics:start -->\n<!-- metrics:end -->" not in text
 
 
@@ -43,7 +42,7 @@ def test_percentiles():
 
 
 def test_targets_are_judged_against_the_figures():
-    from skin_model.bench import against
+    from skin_model.evaluate.bench import against
 
     assert against("upload_p50_ms", 40.0) == "(target < 300: met)"
     assert against("upload_p50_ms", 340.0) == "(target < 300: MISSED)"
@@ -63,73 +62,8 @@ def test_recorded_benchmark_formats_and_judges_its_targets():
     assert "shipped / seed resnet50" in text
 
 
-def _pred(p_mal_class: float, looks=True, threshold=0.3):
-    p = np.zeros(7)
-    p[4], p[5] = p_mal_class, 1 - p_mal_class
-    risk = float(p[[0, 1, 4]].sum())
-    return Prediction(
-        probabilities=p,
-        malignant_probability=risk,
-        suspicious=risk >= threshold,
-        unsure=False,
-        ood_score=1.0,
-        looks_dermoscopic=looks,
-        decision=int(np.argmax(p)),
-        threshold=threshold,
-    )
-
-
-TIERS = [
-    {"key": "low", "rate_malignant": 0.05, "rate_benign": 0.65},
-    {"key": "raised", "rate_malignant": 0.35, "rate_benign": 0.3},
-    {"key": "high", "rate_malignant": 0.6, "rate_benign": 0.05},
-]
-
-
-def test_a_warning_never_hides_the_referral_verdict():
-    v = verdict(_pred(0.9, looks=False), 0.93, 0.3, TIERS, 0.05, 0.3, ["blurred"])
-    assert v.refer and v.tier == "high" and v.title == "High risk: refer"
-    assert [label for label, _ in v.warnings] == ["not dermoscopic", "blurred"]
-    assert "Refer urgently" in v.action and "90%" in v.risk_line
-    low = verdict(_pred(0.02), 0.05, 0.3, TIERS, 0.05, 0.3)
-    assert not low.refer and low.tier == "low" and "does not rule out melanoma" in low.action
-
-
-def test_tier_evidence_is_bayes_at_the_clinic_prevalence():
-    # high tier at 5% prevalence: 0.05 * 0.6 / (0.05 * 0.6 + 0.95 * 0.05) = 0.387
-    assert share_at(TIERS[2], 0.05) == pytest.approx(0.03 / (0.03 + 0.0475))
-    v = verdict(_pred(0.9), 0.93, 0.3, TIERS, 0.05)
-    assert "about 39 of 100 lesions in the high-risk tier" in v.evidence and "5.0%" in v.evidence
-    assert v.evidence.startswith("Tier average") and "this case's own risk is" in v.evidence
-    assert "fewer than 1 in 100" in verdict(_pred(0.02), 0.05, 0.3, TIERS, 0.001).evidence
-
-
-def test_a_case_threshold_that_differs_says_why():
-    v = verdict(_pred(0.2, threshold=0.05), 0.2, 0.05, TIERS, 0.05, image_only_threshold=0.09)
-    assert "patient details were given" in v.threshold_reason
-    assert verdict(_pred(0.2), 0.2, 0.3, TIERS, 0.05, 0.3).threshold_reason == ""
-
-
-@pytest.mark.parametrize(
-    ("x", "text"),
-    [(0.00002, "< 0.1%"), (0.004, "0.4%"), (0.042, "4.2%"), (0.234, "23%"), (0.999, "> 99%")],
-)
-def test_risks_have_sensible_precision(x, text):
-    assert pct(x) == text
-
-
-def test_headline_is_the_chart_first_bar_and_names_the_balanced_choice():
-    first, other = headline(_pred(0.6))  # mel 0.6, nv 0.4; the balanced rule agrees
-    assert first.startswith("Most likely: Melanoma (mel), 60%") and other == ""
-    probs = np.array([0.01, 0.01, 0.02, 0.0, 0.24, 0.71, 0.01])
-    q = Prediction(probs, 0.26, False, False, 1.0, True, decision=4, threshold=0.3)
-    first, other = headline(q)
-    assert "Melanocytic nevus" in first and other.startswith("Do not miss: Melanoma (mel), 24%")
-    assert q.top_k(1)[0][0] == "nv"  # the chart's first bar is the headline class
-
-
 def test_csv_cells_are_formula_safe_and_numbers_plain():
-    from skin_model.results import number, result_row
+    from skin_model.runtime.results import number, result_row
 
     row = result_row("=HYPERLINK(x).jpg", _pred(0.00003), quality=["blurred"], prevalence=0.05)
     assert row["file"] == "'=HYPERLINK(x).jpg"
@@ -142,7 +76,7 @@ def test_csv_cells_are_formula_safe_and_numbers_plain():
 def test_pdf_report_keeps_user_text_plain_and_readable():
     from pypdf import PdfReader
 
-    from skin_model.report import ReportRecord, render_pdf
+    from skin_model.runtime.report import ReportRecord, render_pdf
 
     img = np.zeros((60, 80, 3), dtype=np.uint8)
     record = ReportRecord(

@@ -5,10 +5,22 @@ import numpy as np
 import pytest
 
 from skin_model.cli import main
-from skin_model.imaging import resize_for_model
-from skin_model.inference import predict_images
-from skin_model.serving import RUNNERS, ExportError, check_images
+from skin_model.data.imaging import resize_for_model
+from skin_model.runtime.inference import predict_images
+from skin_model.runtime.serving import RUNNERS, ExportError, check_images
 from tests.conftest import lesion_image
+
+
+def assert_same_answers(out: dict, predictions: list, atol: float) -> None:
+    """An exported runtime's outputs match the package's predictions: probabilities and
+    risk within ``atol``, the same suggested class."""
+    np.testing.assert_allclose(
+        out["probabilities"], [p.probabilities for p in predictions], atol=atol
+    )
+    np.testing.assert_allclose(
+        out["malignant_risk"], [p.malignant_probability for p in predictions], atol=atol
+    )
+    assert out["suggested_class"].tolist() == [p.decision for p in predictions]
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +41,7 @@ def test_runtime_answers_as_the_app(exported, trained_bundle, fmt):
     ]
     app = predict_images(trained_bundle, images)
     out = RUNNERS[fmt](exported[fmt], np.stack(images))
-    np.testing.assert_allclose(out["probabilities"], [p.probabilities for p in app], atol=1e-4)
-    np.testing.assert_allclose(
-        out["malignant_risk"], [p.malignant_probability for p in app], atol=1e-4
-    )
-    assert out["suggested_class"].tolist() == [p.decision for p in app]
+    assert_same_answers(out, app, atol=1e-4)
     np.testing.assert_allclose(
         out["not_dermoscopic_score"], [p.ood_score for p in app], rtol=1e-3, atol=1e-4
     )
@@ -42,22 +50,17 @@ def test_runtime_answers_as_the_app(exported, trained_bundle, fmt):
 @pytest.mark.parametrize("fmt", ["saved_model", "litert", "onnx"])
 @pytest.mark.parametrize("shape", [(150, 200), (450, 600), (800, 1000)])
 def test_raw_pixels_of_any_size_give_the_clis_answer(exported, trained_bundle, fmt, shape):
-    from skin_model.imaging import decode_image
+    from skin_model.data.imaging import decode_image
     from tests.conftest import jpeg_bytes
 
     # an original as the CLI reads it from its file, and the same pixels fed raw
     originals = [decode_image(jpeg_bytes(lesion_image(dx, 7, shape))) for dx in ("mel", "nv")]
     cli = predict_images(trained_bundle, originals)
-    out = RUNNERS[fmt](exported[fmt], np.stack(originals))
-    np.testing.assert_allclose(out["probabilities"], [p.probabilities for p in cli], atol=1e-3)
-    np.testing.assert_allclose(
-        out["malignant_risk"], [p.malignant_probability for p in cli], atol=1e-3
-    )
-    assert out["suggested_class"].tolist() == [p.decision for p in cli]
+    assert_same_answers(RUNNERS[fmt](exported[fmt], np.stack(originals)), cli, atol=1e-3)
 
 
 def test_the_in_graph_resize_is_the_apps_resize():
-    from skin_model.serving import PillowResize
+    from skin_model.runtime.serving import PillowResize
 
     rng = np.random.default_rng(0)
     for shape in [(150, 200), (450, 600), (1024, 768), (60, 100), (192, 192)]:
@@ -79,3 +82,37 @@ def test_a_bad_input_shape_gets_a_clear_error(bad):
 def test_an_unknown_format_is_a_usage_error(trained_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["export", str(trained_dir), "--format", "pickle", "--out", str(tmp_path / "x")])
+
+
+@pytest.fixture(scope="module")
+def exported_shipped(shipped_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shipped")
+    paths = {"saved_model": out / "sm", "litert": out / "m.tflite", "onnx": out / "m.onnx"}
+    for fmt, path in paths.items():
+        assert main(["export", str(shipped_model_dir), "--format", fmt, "--out", str(path)]) == 0
+    return paths
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["saved_model", "litert", "onnx"])
+def test_the_shipped_model_exported_gives_the_clis_answer(
+    exported_shipped, shipped_bundle, shipped_model_dir, real_data_dir, fmt
+):
+    """Real test-split originals (600x450 as the dermatoscope saved them, 200x150 as the
+    shared data has them) fed raw to the shipped model's exports."""
+    import pandas as pd
+    from PIL import Image
+
+    from skin_model.data.imaging import decode_image
+
+    split = pd.read_csv(shipped_model_dir / "split.csv")
+    ids = split.loc[split["split"] == "test", "image_id"].head(3)
+    small = [decode_image((real_data_dir / "images" / f"{i}.jpg").read_bytes()) for i in ids]
+    large = [
+        np.asarray(Image.fromarray(im).resize((600, 450), Image.Resampling.BICUBIC)) for im in small
+    ]
+    for originals in (small, large):
+        cli = predict_images(shipped_bundle, originals)
+        assert_same_answers(
+            RUNNERS[fmt](exported_shipped[fmt], np.stack(originals)), cli, atol=1e-3
+        )

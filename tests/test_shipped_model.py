@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 
 from skin_model import CLASSES
-from skin_model.artifacts import read_history, read_metrics
-from skin_model.data import class_indices
-from skin_model.imaging import decode_image
-from skin_model.inference import predict_images
-from skin_model.metrics import compute_metrics
+from skin_model.data.dataset import class_indices
+from skin_model.data.imaging import decode_image
+from skin_model.evaluate.metrics import compute_metrics
+from skin_model.model.artifacts import read_history
+from skin_model.model.metrics_file import read_metrics
+from skin_model.runtime.inference import predict_images
 
 
 def test_shipped_model_is_small_and_verified(shipped_model_dir, shipped_bundle):
@@ -25,15 +26,15 @@ def test_metrics_file_matches_its_per_image_predictions(shipped_model_dir):
     probs = preds[list(CLASSES)].to_numpy()
     probs = probs / probs.sum(axis=1, keepdims=True)  # stored rounded to 6 decimals
     decisions = class_indices(preds["decision"]) if "decision" in preds else None
-    threshold = m["model"]["malignant_threshold"]
+    threshold = m.model["malignant_threshold"]
     again = compute_metrics(class_indices(preds["dx"]), probs, threshold, decisions=decisions)
-    assert again["balanced_accuracy"] == pytest.approx(m["balanced_accuracy"], abs=1e-4)
-    assert again["malignant"]["auc"] == pytest.approx(m["malignant"]["auc"], abs=1e-4)
-    assert again["confusion_matrix"] == m["confusion_matrix"]
-    assert m["n_images"] == len(preds)
-    if "calibration" in m["malignant"]:
+    assert again["balanced_accuracy"] == pytest.approx(m.balanced_accuracy, abs=1e-4)
+    assert again["malignant"]["auc"] == pytest.approx(m.malignant.auc, abs=1e-4)
+    assert again["confusion_matrix"]["counts"] == [list(r) for r in m.confusion_counts]
+    assert m.n_images == len(preds)
+    if m.malignant.calibration:
         ece = again["malignant"]["calibration"]["ece"]
-        assert ece == pytest.approx(m["malignant"]["calibration"]["ece"], abs=1e-4)
+        assert ece == pytest.approx(m.malignant.calibration.ece, abs=1e-4)
 
 
 def test_fresh_predictions_agree_with_stored_ones(shipped_model_dir, shipped_bundle, real_data_dir):
@@ -60,12 +61,8 @@ def test_test_split_is_disjoint_from_training_lesions(shipped_model_dir):
 def test_config_matches_metrics(shipped_model_dir):
     cfg = json.loads((shipped_model_dir / "config.json").read_text())
     m = read_metrics(shipped_model_dir)
-    assert cfg["malignant_threshold"] == pytest.approx(m["model"]["malignant_threshold"], abs=1e-6)
-    assert (
-        m["training"]["best_epoch"]
-        <= m["training"]["epochs_run"]
-        == len(read_history(shipped_model_dir))
-    )
+    assert cfg["malignant_threshold"] == pytest.approx(m.model["malignant_threshold"], abs=1e-6)
+    assert m.best_epoch <= m.training["epochs_run"] == len(read_history(shipped_model_dir))
 
 
 def test_ordinary_variants_of_dermoscopy_pass_and_photos_stay_flagged(
@@ -75,8 +72,8 @@ def test_ordinary_variants_of_dermoscopy_pass_and_photos_stay_flagged(
     turn and another white balance are still dermoscopy; real photographs are not."""
     from PIL import Image
 
-    from skin_model.imaging import dermoscope_vignette, shift_white_balance_batch
-    from skin_model.photos import reference_photos
+    from skin_model.data.imaging import dermoscope_vignette, shift_white_balance_batch
+    from skin_model.data.photos import reference_photos
     from tests.conftest import jpeg_bytes, png_bytes
 
     ids = pd.read_csv(shipped_model_dir / "test_predictions.csv")["image_id"].sample(

@@ -8,15 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skin_model.artifacts import (
+from skin_model.model.artifacts import (
     best_epoch,
     find_model_dirs,
     read_history,
     read_integrity,
-    read_metrics,
     sha256_file,
 )
-from skin_model.inference import load_bundle
+from skin_model.model.metrics_file import read_metrics
+from skin_model.runtime.inference import load_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +62,8 @@ def test_training_moved_the_weights_away_from_their_start(trained_dir):
     every trainable layer must have been updated (the optimizer ran on real gradients)."""
     import keras
 
-    from skin_model.settings import read_run_config
-    from skin_model.training import compile_model
+    from skin_model.model.settings import read_run_config
+    from skin_model.train.training import compile_model
 
     cfg = read_run_config(trained_dir)
     keras.utils.set_random_seed(cfg.seed)
@@ -86,7 +86,7 @@ def test_split_is_grouped_and_saved(trained_dir):
 
 
 def test_metrics_and_config_are_complete(trained_dir):
-    m = read_metrics(trained_dir)
+    m = read_metrics(trained_dir).raw  # the file as evaluation wrote it
     for key in (
         "balanced_accuracy",
         "accuracy",
@@ -157,8 +157,8 @@ def test_reproduce_command_round_trips_through_train_py(trained_dir):
     from dataclasses import asdict, fields
 
     import train
-    from skin_model.card import reproduce_command
-    from skin_model.settings import TrainConfig
+    from skin_model.model.settings import TrainConfig
+    from skin_model.reports.card import reproduce_command
 
     recorded = json.loads((trained_dir / "config.json").read_text())["training"]
     args = train.parse_args(shlex.split(reproduce_command(recorded))[2:])
@@ -171,7 +171,7 @@ def test_reproduce_command_round_trips_through_train_py(trained_dir):
 def test_resume_continues_an_interrupted_run(trained_dir, tiny_data, tmp_path):
     import keras
 
-    import skin_model.models  # noqa: F401  (registers the training loss)
+    import skin_model.model.networks  # noqa: F401  (registers the training loss)
     import train
 
     run = tmp_path / "run"
@@ -188,7 +188,7 @@ def test_resume_continues_an_interrupted_run(trained_dir, tiny_data, tmp_path):
     assert int(after.optimizer.iterations.numpy()) == steps * 3 // 2  # optimizer state kept
     state = json.loads((run / "train_state.json").read_text())
     assert state["epochs_done"] == 3 and state["seconds"] > 0
-    assert np.isfinite(read_metrics(run)["balanced_accuracy"])
+    assert np.isfinite(read_metrics(run).balanced_accuracy)
 
 
 def test_resume_without_a_run_is_a_clear_error(tmp_path, capsys):
@@ -204,9 +204,10 @@ def test_late_context_fusion_is_fitted_on_training_and_used_at_inference(
     """A run whose settings ask for late fusion stores the context model in config.json,
     and predictions with a context multiply its posterior in."""
     import train
-    from skin_model.calibration import late_fusion
-    from skin_model.inference import predict_images
-    from skin_model.metadata import context_posterior, encode, parse_context
+    from skin_model.data.metadata import ContextModel, encode, parse_context
+    from skin_model.model.calibration import late_fusion
+    from skin_model.model.posthoc import PostHoc
+    from skin_model.runtime.inference import predict_images
     from tests.conftest import lesion_image
 
     run = tmp_path / "run"
@@ -218,16 +219,17 @@ def test_late_context_fusion_is_fitted_on_training_and_used_at_inference(
     saved = json.loads((run / "config.json").read_text())
     fusion = saved["context_fusion"]
     assert fusion["power"] == 1.0 and not fusion["feed_network"]
-    assert "late fusion" in read_metrics(run)["with_metadata"]["fusion"]
+    assert "late fusion" in read_metrics(run).with_metadata.fusion
     bundle = load_bundle(run)
     assert bundle.uses_context and not bundle.feeds_context
     context = parse_context(70, "male", "face")
     image = lesion_image("mel", 3)
-    bare = replace(bundle.posthoc, context_fusion=None, temperature=1.0, class_prior=None)
+    bare = PostHoc()  # no prior, temperature 1, no fusion: the network's own outputs
     plain = predict_images(replace(bundle, posthoc=bare), [image])[0].probabilities
-    unscaled = replace(bundle.posthoc, temperature=1.0, class_prior=None)
+    unscaled = PostHoc(context_fusion=bundle.posthoc.context_fusion)
     fused = predict_images(replace(bundle, posthoc=unscaled), [image], contexts=[context])[
         0
     ].probabilities
-    want = late_fusion(plain[None], context_posterior(fusion, encode(context)[None]), 1.0)
+    posterior = ContextModel.from_config(fusion).predict_proba(encode(context)[None])
+    want = late_fusion(plain[None], posterior, 1.0)
     np.testing.assert_allclose(fused, want[0], atol=1e-5)

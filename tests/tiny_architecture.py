@@ -7,7 +7,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from skin_model.architectures import REGISTRY, ArchitectureSpec
+from skin_model.model.architectures import REGISTRY, ArchitectureSpec
 
 
 def make_tiny(input_size: int):

@@ -17,7 +17,7 @@ import tests.tiny_architecture  # noqa: F401  (registers the "tiny" architecture
 
 def _die_after_epoch() -> None:
     """Make the checkpoint callback end this process after the chosen epoch."""
-    import skin_model.training as training
+    import skin_model.train.training as training
 
     after = int(os.environ["SKIN_TEST_DIE_AFTER_EPOCH"])
     original = training.make_checkpoint_callback

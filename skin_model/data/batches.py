@@ -1,0 +1,217 @@
+"""Training batches without TensorFlow: the same augmentation as
+:func:`skin_model.data.dataset.augment` in NumPy/Pillow, served by a ``keras.utils.PyDataset``.
+
+Keras on the JAX (or PyTorch) backend trains from it, e.g. on a GPU machine that has
+JAX but no TensorFlow; with the TensorFlow backend ``tf.data`` is used instead
+(:func:`skin_model.data.dataset.make_dataset`). Batches are reproducible from the seed, the
+epoch and the batch index, whatever the order the workers finish in.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
+from PIL import Image
+
+
+def augment_array(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    out_size: int | None = None,
+    min_scale: float = 0.75,
+    white_balance: float = 0.0,
+    robust: float = 0.0,
+) -> np.ndarray:
+    """Random flip, rotation by quarter turns, crop, brightness, contrast, saturation,
+    hue and white balance of one uint8 image (the NumPy twin of
+    :func:`skin_model.data.dataset.augment`).
+
+    Args:
+        image: (S, S, 3) uint8.
+        rng: Random generator.
+        out_size: Output side (crops are resized to it); ``None`` keeps ``S``.
+        min_scale: Smallest crop side as a share of ``S``.
+        white_balance: Half-width of a random gain per colour channel; 0 = none.
+        robust: Probability of each capture change (:func:`capture_change_array`).
+
+    Returns:
+        (out_size, out_size, 3) float32 in [0, 255].
+    """
+    size = image.shape[0]
+    out = size if out_size is None else int(out_size)
+    x = image[:, ::-1] if rng.random() < 0.5 else image
+    x = np.rot90(x, int(rng.integers(0, 4)))
+    crop = int(size * rng.uniform(min_scale, 1.0))
+    top, left = rng.integers(0, size - crop + 1, size=2)
+    x = np.ascontiguousarray(x[top : top + crop, left : left + crop])
+    if crop != out:
+        x = np.asarray(Image.fromarray(x).resize((out, out), Image.Resampling.BILINEAR))
+    from skin_model.data.dataset import COLOUR_JITTER as jitter
+
+    x = x.astype(np.float32) / 255.0
+    x = x + rng.uniform(-jitter["brightness"], jitter["brightness"])
+    mean = x.mean(axis=(0, 1), keepdims=True)
+    x = np.clip((x - mean) * rng.uniform(*jitter["contrast"]) + mean, 0.0, 1.0)
+    hsv = rgb_to_hsv(x)
+    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(*jitter["saturation"]), 0.0, 1.0)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-jitter["hue"], jitter["hue"])) % 1.0
+    x = hsv_to_rgb(hsv)
+    if white_balance > 0:
+        x = x * rng.uniform(1.0 - white_balance, 1.0 + white_balance, 3)
+    x = np.clip(x, 0.0, 1.0)
+    if robust > 0:
+        x = capture_change_array(x, rng, robust)
+    return (np.clip(x, 0.0, 1.0) * 255.0).astype(np.float32)
+
+
+def field_of_view_array(size: int, radii, centre, softness: float) -> np.ndarray:
+    """The NumPy twin of :func:`skin_model.data.dataset.field_of_view_mask`."""
+    grid = (np.arange(size, dtype=np.float32) + 0.5) / size
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+    r = np.sqrt(((yy - centre[0]) / radii[0]) ** 2 + ((xx - centre[1]) / radii[1]) ** 2)
+    return np.clip((1.0 - r) / max(softness, 1e-3) + 0.5, 0.0, 1.0)[:, :, None]
+
+
+def capture_change_array(x: np.ndarray, rng: np.random.Generator, robust: float) -> np.ndarray:
+    """The NumPy twin of :func:`skin_model.data.dataset.capture_change` (float image in [0, 1])."""
+    import io
+
+    from skin_model.data.dataset import CAPTURE_CHANGES as c
+
+    size = x.shape[0]
+    u = rng.random(4)
+    if u[0] < robust:
+        small = max(int(size * rng.uniform(*c["low_resolution"])), 16)
+        img = Image.fromarray((x * 255).astype(np.uint8)).resize((small, small), Image.LANCZOS)
+        x = np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+    if u[1] < robust:
+        x = np.clip(x * rng.uniform(1.0 - c["exposure"], 1.0 + c["exposure"]), 0.0, 1.0)
+    if u[2] < robust:
+        radii = rng.uniform(*c["fov_radius"], 2)
+        centre = 0.5 + rng.uniform(-c["fov_offset"], c["fov_offset"], 2)
+        x = x * field_of_view_array(size, radii, centre, rng.uniform(0.0, 0.08))
+    if u[3] < robust:
+        buf = io.BytesIO()
+        quality = int(rng.integers(c["jpeg_quality"][0], c["jpeg_quality"][1] + 1))
+        Image.fromarray((np.clip(x, 0, 1) * 255).astype(np.uint8)).save(
+            buf, "JPEG", quality=quality
+        )
+        x = np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0
+    return x
+
+
+def hide_array(vector: np.ndarray, rng: np.random.Generator, p_all: float, p_field: float):
+    """Blank all fields of a metadata vector with ``p_all``, else each with ``p_field``
+    (the NumPy twin of :func:`skin_model.data.dataset.hide_metadata`).
+    """
+    from skin_model.data.metadata import MISSING, segment_ids
+
+    u = rng.random(4)
+    hidden = np.logical_or(u[1:] < p_field, u[0] < p_all)[segment_ids()]
+    return np.where(hidden, MISSING, vector).astype(np.float32)
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """Batches of (inputs, one-hot labels) from in-memory uint8 images.
+
+    Args:
+        images: (N, S, S, 3) uint8.
+        labels: (N, K) one-hot float32.
+        batch_size: Images per batch.
+        training: Shuffle, augment and hide metadata when True.
+        seed: Seed of the shuffle and augmentation.
+        out_size: Model input side when images are cached larger (training only).
+        min_scale: Smallest random crop side as a share of ``S``.
+        metadata: (N, DIM) patient-context vectors for a two-input model, or None.
+        hide: Probabilities of hiding all / each metadata field (training only).
+        white_balance: Random per-channel gain half-width (training only).
+        robust: Probability of each capture change (training only).
+        shard: ``(process, processes)``: this process yields its slice of every global
+            batch (JAX with several processes assembles the global batch from them).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        training: bool,
+        seed: int = 42,
+        out_size: int | None = None,
+        min_scale: float = 0.75,
+        metadata: np.ndarray | None = None,
+        hide: tuple[float, float] = (0.5, 0.2),
+        white_balance: float = 0.0,
+        robust: float = 0.0,
+        shard: tuple[int, int] = (0, 1),
+    ):
+        super().__init__(workers=os.cpu_count() or 1, use_multiprocessing=False)
+        self.images, self.labels, self.metadata = images, labels, metadata
+        self.batch_size, self.training, self.seed = batch_size, training, seed
+        self.out_size, self.min_scale, self.hide = out_size, min_scale, hide
+        self.white_balance, self.robust = white_balance, robust
+        self.shard = shard
+        self.epoch = 0
+        self.order = self._order()
+
+    def _order(self) -> np.ndarray:
+        n = len(self.images)
+        if not self.training:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(n)
+
+    def __len__(self) -> int:
+        return int(np.ceil(len(self.images) / self.batch_size))
+
+    def __getitem__(self, index: int):
+        batch = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        process, processes = self.shard
+        per = len(batch) // processes
+        positions = np.arange(process * per, (process + 1) * per)
+        idx = batch[positions]
+        if self.training:
+            # one generator per image and place in the batch: any process draws the same
+            # augmentation for it
+            rngs = [np.random.default_rng([self.seed, self.epoch, index, p]) for p in positions]
+            x = np.stack(
+                [
+                    augment_array(
+                        self.images[i],
+                        rng,
+                        self.out_size,
+                        self.min_scale,
+                        self.white_balance,
+                        self.robust,
+                    )
+                    for i, rng in zip(idx, rngs, strict=True)
+                ]
+            )
+        else:
+            x = self.images[idx].astype(np.float32)
+        y = self.labels[idx]
+        if self.metadata is None:
+            return x, y
+        m = self.metadata[idx].astype(np.float32)
+        if self.training:
+            m = np.stack([hide_array(v, r, *self.hide) for v, r in zip(m, rngs, strict=True)])
+        return {"image": x, "metadata": m}, y
+
+    def on_epoch_end(self) -> None:
+        """Reshuffle for the next epoch."""
+        self.epoch += 1
+        self.order = self._order()
+
+
+def make_batches(*args, **kwargs):
+    """Training/validation batches for the active Keras backend: ``tf.data`` with
+    TensorFlow, :class:`ArrayBatches` otherwise (same arguments as
+    :func:`skin_model.data.dataset.make_dataset`).
+    """
+    if keras.backend.backend() == "tensorflow":
+        from skin_model.data.dataset import make_dataset
+
+        return make_dataset(*args, **kwargs)
+    return ArrayBatches(*args, **kwargs)

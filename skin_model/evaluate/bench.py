@@ -1,0 +1,510 @@
+"""``python -m skin_model bench``: speed, memory and quality in one run, with the seed's
+architectures side by side as ratios. Prints a table and writes ``bench.json``.
+Nothing here asserts a time: the figures are for people comparing changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from skin_model import REPO_ROOT
+
+TARGETS = {
+    "upload_p50_ms": ("<", 300),
+    "cli_images_per_s": (">=", 40),
+    "cold_start_s": ("<", 10),
+    "app_rss_mb": ("<", 1200),
+    "resnet50_speedup": (">=", 2),
+}
+"""Speed and memory goals: each is printed beside its figure with whether it is met."""
+
+
+def against(key: str, value) -> str:
+    """``"(target < 100: met)"`` for one :data:`TARGETS` entry and a measured value."""
+    op, goal = TARGETS[key]
+    if not isinstance(value, (int, float)):
+        return f"(target {op} {goal}: not measured)"
+    ok = value < goal if op == "<" else value >= goal
+    return f"(target {op} {goal}: {'met' if ok else 'MISSED'})"
+
+
+def percentiles(samples_s: list[float]) -> dict:
+    """p50/p95 in milliseconds of a list of seconds."""
+    a = np.array(samples_s) * 1000
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 2),
+        "p95_ms": round(float(np.percentile(a, 95)), 2),
+        "n": len(a),
+    }
+
+
+def count_flops(model) -> int:
+    """Floating-point operations (2 x multiply-adds) of one forward pass, from layer shapes.
+
+    Counts Conv2D, SeparableConv2D, DepthwiseConv2D and Dense; pooling, normalisation and
+    activations are ignored (a few percent at most).
+    """
+    from keras import layers
+
+    total = 0
+    for layer in model.layers:
+        try:
+            out = layer.output.shape
+            inp = layer.input.shape
+        except (AttributeError, ValueError):
+            continue
+        if isinstance(layer, layers.SeparableConv2D):
+            kh, kw = layer.kernel_size
+            total += 2 * out[1] * out[2] * (kh * kw * inp[-1] + inp[-1] * out[-1])
+        elif isinstance(layer, layers.DepthwiseConv2D):
+            kh, kw = layer.kernel_size
+            total += 2 * out[1] * out[2] * kh * kw * inp[-1]
+        elif isinstance(layer, layers.Conv2D):
+            kh, kw = layer.kernel_size
+            total += 2 * out[1] * out[2] * kh * kw * inp[-1] * out[-1]
+        elif isinstance(layer, layers.Dense):
+            total += 2 * inp[-1] * out[-1]
+    return int(total)
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    """This CPU's float32 matrix-multiply rate (GFLOP/s) through TensorFlow."""
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    tf.matmul(a, b).numpy()
+    start = time.perf_counter()
+    for _ in range(reps):
+        tf.matmul(a, b).numpy()
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def sample_images(data_dir: Path, n: int) -> list[tuple[str, bytes]]:
+    """``n`` image files' bytes from the data folder (synthetic JPEGs if it is absent)."""
+    folder = Path(data_dir) / "images"
+    files = sorted(folder.glob("*.jpg"))[:n] if folder.is_dir() else []
+    if files:
+        return [(f.name, f.read_bytes()) for f in files]
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (150, 200, 3), dtype=np.uint8)).save(buf, "JPEG")
+        out.append((f"synthetic{i}.jpg", buf.getvalue()))
+    return out
+
+
+def upload_latency(bundle, uploads, tta: int) -> dict:
+    """One upload at a time: decode, resize+predict, Grad-CAM; parts and total."""
+    from skin_model.data.imaging import decode_image
+    from skin_model.runtime.explain import explain
+    from skin_model.runtime.inference import predict_images
+
+    saved = bundle.config.tta
+    bundle.config.tta = tta
+    parts = {"decode": [], "predict": [], "gradcam": [], "total": []}
+    try:
+        for _, data in uploads:
+            t0 = time.perf_counter()
+            image = decode_image(data)
+            t1 = time.perf_counter()
+            pred = predict_images(bundle, [image])[0]
+            t2 = time.perf_counter()
+            explain(bundle, image, pred.decision)
+            t3 = time.perf_counter()
+            for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
+                parts[k].append(v)
+    finally:
+        bundle.config.tta = saved
+    return {k: percentiles(v) for k, v in parts.items()}
+
+
+def naive_latency(bundle, uploads) -> dict:
+    """The unoptimised path, for before/after: ``model.predict`` per image and a new
+    Grad-CAM explainer (model clone) per call.
+    """
+    from skin_model.data.imaging import decode_image, resize_for_model
+    from skin_model.runtime.explain import bundle_cam_layer, heatmap, make_explainer
+    from skin_model.runtime.inference import batch_inputs
+
+    predict_t, cam_t = [], []
+    for _, data in uploads:
+        image = decode_image(data)
+        x = batch_inputs(bundle.model, resize_for_model(image, bundle.input_size)[None])
+        t0 = time.perf_counter()
+        probs = bundle.model.predict(x, verbose=0)
+        t1 = time.perf_counter()
+        heatmap(
+            make_explainer(bundle.model),
+            bundle.model,
+            image,
+            int(probs.argmax()),
+            bundle.input_size,
+            layer=bundle_cam_layer(bundle),
+        )
+        cam_t.append(time.perf_counter() - t1)
+        predict_t.append(t1 - t0)
+    return {"predict": percentiles(predict_t), "gradcam": percentiles(cam_t)}
+
+
+def cli_throughput(bundle, uploads, tmp: Path) -> float:
+    """Images per second of the CLI path (read, decode, batch predict, CSV rows)."""
+    from skin_model.runtime.predict import predict_files
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, data in uploads:
+        (tmp / name).write_bytes(data)
+        files.append(tmp / name)
+    predict_files(bundle, files[:8])
+    start = time.perf_counter()
+    predict_files(bundle, files)
+    return len(files) / (time.perf_counter() - start)
+
+
+def batch_throughput(model, size: int, batch: int, reps: int) -> float:
+    """Images per second of one compiled forward pass over a preloaded batch."""
+    import tensorflow as tf
+
+    from skin_model.runtime.inference import batch_inputs
+
+    fn = tf.function(lambda x: model(x, training=False))
+    x = batch_inputs(model, np.random.uniform(0, 255, (batch, size, size, 3)))
+    fn(x)
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn(x).numpy()
+    return batch * reps / (time.perf_counter() - start)
+
+
+def single_latency(model, size: int, reps: int) -> float:
+    """Median milliseconds of a compiled single-image forward pass."""
+    import tensorflow as tf
+
+    from skin_model.runtime.inference import batch_inputs
+
+    fn = tf.function(lambda x: model(x, training=False))
+    x = batch_inputs(model, np.random.uniform(0, 255, (1, size, size, 3)))
+    fn(x)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn(x).numpy()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+def train_throughput(model, steps: int, batch: int = 32) -> float:
+    """Training images per second of a fresh copy of ``model`` over a few steps (after one
+    warm-up step).
+    """
+    import keras
+
+    from skin_model.runtime.inference import batch_inputs
+
+    model = keras.Model.from_config(model.get_config())
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    size = model.inputs[0].shape[1]
+    x = batch_inputs(model, np.random.uniform(0, 255, (batch, size, size, 3)))
+    y = keras.utils.to_categorical(np.arange(batch) % 7, 7)
+    model.train_on_batch(x, y)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def _child(name: str, *args: str, timeout: int = 600) -> dict:
+    """Run one :mod:`skin_model.evaluate.bench_children` measurement in a fresh process."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    start = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "skin_model.evaluate.bench_children", name, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["parent_start"] = start
+    return out
+
+
+def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | None = None):
+    """Run every measurement, print the table and write ``bench.json``.
+
+    Args:
+        model_dir: The model to measure (default: the shipped one).
+        data_dir: HAM10000-layout folder the sample images come from.
+        quick: Fewer images and repetitions (CI).
+        out: Where to write the JSON (None: do not write).
+
+    Returns:
+        The results dict.
+    """
+    import tempfile
+
+    from skin_model.model.artifacts import MODEL_FILE
+    from skin_model.runtime.inference import load_bundle
+
+    n_lat, n_cli, reps = (20, 64, 3) if quick else (60, 512, 10)
+    uploads = sample_images(data_dir, max(n_lat, n_cli))
+    bundle = load_bundle(model_dir)
+    size = bundle.input_size
+    r: dict = {
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+            "processor": _cpu_name(),
+            "python": platform.python_version(),
+        },
+        "quick": quick,
+    }
+    from skin_model.runtime.explain import explain
+    from skin_model.runtime.inference import predict_images
+
+    predict_images(bundle, [np.zeros((150, 200, 3), np.uint8)])
+    explain(bundle, np.zeros((150, 200, 3), np.uint8), 0)
+    shipped_views = bundle.config.tta
+    r["upload_latency"] = upload_latency(bundle, uploads[:n_lat], tta=shipped_views)
+    r["upload_latency_no_tta"] = (
+        upload_latency(bundle, uploads[:n_lat], tta=1)
+        if shipped_views > 1
+        else r["upload_latency"]  # the shipped path already uses one view
+    )
+    r["naive_upload_latency"] = naive_latency(bundle, uploads[: max(5, n_lat // 4)])
+    with tempfile.TemporaryDirectory() as tmp:
+        r["cli_images_per_s"] = round(cli_throughput(bundle, uploads[:n_cli], Path(tmp)), 1)
+        folder = Path(tmp) / "cli"
+        folder.mkdir()
+        for name, data in uploads[:n_cli]:
+            (folder / name).write_bytes(data)
+        cli = _child("cli_rss", str(model_dir), str(folder))
+        r["cli_peak_rss_mb"] = round(cli.get("rss_mb", float("nan")), 1)
+        app = _child(
+            "app_rss",
+            str(model_dir),
+            str(folder),
+            str(REPO_ROOT / "streamlit_app.py"),
+            str(10 if quick else 50),
+        )
+        r["app"] = {
+            k: round(v, 2)
+            for k, v in app.items()
+            if k in ("first_render_s", "images", "rss_mb", "rssanon", "rssfile")
+        } or app
+    cold = _child("cold_start", str(model_dir))
+    r["cold_start_s"] = round(cold["done"] - cold["parent_start"], 2) if "done" in cold else cold
+    r["model"] = {
+        "file_mb": round((Path(model_dir) / MODEL_FILE).stat().st_size / 1e6, 2),
+        "parameters": int(bundle.model.count_params()),
+        "mflops_per_image": round(count_flops(bundle.model) / 1e6, 1),
+        "input_size": size,
+        "tta_views": shipped_views,
+    }
+    batch = 64
+    r["predict_batch_images_per_s"] = round(batch_throughput(bundle.model, size, batch, reps), 1)
+    gflops = matmul_gflops(1024 if quick else 2048)
+    used = r["model"]["mflops_per_image"] * r["predict_batch_images_per_s"] / 1000
+    r["headroom"] = {
+        "matmul_gflops": round(gflops, 1),
+        "inference_gflops": round(used, 2),
+        "share_of_matmul_peak": round(used / gflops, 3),
+    }
+    r["train_images_per_s"] = round(train_throughput(bundle.model, 2 if quick else 8), 1)
+    r["runtimes"] = runtimes(model_dir, size, 64 if quick else 256)
+    r["side_by_side"] = side_by_side(bundle.model, size, r, quick)
+    r["quality"] = quality_figures(model_dir)
+    print(format_table(r))
+    if out:
+        Path(out).write_text(json.dumps(r, indent=1) + "\n", encoding="utf-8")
+    return r
+
+
+def runtimes(model_dir: Path, size: int, n: int) -> dict:
+    """Images/s and peak memory of the exported SavedModel, LiteRT and ONNX files beside the
+    in-process model, each in a fresh process (same images, batches of 16).
+    """
+    import tempfile
+
+    from skin_model.runtime.serving import export
+
+    out = {"in-process (predict_images)": _child("in_process", str(model_dir), str(size), str(n))}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt, name in (("saved_model", "sm"), ("litert", "m.tflite"), ("onnx", "m.onnx")):
+            try:
+                path = export(Path(model_dir), fmt, Path(tmp) / name)
+                out[fmt] = _child("runtime", fmt, str(path), str(size), str(n))
+            except Exception as exc:  # a missing converter is reported, not fatal
+                out[fmt] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    return {
+        k: {m: round(v, 1) for m, v in d.items() if m != "parent_start"} if "error" not in d else d
+        for k, d in out.items()
+    }
+
+
+def side_by_side(model, size: int, r: dict, quick: bool) -> dict:
+    """The shipped model against the seed's custom CNN and ResNet-50 at 224x224 (random
+    weights; speed does not depend on them), as shipped / seed ratios.
+    """
+    from skin_model.model.architectures import build_model
+
+    reps = 2 if quick else 5
+    shipped = {
+        "params": int(model.count_params()),
+        "mflops": count_flops(model) / 1e6,
+        "images_per_s": batch_throughput(model, size, 32, reps),
+        "single_ms": single_latency(model, size, 5 * reps),
+    }
+    out = {"shipped": {k: round(v, 2) for k, v in shipped.items()}}
+    for name in ("custom_cnn", "resnet50"):
+        seed = build_model(name, 224)
+        s = {
+            "params": int(seed.count_params()),
+            "mflops": count_flops(seed) / 1e6,
+            "images_per_s": batch_throughput(seed, 224, 8 if quick else 32, reps),
+            "single_ms": single_latency(seed, 224, 2 * reps),
+        }
+        out[name] = {k: round(v, 2) for k, v in s.items()}
+        out[f"ratio_vs_{name}"] = {
+            "params": round(shipped["params"] / s["params"], 4),
+            "mflops": round(shipped["mflops"] / s["mflops"], 4),
+            "throughput": round(shipped["images_per_s"] / s["images_per_s"], 2),
+            "single_latency": round(shipped["single_ms"] / s["single_ms"], 3),
+        }
+    return out
+
+
+def _cpu_name() -> str:
+    """The CPU model name from /proc/cpuinfo, where available."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def quality_figures(model_dir: Path) -> dict:
+    """The shipped model's headline test figures from its ``metrics.json`` (bench context)."""
+    from skin_model.model.artifacts import ArtifactError
+    from skin_model.model.metrics_file import read_metrics
+
+    try:
+        m = read_metrics(model_dir)
+    except ArtifactError as exc:
+        return {"error": str(exc)}
+    return {
+        "balanced_accuracy": m.balanced_accuracy,
+        "malignant_auc": m.malignant.auc,
+        "macro_auc": m.macro_auc,
+        "malignant_sensitivity": m.malignant.operating_point.sensitivity,
+        "malignant_specificity": m.malignant.operating_point.specificity,
+        "ece": m.calibration.ece,
+    }
+
+
+def format_table(r: dict) -> str:
+    """The results as a plain-text table (also pasted into the README)."""
+    up, tta, naive = r["upload_latency"], r["upload_latency_no_tta"], r["naive_upload_latency"]
+    sbs = r["side_by_side"]
+    q = r.get("quality", {})
+    rows = [
+        ("machine", f"{r['machine']['processor']}, {r['machine']['cpu_count']} cores"),
+        (
+            f"upload p50 / p95 (decode+predict x{r['model'].get('tta_views', 1)} views+Grad-CAM)",
+            f"{up['total']['p50_ms']} / {up['total']['p95_ms']} ms "
+            + against("upload_p50_ms", up["total"]["p50_ms"]),
+        ),
+        (
+            "  decode / predict / Grad-CAM p50",
+            f"{up['decode']['p50_ms']} / {up['predict']['p50_ms']} / {up['gradcam']['p50_ms']} ms",
+        ),
+        (
+            "upload p50 / p95 without test-time augmentation",
+            f"{tta['total']['p50_ms']} / {tta['total']['p95_ms']} ms",
+        ),
+        (
+            "before optimisation: predict / Grad-CAM p50",
+            f"{naive['predict']['p50_ms']} / {naive['gradcam']['p50_ms']} ms "
+            "(model.predict per image, new explainer per call)",
+        ),
+        (
+            "CLI batch throughput",
+            f"{r['cli_images_per_s']} img/s " + against("cli_images_per_s", r["cli_images_per_s"]),
+        ),
+        ("predict on a preloaded batch of 64", f"{r['predict_batch_images_per_s']} img/s"),
+        (
+            "cold start to first prediction",
+            f"{r['cold_start_s']} s " + against("cold_start_s", r["cold_start_s"]),
+        ),
+        ("app first render (AppTest, model load incl.)", f"{r['app'].get('first_render_s')} s"),
+        (
+            "peak RSS: CLI / app after classifying",
+            f"{r['cli_peak_rss_mb']} MB / {r['app'].get('rss_mb')} MB "
+            f"({r['app'].get('images')} images) " + against("app_rss_mb", r["app"].get("rss_mb")),
+        ),
+        (
+            "  app memory: anonymous / shared-library pages",
+            f"{r['app'].get('rssanon')} MB / {r['app'].get('rssfile')} MB",
+        ),
+        ("training throughput", f"{r['train_images_per_s']} img/s"),
+        (
+            "model",
+            f"{r['model']['file_mb']} MB, {r['model']['parameters']:,} params, "
+            f"{r['model']['mflops_per_image']} MFLOPs/img at {r['model']['input_size']}px",
+        ),
+        (
+            "headroom",
+            f"inference uses {r['headroom']['inference_gflops']} of "
+            f"{r['headroom']['matmul_gflops']} GFLOP/s matmul peak "
+            f"({r['headroom']['share_of_matmul_peak']:.1%})",
+        ),
+    ]
+    for seed in ("custom_cnn", "resnet50"):
+        ratio = sbs[f"ratio_vs_{seed}"]
+        judged = (
+            " " + against("resnet50_speedup", ratio["throughput"]) if seed == "resnet50" else ""
+        )
+        rows.append(
+            (
+                f"shipped / seed {seed} @224",
+                f"params x{ratio['params']}, FLOPs x{ratio['mflops']}, "
+                f"throughput x{ratio['throughput']}{judged}, latency x{ratio['single_latency']}",
+            )
+        )
+    for name, fig in (r.get("runtimes") or {}).items():
+        text = (
+            f"{fig['images_per_s']} img/s, peak RSS {fig['rss_mb']} MB"
+            if "images_per_s" in fig
+            else str(fig.get("error", fig))
+        )
+        rows.append((f"runtime: {name}", text))
+    if "balanced_accuracy" in q:
+        rows.append(
+            (
+                "quality (test split)",
+                f"bal. acc {q['balanced_accuracy']:.3f}, malignant AUC "
+                f"{q['malignant_auc']:.3f}, sens/spec {q['malignant_sensitivity']:.3f}/"
+                f"{q['malignant_specificity']:.3f}, ECE {q['ece']:.3f}",
+            )
+        )
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

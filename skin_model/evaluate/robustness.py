@@ -1,0 +1,169 @@
+"""The same lesions saved or captured another way: changed copies of held-out images, each
+scored beside the plain images through the app's own path (file bytes → decoder →
+pipeline), with what the change costs in balanced accuracy and malignant AUC and how many
+referral decisions it flips.
+
+The changes are what other dermatoscopes and export paths do: a black round field of view
+(contact dermatoscopes), a PNG with transparent corners (a round field of view exported
+with alpha), warm and cool colour casts of 10 % per channel, a darker exposure, rotation by
+a quarter turn and by 15 degrees, JPEG re-compression at quality 60, and a half-size file.
+
+    python -m skin_model robustness models/default --split val --out robustness.json
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from skin_model import CLASSES, MALIGNANT
+
+
+def _jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def round_mask(h: int, w: int, radius: float = 0.42) -> np.ndarray:
+    """True inside a centred circle of ``radius`` x the diagonal (it cuts the corners)."""
+    yy, xx = np.ogrid[:h, :w]
+    r = radius * float(np.hypot(h, w))
+    return (yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2 <= r * r
+
+
+def round_field(image: np.ndarray) -> bytes:
+    """Black outside a centred circle that cuts the corners."""
+    inside = round_mask(*image.shape[:2])
+    return _jpeg(np.where(inside[..., None], image, 0).astype(np.uint8))
+
+
+def transparent_corners(image: np.ndarray) -> bytes:
+    """A PNG whose corners outside the same circle are transparent."""
+    alpha = np.where(round_mask(*image.shape[:2]), 255, 0).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(np.dstack([image, alpha]), "RGBA").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def cast(gains: tuple[float, float, float]) -> Callable[[np.ndarray], bytes]:
+    """A colour cast: per-channel gains."""
+
+    def change(image: np.ndarray) -> bytes:
+        out = np.clip(image.astype(np.float32) * np.asarray(gains, np.float32), 0, 255)
+        return _jpeg(out.astype(np.uint8))
+
+    return change
+
+
+def rotated(degrees: float) -> Callable[[np.ndarray], bytes]:
+    """Rotated about the centre (corners filled black, the size kept)."""
+
+    def change(image: np.ndarray) -> bytes:
+        pil = Image.fromarray(image)
+        if degrees % 90 == 0:
+            return _jpeg(np.asarray(pil.rotate(degrees, expand=True)))
+        return _jpeg(np.asarray(pil.rotate(degrees, resample=Image.Resampling.BILINEAR)))
+
+    return change
+
+
+def recompressed(image: np.ndarray) -> bytes:
+    """Saved again as a JPEG of quality 60."""
+    return _jpeg(image, 60)
+
+
+def half_size(image: np.ndarray) -> bytes:
+    """Saved at half the width and height."""
+    h, w = image.shape[:2]
+    return _jpeg(np.asarray(Image.fromarray(image).resize((w // 2, h // 2), Image.LANCZOS)))
+
+
+CHANGES: dict[str, Callable[[np.ndarray], bytes]] = {
+    "round field of view": round_field,
+    "transparent corners (PNG)": transparent_corners,
+    "warm cast +10%": cast((1.1, 1.0, 0.9)),
+    "cool cast +10%": cast((0.9, 1.0, 1.1)),
+    "darker exposure -15%": cast((0.85, 0.85, 0.85)),
+    "rotated 90°": rotated(90),
+    "rotated 15°": rotated(15),
+    "JPEG quality 60": recompressed,
+    "half-size file": half_size,
+}
+"""Each change, from the decoded original to the file bytes a clinic would upload."""
+
+
+def score(bundle, files: list[bytes], labels: np.ndarray) -> dict:
+    """Balanced accuracy, malignant AUC and the referral flags of files, through the app's
+    decoder and pipeline (image only, the training prevalence).
+    """
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from skin_model.runtime.pipeline import CaseInput, assess, decode_upload
+
+    cases = [CaseInput((decode_upload(str(i), str(i), f),)) for i, f in enumerate(files)]
+    results = assess(bundle, cases, None, None, chunk=32)
+    decisions = np.array([r.prediction.decision for r in results])
+    risk = np.array([r.prediction.malignant_probability for r in results])
+    malignant = np.isin(np.asarray(CLASSES)[labels], list(MALIGNANT))
+    return {
+        "balanced_accuracy": float(balanced_accuracy_score(labels, decisions)),
+        "malignant_auc": float(roc_auc_score(malignant, risk)),
+        "refer": [bool(r.verdict.refer) for r in results],
+    }
+
+
+def robustness(bundle, images: list[np.ndarray], labels: np.ndarray) -> dict:
+    """Every change of :data:`CHANGES` against the plain files (JPEG at quality 95).
+
+    Returns:
+        ``{"plain": {...}, "changes": {name: {balanced_accuracy, malignant_auc,
+        balanced_accuracy_cost, auc_cost, referrals_changed}}, "n_images"}``.
+    """
+    plain = score(bundle, [_jpeg(im) for im in images], labels)
+    out = {}
+    for name, change in CHANGES.items():
+        s = score(bundle, [change(im) for im in images], labels)
+        flips = np.mean(np.array(s["refer"]) != np.array(plain["refer"]))
+        out[name] = {
+            "balanced_accuracy": s["balanced_accuracy"],
+            "malignant_auc": s["malignant_auc"],
+            "balanced_accuracy_cost": plain["balanced_accuracy"] - s["balanced_accuracy"],
+            "auc_cost": plain["malignant_auc"] - s["malignant_auc"],
+            "referrals_changed": float(flips),
+        }
+    plain.pop("refer")
+    return {"n_images": len(images), "plain": plain, "changes": out}
+
+
+def run(model_dir: Path, data_dir: Path, split: str, out: Path | None, limit: int = 0) -> dict:
+    """Score one split of a model directory's ``split.csv`` (e.g. ``val``: chosen on, never
+    test) and write the JSON to ``out``.
+    """
+    import pandas as pd
+
+    from skin_model.data.imaging import decode_image
+    from skin_model.runtime.inference import load_bundle
+
+    parts = pd.read_csv(Path(model_dir) / "split.csv")
+    rows = parts[parts["split"] == split]
+    if limit:
+        rows = rows.head(limit)
+    images = [
+        decode_image((Path(data_dir) / "images" / f"{i}.jpg").read_bytes())
+        for i in rows["image_id"]
+    ]
+    labels = np.array([CLASSES.index(d) for d in rows["dx"]])
+    result = {
+        "model": str(model_dir),
+        "split": split,
+        **robustness(load_bundle(model_dir), images, labels),
+    }
+    if out is not None:
+        Path(out).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result

@@ -1,0 +1,161 @@
+"""The settings of one training run (``TrainConfig``): every field is a ``train.py``
+option and is recorded in ``config.json``, ``run_config.json`` and the model card. The
+defaults are the shipped model's recipe, chosen by lesion-grouped cross-validation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from skin_model.model.artifacts import CHECKPOINT_FILE, FITTED_WEIGHTS_FILE, RUN_CONFIG_FILE
+
+LOSSES = ("logit_adjusted", "crossentropy")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (all recorded in ``config.json``)."""
+
+    architecture: str = "efficientnet_lite0"
+    input_size: int = 192
+    width: float = 1.0
+    epochs: int = 6
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    backbone_lr_scale: float = 1.0
+    head_warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    loss: str = "logit_adjusted"
+    class_weight_power: float = 0.0
+    crop_min_scale: float = 0.75
+    white_balance: float = 0.0
+    colour_constancy: float = 0.0
+    robust: float = 0.0
+    bn_momentum: float = 0.9
+    restore_best: bool = False
+    ema_half_life: float = 0.0
+    metadata: bool = True
+    metadata_hide_all: float = 0.5
+    metadata_hide_field: float = 0.2
+    context_fusion_power: float = 0.0
+    context_fusion_feed_network: bool = True
+    patience: int = 25
+    seed: int = 42
+    val_frac: float = 0.15
+    test_frac: float = 0.15
+    calib_share: float = 0.5
+    target_sensitivity: float = 0.90
+    tta_min_gain: float = 0.01
+    ood_quantile: float = 0.99
+    limit: int | None = None
+    weights: str | None = "default"
+    name: str = ""
+    verbose: int = 2
+
+    def validate(self) -> TrainConfig:
+        """Check the settings before any image is decoded.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ConfigError: With a one-line reason.
+        """
+        from skin_model.model.architectures import spec_for
+
+        try:
+            spec = spec_for(self.architecture)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        checks = [
+            (
+                self.metadata and not spec.takes_context,
+                f"--architecture {self.architecture} cannot take the patient context; "
+                "add --metadata false",
+            ),
+            (self.loss not in LOSSES, f"unknown loss {self.loss!r}; choose from {LOSSES}"),
+            (self.input_size < 32, "--input-size must be at least 32"),
+            (self.epochs < 1 or self.batch_size < 1, "--epochs and --batch-size must be >= 1"),
+            (not 0 < self.crop_min_scale <= 1, "--crop-min-scale must be in (0, 1]"),
+            (not 0 <= self.white_balance < 0.5, "--white-balance must be in [0, 0.5)"),
+            (not 0 <= self.robust <= 1, "--robust must be in [0, 1]"),
+            (self.colour_constancy < 0, "--colour-constancy must be >= 0 (0 = off)"),
+            (self.context_fusion_power < 0, "--context-fusion-power must be >= 0"),
+            (not 0 < self.val_frac + self.test_frac < 1, "--val-frac + --test-frac must be < 1"),
+        ]
+        for failed, reason in checks:
+            if failed:
+                raise ConfigError(reason)
+        self._validate_weights(spec)
+        return self
+
+    def _validate_weights(self, spec) -> None:
+        """A weights setting the architecture can use."""
+        w = self.weights
+        if w in (None, "", "none", "default"):
+            return
+        if not spec.takes_weights:
+            raise ConfigError(f"--architecture {self.architecture} takes no --weights")
+        if w in spec.weight_sources or (w == "imagenet" and spec.keras_imagenet):
+            return
+        if not Path(w).is_file():
+            known = ", ".join([*spec.weight_sources, "none", "default", "a file"])
+            raise ConfigError(f"--weights {w}: not a file nor a source ({known})")
+
+
+class ConfigError(ValueError):
+    """Training settings that cannot work together, with the reason in one line."""
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    """The training settings as a JSON-ready dict."""
+    return asdict(cfg)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run recorded in ``run_config.json``: its settings and, for training runs, how
+    it was spread over devices (:class:`skin_model.train.distribute.Plan`).
+    """
+
+    config: TrainConfig
+    distribution: dict | None = None
+
+    def settings(self) -> dict:
+        """The record as a JSON-ready dict (the file's layout)."""
+        extra = {"distribution": self.distribution} if self.distribution else {}
+        return {**config_dict(self.config), **extra}
+
+
+def read_run_record(run_dir: Path) -> RunRecord:
+    """A run's ``run_config.json``; the one place that reads it.
+
+    Upgrading older files happens here: settings added since the run was recorded take
+    their defaults (which is what that run used), names no longer known are dropped.
+
+    Raises:
+        FileNotFoundError: If ``run_dir`` has no ``run_config.json``.
+    """
+    recorded = json.loads((Path(run_dir) / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
+    known = {f.name for f in fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in recorded.items() if k in known})
+    return RunRecord(config, recorded.get("distribution"))
+
+
+def read_run_config(out_dir: Path) -> TrainConfig:
+    """The settings an interrupted run in ``out_dir`` started with.
+
+    Raises:
+        FileNotFoundError: If ``out_dir`` holds no run to resume.
+    """
+    path = Path(out_dir) / RUN_CONFIG_FILE
+    weights = [Path(out_dir) / f for f in (CHECKPOINT_FILE, FITTED_WEIGHTS_FILE)]
+    if not path.is_file() or not any(w.is_file() for w in weights):
+        raise FileNotFoundError(
+            f"{out_dir} holds no interrupted run (no {path.name}/checkpoint/fitted weights)"
+        )
+    return read_run_record(out_dir).config

@@ -1,0 +1,199 @@
+"""Generated README sections: every figure in the README comes from a file evaluation,
+the benchmark or the load test wrote (``python -m skin_model.reports.readme`` rewrites them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from skin_model import DEFAULT_MODEL_DIR, REPO_ROOT
+from skin_model.model.artifacts import CV_FILE, find_cv_dirs, read_json
+from skin_model.model.metrics_file import read_metrics
+from skin_model.model.settings import read_run_record
+from skin_model.reports.card import cv_summary_text, reproduce_command
+from skin_model.reports.tables import (
+    context_frame,
+    cv_frame,
+    ensemble_frame,
+    headline_frame,
+    levers_frame,
+    load_frame,
+    markdown,
+    per_class_frame,
+    targets_frame,
+)
+
+README = REPO_ROOT / "README.md"
+BENCH_FILE = REPO_ROOT / "docs" / "bench.json"
+LOAD_FILE = REPO_ROOT / "docs" / "load_test.json"
+ENSEMBLE_FILE = REPO_ROOT / "docs" / "ensemble.json"
+CV_ENSEMBLE_FILE = REPO_ROOT / "docs" / "cv_ensemble.json"
+
+
+def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
+    """Headline and per-class tables from the shipped model's metrics.json."""
+    m = read_metrics(model_dir)
+    tr = m.training
+    lines = [
+        f"Test split: {m.n_images} images of lesions never seen in training or validation. "
+        f"Trained on {tr['device']} in {tr['train_seconds'] / 60:.0f} min "
+        f"({tr['epochs_run']} epochs; weights of epoch {tr['best_epoch']} kept). "
+        "Reproduce it with:",
+        "",
+        "```bash",
+        reproduce_command(tr["settings"]),
+        "```",
+        "",
+        markdown(headline_frame(m)),
+        "",
+        *(
+            [
+                "With and without the patient context, on the same test images:",
+                "",
+                markdown(context_frame(m)),
+                "",
+            ]
+            if m.with_metadata
+            else []
+        ),
+        "Against the quality targets (intervals: "
+        f"{m.intervals_method or 'not computed for this model'}):",
+        "",
+        markdown(targets_frame(m)),
+        "",
+        markdown(per_class_frame(m)),
+    ]
+    return "\n".join(lines)
+
+
+def is_shipped_recipe(settings: dict, shipped: dict) -> bool:
+    """Whether a cross-validation run's settings are the shipped model's backbone, input
+    size and epochs (the rest of the recipe is in its summary line).
+    """
+    keys = ("architecture", "input_size", "epochs")
+    return all(settings.get(k) == shipped.get(k) for k in keys)
+
+
+def cv_section(root: Path = DEFAULT_MODEL_DIR.parent, model_dir: Path = DEFAULT_MODEL_DIR) -> str:
+    """The full tables of every cross-validation run over more than one fold, the shipped
+    model's recipe first.
+    """
+    runs = [(d, read_json(d / CV_FILE)) for d in find_cv_dirs(root)]
+    runs = [(d, cv) for d, cv in runs if cv["folds_done"] > 1]
+    if not runs:
+        return "_No cross-validation recorded yet: run `python train.py --cv 5 --out DIR`._"
+    shipped = read_run_record(model_dir).settings()
+    runs = sorted(
+        ((is_shipped_recipe(cv["settings"], shipped), d, cv) for d, cv in runs),
+        key=lambda run: not run[0],
+    )
+    lines = []
+    for ours, cv_dir, cv in runs:
+        which = "Shipped recipe" if ours else "Earlier recipe"
+        lines += [f"{which}, `{cv_dir.relative_to(REPO_ROOT)}`: {cv_summary_text(cv)}", ""]
+        lines += [markdown(cv_frame(cv)), ""]
+    return "\n".join(lines).rstrip()
+
+
+def levers_section(root: Path = DEFAULT_MODEL_DIR.parent) -> str:
+    """Every recipe lever on the same held-out fold 0 (one row per cross-validation run)."""
+    runs = [(d.name, read_json(d / CV_FILE)) for d in find_cv_dirs(root)]
+    if not runs:
+        return "_No cross-validation recorded yet._"
+    return markdown(levers_frame(runs))
+
+
+def quality_section(path: Path | None = None) -> str:
+    """The image-quality gate's limits and how often it fires (``skin_model/data/quality.json``)."""
+    from skin_model.data.quality import LIMITS_FILE, MIN_SIDE, read_limits
+
+    q = read_limits(path or LIMITS_FILE)
+    lines = [
+        f"Chosen by `python -m skin_model quality` on the {q['n_images']} images of the "
+        f"{q['images']} ({q['method']}). Images under {MIN_SIDE} px on a side are also "
+        "called too small.",
+        "",
+        "| check | limit | share flagged |",
+        "|---|---|---|",
+    ]
+    lim = q["limits"]
+    names = {
+        "blurred": f"sharpness (variance of the Laplacian) below {lim['sharpness_min']:g}",
+        "too_dark": f"central brightness below {lim['brightness_min']:g} of 255",
+        "too_bright": f"central brightness above {lim['brightness_max']:g}, or over "
+        f"{lim['clipped_max']:.0%} of central pixels white",
+        "cut_off": f"edge asymmetry of the dark lesion region above {lim['edge_asymmetry_max']:g}",
+    }
+    for key, share in q["flagged"].items():
+        what = names.get(key, "any of the checks")
+        label = f"synthetic {key.replace('_', ' ')} copies" if key in names else "HAM10000 images"
+        lines.append(f"| {label}: {what} | | {share:.1%} |")
+    return "\n".join(lines)
+
+
+def cv_ensemble_section(path: Path = CV_ENSEMBLE_FILE) -> str:
+    """Fold models averaged vs the single model (``ensemble --cv``)."""
+    if not path.is_file():
+        return (
+            "_No fold ensemble recorded yet: run `python -m skin_model ensemble MODEL --cv "
+            "CV_DIR --out docs/cv_ensemble.json`._"
+        )
+    return markdown(ensemble_frame(json.loads(path.read_text())))
+
+
+def bench_section(path: Path = BENCH_FILE) -> str:
+    """The benchmark table from a full ``bench`` run."""
+    from skin_model.evaluate.bench import format_table
+
+    if not path.is_file():
+        return (
+            "_No benchmark recorded yet: run `python -m skin_model bench --out docs/bench.json`._"
+        )
+    return "```\n" + format_table(json.loads(path.read_text())) + "\n```"
+
+
+def load_section(path: Path = LOAD_FILE) -> str:
+    """The load-test table from ``scripts/load_test.py``."""
+    if not path.is_file():
+        return "_No load test recorded yet: run `scripts/load_test.py --out docs/load_test.json`._"
+    return markdown(load_frame(json.loads(path.read_text())))
+
+
+def ensemble_section(path: Path = ENSEMBLE_FILE) -> str:
+    """Members' and ensemble figures from ``python -m skin_model ensemble --out``."""
+    if not path.is_file():
+        return (
+            "_No ensemble recorded yet: run `python -m skin_model ensemble DIR DIR "
+            "--out docs/ensemble.json`._"
+        )
+    return markdown(ensemble_frame(json.loads(path.read_text())))
+
+
+SECTIONS = {
+    "metrics": metrics_section,
+    "levers": levers_section,
+    "cv": cv_section,
+    "cv_ensemble": cv_ensemble_section,
+    "quality": quality_section,
+    "ensemble": ensemble_section,
+    "bench": bench_section,
+    "load": load_section,
+}
+
+
+def render(text: str) -> str:
+    """README text with every generated section replaced by its current content."""
+    for name, make in SECTIONS.items():
+        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
+    return text
+
+
+if __name__ == "__main__":
+    new = render(README.read_text(encoding="utf-8"))
+    if "--check" in sys.argv:
+        sys.exit(0 if new == README.read_text(encoding="utf-8") else 1)
+    README.write_text(new, encoding="utf-8")

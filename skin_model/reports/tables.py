@@ -1,0 +1,378 @@
+"""The presentation layer: every table the card, the README and the app show, as a
+DataFrame built from the files evaluation wrote (``metrics.json``, ``cv.json``,
+``ensemble.json``, ``attempts.csv``, the load test), and one Markdown writer.
+
+The card and the README render these frames with :func:`markdown`; the pages pass the
+same frames to ``st.dataframe``. No figure is computed here, only read and arranged.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from skin_model import CLASSES, display_name
+from skin_model.evaluate.metrics import target_status
+from skin_model.model.artifacts import ATTEMPT_COLUMNS
+from skin_model.model.metrics_file import Metrics, Scores
+
+
+def interval_text(m: Scores, key: str) -> str:
+    """``"0.571–0.697"`` for a stored bootstrap interval, else ``""``."""
+    iv = m.interval(key)
+    return f"{iv[0]:.3f}–{iv[1]:.3f}" if iv else ""
+
+
+def markdown(frame: pd.DataFrame, digits: int = 3) -> str:
+    """A frame as a Markdown table: floats to ``digits`` decimals, missing values blank.
+
+    Args:
+        frame: The table.
+        digits: Decimals of float cells.
+
+    Returns:
+        The table's lines joined by newlines (no trailing newline).
+    """
+
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, float):
+            return f"{v:.{digits}f}"
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    head = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
+
+
+def _value(x) -> float | None:
+    return None if x is None else float(x)
+
+
+def headline_frame(m: Metrics) -> pd.DataFrame:
+    """The headline test figures, one row per figure."""
+    op = m.malignant.operating_point
+    mel = m.per_class["mel"]
+    mal_cal = m.malignant.calibration
+    rows = [
+        ("balanced accuracy (mean per-class recall)", m.balanced_accuracy, "balanced_accuracy"),
+        ("accuracy", m.accuracy, None),
+        ("macro one-vs-rest ROC AUC", m.macro_auc, "macro_auc"),
+        ("malignant-vs-benign ROC AUC", m.malignant.auc, "malignant_auc"),
+        ("melanoma ROC AUC", mel.auc, None),
+        ("melanoma sensitivity of the suggested diagnosis", mel.sensitivity, "mel_sensitivity"),
+        (
+            f"malignant sensitivity at threshold {op.threshold:.3f}",
+            op.sensitivity,
+            "malignant_sensitivity",
+        ),
+        (
+            f"malignant specificity at threshold {op.threshold:.3f}",
+            op.specificity,
+            "malignant_specificity",
+        ),
+    ]
+    if mal_cal:
+        rows += [
+            ("malignant-risk calibration error (ECE)", mal_cal.ece, "malignant_ece"),
+            ("mean malignant risk", mal_cal.mean_risk, None),
+            ("observed malignant share", mal_cal.observed_share, None),
+        ]
+    shown = m.calibration.ece
+    rows.append(("top-label calibration error (ECE), probabilities shown", shown, "ece"))
+    if m.calibration.ece_raw_outputs is not None:
+        rows.append(
+            (
+                "top-label calibration error (ECE), raw network outputs",
+                m.calibration.ece_raw_outputs,
+                None,
+            )
+        )
+    c = m.cam_localisation
+    if c:
+        rows += [
+            ("Grad-CAM energy in lesion box ÷ box area share, mean", c["mean_ratio"], None),
+            ("Grad-CAM energy in lesion box ÷ box area share, median", c["median_ratio"], None),
+        ]
+        if "ceiling_mean_ratio" in c:
+            rows.append(("(all energy in the box would give, mean)", c["ceiling_mean_ratio"], None))
+    frame = pd.DataFrame(
+        [
+            {
+                "metric (test split)": label,
+                "value": _value(v),
+                "95% interval": interval_text(m, k) if k else "",
+            }
+            for label, v, k in rows
+        ]
+    )
+    return pd.concat([frame, ood_frame(m.ood)], ignore_index=True)
+
+
+def ood_frame(ood: dict) -> pd.DataFrame:
+    """Rows of the "not dermoscopic" flag's figures (:attr:`Metrics.ood`)."""
+    rows = []
+    photos, synth = ood.get("photos"), ood.get("synthetic")
+    if synth and "n_non_dermoscopic" not in synth:  # before real photographs were tested
+        rows.append(("'not dermoscopic' flag: AUROC, synthetic vs HAM10000", synth["auroc"], ""))
+        synth = None
+    if photos:
+        rows += [
+            (
+                f"'not dermoscopic' flag: share of {photos['n_non_dermoscopic']} real "
+                "photographs flagged",
+                photos["non_dermoscopic_flagged"],
+                "",
+            ),
+            ("'not dermoscopic' flag: AUROC, real photographs vs HAM10000", photos["auroc"], ""),
+        ]
+    if synth:
+        rows += [
+            (
+                f"'not dermoscopic' flag: share of {synth['n_non_dermoscopic']} synthetic "
+                "patterns flagged",
+                synth["non_dermoscopic_flagged"],
+                "",
+            ),
+            (
+                f"'not dermoscopic' flag: share of {synth['n_ham10000']} HAM10000 test "
+                "images flagged",
+                synth["ham10000_flagged"],
+                "",
+            ),
+        ]
+    return pd.DataFrame(rows, columns=["metric (test split)", "value", "95% interval"])
+
+
+def context_frame(m: Metrics) -> pd.DataFrame:
+    """The same test images with and without the patient context, and what the context
+    alone predicts (empty for a model that takes no context).
+    """
+    wm = m.with_metadata
+    if not wm:
+        return pd.DataFrame()
+
+    def row(name: str, x: Scores) -> dict:
+        cal = x.malignant.calibration
+        return {
+            "test split": name,
+            "balanced accuracy": x.balanced_accuracy,
+            "95% interval": interval_text(x, "balanced_accuracy"),
+            "malignant AUC": _value(x.malignant.auc),
+            "melanoma AUC": _value(x.per_class["mel"].auc),
+            "melanoma sensitivity": _value(x.per_class["mel"].sensitivity),
+            "malignant sensitivity at threshold": _value(x.malignant.operating_point.sensitivity),
+            "malignant-risk ECE": _value(cal.ece if cal else None),
+        }
+
+    rows = [row("image only", m), row(f"image + age, sex, site ({wm.fusion})", wm)]
+    base = m.metadata_only_baseline
+    if base:
+        rows.append(
+            {
+                "test split": f"age, sex, site only ({base['model']})",
+                "balanced accuracy": base["balanced_accuracy"],
+                "malignant AUC": base["malignant_auc"],
+                "melanoma AUC": base["mel_auc"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def targets_frame(m: Metrics) -> pd.DataFrame:
+    """Each quality target: goal, achieved value with its interval, met or not."""
+    return pd.DataFrame(
+        [
+            {
+                "target": r["label"],
+                "goal": f"{r['direction']} {r['goal']:g}",
+                "achieved": _value(r["achieved"]),
+                "95% interval": (
+                    f"{r['interval'][0]:.3f}–{r['interval'][1]:.3f}" if r["interval"] else ""
+                ),
+                "met": {True: "yes", False: "**no**", None: "n/a"}[r["met"]],
+            }
+            for r in target_status(m)
+        ]
+    )
+
+
+def per_class_frame(m: Scores) -> pd.DataFrame:
+    """Per-class test figures."""
+    return pd.DataFrame(
+        [
+            {
+                "class": display_name(c),
+                "sensitivity": m.per_class[c].sensitivity,
+                "specificity": m.per_class[c].specificity,
+                "precision": m.per_class[c].precision,
+                "F1": m.per_class[c].f1,
+                "AUC": _value(m.per_class[c].auc),
+                "test images": m.per_class[c].support,
+            }
+            for c in CLASSES
+        ]
+    )
+
+
+VARIANT_TEXT = {
+    "image": "last epoch, image only",
+    "context": "last epoch, with age/sex/site (early fusion)",
+    "ema_image": "weight average, image only",
+    "ema_context": "weight average, with age/sex/site (early fusion)",
+    "metadata_only": "age/sex/site alone (logistic regression)",
+    "image_wb": "last epoch, image only, on white-balance-shifted copies",
+}
+
+
+def variant_text(name: str, cv: dict) -> str:
+    """Readable name of a cross-validation variant (late fusion names its power)."""
+    if name.startswith("late_fusion_"):
+        base = name.removeprefix("late_fusion_")
+        power = cv["late_fusion"][base]["power"]
+        how = (
+            f"p chosen on the other folds; on all folds: {power:g}"
+            if cv["folds_done"] > 1
+            else f"p = {power:g} chosen on this fold itself: optimistic"
+        )
+        return f"{VARIANT_TEXT.get(base, base)} x age/sex/site posterior^p (late fusion; {how})"
+    return VARIANT_TEXT.get(name, name)
+
+
+def cv_frame(cv: dict) -> pd.DataFrame:
+    """One row per cross-validation variant: fold mean (and SD) and pooled figures."""
+    table = pd.DataFrame(cv["table"])
+    rows = []
+    for name, part in table.groupby("variant", sort=False):
+        by = part.set_index("fold")
+        sd = by.loc["sd", "balanced_accuracy"]
+        rows.append(
+            {
+                "variant": variant_text(name, cv),
+                "balanced accuracy, mean": by.loc["mean", "balanced_accuracy"],
+                "SD over folds": None if pd.isna(sd) else float(sd),
+                "pooled": by.loc["pooled", "balanced_accuracy"],
+                "malignant AUC": by.loc["mean", "malignant_auc"],
+                "melanoma AUC": by.loc["mean", "mel_auc"],
+                "melanoma sensitivity": by.loc["mean", "mel_sensitivity"],
+                "macro AUC": by.loc["mean", "macro_auc"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+ENSEMBLE_LABELS = {
+    "balanced_accuracy": "balanced accuracy",
+    "malignant_auc": "malignant AUC",
+    "mel_auc": "melanoma AUC",
+    "mel_sensitivity": "melanoma sensitivity",
+    "macro_auc": "macro AUC",
+}
+
+
+def ensemble_frame(result: dict) -> pd.DataFrame:
+    """One row per part and model of a ``python -m skin_model ensemble`` result."""
+    speed = result["images_per_second"]
+    rows = []
+    for part, block in result["parts"].items():
+        name = {"val": "validation half", "calib": "calibration part", "test": "test"}.get(
+            part, part
+        )
+        for row in block["rows"]:
+            rows.append(
+                {
+                    "part": f"{name} ({block['n_images']})",
+                    "model": row["model"],
+                    **{label: row[key] for key, label in ENSEMBLE_LABELS.items()},
+                    "images/s (network only)": str(speed.get(row["model"], "")),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def attempts_frame(path: Path) -> pd.DataFrame:
+    """Every recorded training attempt (``attempts.csv``), known columns in order."""
+    if not Path(path).is_file():
+        return pd.DataFrame(columns=list(ATTEMPT_COLUMNS))
+    df = pd.read_csv(path)
+    return df[[c for c in ATTEMPT_COLUMNS if c in df.columns]]
+
+
+def load_frame(rows: list[dict]) -> pd.DataFrame:
+    """The load test's rows (``scripts/load_test.py``)."""
+    return pd.DataFrame(
+        [
+            {
+                "sessions": r["sessions"],
+                "latency p50 (s)": str(r["p50_s"]),
+                "p95 (s)": str(r["p95_s"]),
+                "correct vs CLI": f"{r['correct']}/{r['sessions']}",
+                "cross-session leaks": r["cross_session_leaks"],
+                "server alive": r["server_alive"],
+                "server peak RSS": f"{r['server_peak_mb']} MB",
+            }
+            for r in rows
+        ]
+    )
+
+
+def recipe_text(settings: dict) -> str:
+    """A cross-validation run's recipe in a few words."""
+    parts = [f"{settings['architecture']} @{settings['input_size']} px", f"{settings['epochs']} ep"]
+    if settings.get("colour_constancy"):
+        parts.append(f"Shades of Gray p={settings['colour_constancy']:g}")
+    if settings.get("white_balance"):
+        parts.append(f"white-balance jitter ±{settings['white_balance']:g}")
+    if settings.get("backbone_lr_scale", 1.0) != 1.0:
+        parts.append(f"backbone lr x{settings['backbone_lr_scale']:g}")
+    if settings.get("head_warmup_epochs"):
+        parts.append(f"head-only warm-up {settings['head_warmup_epochs']} ep")
+    if settings.get("learning_rate", 1e-3) != 1e-3:
+        parts.append(f"lr {settings['learning_rate']:g}")
+    if settings.get("ema_half_life"):
+        parts.append(f"weight average {settings['ema_half_life']:g} ep")
+    return ", ".join(parts)
+
+
+def levers_frame(runs: list[tuple[str, dict]]) -> pd.DataFrame:
+    """Every recipe lever on the same held-out fold 0: one row per cross-validation run.
+
+    Args:
+        runs: ``(directory name, cv.json)`` pairs.
+
+    Returns:
+        Image-only fold-0 figures, the same on white-balance-shifted copies where scored,
+        late fusion of the patient context (power chosen on that fold: optimistic), and the
+        training minutes of the fold.
+    """
+    rows = []
+    for name, cv in runs:
+        by = {(r["variant"], r["fold"]): r for r in cv["table"]}
+        image = by.get(("image", "0"))
+        if image is None:
+            continue
+        shifted = by.get(("image_wb", "0"))
+        fused = by.get(("late_fusion_image", "0"))
+        rows.append(
+            {
+                "run": name,
+                "recipe": recipe_text(cv["settings"]),
+                "balanced accuracy": image["balanced_accuracy"],
+                "on white-balance-shifted copies": shifted["balanced_accuracy"]
+                if shifted
+                else None,
+                "malignant AUC": image["malignant_auc"],
+                "melanoma AUC": image["mel_auc"],
+                "melanoma sensitivity": image["mel_sensitivity"],
+                "macro AUC": image["macro_auc"],
+                "with age/sex/site, late fusion": fused["balanced_accuracy"] if fused else None,
+                "fold 0 training min": f"{cv['train_seconds'][0] / 60:.0f}",
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,386 @@
+"""Loading a model directory (see :mod:`skin_model.model.artifacts`) and classifying decoded
+images: the network's outputs, then the post-hoc layer (:mod:`skin_model.model.posthoc`:
+probabilities, the balanced decision, the malignant risk and referral flag) and the
+"not dermoscopic" detector (:mod:`skin_model.model.ood`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from skin_model import CLASSES
+from skin_model.data.imaging import resize_for_model
+from skin_model.data.metadata import PatientContext, encode
+from skin_model.model.artifacts import (
+    MODEL_FILE,
+    OOD_FILE,
+    ArtifactError,
+    ModelLoadError,
+    check_model_files,
+)
+from skin_model.model.calibration import malignant_probability
+from skin_model.model.config import ModelConfig, read_model_config
+from skin_model.model.metrics_file import RiskTier, read_metrics
+from skin_model.model.ood import Detector, feature_tensors
+from skin_model.model.posthoc import PostHoc
+
+UNSURE_TOP_PROBABILITY = 0.5
+"""Below this top balanced-prior output a prediction is marked unsure."""
+UNSURE_ENTROPY = 0.6
+"""Above this normalised entropy (0 = certain, 1 = uniform) a prediction is marked unsure."""
+
+
+@dataclass
+class ModelBundle:
+    """A loaded model with its config, post-hoc layer, detector and the risk tiers its
+    test figures define (for the verdicts' wording); calls are serialised by ``lock``.
+    """
+
+    model: object
+    config: ModelConfig
+    model_dir: Path
+    posthoc: PostHoc = field(default_factory=PostHoc)
+    detector: Detector | None = None
+    tiers: tuple[RiskTier, ...] = ()
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _infer: object = None
+    _explainers: dict = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square model input."""
+        return int(self.config.input_size)
+
+    def explainer(self, key, build):
+        """The cached explainer under ``key``, built by ``build()`` on first use."""
+        with self.lock:
+            if key not in self._explainers:
+                self._explainers[key] = build()
+            return self._explainers[key]
+
+    @property
+    def uses_context(self) -> bool:
+        """Whether a patient context changes the predictions (network input or late fusion)."""
+        fusion = self.posthoc.context_fusion or {}
+        return self.feeds_context or bool(fusion.get("power"))
+
+    @property
+    def feeds_context(self) -> bool:
+        """Whether the network itself reads the patient context (else it sees none)."""
+        fusion = self.posthoc.context_fusion or {}
+        return takes_metadata(self.model) and bool(fusion.get("feed_network", True))
+
+    @property
+    def malignant_share(self) -> float | None:
+        """Malignant share of the training data (the risk's default prevalence)."""
+        return self.posthoc.malignant_share
+
+
+@dataclass
+class Prediction:
+    """One image's result.
+
+    ``probabilities`` are class probabilities at the training data's class frequencies
+    (or re-weighted to a chosen malignant prevalence, see :meth:`at_prevalence`);
+    ``decision`` is the class chosen by the balanced rule (see
+    :mod:`skin_model.model.calibration`), which is not always the most probable class: a rare
+    class is suggested when its probability is high for it. ``threshold`` is the referral
+    threshold on the same scale as ``malignant_probability``; ``suspicious`` is the
+    referral flag (risk at or above it), whatever the warnings say. ``base_risk`` and
+    ``base_threshold`` are both at the training prevalence, where the risk tiers are set.
+    """
+
+    probabilities: np.ndarray
+    malignant_probability: float
+    suspicious: bool
+    unsure: bool
+    ood_score: float | None
+    looks_dermoscopic: bool
+    decision: int
+    threshold: float
+    prevalence: float | None = None
+    context: PatientContext | None = None
+    base_risk: float | None = None
+    base_threshold: float | None = None
+
+    def __post_init__(self):
+        if self.base_risk is None:  # created at the training prevalence
+            self.base_risk, self.base_threshold = self.malignant_probability, self.threshold
+
+    @property
+    def context_used(self) -> str:
+        """Which patient-context fields the prediction used, as text."""
+        return self.context.describe() if self.context is not None else "none given"
+
+    @property
+    def suggested_class(self) -> str:
+        """Code of the suggested diagnosis (the balanced decision)."""
+        return CLASSES[self.decision]
+
+    @property
+    def most_probable_class(self) -> str:
+        """Code of the class with the highest probability."""
+        return CLASSES[int(np.argmax(self.probabilities))]
+
+    def at_prevalence(self, posthoc: PostHoc, share: float | None) -> Prediction:
+        """This prediction (at the training prevalence) re-weighted to a malignant share:
+        probabilities, risk and the referral threshold move together, so the referral flag
+        and the sensitivity measured for it stay as they are.
+        """
+        if share is None or not posthoc.malignant_share:
+            return self
+        probs, threshold = posthoc.at_prevalence(self.probabilities[None], self.threshold, share)
+        return replace(
+            self,
+            probabilities=probs[0],
+            malignant_probability=float(malignant_probability(probs)[0]),
+            threshold=threshold,
+            prevalence=share,
+        )
+
+    def top_k(self, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` most probable classes with their probabilities."""
+        order = np.argsort(self.probabilities)[::-1][:k]
+        return [(CLASSES[i], float(self.probabilities[i])) for i in order]
+
+
+def load_bundle(model_dir: Path, verify: bool = True) -> ModelBundle:
+    """Load a model directory for inference.
+
+    Args:
+        model_dir: Folder written by training.
+        verify: Check the model, config and detector files against ``integrity.json``.
+
+    Returns:
+        The loaded :class:`ModelBundle`.
+
+    Raises:
+        ModelLoadError: If anything is missing, damaged or unreadable.
+    """
+    import keras
+
+    import skin_model.model.networks  # noqa: F401  (registers the custom layers)
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"Model directory {model_dir} does not exist.")
+    path = check_model_files(model_dir) if verify else model_dir / MODEL_FILE
+    config = read_model_config(model_dir)
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{path} could not be loaded ({type(exc).__name__}: {exc}).") from exc
+    ood = model_dir / OOD_FILE
+    detector = Detector.from_config(config, ood) if ood.is_file() and config.ood_threshold else None
+    return ModelBundle(
+        model=model,
+        config=config,
+        model_dir=model_dir,
+        posthoc=PostHoc.from_config(config),
+        detector=detector,
+        tiers=_tiers(model_dir),
+    )
+
+
+def _tiers(model_dir: Path) -> tuple[RiskTier, ...]:
+    """The risk tiers of a model directory's test figures (none without ``metrics.json``:
+    a model being finalised, or one evaluated elsewhere).
+    """
+    try:
+        return read_metrics(model_dir).malignant.tiers
+    except ArtifactError:
+        return ()
+
+
+def takes_metadata(model) -> bool:
+    """Whether the model has the second, patient-context input."""
+    return len(model.inputs) > 1
+
+
+def batch_inputs(model, images: np.ndarray, metadata: np.ndarray | None = None):
+    """The model's input for a batch of images: the float32 array, or ``[images,
+    metadata]`` for a two-input model (no patient context where ``metadata`` is None).
+    """
+    x = np.asarray(images, dtype=np.float32)
+    if not takes_metadata(model):
+        return x
+    from skin_model.data.metadata import MISSING
+
+    m = np.repeat(MISSING[None], len(x), axis=0) if metadata is None else metadata
+    return [x, np.asarray(m, dtype=np.float32)]
+
+
+def _infer_fn(bundle: ModelBundle):
+    """A compiled function mapping (images, metadata) to (detector features..., probs)."""
+    if bundle._infer is None:
+        import keras
+
+        model = bundle.model
+        layers = bundle.config.ood_layers
+        two = keras.Model(model.inputs, [*feature_tensors(model, layers), model.output])
+        meta = takes_metadata(model)
+        call = (
+            (lambda x, m: two([x, m], training=False))
+            if meta
+            else (lambda x, m: two(x, training=False))
+        )
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            from skin_model.data.metadata import DIM
+
+            spec = tf.TensorSpec([None, bundle.input_size, bundle.input_size, 3], tf.float32)
+            mspec = tf.TensorSpec([None, DIM], tf.float32)
+            bundle._infer = tf.function(call, input_signature=[spec, mspec])
+        else:
+            bundle._infer = call
+    return bundle._infer
+
+
+def dihedral_views(batch: np.ndarray, n: int = 8) -> np.ndarray:
+    """The first ``n`` of the 8 rotations/flips of each image (4: the rotations), view-major:
+    (N, S, S, C) -> (n * N, S, S, C).
+    """
+    views = []
+    for flip in (False, True):
+        base = batch[:, :, ::-1] if flip else batch
+        views.extend(np.rot90(base, k, axes=(1, 2)) for k in range(4))
+    return np.ascontiguousarray(np.concatenate(views[:n], axis=0))
+
+
+def network_outputs(
+    bundle: ModelBundle,
+    batch: np.ndarray,
+    tta: int,
+    chunk: int = 16,
+    metadata: np.ndarray | None = None,
+):
+    """The network's softmax outputs (TTA-averaged) and identity-view features of the
+    detector's layers (``config.ood_layers``).
+
+    Args:
+        bundle: The loaded model.
+        batch: (N, S, S, 3) float32 in [0, 255].
+        tta: Views to average over (1 = none, 4 = rotations, 8 = rotations and flips).
+        chunk: Images per model call (16 keeps peak memory under 1 GB on the CPU; larger
+            batches gained little speed).
+        metadata: (N, DIM) patient-context vectors (None: none given); only a network
+            that reads the context sees them (late fusion is the post-hoc layer's).
+
+    Returns:
+        ``(outputs (N, K), [feature group (N, F_g) of the identity view, ...])``.
+    """
+    from skin_model.data.metadata import MISSING
+
+    infer = _infer_fn(bundle)
+    if metadata is None or not bundle.feeds_context:
+        metadata = np.repeat(MISSING[None], len(batch), axis=0)
+    metadata = np.asarray(metadata, dtype=np.float32)
+    probs_out, groups_out = [], []
+    views = int(tta)
+    step = max(1, chunk // views)  # same memory per call whatever the views
+    for start in range(0, len(batch), step):
+        part = batch[start : start + step]
+        x = dihedral_views(part, views) if views > 1 else part
+        m = metadata[start : start + step]
+        m = np.tile(m, (views, 1)) if views > 1 else m
+        with bundle.lock:
+            result = infer(x.astype(np.float32), m)
+        *groups, probs = result if isinstance(result, list | tuple) else [result]
+        probs = np.asarray(probs)
+        n = len(part)
+        probs_out.append(probs.reshape(-1, n, probs.shape[-1]).mean(axis=0))
+        groups_out.append([np.asarray(g)[:n] for g in groups])
+    if not probs_out:
+        raise ValueError("network_outputs needs at least one image")
+    groups = [np.concatenate([chunk[i] for chunk in groups_out]) for i in range(len(groups_out[0]))]
+    return np.concatenate(probs_out), groups
+
+
+def normalised_entropy(probs: np.ndarray) -> np.ndarray:
+    """Entropy of each probability row divided by log(K): 0 certain, 1 uniform."""
+    p = np.clip(probs, 1e-12, 1.0)
+    return -(p * np.log(p)).sum(axis=1) / np.log(probs.shape[1])
+
+
+def predict_images(
+    bundle: ModelBundle,
+    images: Sequence[np.ndarray],
+    prevalence: float | None = None,
+    contexts: Sequence[PatientContext | None] | None = None,
+    chunk: int = 16,
+    groups: Sequence[int] | None = None,
+) -> list[Prediction]:
+    """Classify decoded RGB uint8 images: network, post-hoc layer, detector.
+
+    Args:
+        bundle: The loaded model.
+        images: Decoded images of any size (see :func:`skin_model.data.imaging.decode_image`).
+        prevalence: Malignant share of the population seen; probabilities, the risk and
+            the threshold are re-weighted to it (Bayes' rule). ``None``: the training
+            data's share.
+        contexts: Optional patient context per image (ignored by a model that uses none).
+        chunk: Images per model call (see :func:`network_outputs`; smaller = less memory).
+        groups: Lesion index of each image: images of one lesion share one result, from
+            the mean of their network outputs (the context of the group's first image is
+            used; a group looks dermoscopic only if all its images do). None: one result
+            per image.
+
+    Returns:
+        One :class:`Prediction` per image (per group with ``groups``, in order of first
+        appearance).
+    """
+    if not images:
+        return []
+    size = bundle.input_size
+    batch = np.stack([resize_for_model(im, size) for im in images]).astype(np.float32)
+    contexts = list(contexts) if contexts is not None else [None] * len(images)
+    use_meta = bundle.uses_context
+    meta = np.stack([encode(c) for c in contexts]) if use_meta else None
+    network, feats = network_outputs(bundle, batch, bundle.config.tta, chunk, meta)
+    detector = bundle.detector
+    scores = detector.score(feats) if detector is not None else None
+    if groups is not None:
+        network, meta, contexts, scores = _pool_groups(groups, network, meta, contexts, scores)
+    given = np.array([use_meta and c is not None and bool(c.given) for c in contexts], bool)
+    out = bundle.posthoc.apply(network, meta, given)
+    entropy = normalised_entropy(out.fused)
+    return [
+        Prediction(
+            probabilities=out.probabilities[i],
+            malignant_probability=float(out.risk[i]),
+            suspicious=bool(out.flagged[i]),
+            unsure=bool(out.fused[i].max() < UNSURE_TOP_PROBABILITY or entropy[i] > UNSURE_ENTROPY),
+            ood_score=None if scores is None else float(scores[i]),
+            looks_dermoscopic=scores is None or not bool(detector.flagged(scores[i])),
+            decision=int(out.decisions[i]),
+            threshold=float(out.thresholds[i]),
+            context=contexts[i] if use_meta else None,
+        ).at_prevalence(bundle.posthoc, prevalence)
+        for i in range(len(network))
+    ]
+
+
+def _pool_groups(groups, network, meta, contexts, scores):
+    """Per-group mean outputs, the first image's context, and the highest detector score."""
+    groups = np.asarray(groups)
+    order = list(dict.fromkeys(groups.tolist()))
+    first = [int(np.flatnonzero(groups == g)[0]) for g in order]
+    pooled = np.stack([network[groups == g].mean(axis=0) for g in order])
+    worst = None if scores is None else np.array([scores[groups == g].max() for g in order])
+    return (
+        pooled,
+        None if meta is None else meta[first],
+        [contexts[i] for i in first],
+        worst,
+    )
+
+
+def display_threshold(bundle: ModelBundle, prevalence: float | None = None) -> float:
+    """The image-only referral threshold on the risk scale shown at ``prevalence``."""
+    return bundle.posthoc.threshold_at(bundle.posthoc.threshold_, prevalence)

@@ -1,0 +1,289 @@
+"""A model directory as one self-contained network that standard runtimes load: TF Serving
+(SavedModel), LiteRT (``.tflite``) and ONNX Runtime.
+
+The exported network takes raw RGB pixels (float, any size: the app's own resize,
+:class:`PillowResize`, and the colour handling are inside) and returns what the app shows
+for an image without patient details: the seven probabilities at the training prevalence,
+the malignant risk, the suggested diagnosis (the balanced rule) and the "not dermoscopic"
+score, with the post-hoc layer (prior shift, temperature) and the detector baked in.
+Exports go through Keras' own ``model.export`` (TensorFlow's converters; ``tf2onnx`` for
+ONNX).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from skin_model import CLASSES, MALIGNANT
+
+FORMATS = {"saved_model": "tf_saved_model", "litert": "litert", "onnx": "onnx"}
+OUTPUTS = ("probabilities", "malignant_risk", "suggested_class", "not_dermoscopic_score")
+"""Outputs of the exported network, in this order."""
+
+
+class ExportError(ValueError):
+    """A model or input that cannot be exported or served, with the reason."""
+
+
+class _Dihedral(keras.layers.Layer):
+    """One of the 8 flips/rotations of an image batch (view-major, as the app's TTA)."""
+
+    def __init__(self, view: int, **kwargs):
+        super().__init__(**kwargs)
+        self.view = view
+
+    def call(self, x):
+        ops = keras.ops
+        if self.view >= 4:
+            x = ops.flip(x, axis=2)
+        for _ in range(self.view % 4):  # np.rot90 over (H, W): counter-clockwise
+            x = ops.flip(ops.transpose(x, (0, 2, 1, 3)), axis=1)
+        return x
+
+
+class PillowResize(keras.layers.Layer):
+    """The app's resize (:func:`skin_model.data.imaging.resize_for_model`: Pillow's bilinear
+    filter, antialiased, with ``reducing_gap=2``) as graph ops, so the exported network fed
+    raw pixels of any size sees the pixels the app's network sees.
+
+    Per axis, as Pillow does it: a box reduction by ``floor(in / (2 * out))`` (edge boxes
+    averaged over the pixels they hold) rounded to 8 bits, then a triangle filter whose
+    support grows with the downscale factor, horizontal pass first, each rounded to 8 bits.
+    Pillow works in fixed point; this in float32, so a pixel can differ by one level.
+    """
+
+    def __init__(self, size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.size = int(size)
+
+    def _axis(self, n):
+        import tensorflow as tf
+
+        out = float(self.size)
+        n_f = tf.cast(n, tf.float32)
+        factor = tf.maximum(tf.floor(n_f / (out * 2.0)), 1.0)
+        f_int = tf.cast(factor, tf.int32)
+        reduced = (n + f_int - 1) // f_int
+        member = tf.equal(tf.range(n)[None, :] // f_int, tf.range(reduced)[:, None])
+        box = tf.cast(member, tf.float32)
+        box = box / tf.reduce_sum(box, axis=1, keepdims=True)
+        scale = n_f / factor / out
+        support = tf.maximum(scale, 1.0)
+        centres = (tf.range(self.size, dtype=tf.float32) + 0.5) * scale
+        pixels = tf.cast(tf.range(reduced), tf.float32) + 0.5
+        tri = tf.maximum(1.0 - tf.abs(pixels[None, :] - centres[:, None]) / support, 0.0)
+        return box, tri / tf.reduce_sum(tri, axis=1, keepdims=True)
+
+    def call(self, images):
+        """(N, H, W, 3) pixels of any size to (N, size, size, 3), 8-bit levels as floats."""
+        import tensorflow as tf
+
+        def level(x):
+            return tf.clip_by_value(tf.floor(x + 0.5), 0.0, 255.0)
+
+        x = tf.cast(images, tf.float32)
+        shape = tf.shape(x)
+        box_y, tri_y = self._axis(shape[1])
+        box_x, tri_x = self._axis(shape[2])
+        x = level(tf.einsum("ph,nhwc->npwc", box_y, tf.einsum("qw,nhwc->nhqc", box_x, x)))
+        x = level(tf.einsum("qw,nhwc->nhqc", tri_x, x))
+        return level(tf.einsum("ph,nhwc->npwc", tri_y, x))
+
+    def compute_output_shape(self, input_shape):
+        """Square at the model's input size."""
+        return (input_shape[0], self.size, self.size, input_shape[-1])
+
+    def get_config(self):
+        """The layer's settings (Keras serialisation)."""
+        return {**super().get_config(), "size": self.size}
+
+
+class _NoContext(keras.layers.Layer):
+    """The "no patient details" vector for every image of the batch."""
+
+    def __init__(self, missing: np.ndarray, **kwargs):
+        super().__init__(**kwargs)
+        self.missing = np.asarray(missing, np.float32)
+
+    def call(self, images):
+        ops = keras.ops
+        n = ops.shape(images)[0]
+        return ops.tile(ops.convert_to_tensor(self.missing)[None], [n, 1])
+
+
+class _PostHoc(keras.layers.Layer):
+    """Prior shift, temperature, malignant risk, the balanced decision and the detector's
+    score, as the package computes them (:mod:`skin_model.model.posthoc`,
+    :mod:`skin_model.model.ood`).
+    """
+
+    def __init__(self, bundle, **kwargs):
+        super().__init__(**kwargs)
+        post = bundle.posthoc
+        self.prior = None if post.class_prior is None else np.asarray(post.class_prior, np.float32)
+        self.temperature = float(post.temperature_)
+        self.malignant = np.array([c in MALIGNANT for c in CLASSES])
+        det = bundle.detector
+        stats = [] if det is None else det.stats_
+        self.stats = [(m.astype(np.float32), p.astype(np.float32)) for m, p in stats]
+        self.limits = [] if det is None else [float(v) for v in det.group_limits_]
+
+    def call(self, raw, features):
+        ops = keras.ops
+        raw = ops.cast(raw, "float32")
+        probs = raw
+        if self.prior is not None:
+            probs = raw * ops.convert_to_tensor(self.prior)
+            probs = probs / ops.sum(probs, axis=1, keepdims=True)
+        if self.temperature != 1.0:
+            logits = ops.log(ops.clip(probs, 1e-7, 1.0)) / self.temperature
+            probs = ops.softmax(logits, axis=1)
+        mask = ops.convert_to_tensor(self.malignant.astype(np.float32))
+        risk = ops.sum(probs * mask, axis=1)
+        # top_k, not argmax: Keras' argmax uses bit casts that LiteRT and ONNX lack
+        _, decision = ops.top_k(raw if self.prior is not None else probs, k=1)
+        decision = decision[:, 0]
+        if self.stats:
+            ratios = []
+            groups = zip(features, self.stats, self.limits, strict=True)
+            for feats, (mean, precision), limit in groups:
+                d = ops.cast(feats, "float32") - ops.convert_to_tensor(mean)
+                q = ops.sum(ops.matmul(d, ops.convert_to_tensor(precision)) * d, axis=1)
+                ratios.append(ops.sqrt(ops.maximum(q, 0.0)) / limit)
+            score = ops.max(ops.stack(ratios, axis=1), axis=1)
+        else:
+            score = ops.zeros_like(risk)
+        return probs, risk, ops.cast(decision, "int32"), score
+
+
+def serving_model(bundle) -> keras.Model:
+    """The bundle's network with resizing, test-time augmentation, the post-hoc layer and
+    the detector inside: raw RGB pixels in, :data:`OUTPUTS` out.
+    """
+    from skin_model.data.metadata import MISSING
+    from skin_model.model.ood import feature_tensors
+    from skin_model.runtime.inference import takes_metadata
+
+    model, size = bundle.model, bundle.input_size
+    layers = list(bundle.detector.layers) if bundle.detector else []
+    net = keras.Model(model.inputs, [*feature_tensors(model, layers), model.output])
+    image = keras.Input((None, None, 3), name="image", dtype="float32")
+    x = PillowResize(size, name="resize")(image)
+    context = _NoContext(MISSING, name="no_context")(x) if takes_metadata(model) else None
+    outs = []
+    for v in range(int(bundle.config.tta)):
+        view = _Dihedral(v, name=f"view_{v}")(x)
+        outs.append(net([view, context] if context is not None else view, training=False))
+    features = list(outs[0][:-1])
+    raw = outs[0][-1]
+    if len(outs) > 1:
+        raw = keras.layers.Average(name="tta_mean")([o[-1] for o in outs])
+    probs, risk, decision, score = _PostHoc(bundle, name="posthoc")(raw, features)
+    return keras.Model(image, [probs, risk, decision, score], name="skin_lesion_classifier")
+
+
+def export(model_dir: Path, fmt: str, out: Path) -> Path:
+    """Export a model directory in one of :data:`FORMATS`.
+
+    Args:
+        model_dir: A finalised model directory.
+        fmt: ``saved_model``, ``litert`` or ``onnx``.
+        out: The SavedModel folder, ``.tflite`` file or ``.onnx`` file to write.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ExportError: For an unknown format or a converter that is not installed.
+    """
+    from skin_model.runtime.inference import load_bundle
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    bundle = load_bundle(model_dir)
+    model = serving_model(bundle)
+    size = bundle.input_size
+    model(np.zeros((1, size, size, 3), np.float32))  # the ONNX exporter needs one call
+    signature = [keras.InputSpec(shape=(None, None, None, 3), dtype="float32")]
+    try:
+        model.export(str(out), format=FORMATS[fmt], verbose=False, input_signature=signature)
+    except ImportError as exc:
+        raise ExportError(f"the {fmt} converter is not installed ({exc})") from exc
+    return Path(out)
+
+
+def check_images(images) -> np.ndarray:
+    """A batch the exported network accepts: (N, H, W, 3) float32 RGB in [0, 255].
+
+    Raises:
+        ExportError: For any other shape, with what was given.
+    """
+    x = np.asarray(images)
+    if x.ndim != 4 or x.shape[-1] != 3 or min(x.shape[1:3]) < 1:
+        raise ExportError(
+            f"expected a batch of RGB images shaped (N, H, W, 3), got {tuple(x.shape)}"
+        )
+    return x.astype(np.float32)
+
+
+@functools.cache
+def _saved_model(path: str):
+    import tensorflow as tf
+
+    return tf.saved_model.load(path)
+
+
+@functools.cache
+def _litert(path: str):
+    import warnings
+
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # tf.lite's deprecation notice
+        return tf.lite.Interpreter(model_path=path)
+
+
+@functools.cache
+def _onnx(path: str):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def run_saved_model(path: Path, images) -> dict[str, np.ndarray]:
+    """The SavedModel's ``serving_default`` signature on a batch (as TF Serving runs it;
+    loaded once per path and process).
+    """
+    import tensorflow as tf
+
+    fn = _saved_model(str(path)).signatures["serving_default"]
+    out = fn(tf.constant(check_images(images)))
+    values = [out[k].numpy() for k in sorted(out, key=lambda k: int(k.split("_")[-1] or 0))]
+    return dict(zip(OUTPUTS, values, strict=True))
+
+
+def run_litert(path: Path, images) -> dict[str, np.ndarray]:
+    """The LiteRT file's ``serving_default`` signature on a batch of any size (TensorFlow's
+    interpreter; the runner resizes its input tensor to the batch).
+    """
+    x = check_images(images)
+    interpreter = _litert(str(path))
+    signature = interpreter.get_signature_list()["serving_default"]
+    runner = interpreter.get_signature_runner("serving_default")
+    out = runner(**{signature["inputs"][0]: x})
+    return {name: out[f"output_{i}"] for i, name in enumerate(OUTPUTS)}
+
+
+def run_onnx(path: Path, images) -> dict[str, np.ndarray]:
+    """The ONNX file on a batch with ONNX Runtime."""
+    session = _onnx(str(path))
+    name = session.get_inputs()[0].name
+    return dict(zip(OUTPUTS, session.run(None, {name: check_images(images)}), strict=True))
+
+
+RUNNERS = {"saved_model": run_saved_model, "litert": run_litert, "onnx": run_onnx}

@@ -1,0 +1,511 @@
+"""Finalising a trained network into a model directory, one step per job.
+
+1. **Choose on validation** the test-time augmentation (:func:`choose_tta`, whose outputs
+   are kept for the validation figures) and, after step 2, the Grad-CAM layer.
+2. **Fit the post-hoc layer** (:class:`~skin_model.model.posthoc.PostHoc`) and the "not
+   dermoscopic" detector (:class:`~skin_model.model.ood.Detector`) on the calibration part,
+   which chose nothing.
+3. **Write the model directory once** (model, config, detector statistics, integrity).
+4. **Evaluate the test split once** (and once more with the patient context), keeping the
+   detector features of that pass for the detector's own figures.
+5. **Explanation checks**: Grad-CAM energy in the lesion boxes, each image decoded and
+   predicted once for every candidate layer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from skin_model import CLASSES, __version__
+from skin_model.data.dataset import class_indices
+from skin_model.data.metadata import ContextModel
+from skin_model.evaluate.evaluation import (
+    cam_ratios,
+    detector_separation,
+    evaluate_split,
+    metadata_only_baseline,
+    write_predictions,
+)
+from skin_model.evaluate.metrics import (
+    binary_operating_point,
+    calibration_bins,
+    lesion_level,
+    risk_tiers,
+    target_status,
+)
+from skin_model.model.architectures import spec_for
+from skin_model.model.artifacts import (
+    METRICS_FILE,
+    MODEL_FILE,
+    OOD_FILE,
+    PREDICTIONS_FILE,
+    sha256_file,
+    write_integrity,
+    write_json,
+)
+from skin_model.model.calibration import (
+    binary_calibration,
+    class_frequencies,
+    is_malignant,
+    malignant_probability,
+)
+from skin_model.model.config import ModelConfig, write_model_config
+from skin_model.model.ood import Detector
+from skin_model.model.posthoc import PostHoc
+from skin_model.model.settings import config_dict
+from skin_model.runtime.advice import HIGH_RISK
+from skin_model.runtime.inference import ModelBundle, network_outputs, takes_metadata
+
+TTA_CHOICES = (1, 4, 8)
+"""Test-time augmentation views tried on validation (none, the 4 rotations, all 8)."""
+
+
+@dataclass
+class Parts:
+    """The split parts of a finalisation, as the steps need them.
+
+    Attributes:
+        images: ``{part: (N, S, S, 3) float32 at the input size}``.
+        codes: ``{part: class codes}``.
+        y: ``{part: class indices}``.
+        contexts: ``{part: (N, DIM) encoded patient contexts}`` or None.
+        rows: ``{"calib"|"test": frame of image_id, lesion_id}`` in part order.
+        boxes: ``{"val"|"test": rows with lesion boxes}`` (None without boxes).
+    """
+
+    images: dict
+    codes: dict
+    y: dict
+    contexts: dict | None
+    rows: dict
+    boxes: dict
+
+    @classmethod
+    def build(cls, parts: dict, rows: dict, boxes: dict | None, metas: dict | None) -> Parts:
+        """From ``{part: (uint8 images, codes)}`` and the per-part rows, boxes, contexts."""
+        return cls(
+            images={s: x.astype(np.float32) for s, (x, _) in parts.items()},
+            codes={s: list(codes) for s, (_, codes) in parts.items()},
+            y={s: class_indices(codes) for s, (_, codes) in parts.items()},
+            contexts=metas,
+            rows=rows,
+            boxes=boxes or {},
+        )
+
+
+def choose_tta(
+    bundle: ModelBundle, x_val: np.ndarray, y_val: np.ndarray, min_gain: float
+) -> tuple[int, dict, np.ndarray]:
+    """Views to average at test time, chosen on validation balanced accuracy: the fewest
+    views within 0.005 of the best, and more than one only when that beats a single view
+    by more than ``min_gain`` (each view costs a forward pass).
+
+    Returns:
+        ``(views, {"balanced_accuracy_views_<n>": score, ...}, outputs of those views)``.
+    """
+    scores, outputs = {}, {}
+    for n in TTA_CHOICES:
+        outputs[n], _ = network_outputs(bundle, x_val, n)
+        scores[n] = float(balanced_accuracy_score(y_val, outputs[n].argmax(1)))
+    best = max(scores.values())
+    views = min(n for n in TTA_CHOICES if scores[n] >= best - 0.005)
+    if views > 1 and scores[views] <= scores[1] + min_gain:
+        views = 1
+    return views, {f"balanced_accuracy_views_{n}": v for n, v in scores.items()}, outputs[views]
+
+
+def context_fusion(cfg, context_model: ContextModel | None) -> dict | None:
+    """How the patient context is used: the late-fusion settings of ``cfg`` with its
+    context model (fitted on the training part). None when the context only feeds the
+    network (no late fusion) or there is none; ``power`` 0 with ``feed_network`` false
+    means the context is recorded but changes nothing.
+    """
+    feed = bool(cfg.context_fusion_feed_network and cfg.metadata)
+    if context_model is None or (cfg.context_fusion_power <= 0 and feed):
+        return None
+    return {
+        "power": float(cfg.context_fusion_power),
+        "feed_network": feed,
+        "model": "class-balanced logistic regression on the encoded age, sex and site, "
+        "fitted on the training part",
+        **context_model.to_config(),
+    }
+
+
+def fusion_text(fusion: dict | None) -> str:
+    """How a model uses the patient context, in words."""
+    if not fusion:
+        return "network input"
+    if not fusion["feed_network"] and not fusion["power"]:
+        return "not used"
+    how = "network input and " if fusion["feed_network"] else ""
+    return f"{how}late fusion (age/sex/site posterior^{fusion['power']:g})"
+
+
+def output_prior(cfg, train_codes) -> list[float] | None:
+    """The class prior the balanced-prior outputs are re-weighted by to reach the training
+    frequencies.
+
+    A logit-adjusted model's outputs assume a uniform prior: multiply by the training
+    frequencies. A model trained with class weights ``w ∝ freq ** -power`` is undone by
+    ``freq ** power``. Plain cross-entropy needs nothing (None).
+    """
+    freq = class_frequencies(train_codes)
+    power = 1.0 if cfg.loss == "logit_adjusted" else float(cfg.class_weight_power)
+    if power == 0:
+        return None
+    corr = freq**power
+    return (corr / corr.sum()).round(8).tolist()
+
+
+def fit_posthoc(
+    bundle: ModelBundle, cfg, data: Parts, context_model: ContextModel | None
+) -> tuple[PostHoc, dict]:
+    """The post-hoc layer: prior and fusion from the training part, temperature and
+    thresholds fitted on the calibration part.
+
+    Returns:
+        ``(posthoc, {"outputs", "features", "outputs_context"})`` of the calibration part.
+    """
+    posthoc = PostHoc(
+        class_prior=output_prior(cfg, data.codes["train"]),
+        malignant_share=round(float(is_malignant(data.y["train"]).mean()), 6),
+        context_fusion=context_fusion(cfg, context_model),
+        target_sensitivity=cfg.target_sensitivity,
+    )
+    tta = bundle.config.tta
+    network, feats = network_outputs(bundle, data.images["calib"], tta)
+    cal = {"outputs": posthoc.fuse(network, None), "features": feats, "outputs_context": None}
+    if data.contexts:
+        m = data.contexts["calib"]
+        with_ctx, _ = network_outputs(bundle, data.images["calib"], tta, metadata=m)
+        cal["outputs_context"] = posthoc.fuse(with_ctx, m)
+    groups = data.rows["calib"]["lesion_id"].to_numpy()
+    posthoc.fit(cal["outputs"], data.y["calib"], groups, cal["outputs_context"])
+    return posthoc, cal
+
+
+def dermoscopy_variants(images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """Ordinary variants of real dermoscopy that must not look "not dermoscopic": a round
+    black field of view (as a transparent-corner PNG is flattened too), another white
+    balance (gains up to 10% per channel) and a quarter turn.
+
+    Args:
+        images: (N, S, S, 3) images in [0, 255].
+        seed: Seed of the radii and gains.
+
+    Returns:
+        ``{"round field of view" | "white balance" | "rotated": (N, S, S, 3) float32}``.
+    """
+    from skin_model.data.imaging import dermoscope_vignette, shift_white_balance_batch
+
+    rng = np.random.default_rng(seed)
+    u8 = np.clip(np.rint(images), 0, 255).astype(np.uint8)
+    radii = rng.uniform(0.36, 0.5, len(u8))
+    return {
+        "round field of view": np.stack(
+            [dermoscope_vignette(im, r) for im, r in zip(u8, radii, strict=True)]
+        ).astype(np.float32),
+        "white balance": shift_white_balance_batch(u8, 0.10, seed).astype(np.float32),
+        "rotated": np.ascontiguousarray(np.rot90(u8, 1, axes=(1, 2))).astype(np.float32),
+    }
+
+
+def with_variant_features(bundle: ModelBundle, images: np.ndarray, features: list | None):
+    """Detector features of images and of their :func:`dermoscopy_variants`, groupwise
+    (``features``: those of ``images`` when already computed).
+    """
+    own = features if features is not None else network_outputs(bundle, images, 1)[1]
+    feats = [own, *(network_outputs(bundle, x, 1)[1] for x in dermoscopy_variants(images).values())]
+    return [np.concatenate([f[g] for f in feats]) for g in range(len(own))]
+
+
+def fit_detector(bundle: ModelBundle, data: Parts, calib_features, quantile: float) -> Detector:
+    """The "not dermoscopic" detector: statistics of the training images and their
+    ordinary variants (:func:`dermoscopy_variants`), limits at ``quantile`` of the
+    calibration part and its variants, so that a round field of view, another white
+    balance or a rotation is not taken for a photograph of something else.
+    """
+    train = with_variant_features(bundle, data.images["train"], None)
+    calib = with_variant_features(bundle, data.images["calib"], calib_features)
+    return Detector(list(bundle.config.ood_layers), quantile).fit(train, calib)
+
+
+def variant_flags(bundle: ModelBundle, images: np.ndarray) -> dict[str, float]:
+    """Share of (test) images flagged as not dermoscopic, per ordinary variant."""
+    out = {}
+    for name, x in dermoscopy_variants(images, seed=1).items():
+        _, feats = network_outputs(bundle, x, 1)
+        out[name] = float(bundle.detector.flagged(bundle.detector.score(feats)).mean())
+    return out
+
+
+def robustness(bundle: ModelBundle, data: Parts, base: dict) -> dict:
+    """Test figures on a white-balance-shifted copy of the test split (a few percent per
+    channel, as another dermatoscope's files differ), and what the shift costs.
+    """
+    from skin_model.data.imaging import WHITE_BALANCE_SHIFT, shift_white_balance_batch
+
+    u8 = np.clip(np.rint(data.images["test"]), 0, 255).astype(np.uint8)
+    shifted = shift_white_balance_batch(u8).astype(np.float32)
+    lesions = data.rows["test"]["lesion_id"].to_numpy()
+    m, *_ = evaluate_split(bundle, shifted, data.y["test"], lesions, bundle.posthoc.threshold_)
+    return {
+        "white_balance": {
+            "shift": f"per-image gains uniform in 1 ± {WHITE_BALANCE_SHIFT:g} per channel",
+            "balanced_accuracy": m["balanced_accuracy"],
+            "malignant_auc": m["malignant"]["auc"],
+            "malignant_sensitivity": m["malignant"]["operating_point"]["sensitivity"],
+        },
+        "white_balance_cost": float(base["balanced_accuracy"] - m["balanced_accuracy"]),
+        "white_balance_auc_cost": float(base["malignant"]["auc"] - m["malignant"]["auc"]),
+    }
+
+
+def cam_candidates(bundle: ModelBundle) -> list[str]:
+    """The architecture's Grad-CAM candidate layers that the model has."""
+    names = {layer.name for layer in bundle.model.layers}
+    return [c for c in spec_for(bundle.config.architecture).cam_layers if c in names]
+
+
+def choose_cam_layer(bundle: ModelBundle, boxes: pd.DataFrame | None, n: int = 100) -> dict:
+    """The candidate layer whose Grad-CAM puts most energy in the lesion box (validation).
+
+    Returns:
+        ``{"layer": name, "mean_ratio_by_layer": {name: ratio}}``.
+    """
+    candidates = cam_candidates(bundle)
+    if boxes is None or boxes.empty or len(candidates) < 2:
+        return {"layer": candidates[0] if candidates else None, "mean_ratio_by_layer": {}}
+    found = cam_ratios(bundle, boxes, n, layers=candidates)
+    scores = {c: r["mean_ratio"] for c, r in found.items() if r is not None}
+    best = max(scores, key=scores.get) if scores else candidates[0]
+    return {"layer": best, "mean_ratio_by_layer": scores}
+
+
+def model_config(cfg, bundle: ModelBundle, posthoc: PostHoc, detector: Detector, cam: str | None):
+    """The :class:`ModelConfig` of the finalised model."""
+    spec = spec_for(cfg.architecture)
+    return ModelConfig(
+        architecture=cfg.architecture,
+        input_size=cfg.input_size,
+        classes=list(CLASSES),
+        tta=int(bundle.config.tta),
+        cam_layer=cam,
+        metadata_input=takes_metadata(bundle.model),
+        **posthoc.to_config(),
+        **detector.to_config(),
+        weights_provenance=spec.provenance(cfg.weights),
+        trained_on=dt.date.today().isoformat(),
+        training=config_dict(cfg),
+        version=__version__,
+    )
+
+
+def write_model_dir(out_dir: Path, model, config: ModelConfig, detector: Detector) -> None:
+    """Write the files a prediction depends on, and their digests, once."""
+    from skin_model.model.networks import inference_copy
+
+    inference_copy(model).save(out_dir / MODEL_FILE)
+    write_model_config(out_dir, config)
+    detector.save(out_dir / OOD_FILE)
+    write_integrity(out_dir)
+
+
+def validation_figures(
+    bundle: ModelBundle, data: Parts, tta_scores: dict, val_outputs: np.ndarray
+) -> dict:
+    """Validation balanced accuracy and malignant AUC of the chosen views (kept outputs),
+    and with the patient context where the model takes it.
+    """
+    y = data.y["val"]
+    out = {
+        **tta_scores,
+        "balanced_accuracy": float(balanced_accuracy_score(y, val_outputs.argmax(1))),
+        "n_images": len(y),
+        "malignant_auc": float(roc_auc_score(is_malignant(y), malignant_probability(val_outputs))),
+    }
+    if data.contexts:
+        m = data.contexts["val"]
+        network, _ = network_outputs(bundle, data.images["val"], bundle.config.tta, metadata=m)
+        fused = bundle.posthoc.fuse(network, m)
+        out["balanced_accuracy_with_metadata"] = float(balanced_accuracy_score(y, fused.argmax(1)))
+    return out
+
+
+def calibration_figures(cfg, data: Parts, posthoc: PostHoc, cal: dict, detector) -> dict:
+    """What was fitted on the calibration part and how it did there."""
+    groups = data.rows["calib"]["lesion_id"].to_numpy()
+    report = posthoc.fit_report_
+    q_cal = posthoc.probabilities(cal["outputs"])
+    return {
+        "data": "calibration part: half of the validation lesions, which chose nothing",
+        "n_images": len(data.y["calib"]),
+        "n_lesions": len(np.unique(groups)),
+        "temperature": posthoc.temperature_,
+        "temperature_check": report["temperature_check"],
+        "threshold": report["threshold"],
+        "threshold_metadata": report["threshold_ctx"],
+        "ood_quantile": cfg.ood_quantile,
+        "ood_layers": list(detector.layers),
+        "operating_point": binary_operating_point(
+            is_malignant(data.y["calib"]), malignant_probability(q_cal), posthoc.threshold_
+        ),
+    }
+
+
+def test_figures(bundle: ModelBundle, data: Parts) -> tuple[dict, dict]:
+    """Test-split metrics (read once), their raw-output calibration, and the detector's
+    test scores from the same pass.
+
+    Returns:
+        ``(metrics, {"probabilities", "decisions", "ood_scores"})``.
+    """
+    lesions = data.rows["test"]["lesion_id"].to_numpy()
+    y = data.y["test"]
+    metrics, probs, decisions, fused, feats = evaluate_split(
+        bundle, data.images["test"], y, lesions, bundle.posthoc.threshold_
+    )
+    metrics["decision_rule"] = bundle.posthoc.decision_rule
+    metrics["calibration"]["ece_raw_outputs"] = calibration_bins(fused, y)["ece"]
+    metrics["malignant"]["calibration_raw_outputs_ece"] = binary_calibration(
+        malignant_probability(fused), is_malignant(y)
+    )["ece"]
+    metrics["malignant"]["training_share"] = float(is_malignant(data.y["train"]).mean())
+    metrics["evaluated_on"] = "test split (lesion-grouped), read once after all choices"
+    scores = bundle.detector.score(feats)
+    return metrics, {
+        "probabilities": probs,
+        "decisions": decisions,
+        "fused": fused,
+        "ood_scores": scores,
+    }
+
+
+def context_figures(bundle: ModelBundle, data: Parts, context_model: ContextModel) -> dict:
+    """Test metrics with the patient context given, and what the context alone predicts."""
+    lesions = data.rows["test"]["lesion_id"].to_numpy()
+    threshold = bundle.posthoc.threshold_context_
+    with_meta, *_ = evaluate_split(
+        bundle, data.images["test"], data.y["test"], lesions, threshold, data.contexts["test"]
+    )
+    with_meta["fusion"] = fusion_text(bundle.posthoc.context_fusion)
+    baseline = metadata_only_baseline(context_model, data.contexts["test"], data.y["test"])
+    return {"with_metadata": with_meta, "metadata_only_baseline": baseline}
+
+
+def model_figures(model, config: ModelConfig, out_dir: Path) -> dict:
+    """Size, digest and the settings that shape predictions, for ``metrics.json``."""
+    return {
+        "architecture": config.architecture,
+        "input_size": config.input_size,
+        "parameters": int(model.count_params()),
+        "file_bytes": (out_dir / MODEL_FILE).stat().st_size,
+        "sha256": sha256_file(out_dir / MODEL_FILE),
+        "temperature": config.temperature,
+        "tta": config.tta,
+        "malignant_threshold": config.malignant_threshold,
+        "weights_provenance": config.weights_provenance,
+    }
+
+
+def split_counts(codes: dict) -> dict:
+    """Images per class in each split."""
+    return {s: {c: int(list(v).count(c)) for c in CLASSES} for s, v in codes.items()}
+
+
+def finalise_model(
+    model,
+    cfg,
+    parts: dict,
+    out_dir: Path,
+    fit_info: dict,
+    boxes,
+    rows: dict,
+    metas: dict | None = None,
+) -> dict:
+    """Fit the post-hoc layer and the detector, write the model directory, evaluate on
+    test and check the explanations; write ``metrics.json`` and the test predictions.
+
+    Args:
+        model: The trained Keras model.
+        cfg: The :class:`skin_model.model.settings.TrainConfig` used.
+        parts: ``{"train"|"val"|"calib"|"test": (uint8 images at input size, codes)}``.
+        out_dir: Model directory.
+        fit_info: Epochs, best epoch, seconds and device of the fit.
+        boxes: ``{"val"|"test": rows with lesion boxes}`` (or None).
+        rows: ``{"calib"|"test": frame of image_id, lesion_id}`` in ``parts`` order.
+        metas: ``{split: (N, DIM) patient-context vectors}``, or None; the test split is
+            then evaluated with and without them.
+
+    Returns:
+        The dict written to ``metrics.json``.
+    """
+    out_dir = Path(out_dir)
+    data = Parts.build(parts, rows, boxes, metas)
+    spec = spec_for(cfg.architecture)
+    bundle = ModelBundle(
+        model=model,
+        config=ModelConfig(cfg.architecture, cfg.input_size, ood_layers=list(spec.ood_layers)),
+        model_dir=out_dir,
+    )
+    tta, tta_scores, val_outputs = choose_tta(
+        bundle, data.images["val"], data.y["val"], cfg.tta_min_gain
+    )
+    bundle.config.tta = tta
+    context_model = ContextModel().fit(metas["train"], data.y["train"]) if metas else None
+    bundle.posthoc, cal = fit_posthoc(bundle, cfg, data, context_model)
+    bundle.detector = fit_detector(bundle, data, cal["features"], cfg.ood_quantile)
+    cam_choice = choose_cam_layer(bundle, data.boxes.get("val"))
+    bundle.config = model_config(cfg, bundle, bundle.posthoc, bundle.detector, cam_choice["layer"])
+    write_model_dir(out_dir, model, bundle.config, bundle.detector)
+
+    metrics, test = test_figures(bundle, data)
+    metrics["calibration_fit"] = calibration_figures(
+        cfg, data, bundle.posthoc, cal, bundle.detector
+    )
+    metrics["validation"] = validation_figures(bundle, data, tta_scores, val_outputs)
+    metrics["model"] = model_figures(model, bundle.config, out_dir)
+    metrics["training"] = {**fit_info, "settings": config_dict(cfg)}
+    metrics["split"] = split_counts(data.codes)
+    metrics["ood"] = detector_separation(bundle, test["ood_scores"])
+    metrics["ood"]["ham10000_variants_flagged"] = variant_flags(bundle, data.images["test"])
+    metrics["malignant"]["tiers"] = risk_tiers(
+        malignant_probability(test["probabilities"]),
+        data.y["test"],
+        bundle.posthoc.threshold_,
+        HIGH_RISK,
+    )
+    metrics["lesion_grouping"] = lesion_level(
+        test["fused"],
+        data.y["test"],
+        data.rows["test"]["lesion_id"].to_numpy(),
+        lambda outputs: bundle.posthoc.apply(outputs).decisions,
+    )
+    metrics["robustness"] = robustness(bundle, data, metrics)
+    metrics["cam_layer_choice"] = {**cam_choice, "chosen_on": "validation lesion boxes"}
+    test_boxes = data.boxes.get("test")
+    layer = bundle.config.cam_layer
+    metrics["cam_localisation"] = (
+        cam_ratios(bundle, test_boxes, 150, layers=[layer])[layer]
+        if test_boxes is not None and not test_boxes.empty
+        else None
+    )
+    write_predictions(
+        out_dir / PREDICTIONS_FILE,
+        data.codes["test"],
+        test["probabilities"],
+        data.rows["test"]["image_id"],
+        test["decisions"],
+    )
+    if metas:
+        metrics.update(context_figures(bundle, data, context_model))
+    metrics["targets"] = target_status(metrics)
+    write_json(out_dir / METRICS_FILE, metrics)
+    return metrics
