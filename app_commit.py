@@ -8,7 +8,8 @@ it lets the field commit (its ``on_change`` copies the value into the case store
 until that run has finished, then clicks again for the user. A click on a link or button
 while a run is going on is held the same way until it ends (a download clicked mid-run
 asked for a file that the run had replaced: "Deferred file not found"). Other clicks pass
-straight through.
+straight through. On a phone it also folds the sidebar away after a page link is
+followed (it would otherwise cover the new page).
 """
 
 import streamlit as st
@@ -52,6 +53,18 @@ export default function(component) {
       committing = Date.now() + 1500;
     }
   };
+  // on a phone the sidebar covers the page: fold it away once a page link was followed
+  doc.addEventListener("click", (ev) => {
+    if (!ev.target.closest("[data-testid=stSidebarNavLink]") || window.innerWidth > 640) {
+      return;
+    }
+    const fold = () => {
+      const bar = doc.querySelector("[data-testid=stSidebar]");
+      const button = doc.querySelector("button[aria-label='Collapse sidebar']");
+      if (bar && bar.getAttribute("data-collapsed") === "false" && button) { button.click(); }
+    };
+    setTimeout(fold, 400);
+  });
   doc.addEventListener("keydown", committed, true);
   doc.addEventListener("focusout", committed, true);
   doc.addEventListener("pointerdown", (ev) => {

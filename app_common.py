@@ -91,17 +91,36 @@ def kept(name: str, default):
     return st.session_state.get(f"kept_{name}", default)
 
 
-def clinic_prevalence(training_share: float | None) -> float:
-    """The sidebar's clinic setting: the malignant share the app shows figures at.
+@st.cache_data(show_spinner=False)
+def _training_share(path: str) -> float:
+    """The model's training malignant share from its ``config.json`` (no Keras needed)."""
+    from skin_model.model.config import read_model_config
 
-    Set once per session, shared by every page, and kept when moving between pages.
+    try:
+        return read_model_config(Path(path)).malignant_share or FALLBACK_SHARE
+    except (ModelLoadError, OSError, ValueError):
+        return FALLBACK_SHARE
 
-    Args:
-        training_share: The training data's malignant share (the specialist preset).
+
+def clinic_setting() -> float:
+    """The sidebar's clinic setting on every page (the router draws it, so it is there on
+    every page and keeps its value): the malignant share the app shows figures at.
 
     Returns:
-        The malignant share (0-1).
+        The malignant share (0-1); pages read it with :func:`prevalence`.
     """
+    share = _clinic_widget(_training_share(str(model_dir())))
+    st.session_state["prevalence_shown"] = share
+    return share
+
+
+def prevalence() -> float:
+    """The clinic's malignant share set in the sidebar for this run."""
+    return float(st.session_state.get("prevalence_shown", FALLBACK_SHARE))
+
+
+def _clinic_widget(training_share: float | None) -> float:
+    """The clinic radio (and its own value), kept for the whole session."""
     share_default = training_share or FALLBACK_SHARE
     with st.sidebar:
         st.markdown("**Your clinic**")
@@ -147,6 +166,39 @@ def plain(text: str) -> str:
     escaped, so it shows exactly as typed.
     """
     return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+
+
+RESPONSIVE_CSS = """<style>
+@media (min-width: 641px) { [class*="st-key-narrow_"] { display: none !important; } }
+@media (max-width: 640px) { [class*="st-key-wide_"] { display: none !important; } }
+</style>"""
+"""Tables on wide screens, cards on a phone (640 px: where Streamlit stacks columns)."""
+
+
+def responsive_table(rows: list[dict], key: str) -> None:
+    """Rows of plain text as a table on a wide screen and as one card per row on a phone
+    (no sideways scrolling there). The first column heads each card.
+
+    Args:
+        rows: Same-keyed dicts of text cells.
+        key: A name unique on the page.
+    """
+    import pandas as pd
+
+    st.html(RESPONSIVE_CSS)
+    with st.container(key=f"wide_{key}"):
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+    with st.container(key=f"narrow_{key}"):
+        for row in rows:
+            with st.container(border=True):
+                st.markdown(card_text(row))
+
+
+def card_text(row: dict) -> str:
+    """One row as a few lines of plain text: its first cell in bold, then ``label: value``."""
+    (_, first), *rest = row.items()
+    lines = [f"{plain(k.capitalize())}: {plain(v)}" for k, v in rest]
+    return "  \n".join([f"**{plain(first)}**", *lines])
 
 
 def table(frame, digits: int = 3) -> None:

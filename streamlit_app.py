@@ -7,6 +7,7 @@ their own, without this router (and its page setup), at their URLs.
 import streamlit as st
 
 from app_commit import commit_guard
+from app_common import clinic_setting
 
 st.set_page_config(
     page_title="Skin-lesion classifier", page_icon=":material/biotech:", layout="wide"
@@ -20,4 +21,5 @@ pages = [
 ]
 page = st.navigation(pages)
 commit_guard()
+clinic_setting()  # every page shows figures at the clinic's prevalence
 page.run()

@@ -9,10 +9,11 @@ import streamlit as st
 from app_common import (
     NOT_A_DEVICE,
     PRIVACY,
-    clinic_prevalence,
     get_bundle,
     get_metrics,
     plain,
+    prevalence,
+    responsive_table,
 )
 from skin_model import CLASSES, display_name
 from skin_model.data.metadata import SEXES, SITES, PatientContext, site_label
@@ -39,12 +40,17 @@ def case_store() -> CaseStore:
 
 
 def _uploaded(store: CaseStore, widget: str) -> None:
-    """Add new files from the uploader; forget those the user removed from it."""
+    """Add the files just dropped on the uploader as cases, then empty it: the cases below
+    are the one list of this patient's images (the uploader's own list would empty itself
+    on a page change while the cases remain), each with its "Remove this case" button.
+    """
     files = st.session_state.get(widget) or []
-    now = set(store.add([(f.name, f.getvalue()) for f in files]))
-    for gone in st.session_state.get("uploader_seen", set()) - now:
-        store.remove(gone)
-    st.session_state["uploader_seen"] = now
+    store.add([(f.name, f.getvalue()) for f in files])
+    _fresh_uploader()
+
+
+def _fresh_uploader() -> None:
+    st.session_state["uploader_round"] = st.session_state.get("uploader_round", 0) + 1
 
 
 def _photographed(store: CaseStore) -> None:
@@ -54,32 +60,33 @@ def _photographed(store: CaseStore) -> None:
         store.add([(f"camera-{digest(photo.getvalue())[:6]}.jpg", photo.getvalue())])
 
 
+# Prefixes of the per-case widgets (their state is dropped with the patient).
 CASE_WIDGETS = ("ref_", "notes_", "age_", "sex_", "site_", "cls_", "method_", "alpha_")
-"""Prefixes of the per-case widgets (their state is dropped with the patient)."""
 
 
 def _new_patient(store: CaseStore) -> None:
     store.clear()
     for key in [k for k in st.session_state if str(k).startswith(CASE_WIDGETS)]:
         del st.session_state[key]
-    st.session_state["uploader_seen"] = set()
-    st.session_state["uploader_round"] = st.session_state.get("uploader_round", 0) + 1
+    _fresh_uploader()
 
 
-def inputs(store: CaseStore) -> None:
-    """The uploader, the camera (off until asked for) and the case record fields."""
+def uploader(store: CaseStore) -> None:
+    """The uploader: empty again after each drop (the cases list the images)."""
     widget = f"uploader_{st.session_state.get('uploader_round', 0)}"
-    if widget not in st.session_state:  # a new uploader (first visit, or back from a page)
-        st.session_state["uploader_seen"] = set()
     st.file_uploader(
-        "Dermoscopic images (JPEG or PNG, up to 20 MB each)",
+        "Add dermoscopic images (JPEG or PNG, up to 20 MB each)",
         accept_multiple_files=True,
         key=widget,
         on_change=_uploaded,
         args=(store, widget),
         help="Any file is accepted here so that each unusable one gets its own explanation. "
-        "On a phone, 'Browse files' also offers the phone's own (rear) camera.",
+        "On a phone, 'Browse files' also offers the phone's own (rear) camera. " + PRIVACY,
     )
+
+
+def camera(store: CaseStore) -> None:
+    """The device's camera, off until asked for."""
     if st.toggle("Take a photo with this device's camera", key="use_camera"):
         st.camera_input(
             "Photograph through the dermatoscope (switch to the rear camera with the "
@@ -146,15 +153,35 @@ def grouping(store: CaseStore, lesions) -> None:
 
 
 def summary(outcomes, prevalence: float, model: str) -> None:
-    """One row per case, and the CSV of every image."""
+    """One row per case (a table; on a phone, one card per case so that nothing needs
+    sideways scrolling), and the CSV of every image.
+    """
     st.subheader("Summary")
-    st.dataframe(pd.DataFrame([summary_row(r) for r in outcomes]), hide_index=True)
+    responsive_table([summary_row(r) for r in outcomes], "summary")
     st.download_button(
         "Download results (CSV)",
         csv_text(outcomes, prevalence, model),
         file_name="results.csv",
         mime="text/csv",
     )
+
+
+def latest(result) -> None:
+    """The newest case's verdict right under the uploader, warnings with it, so that it is
+    in view after an upload on a laptop or a phone; the whole case follows below.
+    """
+    les = result.lesion
+    with st.container(key="latest", border=True):
+        st.markdown(f"**Latest: {plain(les.label)}** · {plain(', '.join(les.names))}")
+        if result.prediction is None:
+            st.error(plain(result.error))
+            return
+        v = result.verdict
+        box = st.error if v.refer else st.success
+        box(f"**{plain(v.title)}.** {plain(v.risk_line)}")
+        if v.warnings:  # named here, explained with the case below
+            names = "; ".join(label for label, _ in v.warnings)
+            st.warning(f"**Check:** {plain(names)} (what to do: with the case below).")
 
 
 def context_fields(store: CaseStore, lesion) -> None:
@@ -304,32 +331,36 @@ def lesion_section(bundle, store: CaseStore, result, metrics) -> None:
 
 st.title("Classify a skin lesion")
 st.warning(NOT_A_DEVICE, icon=":material/warning:")
-st.caption(PRIVACY)
 
 bundle = get_bundle()
 if bundle is None:
     st.stop()
 metrics = get_metrics()
-prevalence = clinic_prevalence(bundle.malignant_share)
+shown_at = prevalence()
 store = case_store()
-inputs(store)
+uploader(store)
 if not store.uploads:
+    camera(store)
     st.info("Upload one or more dermoscopic images to classify them.")
+    st.caption(PRIVACY)
     st.stop()
+lesions = store.lesions()
+with st.spinner(f"Classifying {len(store.uploads)} image(s)…"):
+    outcomes = results(bundle, store, shown_at)
+latest(outcomes[-1])
+camera(store)
 st.button(
     "New patient: clear every image, detail and note",
     on_click=_new_patient,
     args=(store,),
     type="primary",
 )
-lesions = store.lesions()
 grouping(store, lesions)
-with st.spinner(f"Classifying {len(store.uploads)} image(s)…"):
-    outcomes = results(bundle, store, prevalence)
-summary(outcomes, prevalence, bundle.config.describe())
+summary(outcomes, shown_at, bundle.config.describe())
 st.caption(
-    f"Referral threshold for images alone: {pct(display_threshold(bundle, prevalence))} "
-    f"at your clinic's prevalence ({pct(prevalence)})."
+    f"Referral threshold for images alone: {pct(display_threshold(bundle, shown_at))} "
+    f"at your clinic's prevalence ({pct(shown_at)})."
 )
 for outcome in outcomes:
     lesion_section(bundle, store, outcome, metrics)
+st.caption(PRIVACY)

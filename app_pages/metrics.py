@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app_common import clinic_prevalence, get_bundle, get_metrics, table
+from app_common import get_bundle, get_metrics, prevalence, responsive_table, table
 from skin_model import CLASSES
 from skin_model.evaluate.metrics import operating_point_from_roc
 from skin_model.model.metrics_file import Metrics
@@ -47,7 +47,7 @@ def clinic_view(metrics: Metrics, prevalence: float, trained: float) -> None:
     if tiers:
         rows = tier_rows(tiers, prevalence, trained)
         st.markdown("**What each result means** (test lesions, re-weighted to your prevalence)")
-        st.dataframe(pd.DataFrame(rows), hide_index=True)
+        responsive_table(rows, "tiers")
 
 
 def explorer(metrics: Metrics, prevalence: float, trained: float) -> None:
@@ -208,11 +208,11 @@ if metrics is None:
     st.stop()
 bundle = get_bundle()
 trained = training_share(bundle.malignant_share if bundle else None, metrics)
-prevalence = clinic_prevalence(trained)
+shown_at = prevalence()
 st.caption(
     f"{metrics.evaluated_on}: {metrics.n_images} images. Every figure "
     "here is read from the model's metrics.json; the clinic setting is in the sidebar."
 )
-clinic_view(metrics, prevalence, trained)
-explorer(metrics, prevalence, trained)
+clinic_view(metrics, shown_at, trained)
+explorer(metrics, shown_at, trained)
 ml_detail(metrics)

@@ -57,5 +57,5 @@ def bad_inputs() -> list[tuple[str, bytes, str]]:
         ("tiny.png", png_bytes(Image.new("RGB", (16, 16), (120, 80, 60))), "too small"),
         ("animated.gif", animated_gif(), "GIF"),
         ("animated.png", animated_png(), "multi-frame"),
-        ("huge.jpg", b"\xff\xd8\xff" + b"\0" * (26 * 1024 * 1024), "MB"),
+        ("huge.jpg", b"\xff\xd8\xff" + b"\0" * (21 * 1024 * 1024), "limit is 20 MB"),
     ]

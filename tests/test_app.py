@@ -75,8 +75,10 @@ def test_classify_shows_verdict_differential_overlay_and_downloads(monkeypatch, 
     assert not at.exception
     assert len(at.get("image")) == 6  # per case: its image(s), the overlay, the colour scale
     verdicts = [b.value for b in [*at.success, *at.error]]
-    assert sum("referral threshold" in v or ": refer" in v for v in verdicts) == 2
-    assert sum("Most likely" in m.value for m in at.markdown) == 2
+    # each case's verdict, and the newest case's again right under the uploader
+    assert sum("referral threshold" in v or ": refer" in v for v in verdicts) == 3
+    assert any(m.value.startswith("**Latest: Case 2**") for m in at.markdown)
+    assert sum(m.value.startswith("**Most likely") for m in at.markdown) == 2
     labels = [b.label for b in at.get("download_button")]
     assert labels.count("Download report (PDF)") == 2 and "Download results (CSV)" in labels
     assert len(at.dataframe[0].value) == 2
@@ -120,6 +122,10 @@ def test_prevalence_from_the_sidebar_reweights_every_figure(
     at.switch_page("app_pages/metrics.py").run()  # the setting is the session's, on every page
     assert at.sidebar.radio(key="clinic").value == "custom"
     assert any("30%" in m.value for m in at.subheader)
+    for page in ("app_pages/training.py", "app_pages/about.py"):
+        at.switch_page(page).run()
+        assert at.sidebar.radio(key="clinic").value == "custom", page
+        assert any("30" in c.value for c in at.sidebar.caption), page
 
 
 def test_cases_and_details_survive_leaving_the_page(monkeypatch, trained_dir):
@@ -132,6 +138,12 @@ def test_cases_and_details_survive_leaving_the_page(monkeypatch, trained_dir):
     assert [_shown(s.value) for s in at.subheader][1:] == ["a.jpg"]
     assert at.number_input(key=_key(at, "age_")).value == 64
     assert at.text_input(key=_key(at, "ref_")).value == "clinic 7"
+    # the uploader is an empty "add more" box after every drop and every return; the
+    # cases are the one list of images
+    assert not at.file_uploader[0].value
+    at = _upload(at, ("b.jpg", lesion_image("nv", 5)))
+    assert not at.file_uploader[0].value
+    assert [_shown(s.value) for s in at.subheader][1:] == ["a.jpg", "b.jpg"]
     at.button[0].click().run()  # New patient
     assert not at.dataframe and any("Upload one or more" in i.value for i in at.info)
 

@@ -99,3 +99,37 @@ def test_pdf_report_keeps_user_text_plain_and_readable():
     text = " ".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf)).pages)
     for part in ("High risk: refer", "2026-12-01", "$ref$ **x**", "a$b$.jpg", "looks blurred"):
         assert part in text
+
+
+def test_pdf_blocks_never_overlap_however_long_the_notes():
+    from skin_model.runtime.report import ReportRecord, report_figure
+
+    img = np.zeros((60, 80, 3), dtype=np.uint8)
+    record = ReportRecord(
+        created="2026-12-01 10:00",
+        case_reference="R-1",
+        notes="long notes " * 60,
+        files=[f"image-{i}.jpg" for i in range(6)],
+        model="m",
+        title="Raised risk: refer",
+        refer=True,
+        lines=["Refer for a dermatology opinion.", "Tier average: about 12 of 100 " * 6],
+        warnings=["The image looks blurred.", "The image is too dark."],
+        probabilities=np.full(7, 1 / 7),
+        images=[img, img],
+        overlay=img,
+        overlay_title="Grad-CAM: Melanoma (mel)",
+    )
+    fig = report_figure(record)
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.texts if t.get_text()]
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    for ax in fig.axes:  # images, colour scale and chart, with their titles and labels
+        outer = ax.get_tightbbox(renderer)
+        for text, box in zip(texts, boxes, strict=True):
+            assert not box.overlaps(outer), text.get_text()[:40]
+    for i, a in enumerate(boxes):  # the page's own lines do not run into each other
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b)
+    page = fig.bbox
+    assert all(page.contains(b.x0, b.y0) and page.contains(b.x1, b.y1) for b in boxes)

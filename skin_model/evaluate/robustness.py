@@ -107,7 +107,7 @@ def score(bundle, files: list[bytes], labels: np.ndarray) -> dict:
     from skin_model.runtime.pipeline import CaseInput, assess, decode_upload
 
     cases = [CaseInput((decode_upload(str(i), str(i), f),)) for i, f in enumerate(files)]
-    results = assess(bundle, cases, None, None, chunk=32)
+    results = assess(bundle, cases, None, chunk=32)
     decisions = np.array([r.prediction.decision for r in results])
     risk = np.array([r.prediction.malignant_probability for r in results])
     malignant = np.isin(np.asarray(CLASSES)[labels], list(MALIGNANT))

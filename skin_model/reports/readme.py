@@ -29,6 +29,7 @@ from skin_model.reports.tables import (
 README = REPO_ROOT / "README.md"
 BENCH_FILE = REPO_ROOT / "docs" / "bench.json"
 LOAD_FILE = REPO_ROOT / "docs" / "load_test.json"
+SESSIONS_FILE = REPO_ROOT / "docs" / "load_sessions.json"
 ENSEMBLE_FILE = REPO_ROOT / "docs" / "ensemble.json"
 CV_ENSEMBLE_FILE = REPO_ROOT / "docs" / "cv_ensemble.json"
 
@@ -162,6 +163,25 @@ def load_section(path: Path = LOAD_FILE) -> str:
     return markdown(load_frame(json.loads(path.read_text())))
 
 
+def sessions_section(path: Path = SESSIONS_FILE) -> str:
+    """First visit and memory over sequential sessions (``load_test.py --sequential``)."""
+    if not path.is_file():
+        return (
+            "_No sequential sessions recorded yet: run `scripts/load_test.py --sessions "
+            "--sequential 50 --sequential-out docs/load_sessions.json`._"
+        )
+    s = json.loads(path.read_text())
+    return (
+        f"{s['sessions']} sessions one after another (each uploads an image, waits for its "
+        f"result and closes its tab): first visit after the server started "
+        f"{s['first_visit_s']} s (model load included); server memory after the 5th session "
+        f"{s['rss_after_5th_mb']} MB, after the last {s['rss_after_last_mb']} MB "
+        f"({s['growth_after_5th_mb']:+} MB; the most it rose above the 5th: "
+        f"{s['max_growth_after_5th_mb']} MB); {s['correct']}/{s['sessions']} showed the CLI's "
+        f"result, {s['cross_session_leaks']} cross-session leaks."
+    )
+
+
 def ensemble_section(path: Path = ENSEMBLE_FILE) -> str:
     """Members' and ensemble figures from ``python -m skin_model ensemble --out``."""
     if not path.is_file():
@@ -181,6 +201,7 @@ SECTIONS = {
     "ensemble": ensemble_section,
     "bench": bench_section,
     "load": load_section,
+    "sessions": sessions_section,
 }
 
 
