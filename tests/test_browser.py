@@ -91,6 +91,15 @@ def _riskiest_test_melanoma() -> str:
     return mel.loc[(mel["mel"] + mel["bcc"] + mel["akiec"]).idxmax(), "image_id"]
 
 
+SAME_ORDER_CASES = [("mel", "ISIC_0024310"), ("nv", "ISIC_0024306"), ("bkl", "ISIC_0027419")]
+"""Three HAM10000 images (a melanoma, a naevus, a benign keratosis) uploaded together."""
+
+
+def _ham_bytes(image_id: str) -> bytes:
+    path = Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR)) / "images" / f"{image_id}.jpg"
+    return path.read_bytes()
+
+
 def _file(name: str, data: bytes, mime: str = "image/jpeg") -> dict:
     return {"name": name, "mimeType": mime, "buffer": data}
 
@@ -163,6 +172,76 @@ def test_text_typed_without_enter_survives_leaving_by_the_sidebar(page):
     assert page.get_by_label("Case reference (optional, printed on the report)").input_value() == (
         "bed 12"
     )
+
+
+def test_new_patient_right_after_typing_leaves_a_clean_page(page):
+    upload_and_wait(page, [_file("patient-a.jpg", jpeg_bytes(lesion_image("nv", 31)))])
+    settle(page)
+    page.get_by_label("Notes (optional, printed on the report)").fill("patient A's notes")
+    page.get_by_label("Case reference (optional, printed on the report)").fill("A-1")
+    page.get_by_text("New patient: clear every image, detail and note").click()  # no Enter
+    page.get_by_text("Upload one or more dermoscopic images").wait_for(timeout=60_000)
+    settle(page)
+    assert "patient-a.jpg" not in _case_text(page) and "A-1" not in _case_text(page)
+    upload_and_wait(page, [_file("patient-b.jpg", jpeg_bytes(lesion_image("bkl", 32)))])
+    settle(page)
+    assert page.get_by_label("Notes (optional, printed on the report)").input_value() == ""
+    assert page.get_by_label("Case reference (optional, printed on the report)").input_value() == ""
+    rows = _csv(page)
+    assert rows["file"].tolist() == ["patient-b.jpg"] and set(rows["notes"]) == {""}
+
+
+def _first_bars_and_headlines(page) -> tuple[list[str], list[str]]:
+    """Each case's top bar in its differential chart (the SVG's topmost class label) and
+    its headline's class, in page order."""
+    bars = page.evaluate(
+        """() => [...document.querySelectorAll('[data-testid=stVegaLiteChart]')].map(c => {
+            const labels = [...c.querySelectorAll('.role-axis-label text')]
+              .filter(t => t.textContent.includes('('));
+            labels.sort((a, b) => a.getBoundingClientRect().top - b.getBoundingClientRect().top);
+            return labels.length ? labels[0].textContent : '';
+        })"""
+    )
+    heads = page.locator("[data-testid=stMarkdownContainer] strong", has_text="Most likely:")
+    names = [h.split("Most likely: ", 1)[1].rsplit(",", 1)[0] for h in heads.all_inner_texts()]
+    return bars, names
+
+
+def test_the_first_bar_is_the_headline_after_remove_combine_and_clinic_change(page):
+    files = [_file(f"{dx}-case.jpg", _ham_bytes(i)) for dx, i in SAME_ORDER_CASES]
+    upload_and_wait(page, files)
+    settle(page)
+    page.wait_for_timeout(1000)
+    bars, heads = _first_bars_and_headlines(page)
+    assert len(bars) == 3 and bars == heads, (bars, heads)
+    page.get_by_role("button", name="Remove this case").nth(1).click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('[data-testid=stVegaLiteChart]').length == 2",
+        timeout=60_000,
+    )
+    settle(page)
+    page.wait_for_timeout(1000)
+    bars, heads = _first_bars_and_headlines(page)
+    assert len(bars) == 2 and bars == heads, (bars, heads)
+    page.get_by_text("Dermatology clinic (like the training data)").click()
+    settle(page)
+    page.wait_for_timeout(1000)
+    bars, heads = _first_bars_and_headlines(page)
+    assert len(bars) == 2 and bars == heads, (bars, heads)
+    page.get_by_text("Several images of the same lesion?").click()
+    page.locator("[data-testid=stMultiSelect]").click()
+    for name in ("mel-case.jpg", "bkl-case.jpg"):
+        page.get_by_role("option", name=name).click()
+    page.keyboard.press("Escape")
+    page.get_by_role("button", name="Combine into one case").click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('[data-testid=stVegaLiteChart]').length == 1",
+        timeout=60_000,
+    )
+    settle(page)
+    page.wait_for_timeout(1000)
+    bars, heads = _first_bars_and_headlines(page)
+    assert len(bars) == 1 and bars == heads, (bars, heads)
 
 
 def test_a_pdf_downloaded_right_after_typing_has_the_notes(page):
