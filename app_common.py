@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from skin_model import DEFAULT_MODEL_DIR
-from skin_model.model.artifacts import METRICS_FILE, ArtifactError, ModelLoadError
+from skin_model.model.artifacts import (
+    METRICS_FILE,
+    ArtifactError,
+    ModelLoadError,
+    check_model_files,
+)
 from skin_model.model.metrics_file import Metrics, read_metrics
 from skin_model.runtime.advice import DEFAULT_PRESET, PRESETS, pct
 from skin_model.runtime.clinic import FALLBACK_SHARE
@@ -27,8 +34,8 @@ PRIVACY = (
     "kept after you close this tab."
 )
 LOADING = (
-    "Loading the model (first visit after the server starts: about 10 seconds; later "
-    "visits are instant)…"
+    "Loading the model (only after the server has just started: it began loading when this "
+    "page opened; later visits are instant)…"
 )
 
 
@@ -37,10 +44,9 @@ def model_dir() -> Path:
     return Path(os.environ.get("SKIN_MODEL_DIR", DEFAULT_MODEL_DIR))
 
 
-@st.cache_resource(show_spinner=LOADING)
 def _load(path: str):
-    """Load and warm up the model once per process (predict and Grad-CAM; and matplotlib's
-    font cache, which the first PDF report would otherwise wait for on a fresh machine).
+    """Load and warm up the model (predict and Grad-CAM; and matplotlib's font cache, which
+    the first PDF report would otherwise wait for on a fresh machine).
     """
     import matplotlib.font_manager  # noqa: F401
 
@@ -53,13 +59,49 @@ def _load(path: str):
     return bundle
 
 
+_LOADS: dict[str, Future] = {}
+_LOADS_LOCK = threading.Lock()
+_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
+
+
+def start_loading() -> str | None:
+    """Start loading the model in the background, once per process and model directory, so
+    that a first visit can upload while TensorFlow starts; a failed load is tried again.
+
+    Returns:
+        Why the model cannot be loaded, found by the quick file check now (missing,
+        damaged, a Git LFS pointer), else None.
+    """
+    path = str(model_dir())
+    with _LOADS_LOCK:
+        load = _LOADS.get(path)
+        if load is None or (load.done() and load.exception() is not None):
+            try:
+                check_model_files(Path(path))
+            except ModelLoadError as exc:
+                return str(exc)
+            _LOADS[path] = _LOADER.submit(_load, path)
+    return None
+
+
 def get_bundle():
-    """The cached model bundle, or ``None`` after showing why it cannot be loaded."""
-    try:
-        return _load(str(model_dir()))
-    except ModelLoadError as exc:
-        st.error(f"The model could not be loaded. {exc}")
-        return None
+    """The loaded model bundle (waiting for the background load, with a spinner), or
+    ``None`` after showing why it cannot be loaded.
+    """
+    problem = start_loading()
+    if problem is None:
+        load = _LOADS[str(model_dir())]
+        if not load.done():
+            with st.spinner(LOADING):
+                wait([load])
+        try:
+            return load.result()
+        except ModelLoadError as exc:
+            problem = str(exc)
+        except Exception as exc:  # a model that loads but cannot run: say so, no traceback
+            problem = f"It could not be run ({type(exc).__name__}: {exc})."
+    st.error(f"The model could not be loaded. {problem}")
+    return None
 
 
 @st.cache_data(show_spinner=False)

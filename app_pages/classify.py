@@ -14,6 +14,7 @@ from app_common import (
     plain,
     prevalence,
     responsive_table,
+    start_loading,
 )
 from skin_model import CLASSES, display_name
 from skin_model.data.metadata import SEXES, SITES, PatientContext, site_label
@@ -332,10 +333,10 @@ def lesion_section(bundle, store: CaseStore, result, metrics) -> None:
 st.title("Classify a skin lesion")
 st.warning(NOT_A_DEVICE, icon=":material/warning:")
 
-bundle = get_bundle()
-if bundle is None:
+problem = start_loading()  # the model loads while the page is shown and files are chosen
+if problem:
+    st.error(f"The model could not be loaded. {problem}")
     st.stop()
-metrics = get_metrics()
 shown_at = prevalence()
 store = case_store()
 uploader(store)
@@ -344,6 +345,10 @@ if not store.uploads:
     st.info("Upload one or more dermoscopic images to classify them.")
     st.caption(PRIVACY)
     st.stop()
+bundle = get_bundle()
+if bundle is None:
+    st.stop()
+metrics = get_metrics()
 lesions = store.lesions()
 with st.spinner(f"Classifying {len(store.uploads)} image(s)…"):
     outcomes = results(bundle, store, shown_at)

@@ -23,6 +23,7 @@ from skin_model.reports.tables import (
     load_frame,
     markdown,
     per_class_frame,
+    robustness_frame,
     targets_frame,
 )
 
@@ -30,6 +31,7 @@ README = REPO_ROOT / "README.md"
 BENCH_FILE = REPO_ROOT / "docs" / "bench.json"
 LOAD_FILE = REPO_ROOT / "docs" / "load_test.json"
 SESSIONS_FILE = REPO_ROOT / "docs" / "load_sessions.json"
+ROBUSTNESS_GLOB = REPO_ROOT / "docs" / "robustness_*.json"
 ENSEMBLE_FILE = REPO_ROOT / "docs" / "ensemble.json"
 CV_ENSEMBLE_FILE = REPO_ROOT / "docs" / "cv_ensemble.json"
 
@@ -182,6 +184,17 @@ def sessions_section(path: Path = SESSIONS_FILE) -> str:
     )
 
 
+def robustness_section(paths: list[Path] | None = None) -> str:
+    """Changed copies of validation images for each model scored (``docs/robustness_*.json``)."""
+    paths = sorted(ROBUSTNESS_GLOB.parent.glob(ROBUSTNESS_GLOB.name)) if paths is None else paths
+    if not paths:
+        return (
+            "_No changed copies scored yet: run `python -m skin_model robustness MODEL --split "
+            "val --out docs/robustness_NAME_val.json`._"
+        )
+    return markdown(robustness_frame([json.loads(p.read_text()) for p in paths]))
+
+
 def ensemble_section(path: Path = ENSEMBLE_FILE) -> str:
     """Members' and ensemble figures from ``python -m skin_model ensemble --out``."""
     if not path.is_file():
@@ -199,6 +212,7 @@ SECTIONS = {
     "cv_ensemble": cv_ensemble_section,
     "quality": quality_section,
     "ensemble": ensemble_section,
+    "robustness": robustness_section,
     "bench": bench_section,
     "load": load_section,
     "sessions": sessions_section,

@@ -376,3 +376,38 @@ def levers_frame(runs: list[tuple[str, dict]]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def robustness_frame(results: list[dict]) -> pd.DataFrame:
+    """Changed copies of held-out images, one row per model and change: the plain figures,
+    what each change costs and how many referral decisions it flips
+    (``python -m skin_model robustness``).
+    """
+    rows = []
+    for r in results:
+        model = f"{Path(r['model']).name} ({r['split']}, {r['n_images']} images)"
+        plain = r["plain"]
+        rows.append(
+            {
+                "model": model,
+                "copy": "plain (as saved)",
+                "balanced accuracy": plain["balanced_accuracy"],
+                "cost": None,
+                "malignant AUC": plain["malignant_auc"],
+                "AUC cost": None,
+                "referrals changed": "",
+            }
+        )
+        for name, c in r["changes"].items():
+            rows.append(
+                {
+                    "model": model,
+                    "copy": name,
+                    "balanced accuracy": c["balanced_accuracy"],
+                    "cost": c["balanced_accuracy_cost"],
+                    "malignant AUC": c["malignant_auc"],
+                    "AUC cost": c["auc_cost"],
+                    "referrals changed": f"{c['referrals_changed']:.1%}",
+                }
+            )
+    return pd.DataFrame(rows)
