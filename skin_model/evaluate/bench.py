@@ -21,6 +21,7 @@ TARGETS = {
     "upload_p50_ms": ("<", 300),
     "cli_images_per_s": (">=", 40),
     "cold_start_s": ("<", 10),
+    "first_result_s": ("<", 10),
     "app_rss_mb": ("<", 1200),
     "resnet50_speedup": (">=", 2),
 }
@@ -307,7 +308,7 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
         r["app"] = {
             k: round(v, 2)
             for k, v in app.items()
-            if k in ("first_render_s", "images", "rss_mb", "rssanon", "rssfile")
+            if k in ("first_render_s", "first_result_s", "images", "rss_mb", "rssanon", "rssfile")
         } or app
     cold = _child("cold_start", str(model_dir))
     r["cold_start_s"] = round(cold["done"] - cold["parent_start"], 2) if "done" in cold else cold
@@ -455,7 +456,11 @@ def format_table(r: dict) -> str:
             "cold start to first prediction",
             f"{r['cold_start_s']} s " + against("cold_start_s", r["cold_start_s"]),
         ),
-        ("app first render (AppTest, model load incl.)", f"{r['app'].get('first_render_s')} s"),
+        (
+            "app first visit: page / first result (AppTest)",
+            f"{r['app'].get('first_render_s')} s / {r['app'].get('first_result_s', '?')} s "
+            + against("first_result_s", r["app"].get("first_result_s")),
+        ),
         (
             "peak RSS: CLI / app after classifying",
             f"{r['cli_peak_rss_mb']} MB / {r['app'].get('rss_mb')} MB "

@@ -45,15 +45,39 @@ class _Dihedral(keras.layers.Layer):
         return x
 
 
+def _rounded_share(weight, bits: int):
+    """``round(weight / row sum * 2**bits)`` of non-negative integer weights (row sums
+    below 2**15), computed exactly in float32 by long division in 8-bit digits: the
+    coefficients Pillow's double precision gives (no share lies on a tie).
+    """
+    import tensorflow as tf
+
+    total = tf.reduce_sum(weight, axis=1, keepdims=True)
+    quotient, rest, left = tf.zeros_like(weight), weight, bits
+    while left > 0:
+        step = min(8, left)
+        scaled = rest * float(2**step)
+        digit = tf.floor(scaled / total)
+        digit -= tf.cast(digit * total > scaled, tf.float32)  # a quotient rounded up
+        digit += tf.cast(scaled - digit * total >= total, tf.float32)  # or down
+        rest = scaled - digit * total
+        quotient = quotient * float(2**step) + digit
+        left -= step
+    return quotient + tf.cast(2.0 * rest >= total, tf.float32)
+
+
 class PillowResize(keras.layers.Layer):
     """The app's resize (:func:`skin_model.data.imaging.resize_for_model`: Pillow's bilinear
     filter, antialiased, with ``reducing_gap=2``) as graph ops, so the exported network fed
-    raw pixels of any size sees the pixels the app's network sees.
+    raw pixels (up to the decoder's 1024 px) sees the pixels the app's network sees.
 
-    Per axis, as Pillow does it: a box reduction by ``floor(in / (2 * out))`` (edge boxes
-    averaged over the pixels they hold) rounded to 8 bits, then a triangle filter whose
-    support grows with the downscale factor, horizontal pass first, each rounded to 8 bits.
-    Pillow works in fixed point; this in float32, so a pixel can differ by one level.
+    Pillow's own arithmetic, step by step: a box reduction by ``floor(in / (2 * out))`` per
+    axis (``(sum + n // 2) * (2**24 // n) >> 24`` over the n pixels of each box, edge boxes
+    included), then a triangle filter whose support grows with the downscale factor,
+    horizontal pass first, with 22-bit integer coefficients and each pass rounded to 8
+    bits (``(sum + 2**21) >> 22``). Every product and partial sum is kept an integer below
+    2**24 (coefficients split into high and low parts), so float32 gives Pillow's levels
+    exactly, ties included.
     """
 
     def __init__(self, size: int, **kwargs):
@@ -61,37 +85,61 @@ class PillowResize(keras.layers.Layer):
         self.size = int(size)
 
     def _axis(self, n):
+        """The box-membership and the triangle-filter (22-bit integer) matrices of one axis
+        of ``n`` pixels. Distances come from integers, exact in float32 at any size.
+        """
         import tensorflow as tf
 
-        out = float(self.size)
+        out = self.size
         n_f = tf.cast(n, tf.float32)
         factor = tf.maximum(tf.floor(n_f / (out * 2.0)), 1.0)
         f_int = tf.cast(factor, tf.int32)
         reduced = (n + f_int - 1) // f_int
         member = tf.equal(tf.range(n)[None, :] // f_int, tf.range(reduced)[:, None])
-        box = tf.cast(member, tf.float32)
-        box = box / tf.reduce_sum(box, axis=1, keepdims=True)
-        scale = n_f / factor / out
-        support = tf.maximum(scale, 1.0)
-        centres = (tf.range(self.size, dtype=tf.float32) + 0.5) * scale
-        pixels = tf.cast(tf.range(reduced), tf.float32) + 0.5
-        tri = tf.maximum(1.0 - tf.abs(pixels[None, :] - centres[:, None]) / support, 0.0)
-        return box, tri / tf.reduce_sum(tri, axis=1, keepdims=True)
+        # distance of reduced pixel x from output pixel o's centre, in reduced pixels:
+        # (x + 0.5) - (o + 0.5) * n / (f * out) = ((2x + 1) f out - (2o + 1) n) / (2 f out)
+        two_x = 2 * tf.range(reduced)[None, :] + 1
+        two_o = 2 * tf.range(out)[:, None] + 1
+        numerator = tf.cast(tf.abs(two_x * f_int * out - two_o * n), tf.float32)
+        upscale = n_f < factor * out  # support 1 pixel (else the scale)
+        span = tf.where(upscale, 2.0 * factor * out, 2.0 * n_f)  # numerator / span = t
+        weight = tf.maximum(span - numerator, 0.0)  # (1 - t) * span: integers
+        return tf.cast(member, tf.float32), _rounded_share(weight, 22)
+
+    @staticmethod
+    def _box_mean(sums, count):
+        """Pillow's ``(sum + n // 2) * (2**24 // n) >> 24`` in exact float32 steps."""
+        import tensorflow as tf
+
+        total = sums + tf.floor(count / 2.0)
+        mult = tf.floor(16777216.0 / count)
+        high, low = tf.floor(mult / 4096.0), tf.math.floormod(mult, 4096.0)
+        carry = tf.floor(total * low / 4096.0)
+        return tf.floor((total * high + carry) / 4096.0)
+
+    @staticmethod
+    def _filter(coef, x, spec: str):
+        """One pass with 22-bit coefficients: ``(sum + 2**21) >> 22``, clipped to 8 bits."""
+        import tensorflow as tf
+
+        high, low = tf.floor(coef / 2048.0), tf.math.floormod(coef, 2048.0)
+        carry = tf.floor((tf.einsum(spec, low, x) + 2097152.0) / 2048.0)
+        return tf.clip_by_value(tf.floor((tf.einsum(spec, high, x) + carry) / 2048.0), 0.0, 255.0)
 
     def call(self, images):
         """(N, H, W, 3) pixels of any size to (N, size, size, 3), 8-bit levels as floats."""
         import tensorflow as tf
 
-        def level(x):
-            return tf.clip_by_value(tf.floor(x + 0.5), 0.0, 255.0)
-
         x = tf.cast(images, tf.float32)
         shape = tf.shape(x)
         box_y, tri_y = self._axis(shape[1])
         box_x, tri_x = self._axis(shape[2])
-        x = level(tf.einsum("ph,nhwc->npwc", box_y, tf.einsum("qw,nhwc->nhqc", box_x, x)))
-        x = level(tf.einsum("qw,nhwc->nhqc", tri_x, x))
-        return level(tf.einsum("ph,nhwc->npwc", tri_y, x))
+        sums = tf.einsum("ph,nhwc->npwc", box_y, tf.einsum("qw,nhwc->nhqc", box_x, x))
+        count_y = tf.reshape(tf.reduce_sum(box_y, axis=1), [1, -1, 1, 1])
+        count_x = tf.reshape(tf.reduce_sum(box_x, axis=1), [1, 1, -1, 1])
+        x = self._box_mean(sums, count_y * count_x)  # pixels in each box
+        x = self._filter(tri_x, x, "qw,nhwc->nhqc")
+        return self._filter(tri_y, x, "ph,nhwc->npwc")
 
     def compute_output_shape(self, input_shape):
         """Square at the model's input size."""
