@@ -217,6 +217,14 @@ RESPONSIVE_CSS = """<style>
 """Tables on wide screens, cards on a phone (640 px: where Streamlit stacks columns)."""
 
 
+def sent_name(name: str) -> str:
+    """A file's name as the user named it: browsers send ``"``, CR and LF in a multipart
+    file name as ``%22``, ``%0D`` and ``%0A`` (HTML's form encoding), which would otherwise
+    show on the page, the report and the CSV.
+    """
+    return name.replace("%22", '"').replace("%0D", " ").replace("%0A", " ")
+
+
 def responsive_table(rows: list[dict], key: str) -> None:
     """Rows of plain text as a table on a wide screen and as one card per row on a phone
     (no sideways scrolling there). The first column heads each card.

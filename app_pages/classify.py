@@ -14,6 +14,7 @@ from app_common import (
     plain,
     prevalence,
     responsive_table,
+    sent_name,
     start_loading,
 )
 from skin_model import CLASSES, display_name
@@ -46,7 +47,7 @@ def _uploaded(store: CaseStore, widget: str) -> None:
     on a page change while the cases remain), each with its "Remove this case" button.
     """
     files = st.session_state.get(widget) or []
-    store.add([(f.name, f.getvalue()) for f in files])
+    store.add([(sent_name(f.name), f.getvalue()) for f in files])
     _fresh_uploader()
 
 

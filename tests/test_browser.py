@@ -257,13 +257,34 @@ def test_a_pdf_downloaded_right_after_typing_has_the_notes(page):
 
 
 def test_user_strings_stay_plain_text_and_the_csv_cell_is_escaped(page):
-    name = "=HYPERLINK(x)**bold**:red[x]$x$.jpg"
+    from pypdf import PdfReader
+
+    name = '=HYPERLINK(x)**bold**:red[x]$x$ "q".jpg'
     upload_and_wait(page, [_file(name, jpeg_bytes(lesion_image("mel", 9)))])
     heading = page.get_by_role("heading", name=name)
     heading.wait_for(timeout=60_000)
     assert heading.locator("strong, .katex, span[style*=color]").count() == 0
-    assert name in _case_text(page)
+    assert name in _case_text(page) and "%22" not in _case_text(page)
+    captions = page.locator("[data-testid=stImageCaption]").all_inner_texts()
+    assert name in captions  # the image's own caption, as named
     assert _csv(page)["file"].iloc[0] == "'" + name
+    pdf = download(page, "Download report (PDF)")
+    text = " ".join(p.extract_text() for p in PdfReader(pdf.path()).pages)
+    assert name in " ".join(text.split())
+
+
+def test_the_same_image_under_two_names_gives_two_cases(page):
+    data = jpeg_bytes(lesion_image("nv", 41))
+    upload_and_wait(page, [_file("left arm.jpg", data), _file("left arm copy.jpg", data)])
+    page.get_by_role("heading", name="left arm copy.jpg").wait_for(timeout=60_000)
+    settle(page)
+    assert page.get_by_role("heading", name="left arm.jpg", exact=True).count() == 1
+    page.wait_for_function(  # fails by timeout unless both cases get their result
+        "() => [...document.querySelectorAll('button')]"
+        ".filter(b => b.innerText.includes('Remove this case')).length == 2",
+        timeout=60_000,
+    )
+    assert page.get_by_text("Case 2", exact=True).count() >= 1
 
 
 def test_pdf_report_downloads_with_verdict_tier_and_date(page):

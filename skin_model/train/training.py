@@ -320,6 +320,53 @@ def compile_model(cfg: TrainConfig, prior: np.ndarray, steps: int):
     return model
 
 
+def _start_or_resume(cfg: TrainConfig, prior: np.ndarray, steps: int, out_dir: Path, resume: bool):
+    """A compiled model and the run's progress: new, from the directory's checkpoint
+    (optimizer state included), or from weights fitted elsewhere (to finalise them).
+
+    Returns:
+        ``(model, {"epochs_done", "best", "best_epoch", "seconds"})``.
+    """
+    import keras
+
+    state = {"epochs_done": 0, "best": -1.0, "best_epoch": 0, "seconds": 0.0}
+    if resume and (out_dir / CHECKPOINT_FILE).is_file():
+        import skin_model.model.networks  # noqa: F401  (registers the custom loss)
+
+        state.update(read_json(out_dir / STATE_FILE))
+        model = keras.models.load_model(out_dir / CHECKPOINT_FILE)
+        print(f"resuming after epoch {state['epochs_done']}")
+    elif resume and (out_dir / FITTED_WEIGHTS_FILE).is_file():
+        state.update(read_json(out_dir / STATE_FILE))
+        model = compile_model(cfg, prior, steps)
+        model.set_weights(read_weight_list(out_dir / FITTED_WEIGHTS_FILE))
+        print(f"finalising the weights fitted elsewhere ({state['epochs_done']} epochs)")
+    else:
+        model = compile_model(cfg, prior, steps)
+    return model, state
+
+
+def _callbacks(cfg: TrainConfig, out_dir: Path, resume: bool, steps: int, best, view, state):
+    """The epoch callbacks: held-out balanced accuracy (``best``), the history file, the
+    per-epoch checkpoint, early stopping and, with ``ema_half_life``, the weight average.
+    """
+    import keras
+
+    callbacks = [
+        best,
+        keras.callbacks.CSVLogger(str(out_dir / HISTORY_FILE), append=resume),
+        make_checkpoint_callback(out_dir, best, float(state.get("seconds", 0.0)), view),
+        keras.callbacks.EarlyStopping(
+            monitor="val_balanced_accuracy", mode="max", patience=cfg.patience
+        ),
+    ]
+    if cfg.ema_half_life > 0:
+        if not resume:
+            (out_dir / EMA_FILE).unlink(missing_ok=True)
+        callbacks.insert(0, make_ema_callback(out_dir, ema_decay(cfg.ema_half_life, steps)))
+    return callbacks
+
+
 def fit_model(
     cfg: TrainConfig,
     parts: dict,
@@ -354,20 +401,7 @@ def fit_model(
     x_tr, y_tr = parts["train"]
     x_va, y_va = parts["val"]
     steps = int(np.ceil(len(x_tr) / cfg.batch_size))
-    state = {"epochs_done": 0, "best": -1.0, "best_epoch": 0, "seconds": 0.0}
-    if resume and (out_dir / CHECKPOINT_FILE).is_file():
-        import skin_model.model.networks  # noqa: F401  (registers the custom loss)
-
-        state.update(read_json(out_dir / STATE_FILE))
-        model = keras.models.load_model(out_dir / CHECKPOINT_FILE)
-        print(f"resuming after epoch {state['epochs_done']}")
-    elif resume and (out_dir / FITTED_WEIGHTS_FILE).is_file():
-        state.update(read_json(out_dir / STATE_FILE))
-        model = compile_model(cfg, class_frequencies(y_tr), steps)
-        model.set_weights(read_weight_list(out_dir / FITTED_WEIGHTS_FILE))
-        print(f"finalising the weights fitted elsewhere ({state['epochs_done']} epochs)")
-    else:
-        model = compile_model(cfg, class_frequencies(y_tr), steps)
+    model, state = _start_or_resume(cfg, class_frequencies(y_tr), steps, out_dir, resume)
     train_ds = make_batches(
         x_tr,
         one_hot(y_tr),
@@ -384,22 +418,12 @@ def fit_model(
     )
     meta_va = metas["val"] if metas else None
     val_ds = make_batches(x_va, one_hot(y_va), cfg.batch_size, training=False, metadata=meta_va)
-    y_va_idx = class_indices(y_va)
     view = HostView(lambda: compile_model(cfg, class_frequencies(y_tr), steps))
-    best = make_balanced_accuracy_callback(x_va, y_va_idx, cfg.batch_size * 2, meta_va, view)
+    best = make_balanced_accuracy_callback(
+        x_va, class_indices(y_va), cfg.batch_size * 2, meta_va, view
+    )
     best.best, best.best_epoch = state["best"], state["best_epoch"]
-    callbacks = [
-        best,
-        keras.callbacks.CSVLogger(str(out_dir / HISTORY_FILE), append=resume),
-        make_checkpoint_callback(out_dir, best, float(state.get("seconds", 0.0)), view),
-        keras.callbacks.EarlyStopping(
-            monitor="val_balanced_accuracy", mode="max", patience=cfg.patience
-        ),
-    ]
-    if cfg.ema_half_life > 0:
-        if not resume:
-            (out_dir / EMA_FILE).unlink(missing_ok=True)
-        callbacks.insert(0, make_ema_callback(out_dir, ema_decay(cfg.ema_half_life, steps)))
+    callbacks = _callbacks(cfg, out_dir, resume, steps, best, view, state)
     weights = class_weights(y_tr, cfg.class_weight_power) if cfg.class_weight_power else None
     if plan is not None:
         build_before_fit(model, _sample_batch(y_va, meta_va, cfg.input_size), plan)
