@@ -58,10 +58,13 @@ export default function(component) {
     if (!ev.target.closest("[data-testid=stSidebarNavLink]") || window.innerWidth > 640) {
       return;
     }
-    const fold = () => {
+    let tries = 0;
+    const fold = () => {  // the new page may still be drawing: try again for a few seconds
       const bar = doc.querySelector("[data-testid=stSidebar]");
+      if (!bar || bar.getAttribute("data-collapsed") !== "false") { return; }
       const button = doc.querySelector("button[aria-label='Collapse sidebar']");
-      if (bar && bar.getAttribute("data-collapsed") === "false" && button) { button.click(); }
+      if (button) { button.click(); }
+      if (++tries < 10) { setTimeout(fold, 500); }
     };
     setTimeout(fold, 400);
   });

@@ -76,7 +76,12 @@ def _new_patient(store: CaseStore) -> None:
 def uploader(store: CaseStore) -> None:
     """The uploader: empty again after each drop (the cases list the images)."""
     widget = f"uploader_{st.session_state.get('uploader_round', 0)}"
-    st.file_uploader(
+    # the browser's own "100MB per file" is the server's ceiling, not the app's 20 MB limit
+    st.html(
+        "<style>.st-key-uploader_box [data-testid=stFileUploaderDropzoneInstructions]"
+        " { display: none; }</style>"
+    )
+    st.container(key="uploader_box").file_uploader(
         "Add dermoscopic images (JPEG or PNG, up to 20 MB each)",
         accept_multiple_files=True,
         key=widget,

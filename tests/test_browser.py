@@ -346,8 +346,11 @@ def test_the_newest_verdict_is_in_view_and_nothing_scrolls_sideways(server, view
             page.get_by_role("heading", name="Model metrics").wait_for(timeout=60_000)
             settle(page)
             page.wait_for_timeout(800)
-            bar = page.locator("[data-testid=stSidebar]")
-            assert bar.get_attribute("data-collapsed") == "true"
+            page.wait_for_function(  # fails by timeout if the sidebar stays over the page
+                "() => document.querySelector('[data-testid=stSidebar]')"
+                ".getAttribute('data-collapsed') === 'true'",
+                timeout=10_000,
+            )
             assert page.evaluate(sideways) <= 1
             outside = "[data-testid=stDataFrame]:visible"
             assert (
