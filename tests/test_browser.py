@@ -210,38 +210,31 @@ def _first_bars_and_headlines(page) -> tuple[list[str], list[str]]:
 def test_the_first_bar_is_the_headline_after_remove_combine_and_clinic_change(page):
     files = [_file(f"{dx}-case.jpg", _ham_bytes(i)) for dx, i in SAME_ORDER_CASES]
     upload_and_wait(page, files)
-    settle(page)
-    page.wait_for_timeout(1000)
-    bars, heads = _first_bars_and_headlines(page)
-    assert len(bars) == 3 and bars == heads, (bars, heads)
+    _assert_top_bars_are_headlines(page, 3)
     page.get_by_role("button", name="Remove this case").nth(1).click()
-    page.wait_for_function(
-        "() => document.querySelectorAll('[data-testid=stVegaLiteChart]').length == 2",
-        timeout=60_000,
-    )
-    settle(page)
-    page.wait_for_timeout(1000)
-    bars, heads = _first_bars_and_headlines(page)
-    assert len(bars) == 2 and bars == heads, (bars, heads)
+    _assert_top_bars_are_headlines(page, 2)
     page.get_by_text("Dermatology clinic (like the training data)").click()
-    settle(page)
-    page.wait_for_timeout(1000)
-    bars, heads = _first_bars_and_headlines(page)
-    assert len(bars) == 2 and bars == heads, (bars, heads)
+    _assert_top_bars_are_headlines(page, 2)
     page.get_by_text("Several images of the same lesion?").click()
     page.locator("[data-testid=stMultiSelect]").click()
     for name in ("mel-case.jpg", "bkl-case.jpg"):
         page.get_by_role("option", name=name).click()
     page.keyboard.press("Escape")
     page.get_by_role("button", name="Combine into one case").click()
+    _assert_top_bars_are_headlines(page, 1)
+
+
+def _assert_top_bars_are_headlines(page, cases: int) -> None:
+    """Once the page shows ``cases`` charts, each chart's top bar is its case's headline."""
     page.wait_for_function(
-        "() => document.querySelectorAll('[data-testid=stVegaLiteChart]').length == 1",
+        "n => document.querySelectorAll('[data-testid=stVegaLiteChart]').length == n",
+        arg=cases,
         timeout=60_000,
     )
     settle(page)
     page.wait_for_timeout(1000)
     bars, heads = _first_bars_and_headlines(page)
-    assert len(bars) == 1 and bars == heads, (bars, heads)
+    assert len(bars) == cases and bars == heads, (bars, heads)
 
 
 def test_a_pdf_downloaded_right_after_typing_has_the_notes(page):

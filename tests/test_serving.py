@@ -23,13 +23,17 @@ def assert_same_answers(out: dict, predictions: list, atol: float) -> None:
     assert out["suggested_class"].tolist() == [p.decision for p in predictions]
 
 
-@pytest.fixture(scope="module")
-def exported(trained_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("exported")
+def export_all(model_dir, out) -> dict:
+    """The model exported in every format by the CLI: ``{format: path}``."""
     paths = {"saved_model": out / "sm", "litert": out / "m.tflite", "onnx": out / "m.onnx"}
     for fmt, path in paths.items():
-        assert main(["export", str(trained_dir), "--format", fmt, "--out", str(path)]) == 0
+        assert main(["export", str(model_dir), "--format", fmt, "--out", str(path)]) == 0
     return paths
+
+
+@pytest.fixture(scope="module")
+def exported(trained_dir, tmp_path_factory):
+    return export_all(trained_dir, tmp_path_factory.mktemp("exported"))
 
 
 @pytest.mark.parametrize("fmt", ["saved_model", "litert", "onnx"])
@@ -85,11 +89,7 @@ def test_an_unknown_format_is_a_usage_error(trained_dir, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def exported_shipped(shipped_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("shipped")
-    paths = {"saved_model": out / "sm", "litert": out / "m.tflite", "onnx": out / "m.onnx"}
-    for fmt, path in paths.items():
-        assert main(["export", str(shipped_model_dir), "--format", fmt, "--out", str(path)]) == 0
-    return paths
+    return export_all(shipped_model_dir, tmp_path_factory.mktemp("shipped"))
 
 
 @pytest.mark.slow
