@@ -46,10 +46,12 @@ def test_history_logs_learning_rate_and_balanced_accuracy(trained_dir):
         "val_loss",
         "accuracy",
         "val_accuracy",
+        "balanced_accuracy",  # of the training batches, beside the held-out one
         "val_balanced_accuracy",
         "learning_rate",
     ):
         assert col in history.columns
+    assert ((history["balanced_accuracy"] >= 0) & (history["balanced_accuracy"] <= 1)).all()
     assert history["learning_rate"].iloc[0] > history["learning_rate"].iloc[-1] >= 0
     assert best_epoch(history) == int(history["val_balanced_accuracy"].to_numpy().argmax()) + 1
     assert "val_balanced_accuracy_image_only" in history.columns  # the model takes metadata

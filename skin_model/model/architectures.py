@@ -51,6 +51,8 @@ class ArchitectureSpec:
         cam_layers: Grad-CAM candidates, the default first.
         ood_layers: Layers the "not dermoscopic" detector reads.
         keras_imagenet: Whether ``--weights imagenet`` (Keras' own download) works.
+        stage_ends: The layers ending the stem and each stage, in order (``--freeze-stages
+            N`` trains the layers after ``stage_ends[N]`` on its cached outputs).
     """
 
     name: str
@@ -65,6 +67,7 @@ class ArchitectureSpec:
     cam_layers: tuple[str, ...] = ()
     ood_layers: tuple[str, ...] = (FEATURES,)
     keras_imagenet: bool = False
+    stage_ends: tuple[str, ...] = ()
 
     def resolve_weights(self, weights: str | None) -> str | None:
         """A weights setting (``default``, a source name, a file, or none) as a file path."""
@@ -132,6 +135,7 @@ def _lite_spec(variant: str) -> ArchitectureSpec:
         fixed={"variant": variant},
         cam_layers=("top_relu", f"block{entry_16}_expand_relu", f"block{entry_8}_expand_relu"),
         ood_layers=(f"block{entry_4}_expand_relu", f"block{entry_8}_expand_relu"),
+        stage_ends=networks.lite_stage_ends(variant),
     )
 
 

@@ -63,6 +63,47 @@ class LogitAdjustedCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "prior": self.prior}
 
 
+@keras.saving.register_keras_serializable(package="skin_model")
+class BalancedAccuracy(keras.metrics.Metric):
+    """Balanced accuracy (the mean per-class recall) of one-hot labels over an epoch, so
+    the training batches' figure can be read beside the held-out one.
+
+    Args:
+        num_classes: Number of classes.
+    """
+
+    def __init__(self, num_classes: int = len(CLASSES), name: str = "balanced_accuracy", **kw):
+        super().__init__(name=name, **kw)
+        self.num_classes = int(num_classes)
+        self.hits = self.add_variable((self.num_classes,), "zeros", name="hits")
+        self.counts = self.add_variable((self.num_classes,), "zeros", name="counts")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        """Add a batch (``sample_weight`` is ignored: every image counts once)."""
+        ops = keras.ops
+        truth = ops.argmax(y_true, axis=-1)
+        right = ops.cast(ops.equal(truth, ops.argmax(y_pred, axis=-1)), "float32")
+        onehot = ops.one_hot(truth, self.num_classes)
+        self.hits.assign_add(ops.sum(onehot * right[:, None], axis=0))
+        self.counts.assign_add(ops.sum(onehot, axis=0))
+
+    def result(self):
+        """Mean recall over the classes seen."""
+        ops = keras.ops
+        seen = ops.cast(self.counts > 0, "float32")
+        recall = self.hits / ops.maximum(self.counts, 1.0)
+        return ops.sum(recall * seen) / ops.maximum(ops.sum(seen), 1.0)
+
+    def reset_state(self):
+        """Start a new epoch."""
+        for v in (self.hits, self.counts):
+            v.assign(keras.ops.zeros_like(v))
+
+    def get_config(self) -> dict:
+        """Serialisable settings."""
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
 HEAD_LAYERS = (PREDICTIONS, CONTEXT_DENSE, "fc")
 """Layers that :class:`BackboneScaledAdamW` trains at the full learning rate."""
 
@@ -382,6 +423,22 @@ def lite_blocks(variant: str = "lite0") -> list[tuple[int, int, int, int, int]]:
             blocks.append((kernel, stride if r == 0 else 1, expand, channels, out))
             channels = out
     return blocks
+
+
+def lite_stage_ends(variant: str = "lite0") -> tuple[str, ...]:
+    """The layers ending the stem and each stage of an EfficientNet-Lite, in order:
+    ``stem_relu``, then each stage's last block output (its ``_add`` when it has a
+    shortcut, else its ``_project_bn``).
+    """
+    ends, block = ["stem_relu"], 0
+    for s, (repeats, *_rest) in enumerate(LITE_STAGES):
+        if 0 < s < len(LITE_STAGES) - 1:
+            repeats = math.ceil(LITE_VARIANTS[variant][1] * repeats)
+        block += repeats
+        _kernel, stride, _expand, c_in, c_out = lite_blocks(variant)[block - 1]
+        residual = stride == 1 and c_in == c_out
+        ends.append(f"block{block - 1}_{'add' if residual else 'project_bn'}")
+    return tuple(ends)
 
 
 def _bn(x, name: str, momentum: float):

@@ -35,6 +35,8 @@ class TrainConfig:
     white_balance: float = 0.0
     colour_constancy: float = 0.0
     robust: float = 0.0
+    freeze_stages: int = 0
+    cached_views: int = 0
     bn_momentum: float = 0.9
     restore_best: bool = False
     ema_half_life: float = 0.0
@@ -86,12 +88,28 @@ class TrainConfig:
             (self.colour_constancy < 0, "--colour-constancy must be >= 0 (0 = off)"),
             (self.context_fusion_power < 0, "--context-fusion-power must be >= 0"),
             (not 0 < self.val_frac + self.test_frac < 1, "--val-frac + --test-frac must be < 1"),
+            (self.cached_views < 0, "--cached-views must be >= 0 (0 = one per epoch)"),
+            *self._freeze_checks(spec),
         ]
         for failed, reason in checks:
             if failed:
                 raise ConfigError(reason)
         self._validate_weights(spec)
         return self
+
+    def _freeze_checks(self, spec) -> list[tuple[bool, str]]:
+        """Checks of ``--freeze-stages`` (training the top on cached outputs)."""
+        if self.freeze_stages == 0:
+            return []
+        return [
+            (self.freeze_stages < 0, "--freeze-stages must be >= 0 (0 = train every layer)"),
+            (
+                self.freeze_stages >= len(spec.stage_ends),
+                f"--architecture {self.architecture} has {max(len(spec.stage_ends) - 1, 0)} "
+                "stages that can be frozen",
+            ),
+            (self.ema_half_life > 0, "--freeze-stages cannot yet be combined with --ema-half-life"),
+        ]
 
     def _validate_weights(self, spec) -> None:
         """A weights setting the architecture can use."""

@@ -48,6 +48,7 @@ from skin_model.model.artifacts import (
 from skin_model.model.calibration import class_frequencies
 from skin_model.model.settings import TrainConfig, config_dict
 from skin_model.reports.card import write_model_card
+from skin_model.train import frozen
 from skin_model.train.distribute import HostView, build_before_fit, no_distribution
 from skin_model.train.finalise import finalise_model
 
@@ -301,23 +302,38 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
 
 def compile_model(cfg: TrainConfig, prior: np.ndarray, steps: int):
     """Build and compile the model of ``cfg`` (weights resolved by its spec, loss chosen)."""
-    import keras
-
     from skin_model.data.metadata import DIM
     from skin_model.model.architectures import spec_for
-    from skin_model.model.networks import LogitAdjustedCrossentropy
 
     cfg.validate()
     spec = spec_for(cfg.architecture)
     weights = spec.resolve_weights(cfg.weights) if spec.takes_weights else None
     kwargs = spec.builder_kwargs(cfg, weights, DIM if cfg.metadata else 0)
-    if cfg.loss == "logit_adjusted":
-        loss = LogitAdjustedCrossentropy(prior)
-    else:
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     model = spec.build(cfg.input_size, **kwargs)
-    model.compile(optimizer=make_optimizer(cfg, steps), loss=loss, metrics=["accuracy"])
+    model.compile(
+        optimizer=make_optimizer(cfg, steps), loss=make_loss(cfg, prior), metrics=train_metrics()
+    )
     return model
+
+
+def train_metrics() -> list:
+    """What every epoch logs of the training batches: accuracy and balanced accuracy
+    (the held-out balanced accuracy comes from :func:`make_balanced_accuracy_callback`).
+    """
+    from skin_model.model.networks import BalancedAccuracy
+
+    return ["accuracy", BalancedAccuracy()]
+
+
+def make_loss(cfg: TrainConfig, prior: np.ndarray):
+    """The training loss of ``cfg``: logit-adjusted for ``prior``, or cross-entropy."""
+    import keras
+
+    from skin_model.model.networks import LogitAdjustedCrossentropy
+
+    if cfg.loss == "logit_adjusted":
+        return LogitAdjustedCrossentropy(prior)
+    return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
 
 
 def _start_or_resume(cfg: TrainConfig, prior: np.ndarray, steps: int, out_dir: Path, resume: bool):
@@ -402,37 +418,52 @@ def fit_model(
     x_va, y_va = parts["val"]
     steps = int(np.ceil(len(x_tr) / cfg.batch_size))
     model, state = _start_or_resume(cfg, class_frequencies(y_tr), steps, out_dir, resume)
-    train_ds = make_batches(
-        x_tr,
-        one_hot(y_tr),
-        cfg.batch_size,
-        training=True,
-        seed=cfg.seed + state["epochs_done"],
-        out_size=cfg.input_size,
-        min_scale=cfg.crop_min_scale,
-        metadata=metas["train"] if metas else None,
-        hide=(cfg.metadata_hide_all, cfg.metadata_hide_field),
-        white_balance=cfg.white_balance,
-        robust=cfg.robust,
-        **({"shard": shard} if shard[1] > 1 else {}),
-    )
+
+    def train_stream(seed_offset: int):
+        return make_batches(
+            x_tr,
+            one_hot(y_tr),
+            cfg.batch_size,
+            training=True,
+            seed=cfg.seed + seed_offset,
+            out_size=cfg.input_size,
+            min_scale=cfg.crop_min_scale,
+            metadata=metas["train"] if metas else None,
+            hide=(cfg.metadata_hide_all, cfg.metadata_hide_field),
+            white_balance=cfg.white_balance,
+            robust=cfg.robust,
+            **({"shard": shard} if shard[1] > 1 else {}),
+        )
+
     meta_va = metas["val"] if metas else None
     val_ds = make_batches(x_va, one_hot(y_va), cfg.batch_size, training=False, metadata=meta_va)
-    view = HostView(lambda: compile_model(cfg, class_frequencies(y_tr), steps))
+    if cfg.freeze_stages:
+        if plan is not None and plan.devices > 1:
+            raise ValueError("--freeze-stages trains on one device; leave --devices at 1")
+        fit_on, train_ds = _frozen_top(cfg, model, train_stream, len(x_tr), out_dir, state)
+        validation = None  # the top takes cached features, not images
+
+        def view(_top):  # the top trains the full network's own layers
+            return model
+    else:
+        fit_on, train_ds, validation = model, train_stream(state["epochs_done"]), val_ds
+        view = HostView(lambda: compile_model(cfg, class_frequencies(y_tr), steps))
     best = make_balanced_accuracy_callback(
         x_va, class_indices(y_va), cfg.batch_size * 2, meta_va, view
     )
     best.best, best.best_epoch = state["best"], state["best_epoch"]
     callbacks = _callbacks(cfg, out_dir, resume, steps, best, view, state)
+    if cfg.freeze_stages:
+        callbacks.append(frozen.optimizer_callback(fit_on, out_dir))
     weights = class_weights(y_tr, cfg.class_weight_power) if cfg.class_weight_power else None
-    if plan is not None:
+    if plan is not None and not cfg.freeze_stages:
         build_before_fit(model, _sample_batch(y_va, meta_va, cfg.input_size), plan)
     start = time.perf_counter()
     with peers_watched(out_dir):
-        model.fit(
+        fit_on.fit(
             train_ds,
             steps_per_epoch=steps,
-            validation_data=val_ds,
+            validation_data=validation,
             epochs=cfg.epochs,
             initial_epoch=state["epochs_done"],
             class_weight=weights,
@@ -444,14 +475,36 @@ def fit_model(
             shuffle=False,
         )
     seconds = time.perf_counter() - start + float(state.get("seconds", 0.0))
+    fitted = view(fit_on)
     if cfg.restore_best and (out_dir / BEST_WEIGHTS_FILE).is_file():
-        model.load_weights(out_dir / BEST_WEIGHTS_FILE)
+        fitted.load_weights(out_dir / BEST_WEIGHTS_FILE)
     history = pd.read_csv(out_dir / HISTORY_FILE)
-    return view(model), {
+    return fitted, {
         "epochs_run": len(history),
         "best_epoch": best.best_epoch if cfg.restore_best else len(history),
         "train_seconds": round(seconds, 1),
     }
+
+
+def _frozen_top(cfg: TrainConfig, model, train_stream, n_images: int, out_dir: Path, state):
+    """The compiled top of ``model`` above its first ``cfg.freeze_stages`` stages and its
+    batches of cached views (:mod:`skin_model.train.frozen`); a resumed run gets its
+    optimizer state back and continues at its next epoch.
+    """
+    from skin_model.model.architectures import spec_for
+
+    layer = spec_for(cfg.architecture).stage_ends[cfg.freeze_stages]
+    bottom, top = frozen.split_at(model, layer)
+    top.compile(
+        optimizer=make_optimizer(cfg, int(np.ceil(n_images / cfg.batch_size))),
+        loss=model.loss,
+        metrics=train_metrics(),
+    )
+    if state["epochs_done"] and not frozen.restore_optimizer(top, out_dir):
+        print("no optimizer state beside the checkpoint: the optimizer starts afresh")
+    views = cfg.cached_views or cfg.epochs
+    cache = frozen.cache_views(bottom, train_stream, n_images, cfg.batch_size, views)
+    return top, frozen.cached_batches(cache, cfg.batch_size, cfg.seed, state["epochs_done"])
 
 
 def _sample_batch(codes, meta: np.ndarray | None, size: int):
@@ -609,6 +662,7 @@ def settings_summary(cfg: TrainConfig) -> str:
         "loss",
         "metadata",
         "crop_min_scale",
+        "freeze_stages",
         "ema_half_life",
         "context_fusion_power",
         "width",

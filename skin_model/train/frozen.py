@@ -1,0 +1,189 @@
+"""Training the top of a network on cached outputs of its frozen early stages.
+
+``--freeze-stages N`` keeps the stem and the first ``N`` stages at their ImageNet weights
+(BatchNorm in inference mode) and trains the rest on their outputs, computed once per
+augmented view: ``--cached-views V`` (default: one per epoch, so every epoch still sees a
+fresh augmentation of every image) views of each training image are drawn by the same
+augmentation as a full run (:func:`skin_model.data.batches.make_batches`), passed through
+the frozen part and kept in memory as float16. An epoch then costs only the top's forward
+and backward pass. The views are drawn from the run's seed, so a resumed run rebuilds the
+same cache; the optimizer state is saved beside the checkpoint after every epoch.
+
+The model this trains is the full network (the top shares its layers), so validation,
+checkpoints, finalisation and the exports see one ordinary model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+OPTIMIZER_FILE = "frozen_optimizer.npz"
+"""The top's optimizer state after the last finished epoch (resumable; not shipped)."""
+
+
+@dataclass
+class ViewCache:
+    """Frozen-stage outputs of augmented training views.
+
+    Attributes:
+        features: (V, N, H, W, C) float16 outputs of the frozen part, view by view.
+        labels: (V, N, K) one-hot labels in the same order.
+        metadata: (V, N, DIM) patient-context vectors as augmented (hidden fields), or None.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    metadata: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the cache holds."""
+        extra = 0 if self.metadata is None else self.metadata.nbytes
+        return self.features.nbytes + self.labels.nbytes + extra
+
+
+def split_at(model, layer: str):
+    """The frozen bottom and the trainable top of ``model``, cut after ``layer``.
+
+    Both share ``model``'s layers: training the top trains ``model``. The bottom's layers
+    are made non-trainable (BatchNorm then runs in inference mode).
+
+    Returns:
+        ``(bottom, top)``: ``bottom`` maps the image to ``layer``'s output; ``top`` maps
+        that output (and the patient context, for a two-input model) to the predictions.
+    """
+    import keras
+
+    from skin_model.model.networks import IMAGE_INPUT
+
+    image = next(t for t in model.inputs if _input_name(t) == IMAGE_INPUT)
+    others = [t for t in model.inputs if t is not image]
+    feature = model.get_layer(layer).output
+    bottom = keras.Model(image, feature, name="frozen_stages")
+    for lyr in bottom.layers:
+        lyr.trainable = False
+    top = keras.Model([feature, *others] if others else feature, model.output, name="top")
+    return bottom, top
+
+
+def _input_name(tensor) -> str:
+    """The name of the Input layer that made ``tensor``."""
+    return tensor._keras_history.operation.name
+
+
+def _one_epoch(batches, steps: int):
+    """The first ``steps`` batches of a training stream (``tf.data`` or a PyDataset) as
+    NumPy ``(inputs, labels)``.
+    """
+    if hasattr(batches, "take"):
+        yield from batches.take(steps).as_numpy_iterator()
+    else:
+        for i in range(steps):
+            yield batches[i]
+
+
+def cache_views(bottom, make_stream, n_images: int, batch_size: int, views: int) -> ViewCache:
+    """Run ``views`` augmented epochs of the training images through the frozen part.
+
+    Args:
+        bottom: The frozen part (:func:`split_at`).
+        make_stream: ``seed offset -> training batches`` (each image once per epoch).
+        n_images: Training images.
+        batch_size: Images per batch of the stream.
+        views: Views of every image to keep.
+
+    Returns:
+        The :class:`ViewCache`.
+    """
+    steps = int(np.ceil(n_images / batch_size))
+    shape = tuple(int(d) for d in bottom.output.shape[1:])
+    features = np.empty((views, n_images, *shape), np.float16)
+    labels, metas = None, None
+    start = time.perf_counter()
+    for v in range(views):
+        at = 0
+        for x, y in _one_epoch(make_stream(v), steps):
+            image, meta = (x["image"], x["metadata"]) if isinstance(x, dict) else (x, None)
+            n = min(len(y), n_images - at)
+            features[v, at : at + n] = bottom(image[:n], training=False).numpy()
+            if labels is None:
+                labels = np.empty((views, n_images, y.shape[1]), np.float32)
+            labels[v, at : at + n] = y[:n]
+            if meta is not None:
+                if metas is None:
+                    metas = np.empty((views, n_images, meta.shape[1]), np.float32)
+                metas[v, at : at + n] = meta[:n]
+            at += n
+        print(f"cached view {v + 1}/{views} ({time.perf_counter() - start:.0f}s)", flush=True)
+    cache = ViewCache(features, labels, metas)
+    print(f"view cache: {cache.nbytes / 2**30:.2f} GiB", flush=True)
+    return cache
+
+
+def cached_batches(cache: ViewCache, batch_size: int, seed: int, epoch: int = 0):
+    """Training batches from a :class:`ViewCache`: epoch ``e`` reads view ``e % V`` in a
+    permutation seeded by ``seed`` and ``e`` (a resumed run passes its next ``epoch``).
+    """
+    import keras
+
+    class CachedBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = epoch
+            self.order = self._order()
+
+        def _order(self) -> np.ndarray:
+            n = cache.features.shape[1]
+            return np.random.default_rng([seed, self.epoch]).permutation(n)
+
+        def __len__(self) -> int:
+            return int(np.ceil(cache.features.shape[1] / batch_size))
+
+        def __getitem__(self, index: int):
+            v = self.epoch % len(cache.features)
+            idx = np.sort(self.order[index * batch_size : (index + 1) * batch_size])
+            x = cache.features[v, idx].astype(np.float32)
+            y = cache.labels[v, idx]
+            if cache.metadata is None:
+                return x, y
+            return [x, cache.metadata[v, idx]], y
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+            self.order = self._order()
+
+    return CachedBatches()
+
+
+def save_optimizer(top, out_dir: Path) -> None:
+    """Save the top's optimizer variables (after an epoch)."""
+    values = [np.asarray(v.numpy()) for v in top.optimizer.variables]
+    np.savez(Path(out_dir) / OPTIMIZER_FILE, *values)
+
+
+def restore_optimizer(top, out_dir: Path) -> bool:
+    """Restore the optimizer state :func:`save_optimizer` wrote; False when there is none."""
+    path = Path(out_dir) / OPTIMIZER_FILE
+    if not path.is_file():
+        return False
+    top.optimizer.build(top.trainable_variables)
+    with np.load(path) as data:
+        values = [data[f"arr_{i}"] for i in range(len(data.files))]
+    for var, value in zip(top.optimizer.variables, values, strict=True):
+        var.assign(value)
+    return True
+
+
+def optimizer_callback(top, out_dir: Path):
+    """A callback saving the top's optimizer state after every epoch."""
+    import keras
+
+    class SaveOptimizer(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            save_optimizer(top, out_dir)
+
+    return SaveOptimizer()

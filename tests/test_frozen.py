@@ -1,0 +1,87 @@
+"""Training the top on cached outputs of frozen early stages (``--freeze-stages``)."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from skin_model.model.architectures import spec_for
+from skin_model.model.settings import ConfigError, TrainConfig
+
+
+@pytest.mark.model
+def test_stage_ends_cut_the_lite_network_where_its_stages_end():
+    from skin_model.model.networks import make_efficientnet_lite
+
+    model = make_efficientnet_lite(64)
+    ends = spec_for("efficientnet_lite0").stage_ends
+    sides = [model.get_layer(name).output.shape[1] for name in ends]
+    assert sides == [32, 32, 16, 8, 4, 4, 2, 2]  # the stem, then strides 1, 2, 2, 2, 1, 2, 1
+
+
+@pytest.mark.model
+def test_the_top_after_the_bottom_is_the_whole_network():
+    from skin_model.model.networks import make_efficientnet_lite
+    from skin_model.train.frozen import split_at
+
+    model = make_efficientnet_lite(64, metadata_dim=4)
+    bottom, top = split_at(model, spec_for("efficientnet_lite0").stage_ends[3])
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (3, 64, 64, 3)).astype(np.float32)
+    m = rng.normal(size=(3, 4)).astype(np.float32)
+    whole = model.predict([x, m], verbose=0)
+    staged = top.predict([bottom.predict(x, verbose=0), m], verbose=0)
+    np.testing.assert_allclose(staged, whole, atol=1e-5)
+    assert not any(layer.trainable for layer in bottom.layers)
+    assert model.get_layer("top_conv").trainable
+
+
+def test_freezing_more_stages_than_there_are_is_a_clear_error():
+    with pytest.raises(ConfigError, match="stages that can be frozen"):
+        TrainConfig(freeze_stages=8).validate()
+    with pytest.raises(ConfigError, match="ema"):
+        TrainConfig(freeze_stages=2, ema_half_life=1.0).validate()
+
+
+@pytest.mark.slow
+def test_a_frozen_run_trains_only_the_top_and_resumes(tmp_path):
+    import keras
+
+    from skin_model.model.artifacts import STATE_FILE
+    from skin_model.model.networks import make_efficientnet_lite
+    from skin_model.train.frozen import OPTIMIZER_FILE, split_at
+    from skin_model.train.training import fit_model
+
+    rng = np.random.default_rng(1)
+    codes = ["nv", "mel", "bkl", "bcc", "akiec", "vasc", "df"] * 6
+    parts = {
+        "train": (rng.integers(0, 255, (42, 40, 40, 3), dtype=np.uint8), codes),
+        "val": (rng.integers(0, 255, (14, 32, 32, 3), dtype=np.uint8), codes[:14]),
+    }
+    cfg = TrainConfig(
+        weights=None, metadata=False, input_size=32, epochs=2, batch_size=16,
+        freeze_stages=3, name="frozen", verbose=0,
+    )  # fmt: skip
+    layer = spec_for(cfg.architecture).stage_ends[3]
+    keras.utils.set_random_seed(cfg.seed)  # as fit_model does: the same starting weights
+    start = make_efficientnet_lite(32, weights=None)
+    model, info = fit_model(cfg, parts, tmp_path)
+    assert info["epochs_run"] == 2 and (tmp_path / OPTIMIZER_FILE).is_file()
+
+    def frozen_weights(m):
+        return split_at(m, layer)[0].get_weights()
+
+    for before, after in zip(frozen_weights(start), frozen_weights(model), strict=True):
+        np.testing.assert_array_equal(before, after)  # BatchNorm statistics included
+    top = [m.get_layer("top_conv").get_weights()[0] for m in (start, model)]
+    assert not np.allclose(*top)
+
+    again, _ = fit_model(replace(cfg, epochs=3), parts, tmp_path, resume=True)
+    assert json.loads((tmp_path / STATE_FILE).read_text())["epochs_done"] == 3
+    with np.load(tmp_path / OPTIMIZER_FILE) as saved:  # the optimizer went on counting
+        assert int(saved["arr_0"]) == 3 * 3  # 3 epochs of ceil(42 / 16) steps
+    for before, after in zip(frozen_weights(start), frozen_weights(again), strict=True):
+        np.testing.assert_array_equal(before, after)
+    history = (tmp_path / "history.csv").read_text().splitlines()
+    assert len(history) == 4 and "val_balanced_accuracy" in history[0]
