@@ -134,8 +134,12 @@ def test_recipe_line_names_every_lever():
     base = {"architecture": "efficientnet_lite0", "input_size": 192, "epochs": 6}
     assert recipe_text(base) == "efficientnet_lite0 @192 px, 6 ep"
     levers = {**base, "backbone_lr_scale": 0.3, "head_warmup_epochs": 1, "colour_constancy": 6}
-    text = recipe_text({**levers, "white_balance": 0.1, "learning_rate": 0.002})
+    text = recipe_text(
+        {**levers, "white_balance": 0.1, "learning_rate": 0.002, "robust": 0.35, "freeze_stages": 2}
+    )
     for part in (
+        "capture changes p=0.35",
+        "stem + 2 stages frozen, 6 cached views",
         "backbone lr x0.3",
         "head-only warm-up 1 ep",
         "Shades of Gray p=6",

@@ -337,6 +337,11 @@ def recipe_text(settings: dict) -> str:
         parts.append(f"lr {settings['learning_rate']:g}")
     if settings.get("ema_half_life"):
         parts.append(f"weight average {settings['ema_half_life']:g} ep")
+    if settings.get("robust"):
+        parts.append(f"capture changes p={settings['robust']:g}")
+    if settings.get("freeze_stages"):
+        views = settings.get("cached_views") or settings["epochs"]
+        parts.append(f"stem + {settings['freeze_stages']} stages frozen, {views} cached views")
     return ", ".join(parts)
 
 

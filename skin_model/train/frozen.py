@@ -109,7 +109,7 @@ def cache_views(bottom, make_stream, n_images: int, batch_size: int, views: int)
         for x, y in _one_epoch(make_stream(v), steps):
             image, meta = (x["image"], x["metadata"]) if isinstance(x, dict) else (x, None)
             n = min(len(y), n_images - at)
-            features[v, at : at + n] = bottom(image[:n], training=False).numpy()
+            features[v, at : at + n] = bottom.predict_on_batch(image[:n])
             if labels is None:
                 labels = np.empty((views, n_images, y.shape[1]), np.float32)
             labels[v, at : at + n] = y[:n]
