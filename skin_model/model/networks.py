@@ -97,7 +97,7 @@ class BalancedAccuracy(keras.metrics.Metric):
     def reset_state(self):
         """Start a new epoch."""
         for v in (self.hits, self.counts):
-            v.assign(keras.ops.zeros_like(v))
+            v.assign(keras.ops.zeros(v.shape, v.dtype))
 
     def get_config(self) -> dict:
         """Serialisable settings."""
