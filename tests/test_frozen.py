@@ -45,9 +45,11 @@ def test_freezing_more_stages_than_there_are_is_a_clear_error():
 
 
 @pytest.mark.slow
-def test_a_frozen_run_trains_only_the_top_and_resumes(tmp_path):
+@pytest.mark.parametrize("with_context", [False, True], ids=["image", "image+context"])
+def test_a_frozen_run_trains_only_the_top_and_resumes(tmp_path, with_context):
     import keras
 
+    from skin_model.data.metadata import DIM
     from skin_model.model.artifacts import STATE_FILE
     from skin_model.model.networks import make_efficientnet_lite
     from skin_model.train.frozen import OPTIMIZER_FILE, split_at
@@ -59,14 +61,17 @@ def test_a_frozen_run_trains_only_the_top_and_resumes(tmp_path):
         "train": (rng.integers(0, 255, (42, 40, 40, 3), dtype=np.uint8), codes),
         "val": (rng.integers(0, 255, (14, 32, 32, 3), dtype=np.uint8), codes[:14]),
     }
+    metas = None
+    if with_context:
+        metas = {p: rng.normal(size=(len(parts[p][1]), DIM)).astype(np.float32) for p in parts}
     cfg = TrainConfig(
-        weights=None, metadata=False, input_size=32, epochs=2, batch_size=16,
+        weights=None, metadata=with_context, input_size=32, epochs=2, batch_size=16,
         freeze_stages=3, name="frozen", verbose=0,
     )  # fmt: skip
     layer = spec_for(cfg.architecture).stage_ends[3]
     keras.utils.set_random_seed(cfg.seed)  # as fit_model does: the same starting weights
-    start = make_efficientnet_lite(32, weights=None)
-    model, info = fit_model(cfg, parts, tmp_path)
+    start = make_efficientnet_lite(32, weights=None, metadata_dim=DIM if with_context else 0)
+    model, info = fit_model(cfg, parts, tmp_path, metas=metas)
     assert info["epochs_run"] == 2 and (tmp_path / OPTIMIZER_FILE).is_file()
 
     def frozen_weights(m):
@@ -77,7 +82,7 @@ def test_a_frozen_run_trains_only_the_top_and_resumes(tmp_path):
     top = [m.get_layer("top_conv").get_weights()[0] for m in (start, model)]
     assert not np.allclose(*top)
 
-    again, _ = fit_model(replace(cfg, epochs=3), parts, tmp_path, resume=True)
+    again, _ = fit_model(replace(cfg, epochs=3), parts, tmp_path, resume=True, metas=metas)
     assert json.loads((tmp_path / STATE_FILE).read_text())["epochs_done"] == 3
     with np.load(tmp_path / OPTIMIZER_FILE) as saved:  # the optimizer went on counting
         assert int(saved["arr_0"]) == 3 * 3  # 3 epochs of ceil(42 / 16) steps

@@ -34,6 +34,7 @@ SESSIONS_FILE = REPO_ROOT / "docs" / "load_sessions.json"
 ROBUSTNESS_GLOB = REPO_ROOT / "docs" / "robustness_*.json"
 ENSEMBLE_FILE = REPO_ROOT / "docs" / "ensemble.json"
 CV_ENSEMBLE_FILE = REPO_ROOT / "docs" / "cv_ensemble.json"
+FROZEN_FILE = REPO_ROOT / "docs" / "bench_frozen.json"
 
 
 def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
@@ -208,6 +209,31 @@ def ensemble_section(path: Path = ENSEMBLE_FILE) -> str:
     return markdown(ensemble_frame(json.loads(path.read_text())))
 
 
+def frozen_section(path: Path = FROZEN_FILE) -> str:
+    """Seconds per training step, every layer against the top on cached outputs
+    (``scripts/bench_frozen.py --out docs/bench_frozen.json``).
+    """
+    if not path.is_file():
+        return (
+            "_No frozen-stage timing recorded yet: run `python scripts/bench_frozen.py --out "
+            "docs/bench_frozen.json`._"
+        )
+    b = json.loads(path.read_text())
+    lines = [
+        f"| {b['architecture']} @{b['size']} px, batch {b['batch']} | s per step | speed-up "
+        "| caching, ms per image view | cache, KB per image view |",
+        "|---|---|---|---|---|",
+    ]
+    for r in b["rows"]:
+        cache = (
+            f"{1000 * r['cache_s_per_view']:.1f} | {r['cache_kb_per_view']:.0f}"
+            if "cache_s_per_view" in r
+            else " | "
+        )
+        lines.append(f"| {r['setting']} | {r['step_s']:.2f} | x{r['speedup']} | {cache} |")
+    return "\n".join(lines)
+
+
 SECTIONS = {
     "metrics": metrics_section,
     "levers": levers_section,
@@ -219,6 +245,7 @@ SECTIONS = {
     "bench": bench_section,
     "load": load_section,
     "sessions": sessions_section,
+    "frozen": frozen_section,
 }
 
 

@@ -9,7 +9,9 @@ the frozen part and kept in memory as float16. An epoch then costs only the top'
 and backward pass. The views are drawn from the run's seed, so a resumed run rebuilds the
 same cache; the optimizer state is saved beside the checkpoint after every epoch.
 
-The model this trains is the full network (the top shares its layers), so validation,
+The top is cut from a twin of the network (cutting a graph at an inner tensor changes the
+layers' own graph records, and Keras could then no longer save a two-input network); after
+every epoch :func:`copy_weights` brings the twin's values into the network, so validation,
 checkpoints, finalisation and the exports see one ordinary model.
 """
 
@@ -68,6 +70,22 @@ def split_at(model, layer: str):
         lyr.trainable = False
     top = keras.Model([feature, *others] if others else feature, model.output, name="top")
     return bottom, top
+
+
+def twin_of(model):
+    """A copy of ``model`` (same graph and values, its own layers) to cut and train."""
+    import keras
+
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def copy_weights(source, target) -> None:
+    """Set every layer of ``target`` to the values of ``source``'s layer of the same name."""
+    for layer in target.layers:
+        if layer.weights:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
 
 
 def _input_name(tensor) -> str:
@@ -150,7 +168,7 @@ def cached_batches(cache: ViewCache, batch_size: int, seed: int, epoch: int = 0)
             y = cache.labels[v, idx]
             if cache.metadata is None:
                 return x, y
-            return [x, cache.metadata[v, idx]], y
+            return (x, cache.metadata[v, idx]), y
 
         def on_epoch_end(self) -> None:
             self.epoch += 1

@@ -440,10 +440,13 @@ def fit_model(
     if cfg.freeze_stages:
         if plan is not None and plan.devices > 1:
             raise ValueError("--freeze-stages trains on one device; leave --devices at 1")
-        fit_on, train_ds = _frozen_top(cfg, model, train_stream, len(x_tr), out_dir, state)
+        twin = frozen.twin_of(model)
+        prior = class_frequencies(y_tr)
+        fit_on, train_ds = _frozen_top(cfg, twin, prior, train_stream, len(x_tr), out_dir, state)
         validation = None  # the top takes cached features, not images
 
-        def view(_top):  # the top trains the full network's own layers
+        def view(_top):  # the twin's top was trained: the network takes its values
+            frozen.copy_weights(twin, model)
             return model
     else:
         fit_on, train_ds, validation = model, train_stream(state["epochs_done"]), val_ds
@@ -486,10 +489,11 @@ def fit_model(
     }
 
 
-def _frozen_top(cfg: TrainConfig, model, train_stream, n_images: int, out_dir: Path, state):
-    """The compiled top of ``model`` above its first ``cfg.freeze_stages`` stages and its
-    batches of cached views (:mod:`skin_model.train.frozen`); a resumed run gets its
-    optimizer state back and continues at its next epoch.
+def _frozen_top(cfg: TrainConfig, model, prior, train_stream, n_images: int, out_dir: Path, state):
+    """The compiled top of ``model`` (the network's twin) above its first
+    ``cfg.freeze_stages`` stages and its batches of cached views
+    (:mod:`skin_model.train.frozen`); a resumed run gets its optimizer state back and
+    continues at its next epoch.
     """
     from skin_model.model.architectures import spec_for
 
@@ -497,7 +501,7 @@ def _frozen_top(cfg: TrainConfig, model, train_stream, n_images: int, out_dir: P
     bottom, top = frozen.split_at(model, layer)
     top.compile(
         optimizer=make_optimizer(cfg, int(np.ceil(n_images / cfg.batch_size))),
-        loss=model.loss,
+        loss=make_loss(cfg, prior),
         metrics=train_metrics(),
     )
     if state["epochs_done"] and not frozen.restore_optimizer(top, out_dir):
