@@ -419,35 +419,17 @@ def fit_model(
     steps = int(np.ceil(len(x_tr) / cfg.batch_size))
     model, state = _start_or_resume(cfg, class_frequencies(y_tr), steps, out_dir, resume)
 
-    def train_stream(seed_offset: int):
-        return make_batches(
-            x_tr,
-            one_hot(y_tr),
-            cfg.batch_size,
-            training=True,
-            seed=cfg.seed + seed_offset,
-            out_size=cfg.input_size,
-            min_scale=cfg.crop_min_scale,
-            metadata=metas["train"] if metas else None,
-            hide=(cfg.metadata_hide_all, cfg.metadata_hide_field),
-            white_balance=cfg.white_balance,
-            robust=cfg.robust,
-            **({"shard": shard} if shard[1] > 1 else {}),
-        )
-
+    train_stream = _stream_maker(cfg, x_tr, y_tr, metas, shard)
     meta_va = metas["val"] if metas else None
     val_ds = make_batches(x_va, one_hot(y_va), cfg.batch_size, training=False, metadata=meta_va)
     if cfg.freeze_stages:
         if plan is not None and plan.devices > 1:
             raise ValueError("--freeze-stages trains on one device; leave --devices at 1")
-        twin = frozen.twin_of(model)
         prior = class_frequencies(y_tr)
-        fit_on, train_ds = _frozen_top(cfg, twin, prior, train_stream, len(x_tr), out_dir, state)
+        fit_on, train_ds, view = _frozen_top(
+            cfg, model, prior, train_stream, len(x_tr), out_dir, state
+        )
         validation = None  # the top takes cached features, not images
-
-        def view(_top):  # the twin's top was trained: the network takes its values
-            frozen.copy_weights(twin, model)
-            return model
     else:
         fit_on, train_ds, validation = model, train_stream(state["epochs_done"]), val_ds
         view = HostView(lambda: compile_model(cfg, class_frequencies(y_tr), steps))
@@ -489,16 +471,39 @@ def fit_model(
     }
 
 
+def _stream_maker(cfg: TrainConfig, x_tr, y_tr, metas: dict | None, shard: tuple[int, int]):
+    """``seed offset -> training batches`` of the run's images and augmentation."""
+
+    def train_stream(seed_offset: int):
+        return make_batches(
+            x_tr,
+            one_hot(y_tr),
+            cfg.batch_size,
+            training=True,
+            seed=cfg.seed + seed_offset,
+            out_size=cfg.input_size,
+            min_scale=cfg.crop_min_scale,
+            metadata=metas["train"] if metas else None,
+            hide=(cfg.metadata_hide_all, cfg.metadata_hide_field),
+            white_balance=cfg.white_balance,
+            robust=cfg.robust,
+            **({"shard": shard} if shard[1] > 1 else {}),
+        )
+
+    return train_stream
+
+
 def _frozen_top(cfg: TrainConfig, model, prior, train_stream, n_images: int, out_dir: Path, state):
-    """The compiled top of ``model`` (the network's twin) above its first
-    ``cfg.freeze_stages`` stages and its batches of cached views
-    (:mod:`skin_model.train.frozen`); a resumed run gets its optimizer state back and
+    """The compiled top above the first ``cfg.freeze_stages`` stages of a twin of ``model``,
+    its batches of cached views (:mod:`skin_model.train.frozen`) and the view that brings
+    the twin's values into ``model``; a resumed run gets its optimizer state back and
     continues at its next epoch.
     """
     from skin_model.model.architectures import spec_for
 
+    twin = frozen.twin_of(model)
     layer = spec_for(cfg.architecture).stage_ends[cfg.freeze_stages]
-    bottom, top = frozen.split_at(model, layer)
+    bottom, top = frozen.split_at(twin, layer)
     top.compile(
         optimizer=make_optimizer(cfg, int(np.ceil(n_images / cfg.batch_size))),
         loss=make_loss(cfg, prior),
@@ -508,7 +513,13 @@ def _frozen_top(cfg: TrainConfig, model, prior, train_stream, n_images: int, out
         print("no optimizer state beside the checkpoint: the optimizer starts afresh")
     views = cfg.cached_views or cfg.epochs
     cache = frozen.cache_views(bottom, train_stream, n_images, cfg.batch_size, views)
-    return top, frozen.cached_batches(cache, cfg.batch_size, cfg.seed, state["epochs_done"])
+
+    def view(_top):  # the twin's top was trained: the network takes its values
+        frozen.copy_weights(twin, model)
+        return model
+
+    batches = frozen.cached_batches(cache, cfg.batch_size, cfg.seed, state["epochs_done"])
+    return top, batches, view
 
 
 def _sample_batch(codes, meta: np.ndarray | None, size: int):
