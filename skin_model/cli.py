@@ -214,10 +214,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cv_robustness(args: argparse.Namespace) -> int:
+    """``robustness CV_DIR --cv``: changed copies of every finished fold's held-out images."""
+    from skin_model.train.crossval import score_changed_copies
+
+    if not (Path(args.model) / "cv.json").is_file():
+        raise UsageError(f"{args.model} is not a finished cross-validation run (no cv.json)")
+    summary = score_changed_copies(args.model, args.data_dir)
+    for fold, result in summary["changed_copies"].items():
+        plain = result["plain"]
+        print(f"fold {fold}: balanced accuracy {plain['balanced_accuracy']:.3f}")
+        for name, c in result["changes"].items():
+            print(
+                f"  {name}: {-c['balanced_accuracy_cost']:+.3f} balanced accuracy, "
+                f"{-c['auc_cost']:+.3f} malignant AUC, referrals changed "
+                f"{100 * c['referrals_changed']:.1f}%"
+            )
+    return 0
+
+
 def cmd_robustness(args: argparse.Namespace) -> int:
     """``robustness``: changed copies of a split's images against the plain ones."""
     from skin_model.evaluate.robustness import run
 
+    if args.cv:
+        return _cv_robustness(args)
     result = run(args.model, args.data_dir, args.split, args.out, args.limit)
     plain = result["plain"]
     print(
@@ -321,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--split", choices=("val", "calib", "test"), default="val")
     r.add_argument("--limit", type=int, default=0, help="first N images of the split only")
     r.add_argument("--out", type=Path, help="write the JSON here")
+    r.add_argument(
+        "--cv", action="store_true", help="MODEL is a cross-validation run: score its folds"
+    )
     r.set_defaults(func=cmd_robustness)
     return parser
 

@@ -123,6 +123,22 @@ def test_tiny_cross_validation_covers_the_pool_once_and_resumes(
     for block in ens["parts"].values():
         assert block["rows"][0]["model"] == "smoke"
         assert all(0 <= r["balanced_accuracy"] <= 1 for r in block["rows"])
+    from skin_model.evaluate.robustness import CHANGES
+    from skin_model.reports.tables import levers_frame
+
+    assert set(summary["changed_copies"]) == {"0", "1"}  # every fold's changed copies
+    assert set(summary["changed_copies"]["0"]["changes"]) == set(CHANGES)
+    row = levers_frame([("cv", summary)]).iloc[0]
+    assert row["worst share of referrals changed"].endswith(")")  # names the change
+    info = json.loads((out / "fold0" / "fold.json").read_text())
+    expected = info.pop("changed_copies")
+    (out / "fold0" / "fold.json").write_text(json.dumps(info))
+    from skin_model.cli import main as cli
+
+    assert cli(["robustness", str(out), "--cv", "--data-dir", str(tiny_data)]) == 0
+    rescored = json.loads((out / "fold0" / "fold.json").read_text())["changed_copies"]
+    assert rescored["plain"] == pytest.approx(expected["plain"])  # same model, same figures
+    assert "fold 0: balanced accuracy" in capsys.readouterr().out
     before = (out / "fold0" / "fold.json").read_text()
     assert train.main(args) == 0  # a finished run is summarised again, not retrained
     assert (out / "fold0" / "fold.json").read_text() == before

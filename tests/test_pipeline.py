@@ -70,6 +70,27 @@ def test_the_summary_reads_the_verdict_fields_not_its_wording(shipped_bundle):
     )
 
 
+def test_a_network_blind_to_colour_loses_nothing_to_a_cast_and_one_that_reads_it_does():
+    from skin_model.evaluate.robustness import network_robustness
+
+    codes = ("mel", "nv", "bcc", "bkl", "akiec", "df", "vasc")
+    images = [lesion_image(dx, 60 + i) for i, dx in enumerate(codes * 3)]
+    labels = np.array([i % 7 for i in range(len(images))])
+
+    def by_order(batch):  # ignores the pixels: the "right" answer in image order
+        return np.eye(7)[labels] * 0.9 + 0.1 / 7
+
+    def by_red(batch):  # the red share of the image decides the class
+        red = batch[..., 0].mean(axis=(1, 2)) / (batch.mean(axis=(1, 2, 3)) * 3 + 1e-6)
+        return np.eye(7)[np.clip((red * 21).astype(int) - 4, 0, 6)] + 0.01
+
+    blind = network_robustness(by_order, images, labels, 32)
+    assert all(c["referrals_changed"] == 0 for c in blind["changes"].values())
+    assert all(c["balanced_accuracy_cost"] == 0 for c in blind["changes"].values())
+    reading = network_robustness(by_red, images, labels, 32)["changes"]
+    assert reading["warm cast +10%"]["diagnoses_changed"] > 0
+
+
 def test_changed_copies_are_scored_beside_the_plain_images(trained_bundle):
     from skin_model.data.imaging import decode_image
     from skin_model.evaluate.robustness import (

@@ -98,6 +98,85 @@ CHANGES: dict[str, Callable[[np.ndarray], bytes]] = {
 """Each change, from the decoded original to the file bytes a clinic would upload."""
 
 
+def changed_inputs(
+    images: list[np.ndarray], size: int, change: Callable[[np.ndarray], bytes]
+) -> np.ndarray:
+    """``images`` saved under ``change``, decoded as the app decodes a file and resized to
+    a network's square input: (N, size, size, 3) uint8.
+    """
+    from skin_model.data.imaging import decode_image, resize_for_model
+
+    return np.stack([resize_for_model(decode_image(change(im)), size) for im in images])
+
+
+def malignant_risk(probs: np.ndarray) -> np.ndarray:
+    """The summed probability of the malignant classes, per row (rows normalised)."""
+    probs = np.asarray(probs, dtype=float)
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    return probs[:, [CLASSES.index(c) for c in MALIGNANT]].sum(axis=1)
+
+
+def operating_threshold(risk: np.ndarray, malignant: np.ndarray, sensitivity: float) -> float:
+    """The highest risk threshold that refers ``sensitivity`` of the malignant rows."""
+    return float(np.quantile(risk[malignant], 1.0 - sensitivity, method="lower"))
+
+
+def network_robustness(
+    predict: Callable[[np.ndarray], np.ndarray],
+    images: list[np.ndarray],
+    labels: np.ndarray,
+    size: int,
+    sensitivity: float = 0.9,
+) -> dict:
+    """Every change of :data:`CHANGES` scored by a bare network (a cross-validation fold's
+    model, no post-hoc layer): decisions by argmax, referral at the plain images' threshold
+    of ``sensitivity`` (an operating point to count flips at, not a reported figure).
+
+    Args:
+        predict: ``(N, size, size, 3) uint8 -> (N, K)`` class probabilities.
+        images: Decoded originals.
+        labels: (N,) class indices.
+        size: The network's input side.
+        sensitivity: Malignant sensitivity of the referral operating point.
+
+    Returns:
+        ``{"plain": {balanced_accuracy, malignant_auc}, "changes": {name: {...,
+        balanced_accuracy_cost, auc_cost, diagnoses_changed, referrals_changed}}}``.
+    """
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from skin_model.data.imaging import resize_for_model
+
+    malignant = np.isin(np.asarray(CLASSES)[labels], list(MALIGNANT))
+
+    def figures(probs: np.ndarray) -> dict:
+        risk = malignant_risk(probs)
+        return {
+            "balanced_accuracy": float(balanced_accuracy_score(labels, probs.argmax(axis=1))),
+            "malignant_auc": float(roc_auc_score(malignant, risk)),
+            "decision": probs.argmax(axis=1),
+            "risk": risk,
+        }
+
+    plain = figures(predict(np.stack([resize_for_model(im, size) for im in images])))
+    threshold = operating_threshold(plain["risk"], malignant, sensitivity)
+    out = {}
+    for name, change in CHANGES.items():
+        s = figures(predict(changed_inputs(images, size, change)))
+        out[name] = {
+            "balanced_accuracy": s["balanced_accuracy"],
+            "malignant_auc": s["malignant_auc"],
+            "balanced_accuracy_cost": plain["balanced_accuracy"] - s["balanced_accuracy"],
+            "auc_cost": plain["malignant_auc"] - s["malignant_auc"],
+            "diagnoses_changed": float(np.mean(s["decision"] != plain["decision"])),
+            "referrals_changed": float(
+                np.mean((s["risk"] >= threshold) != (plain["risk"] >= threshold))
+            ),
+        }
+    keep = ("balanced_accuracy", "malignant_auc")
+    return {"plain": {k: plain[k] for k in keep}, "changes": out, "threshold": threshold}
+
+
 def score(bundle, files: list[bytes], labels: np.ndarray) -> dict:
     """Balanced accuracy, malignant AUC and the referral flags of files, through the app's
     decoder and pipeline (image only, the training prevalence).

@@ -345,6 +345,26 @@ def recipe_text(settings: dict) -> str:
     return ", ".join(parts)
 
 
+def worst_change(changed: dict | None) -> dict[str, str | None]:
+    """The largest cost over the changed copies of a fold (``cv.json``'s
+    ``changed_copies``): balanced accuracy, malignant AUC and referral flips, each with the
+    change that caused it.
+    """
+    keys = {
+        "changed copies: worst balanced-accuracy loss": "balanced_accuracy_cost",
+        "worst malignant-AUC loss": "auc_cost",
+        "worst share of referrals changed": "referrals_changed",
+    }
+    if not changed:
+        return dict.fromkeys(keys)
+    out = {}
+    for column, key in keys.items():
+        name, c = max(changed["changes"].items(), key=lambda kv: kv[1][key])
+        value = f"{c[key]:.1%}" if key == "referrals_changed" else f"{c[key]:.3f}"
+        out[column] = f"{value} ({name})"
+    return out
+
+
 def levers_frame(runs: list[tuple[str, dict]]) -> pd.DataFrame:
     """Every recipe lever on the same held-out fold 0: one row per cross-validation run.
 
@@ -377,6 +397,7 @@ def levers_frame(runs: list[tuple[str, dict]]) -> pd.DataFrame:
                 "melanoma sensitivity": image["mel_sensitivity"],
                 "macro AUC": image["macro_auc"],
                 "with age/sex/site, late fusion": fused["balanced_accuracy"] if fused else None,
+                **worst_change(cv.get("changed_copies", {}).get("0")),
                 "fold 0 training min": f"{cv['train_seconds'][0] / 60:.0f}",
             }
         )

@@ -106,6 +106,48 @@ def fold_predictions(model, images, metas, cfg: TrainConfig, out_dir: Path) -> d
     return out
 
 
+def changed_copies(model, paths: list[str], codes, cfg: TrainConfig) -> dict:
+    """The held-out images of a fold under every change of
+    :data:`skin_model.evaluate.robustness.CHANGES` (round field of view, transparent
+    corners, casts, exposure, rotations, re-compression, a half-size file), scored by the
+    fold's model, image only, beside the plain images.
+    """
+    from skin_model.data.imaging import decode_image
+    from skin_model.evaluate.robustness import network_robustness
+    from skin_model.runtime.inference import batch_inputs
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        x = batch_inputs(model, batch, None)
+        return model.predict(x, batch_size=cfg.batch_size * 2, verbose=0)
+
+    originals = [decode_image(Path(p).read_bytes()) for p in paths]
+    return network_robustness(predict, originals, class_indices(codes), cfg.input_size)
+
+
+def score_changed_copies(out_dir: Path, data_dir: Path) -> dict:
+    """Add the changed copies to the finished folds of a cross-validation run that lack
+    them (from each fold's saved model), then summarise it again.
+    """
+    import keras
+
+    import skin_model.model.networks  # noqa: F401  (registers the custom layers)
+
+    out_dir = Path(out_dir)
+    cfg = read_run_record(out_dir).config
+    oof = read_oof(out_dir)
+    for k in sorted(oof["fold"].unique()):
+        fold_dir = out_dir / f"fold{k}"
+        info = read_json(fold_dir / FOLD_FILE)
+        if info.get("changed_copies") or not (fold_dir / FOLD_MODEL_FILE).is_file():
+            continue
+        model = keras.models.load_model(fold_dir / FOLD_MODEL_FILE, compile=False)
+        held = oof[oof["fold"] == k]
+        paths = [str(Path(data_dir) / "images" / f"{i}.jpg") for i in held["image_id"]]
+        info["changed_copies"] = changed_copies(model, paths, held["dx"].to_numpy(), cfg)
+        write_json(fold_dir / FOLD_FILE, info)
+    return summarise(out_dir)
+
+
 def run_fold(pool: pd.DataFrame, k: int, images: dict, cfg: TrainConfig, out_dir: Path) -> dict:
     """Train fold ``k`` (or continue it) and write its out-of-fold predictions.
 
@@ -141,6 +183,7 @@ def run_fold(pool: pd.DataFrame, k: int, images: dict, cfg: TrainConfig, out_dir
     resume = (fold_dir / CHECKPOINT_FILE).is_file()
     model, fit_info = fit_model(cfg, parts, fold_dir, resume=resume, metas=metas)
     outputs = fold_predictions(model, images["input"][~tr], metas_all[~tr], cfg, fold_dir)
+    changed = changed_copies(model, pool.loc[~tr, "path"].tolist(), codes[~tr], cfg)
     inference_copy(model).save(fold_dir / FOLD_MODEL_FILE)  # an ensemble member
     context_model = ContextModel().fit(metas_all[tr], class_indices(codes[tr]))
     outputs["metadata_only"] = context_model.predict_proba(metas_all[~tr])
@@ -159,6 +202,7 @@ def run_fold(pool: pd.DataFrame, k: int, images: dict, cfg: TrainConfig, out_dir
         **fit_info,
         "device": describe_device(),
         "variants": {name: headline(y, p) for name, p in outputs.items()},
+        "changed_copies": changed,
     }
     write_json(fold_dir / FOLD_FILE, summary)
     for name in (CHECKPOINT_FILE, BEST_WEIGHTS_FILE, EMA_FILE):  # large, not needed now
@@ -271,6 +315,11 @@ def summarise(out_dir: Path) -> dict:
         "device": fold_info[0]["device"],
         "settings": read_run_record(out_dir).settings(),
         "late_fusion": fusion,
+        "changed_copies": {
+            str(k): f["changed_copies"]
+            for k, f in zip(folds, fold_info, strict=True)
+            if f.get("changed_copies")
+        },
         "table": table.astype(object).where(table.notna(), None).to_dict(orient="records"),
         "method": "StratifiedGroupKFold over lesions of the training and validation parts "
         "(calibration part and test split left out); decisions by argmax of the "
