@@ -56,6 +56,7 @@ def test_history_logs_learning_rate_and_balanced_accuracy(trained_dir):
     assert best_epoch(history) == int(history["val_balanced_accuracy"].to_numpy().argmax()) + 1
     assert "val_balanced_accuracy_image_only" in history.columns  # the model takes metadata
     assert np.isfinite(history["loss"]).all()
+    assert (history["step_seconds"] > 0).all()  # what a training step cost, per epoch
     assert find_model_dirs(trained_dir.parent) == [trained_dir]
 
 

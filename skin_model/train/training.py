@@ -231,6 +231,27 @@ def ema_decay(half_life_epochs: float, steps_per_epoch: int) -> float:
     return float(0.5 ** (1.0 / max(1.0, half_life_epochs * steps_per_epoch)))
 
 
+def make_step_timer():
+    """A callback that adds ``step_seconds`` to every epoch's logs: the mean wall time of
+    one training step (from the epoch's start to its last batch: the held-out scoring and
+    the checkpoint after it are left out), so the history shows what a lever costs.
+    """
+    import keras
+
+    class StepTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start, self.last, self.steps = time.perf_counter(), None, 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.last, self.steps = time.perf_counter(), self.steps + 1
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None and self.steps:
+                logs["step_seconds"] = round((self.last - self.start) / self.steps, 3)
+
+    return StepTimer()
+
+
 def make_ema_callback(out_dir: Path, decay: float):
     """A callback that keeps an exponential moving average of all the model's weights
     (BatchNorm statistics included) after every step and saves it after every epoch,
@@ -369,6 +390,7 @@ def _callbacks(cfg: TrainConfig, out_dir: Path, resume: bool, steps: int, best, 
     import keras
 
     callbacks = [
+        make_step_timer(),
         best,
         keras.callbacks.CSVLogger(str(out_dir / HISTORY_FILE), append=resume),
         make_checkpoint_callback(out_dir, best, float(state.get("seconds", 0.0)), view),
