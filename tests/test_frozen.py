@@ -88,3 +88,77 @@ def test_a_frozen_run_trains_only_the_top_and_resumes(tmp_path):
         np.testing.assert_array_equal(before, after)
     history = (tmp_path / "history.csv").read_text().splitlines()
     assert len(history) == 4 and "val_balanced_accuracy" in history[0]
+
+    teacher = make_efficientnet_lite(32, weights=None, metadata_dim=DIM)  # not cut: savable
+    teacher.save(tmp_path / "teacher.keras")  # distilled: the same run learns from a teacher
+    taught = replace(cfg, teachers=str(tmp_path / "teacher.keras"), epochs=1).validate()
+    (tmp_path / "taught").mkdir()
+    student, info = fit_model(taught, parts, tmp_path / "taught", metas=metas)
+    assert info["epochs_run"] == 1 and not np.allclose(
+        student.get_layer("top_conv").get_weights()[0], top[0]
+    )
+
+
+def test_distilled_targets_mix_the_label_with_the_teachers_at_the_training_prior():
+    from skin_model.train.frozen import distilled_targets
+
+    labels = np.eye(3, dtype=np.float32)[[0, 2]]
+    prior = np.array([0.6, 0.3, 0.1])
+    sure = distilled_targets(labels, labels, prior, 0.5)  # a teacher that agrees, sure
+    np.testing.assert_allclose(sure, labels, atol=1e-6)
+    blank = distilled_targets(labels, np.full((2, 3), 1 / 3), prior, 1.0)  # a balanced shrug
+    np.testing.assert_allclose(blank, np.tile(prior, (2, 1)), atol=1e-6)  # = the prior
+    half = distilled_targets(labels, np.full((2, 3), 1 / 3), prior, 0.25)
+    np.testing.assert_allclose(half.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(half[0], 0.75 * labels[0] + 0.25 * prior, atol=1e-6)
+
+
+def test_teachers_need_frozen_stages_and_an_existing_model(tmp_path):
+    with pytest.raises(ConfigError, match="--freeze-stages"):
+        TrainConfig(teachers=str(tmp_path)).validate()
+    with pytest.raises(ConfigError, match="no model at"):
+        TrainConfig(freeze_stages=3, teachers=str(tmp_path / "gone")).validate()
+    with pytest.raises(ConfigError, match="distill-weight"):
+        TrainConfig(freeze_stages=3, teachers=str(tmp_path), distill_weight=0).validate()
+    ok = TrainConfig(freeze_stages=3, teachers=f"{tmp_path}, {tmp_path}").validate()
+    assert ok.teacher_paths() == [str(tmp_path)] * 2
+    from skin_model.reports.tables import recipe_text
+
+    assert "distilled from 2 teacher(s), weight 0.5" in recipe_text(vars(ok))
+
+
+@pytest.mark.model
+def test_the_teachers_see_the_cached_views_and_set_the_targets(tmp_path):
+    """A teacher at another input size sees the same augmented view as the frozen part."""
+    import keras
+
+    from skin_model.train.frozen import (
+        cache_views,
+        cached_batches,
+        distilled_targets,
+        load_teachers,
+    )
+
+    rng = np.random.default_rng(3)
+    batches = [
+        (rng.uniform(0, 255, (4, 16, 16, 3)).astype(np.float32), np.eye(3)[[0, 1, 2, 0]])
+        for _ in range(2)
+    ]
+    inp = keras.Input((16, 16, 3))
+    bottom = keras.Model(inp, keras.layers.AveragePooling2D(4)(inp))
+    t_in = keras.Input((8, 8, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(t_in))
+    teacher = keras.Model(t_in, keras.layers.Dense(3, activation="softmax")(pooled))
+    teacher.save(tmp_path / "teacher.keras")
+    (loaded,) = load_teachers([str(tmp_path / "teacher.keras")])
+    cache = cache_views(bottom, lambda v: batches, 8, 4, 2, [loaded])
+    assert cache.teacher.shape == (2, 8, 3)
+    x0 = keras.ops.image.resize(batches[0][0], (8, 8), antialias=True)
+    np.testing.assert_allclose(cache.teacher[0, :4], teacher.predict(x0, verbose=0), atol=1e-4)
+    prior = np.array([0.5, 0.25, 0.25])
+    stream = cached_batches(cache, 8, seed=0, distill=(prior, 0.5))
+    _, y = stream[0]
+    idx = np.sort(stream.order)
+    expected = distilled_targets(cache.labels[0, idx], cache.teacher[0, idx], prior, 0.5)
+    np.testing.assert_allclose(y, expected, atol=1e-6)
+    assert (y.max(axis=1) < 1).all() and (y.max(axis=1) >= 0.5).all()  # label and teacher

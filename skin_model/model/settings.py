@@ -37,6 +37,8 @@ class TrainConfig:
     robust: float = 0.0
     freeze_stages: int = 0
     cached_views: int = 0
+    teachers: str = ""
+    distill_weight: float = 0.5
     bn_momentum: float = 0.9
     restore_best: bool = False
     ema_half_life: float = 0.0
@@ -90,6 +92,7 @@ class TrainConfig:
             (not 0 < self.val_frac + self.test_frac < 1, "--val-frac + --test-frac must be < 1"),
             (self.cached_views < 0, "--cached-views must be >= 0 (0 = one per epoch)"),
             *self._freeze_checks(spec),
+            *self._teacher_checks(),
         ]
         for failed, reason in checks:
             if failed:
@@ -110,6 +113,25 @@ class TrainConfig:
             ),
             (self.ema_half_life > 0, "--freeze-stages cannot yet be combined with --ema-half-life"),
         ]
+
+    def _teacher_checks(self) -> list[tuple[bool, str]]:
+        """Checks of ``--teachers`` (distillation from the cached views)."""
+        if not self.teachers:
+            return []
+        missing = [t for t in self.teacher_paths() if not Path(t).exists()]
+        return [
+            (
+                self.freeze_stages == 0,
+                "--teachers needs --freeze-stages: the teachers' outputs are kept with the "
+                "cached views",
+            ),
+            (not 0 < self.distill_weight <= 1, "--distill-weight must be in (0, 1]"),
+            (bool(missing), f"--teachers: no model at {', '.join(missing)}"),
+        ]
+
+    def teacher_paths(self) -> list[str]:
+        """The teachers' model directories or ``.keras`` files (``--teachers A,B``)."""
+        return [t.strip() for t in self.teachers.split(",") if t.strip()]
 
     def _validate_weights(self, spec) -> None:
         """A weights setting the architecture can use."""

@@ -342,6 +342,9 @@ def recipe_text(settings: dict) -> str:
     if settings.get("freeze_stages"):
         views = settings.get("cached_views") or settings["epochs"]
         parts.append(f"stem + {settings['freeze_stages']} stages frozen, {views} cached views")
+    if settings.get("teachers"):
+        n = len([t for t in settings["teachers"].split(",") if t.strip()])
+        parts.append(f"distilled from {n} teacher(s), weight {settings['distill_weight']:g}")
     return ", ".join(parts)
 
 

@@ -9,6 +9,12 @@ the frozen part and kept in memory as float16. An epoch then costs only the top'
 and backward pass. The views are drawn from the run's seed, so a resumed run rebuilds the
 same cache; the optimizer state is saved beside the checkpoint after every epoch.
 
+With ``--teachers`` (trained networks: a shipped model, fold models) the teachers see the
+same augmented views when they are cached; their averaged outputs are kept beside the
+views and the top learns a mix of the label and the teachers' distribution
+(``--distill-weight``): one network takes in an ensemble's knowledge at the cost of one
+teacher pass per cached view.
+
 The top is cut from a twin of the network (cutting a graph at an inner tensor changes the
 layers' own graph records, and Keras could then no longer save a two-input network); after
 every epoch :func:`copy_weights` brings the twin's values into the network, so validation,
@@ -35,17 +41,19 @@ class ViewCache:
         features: (V, N, H, W, C) float16 outputs of the frozen part, view by view.
         labels: (V, N, K) one-hot labels in the same order.
         metadata: (V, N, DIM) patient-context vectors as augmented (hidden fields), or None.
+        teacher: (V, N, K) the teachers' averaged class probabilities of each view, or None.
     """
 
     features: np.ndarray
     labels: np.ndarray
     metadata: np.ndarray | None = None
+    teacher: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
         """Memory the cache holds."""
-        extra = 0 if self.metadata is None else self.metadata.nbytes
-        return self.features.nbytes + self.labels.nbytes + extra
+        extras = (a.nbytes for a in (self.metadata, self.teacher) if a is not None)
+        return self.features.nbytes + self.labels.nbytes + sum(extras)
 
 
 def split_at(model, layer: str):
@@ -104,7 +112,36 @@ def _one_epoch(batches, steps: int):
             yield batches[i]
 
 
-def cache_views(bottom, make_stream, n_images: int, batch_size: int, views: int) -> ViewCache:
+def load_teachers(paths: list[str]) -> list:
+    """The teacher networks: a model directory's ``model.keras`` or a ``.keras`` file each."""
+    import keras
+
+    import skin_model.model.networks  # noqa: F401  (registers the custom layers)
+    from skin_model.model.artifacts import MODEL_FILE
+
+    files = [Path(p) / MODEL_FILE if Path(p).is_dir() else Path(p) for p in paths]
+    return [keras.models.load_model(f, compile=False) for f in files]
+
+
+def teacher_outputs(teachers: list, image: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+    """The teachers' class probabilities of a batch, averaged (each at its own input size)."""
+    from skin_model.runtime.inference import batch_inputs
+
+    outs = []
+    for t in teachers:
+        size = int(t.inputs[0].shape[1])
+        x = image
+        if x.shape[1] != size:
+            import tensorflow as tf
+
+            x = tf.image.resize(x, (size, size), antialias=True).numpy()
+        outs.append(np.asarray(t.predict_on_batch(batch_inputs(t, x, meta))))
+    return np.mean(outs, axis=0)
+
+
+def cache_views(
+    bottom, make_stream, n_images: int, batch_size: int, views: int, teachers: list = ()
+) -> ViewCache:
     """Run ``views`` augmented epochs of the training images through the frozen part.
 
     Args:
@@ -113,6 +150,7 @@ def cache_views(bottom, make_stream, n_images: int, batch_size: int, views: int)
         n_images: Training images.
         batch_size: Images per batch of the stream.
         views: Views of every image to keep.
+        teachers: Networks whose averaged outputs on the same views are kept too.
 
     Returns:
         The :class:`ViewCache`.
@@ -120,7 +158,13 @@ def cache_views(bottom, make_stream, n_images: int, batch_size: int, views: int)
     steps = int(np.ceil(n_images / batch_size))
     shape = tuple(int(d) for d in bottom.output.shape[1:])
     features = np.empty((views, n_images, *shape), np.float16)
-    labels, metas = None, None
+    arrays: dict[str, np.ndarray] = {}
+
+    def keep(name: str, v: int, at: int, values: np.ndarray) -> None:
+        if name not in arrays:
+            arrays[name] = np.empty((views, n_images, values.shape[1]), np.float32)
+        arrays[name][v, at : at + len(values)] = values
+
     start = time.perf_counter()
     for v in range(views):
         at = 0
@@ -128,23 +172,50 @@ def cache_views(bottom, make_stream, n_images: int, batch_size: int, views: int)
             image, meta = (x["image"], x["metadata"]) if isinstance(x, dict) else (x, None)
             n = min(len(y), n_images - at)
             features[v, at : at + n] = bottom.predict_on_batch(image[:n])
-            if labels is None:
-                labels = np.empty((views, n_images, y.shape[1]), np.float32)
-            labels[v, at : at + n] = y[:n]
+            keep("labels", v, at, y[:n])
             if meta is not None:
-                if metas is None:
-                    metas = np.empty((views, n_images, meta.shape[1]), np.float32)
-                metas[v, at : at + n] = meta[:n]
+                keep("metadata", v, at, meta[:n])
+            if teachers:
+                m = None if meta is None else meta[:n]
+                keep("teacher", v, at, teacher_outputs(teachers, image[:n], m))
             at += n
         print(f"cached view {v + 1}/{views} ({time.perf_counter() - start:.0f}s)", flush=True)
-    cache = ViewCache(features, labels, metas)
+    cache = ViewCache(features, arrays["labels"], arrays.get("metadata"), arrays.get("teacher"))
     print(f"view cache: {cache.nbytes / 2**30:.2f} GiB", flush=True)
     return cache
 
 
-def cached_batches(cache: ViewCache, batch_size: int, seed: int, epoch: int = 0):
+def distilled_targets(
+    labels: np.ndarray, teacher: np.ndarray, prior: np.ndarray, weight: float
+) -> np.ndarray:
+    """Training targets mixing one-hot ``labels`` with the teachers' distribution.
+
+    The teachers' outputs are balanced-prior probabilities (logit-adjusted training); the
+    loss compares against the data's distribution, so they are taken back to the training
+    prior before mixing.
+
+    Args:
+        labels: (N, K) one-hot labels.
+        teacher: (N, K) the teachers' averaged outputs.
+        prior: (K,) class shares of the training images.
+        weight: Share of the target taken from the teachers.
+    """
+    at_prior = np.asarray(teacher, np.float64) * np.asarray(prior)[None]
+    at_prior /= at_prior.sum(axis=1, keepdims=True)
+    return ((1.0 - weight) * labels + weight * at_prior).astype(np.float32)
+
+
+def cached_batches(
+    cache: ViewCache,
+    batch_size: int,
+    seed: int,
+    epoch: int = 0,
+    distill: tuple[np.ndarray, float] | None = None,
+):
     """Training batches from a :class:`ViewCache`: epoch ``e`` reads view ``e % V`` in a
-    permutation seeded by ``seed`` and ``e`` (a resumed run passes its next ``epoch``).
+    permutation seeded by ``seed`` and ``e`` (a resumed run passes its next ``epoch``);
+    with ``distill=(prior, weight)`` and teachers' outputs in the cache, the targets are
+    :func:`distilled_targets`.
     """
     import keras
 
@@ -166,6 +237,8 @@ def cached_batches(cache: ViewCache, batch_size: int, seed: int, epoch: int = 0)
             idx = np.sort(self.order[index * batch_size : (index + 1) * batch_size])
             x = cache.features[v, idx].astype(np.float32)
             y = cache.labels[v, idx]
+            if distill is not None and cache.teacher is not None:
+                y = distilled_targets(y, cache.teacher[v, idx], *distill)
             if cache.metadata is None:
                 return x, y
             return (x, cache.metadata[v, idx]), y

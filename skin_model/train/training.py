@@ -534,13 +534,15 @@ def _frozen_top(cfg: TrainConfig, model, prior, train_stream, n_images: int, out
     if state["epochs_done"] and not frozen.restore_optimizer(top, out_dir):
         print("no optimizer state beside the checkpoint: the optimizer starts afresh")
     views = cfg.cached_views or cfg.epochs
-    cache = frozen.cache_views(bottom, train_stream, n_images, cfg.batch_size, views)
+    teachers = frozen.load_teachers(cfg.teacher_paths()) if cfg.teachers else []
+    cache = frozen.cache_views(bottom, train_stream, n_images, cfg.batch_size, views, teachers)
+    distill = (prior, cfg.distill_weight) if teachers else None
 
     def view(_top):  # the twin's top was trained: the network takes its values
         frozen.copy_weights(twin, model)
         return model
 
-    batches = frozen.cached_batches(cache, cfg.batch_size, cfg.seed, state["epochs_done"])
+    batches = frozen.cached_batches(cache, cfg.batch_size, cfg.seed, state["epochs_done"], distill)
     return top, batches, view
 
 
@@ -700,6 +702,7 @@ def settings_summary(cfg: TrainConfig) -> str:
         "metadata",
         "crop_min_scale",
         "freeze_stages",
+        "teachers",
         "ema_half_life",
         "context_fusion_power",
         "width",
