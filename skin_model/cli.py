@@ -224,13 +224,18 @@ def _cv_robustness(args: argparse.Namespace) -> int:
     for fold, result in summary["changed_copies"].items():
         plain = result["plain"]
         print(f"fold {fold}: balanced accuracy {plain['balanced_accuracy']:.3f}")
-        for name, c in result["changes"].items():
-            print(
-                f"  {name}: {-c['balanced_accuracy_cost']:+.3f} balanced accuracy, "
-                f"{-c['auc_cost']:+.3f} malignant AUC, referrals changed "
-                f"{100 * c['referrals_changed']:.1f}%"
-            )
+        _print_changes(result["changes"])
     return 0
+
+
+def _print_changes(changes: dict) -> None:
+    """One line per change: its figures and what it cost against the plain images."""
+    for name, c in changes.items():
+        print(
+            f"  {name}: balanced accuracy {c['balanced_accuracy']:.3f} "
+            f"({-c['balanced_accuracy_cost']:+.3f}), AUC {c['malignant_auc']:.3f} "
+            f"({-c['auc_cost']:+.3f}), referrals changed {100 * c['referrals_changed']:.1f}%"
+        )
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
@@ -245,12 +250,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         f"{result['n_images']} {args.split} images: balanced accuracy "
         f"{plain['balanced_accuracy']:.3f}, malignant AUC {plain['malignant_auc']:.3f}"
     )
-    for name, c in result["changes"].items():
-        print(
-            f"  {name}: balanced accuracy {c['balanced_accuracy']:.3f} "
-            f"({-c['balanced_accuracy_cost']:+.3f}), AUC {c['malignant_auc']:.3f} "
-            f"({-c['auc_cost']:+.3f}), referrals changed {100 * c['referrals_changed']:.1f}%"
-        )
+    _print_changes(result["changes"])
     return 0
 
 
