@@ -120,6 +120,11 @@ def test_teachers_need_frozen_stages_and_an_existing_model(tmp_path):
         TrainConfig(freeze_stages=3, teachers=str(tmp_path / "gone")).validate()
     with pytest.raises(ConfigError, match="distill-weight"):
         TrainConfig(freeze_stages=3, teachers=str(tmp_path), distill_weight=0).validate()
+    per_fold = TrainConfig(freeze_stages=3, teachers=str(tmp_path / "cv" / "fold{fold}")).validate()
+    (tmp_path / "cv" / "fold1").mkdir(parents=True)
+    assert per_fold.for_fold(1).teachers == str(tmp_path / "cv" / "fold1")  # never saw fold 1
+    with pytest.raises(ConfigError, match="no model at"):
+        per_fold.for_fold(2)
     ok = TrainConfig(freeze_stages=3, teachers=f"{tmp_path}, {tmp_path}").validate()
     assert ok.teacher_paths() == [str(tmp_path)] * 2
     from skin_model.reports.tables import recipe_text

@@ -13,6 +13,9 @@ from skin_model.model.artifacts import CHECKPOINT_FILE, FITTED_WEIGHTS_FILE, RUN
 
 LOSSES = ("logit_adjusted", "crossentropy")
 
+FOLD_FIELD = "{fold}"
+"""In ``--teachers`` of a cross-validation run: the fold being trained."""
+
 
 @dataclass
 class TrainConfig:
@@ -118,7 +121,7 @@ class TrainConfig:
         """Checks of ``--teachers`` (distillation from the cached views)."""
         if not self.teachers:
             return []
-        missing = [t for t in self.teacher_paths() if not Path(t).exists()]
+        missing = [t for t in self.teacher_paths() if FOLD_FIELD not in t and not Path(t).exists()]
         return [
             (
                 self.freeze_stages == 0,
@@ -132,6 +135,18 @@ class TrainConfig:
     def teacher_paths(self) -> list[str]:
         """The teachers' model directories or ``.keras`` files (``--teachers A,B``)."""
         return [t.strip() for t in self.teachers.split(",") if t.strip()]
+
+    def for_fold(self, k: int) -> TrainConfig:
+        """The settings of cross-validation fold ``k``: ``{fold}`` in ``--teachers`` becomes
+        ``k``, so each fold learns from teachers that never saw its held-out lesions (the
+        same fold of another cross-validation run, e.g.
+        ``models/cv-a/fold{fold}/fold_model.keras``).
+        """
+        if FOLD_FIELD not in self.teachers:
+            return self
+        from dataclasses import replace
+
+        return replace(self, teachers=self.teachers.replace(FOLD_FIELD, str(k))).validate()
 
     def _validate_weights(self, spec) -> None:
         """A weights setting the architecture can use."""

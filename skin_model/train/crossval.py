@@ -181,7 +181,7 @@ def run_fold(pool: pd.DataFrame, k: int, images: dict, cfg: TrainConfig, out_dir
     }
     metas = {"train": metas_all[tr], "val": metas_all[~tr]} if cfg.metadata else None
     resume = (fold_dir / CHECKPOINT_FILE).is_file()
-    model, fit_info = fit_model(cfg, parts, fold_dir, resume=resume, metas=metas)
+    model, fit_info = fit_model(cfg.for_fold(k), parts, fold_dir, resume=resume, metas=metas)
     outputs = fold_predictions(model, images["input"][~tr], metas_all[~tr], cfg, fold_dir)
     changed = changed_copies(model, pool.loc[~tr, "path"].tolist(), codes[~tr], cfg)
     inference_copy(model).save(fold_dir / FOLD_MODEL_FILE)  # an ensemble member
