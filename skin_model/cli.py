@@ -334,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=("saved_model", "litert", "onnx"), required=True)
     x.add_argument("--out", type=Path, required=True, help="folder (saved_model) or file")
     x.set_defaults(func=cmd_export)
+    _add_robustness(sub, default_data)
+    return parser
+
+
+def _add_robustness(sub, default_data: Path) -> None:
+    """The ``robustness`` subcommand's options."""
     r = sub.add_parser(
         "robustness", help="changed copies (field of view, casts, rotation...) of a split"
     )
@@ -346,7 +352,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--cv", action="store_true", help="MODEL is a cross-validation run: score its folds"
     )
     r.set_defaults(func=cmd_robustness)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
