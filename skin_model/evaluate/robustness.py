@@ -109,13 +109,6 @@ def changed_inputs(
     return np.stack([resize_for_model(decode_image(change(im)), size) for im in images])
 
 
-def malignant_risk(probs: np.ndarray) -> np.ndarray:
-    """The summed probability of the malignant classes, per row (rows normalised)."""
-    probs = np.asarray(probs, dtype=float)
-    probs = probs / probs.sum(axis=1, keepdims=True)
-    return probs[:, [CLASSES.index(c) for c in MALIGNANT]].sum(axis=1)
-
-
 def operating_threshold(risk: np.ndarray, malignant: np.ndarray, sensitivity: float) -> float:
     """The highest risk threshold that refers ``sensitivity`` of the malignant rows."""
     return float(np.quantile(risk[malignant], 1.0 - sensitivity, method="lower"))
@@ -146,11 +139,12 @@ def network_robustness(
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     from skin_model.data.imaging import resize_for_model
+    from skin_model.model.calibration import is_malignant, malignant_probability, normalise_rows
 
-    malignant = np.isin(np.asarray(CLASSES)[labels], list(MALIGNANT))
+    malignant = is_malignant(labels).astype(bool)
 
     def figures(probs: np.ndarray) -> dict:
-        risk = malignant_risk(probs)
+        risk = malignant_probability(normalise_rows(np.asarray(probs, dtype=float)))
         return {
             "balanced_accuracy": float(balanced_accuracy_score(labels, probs.argmax(axis=1))),
             "malignant_auc": float(roc_auc_score(malignant, risk)),
