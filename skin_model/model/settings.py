@@ -56,6 +56,7 @@ class TrainConfig:
     test_frac: float = 0.15
     calib_share: float = 0.5
     target_sensitivity: float = 0.90
+    views: int = 8
     tta_min_gain: float = 0.01
     ood_quantile: float = 0.99
     limit: int | None = None
@@ -94,6 +95,7 @@ class TrainConfig:
             (self.context_fusion_power < 0, "--context-fusion-power must be >= 0"),
             (not 0 < self.val_frac + self.test_frac < 1, "--val-frac + --test-frac must be < 1"),
             (self.cached_views < 0, "--cached-views must be >= 0 (0 = one per epoch)"),
+            (self.views not in (0, 1, 4, 8), "--views must be 0 (choose on validation), 1, 4 or 8"),
             *self._freeze_checks(spec),
             *self._teacher_checks(),
         ]
