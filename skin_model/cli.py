@@ -215,12 +215,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cv_robustness(args: argparse.Namespace) -> int:
-    """``robustness CV_DIR --cv``: changed copies of every finished fold's held-out images."""
-    from skin_model.train.crossval import score_changed_copies
+    """``robustness CV_DIR --cv``: changed copies (and the 8-view outputs) of every
+    finished fold's held-out images, where the fold lacks them.
+    """
+    from skin_model.train.crossval import score_missing
 
     if not (Path(args.model) / "cv.json").is_file():
         raise UsageError(f"{args.model} is not a finished cross-validation run (no cv.json)")
-    summary = score_changed_copies(args.model, args.data_dir)
+    summary = score_missing(args.model, args.data_dir)
     for fold, result in summary["changed_copies"].items():
         plain = result["plain"]
         print(f"fold {fold}: balanced accuracy {plain['balanced_accuracy']:.3f}")

@@ -115,6 +115,7 @@ def test_tiny_cross_validation_covers_the_pool_once_and_resumes(
     assert len(frame) == n_variants and len(markdown(frame).splitlines()) == 2 + n_variants
     assert "p chosen on the other folds" in frame["variant"].iloc[-1]
     assert "image_wb" in set(table["variant"])  # the white-balance-shifted copy is scored
+    assert "image_views8" in set(table["variant"])  # and the mean of the 8 dihedral views
     assert list(out.glob("fold*/fold_model.keras"))  # fold models kept: ensemble members
     from skin_model.evaluate.ensemble import evaluate_cv_ensemble
 
@@ -133,11 +134,16 @@ def test_tiny_cross_validation_covers_the_pool_once_and_resumes(
     info = json.loads((out / "fold0" / "fold.json").read_text())
     expected = info.pop("changed_copies")
     (out / "fold0" / "fold.json").write_text(json.dumps(info))
+    oof0 = pd.read_csv(out / "fold0" / "oof_predictions.csv")
+    views = [c for c in oof0.columns if c.startswith("image_views8:")]
+    oof0.drop(columns=views).to_csv(out / "fold0" / "oof_predictions.csv", index=False)
     from skin_model.cli import main as cli
 
     assert cli(["robustness", str(out), "--cv", "--data-dir", str(tiny_data)]) == 0
     rescored = json.loads((out / "fold0" / "fold.json").read_text())["changed_copies"]
     assert rescored["plain"] == pytest.approx(expected["plain"])  # same model, same figures
+    again = pd.read_csv(out / "fold0" / "oof_predictions.csv")[views].to_numpy()
+    np.testing.assert_allclose(again, oof0[views].to_numpy(), atol=2e-5)  # views re-scored
     assert "fold 0: balanced accuracy" in capsys.readouterr().out
     before = (out / "fold0" / "fold.json").read_text()
     assert train.main(args) == 0  # a finished run is summarised again, not retrained

@@ -236,3 +236,19 @@ def test_late_context_fusion_is_fitted_on_training_and_used_at_inference(
     posterior = ContextModel.from_config(fusion).predict_proba(encode(context)[None])
     want = late_fusion(plain[None], posterior, 1.0)
     np.testing.assert_allclose(fused, want[0], atol=1e-5)
+
+
+def test_test_time_views_are_the_recipe_s_or_chosen_on_validation(trained_dir, trained_bundle):
+    from skin_model.runtime.inference import network_outputs
+    from skin_model.train.finalise import choose_tta
+
+    cfg = json.loads((trained_dir / "config.json").read_text())
+    assert cfg["tta"] == 8  # the recipe's default: every quarter turn and flip
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
+    y = np.arange(6) % 7
+    views, scores, outputs = choose_tta(trained_bundle, x, y, min_gain=0.0, views=4)
+    assert views == 4 and set(scores) == {f"balanced_accuracy_views_{n}" for n in (1, 4, 8)}
+    np.testing.assert_allclose(outputs, network_outputs(trained_bundle, x, 4)[0], atol=1e-6)
+    # chosen on validation: more views only when they gain more than min_gain (>1: never)
+    assert choose_tta(trained_bundle, x, y, min_gain=1.0, views=0)[0] == 1

@@ -228,6 +228,7 @@ VARIANT_TEXT = {
     "ema_context": "weight average, with age/sex/site (early fusion)",
     "metadata_only": "age/sex/site alone (logistic regression)",
     "image_wb": "last epoch, image only, on white-balance-shifted copies",
+    "image_views8": "last epoch, image only, mean of the 8 quarter turns and flips",
 }
 
 
@@ -375,7 +376,8 @@ def levers_frame(runs: list[tuple[str, dict]]) -> pd.DataFrame:
         runs: ``(directory name, cv.json)`` pairs.
 
     Returns:
-        Image-only fold-0 figures, the same on white-balance-shifted copies where scored,
+        Image-only fold-0 figures, the same on white-balance-shifted copies and averaged
+        over the 8 quarter turns and flips where scored,
         late fusion of the patient context (power chosen on that fold: optimistic), and the
         training minutes of the fold.
     """
@@ -387,6 +389,7 @@ def levers_frame(runs: list[tuple[str, dict]]) -> pd.DataFrame:
             continue
         shifted = by.get(("image_wb", "0"))
         fused = by.get(("late_fusion_image", "0"))
+        views = by.get(("image_views8", "0")) or {}
         rows.append(
             {
                 "run": name,
@@ -399,6 +402,8 @@ def levers_frame(runs: list[tuple[str, dict]]) -> pd.DataFrame:
                 "melanoma AUC": image["mel_auc"],
                 "melanoma sensitivity": image["mel_sensitivity"],
                 "macro AUC": image["macro_auc"],
+                "8 views: balanced accuracy": views.get("balanced_accuracy"),
+                "8 views: malignant AUC": views.get("malignant_auc"),
                 "with age/sex/site, late fusion": fused["balanced_accuracy"] if fused else None,
                 **worst_change(cv.get("changed_copies", {}).get("0")),
                 "fold 0 training min": f"{cv['train_seconds'][0] / 60:.0f}",

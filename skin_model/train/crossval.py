@@ -15,6 +15,8 @@ Variants scored from the same runs, at no extra training:
 - ``metadata_only``: a class-balanced logistic regression on age/sex/site alone;
 - ``image_wb``: last-epoch weights, image only, on copies of the held-out images with a
   few percent of white-balance shift (:func:`skin_model.data.imaging.shift_white_balance`);
+- ``image_views8``: last-epoch weights, image only, the mean over the 8 quarter turns
+  and flips of each image (what a model shipped with ``--views 8`` does);
 - ``late_fusion`` (in the summary): an image variant times the metadata-only
   posterior to a power chosen on the pooled out-of-fold predictions.
 
@@ -51,6 +53,9 @@ from skin_model.model.calibration import late_fusion, normalise_rows
 from skin_model.model.settings import TrainConfig, config_dict, read_run_record
 
 FUSION_POWERS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+
+VIEWS_VARIANT = "image_views8"
+"""The variant scored over all 8 dihedral views of every held-out image."""
 
 
 def assign_folds(df: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
@@ -103,7 +108,23 @@ def fold_predictions(model, images, metas, cfg: TrainConfig, out_dir: Path) -> d
     model.set_weights(weight_sets[0][1])
     shifted = batch_inputs(model, shift_white_balance_batch(images), None)
     out["image_wb"] = model.predict(shifted, batch_size=cfg.batch_size * 2, verbose=0)
+    out[VIEWS_VARIANT] = views_predictions(model, images, cfg.batch_size * 2)
     return out
+
+
+def views_predictions(model, images: np.ndarray, batch_size: int, views: int = 8) -> np.ndarray:
+    """Image-only outputs averaged over the first ``views`` dihedral views of each image
+    (:func:`skin_model.runtime.inference.dihedral_views`), a few images at a time.
+    """
+    from skin_model.runtime.inference import batch_inputs, dihedral_views
+
+    step = max(1, 256 // views)
+    out = []
+    for start in range(0, len(images), step):
+        x = batch_inputs(model, dihedral_views(images[start : start + step], views), None)
+        p = model.predict(x, batch_size=batch_size, verbose=0)
+        out.append(p.reshape(views, -1, p.shape[-1]).mean(axis=0))
+    return np.concatenate(out)
 
 
 def changed_copies(model, paths: list[str], codes, cfg: TrainConfig) -> dict:
@@ -124,26 +145,35 @@ def changed_copies(model, paths: list[str], codes, cfg: TrainConfig) -> dict:
     return network_robustness(predict, originals, class_indices(codes), cfg.input_size)
 
 
-def score_changed_copies(out_dir: Path, data_dir: Path) -> dict:
-    """Add the changed copies to the finished folds of a cross-validation run that lack
-    them (from each fold's saved model), then summarise it again.
+def score_missing(out_dir: Path, data_dir: Path) -> dict:
+    """Add what later code scores (the changed copies, the 8-view outputs) to the
+    finished folds of a cross-validation run that lack it, from each fold's saved model,
+    then summarise the run again.
     """
     import keras
 
     import skin_model.model.networks  # noqa: F401  (registers the custom layers)
+    from skin_model.data.dataset import load_images_at
 
     out_dir = Path(out_dir)
     cfg = read_run_record(out_dir).config
-    oof = read_oof(out_dir)
-    for k in sorted(oof["fold"].unique()):
+    for k in sorted(read_oof(out_dir)["fold"].unique()):
         fold_dir = out_dir / f"fold{k}"
-        info = read_json(fold_dir / FOLD_FILE)
-        if info.get("changed_copies") or not (fold_dir / FOLD_MODEL_FILE).is_file():
+        info, held = read_json(fold_dir / FOLD_FILE), pd.read_csv(fold_dir / OOF_FILE)
+        need_views = VIEWS_VARIANT not in variant_names(held)
+        has_model = (fold_dir / FOLD_MODEL_FILE).is_file()
+        if not has_model or (info.get("changed_copies") and not need_views):
             continue
         model = keras.models.load_model(fold_dir / FOLD_MODEL_FILE, compile=False)
-        held = oof[oof["fold"] == k]
         paths = [str(Path(data_dir) / "images" / f"{i}.jpg") for i in held["image_id"]]
-        info["changed_copies"] = changed_copies(model, paths, held["dx"].to_numpy(), cfg)
+        if not info.get("changed_copies"):
+            info["changed_copies"] = changed_copies(model, paths, held["dx"].to_numpy(), cfg)
+        if need_views:
+            (images,) = load_images_at(paths, (cfg.input_size,))
+            p = views_predictions(model, images, cfg.batch_size * 2)
+            columns = pd.DataFrame(p.round(6), columns=_columns(VIEWS_VARIANT))
+            pd.concat([held, columns], axis=1).to_csv(fold_dir / OOF_FILE, index=False)
+            info["variants"][VIEWS_VARIANT] = headline(class_indices(held["dx"]), p)
         write_json(fold_dir / FOLD_FILE, info)
     return summarise(out_dir)
 
@@ -323,7 +353,8 @@ def summarise(out_dir: Path) -> dict:
         "table": table.astype(object).where(table.notna(), None).to_dict(orient="records"),
         "method": "StratifiedGroupKFold over lesions of the training and validation parts "
         "(calibration part and test split left out); decisions by argmax of the "
-        "balanced-prior outputs; one view, no test-time augmentation; late-fusion power "
+        "balanced-prior outputs; one view (image_views8: the mean of 8 quarter turns and "
+        "flips); late-fusion power "
         + (
             "of each fold chosen on the other folds"
             if len(folds) > 1
