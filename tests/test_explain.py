@@ -137,3 +137,28 @@ def test_late_fusion_without_feeding_the_network(fusion_bundle):
     np.testing.assert_allclose(fused[1], plain[1], atol=1e-6)
     want = late_fusion(plain[:1], ContextModel.from_config(params).predict_proba(meta[:1]), 1.0)
     np.testing.assert_allclose(fused[:1], want, atol=1e-5)
+
+
+def test_views_averaged_cam_turns_with_the_image():
+    from skin_model.runtime.explain import views_cam
+
+    # weighs the top and the right less: no turn or flip leaves it as it is
+    ramp = np.outer(np.linspace(0.2, 1.0, 8), np.linspace(1.0, 0.1, 8))
+
+    def fn(x, class_index):  # a stand-in for the compiled Grad-CAM: an (1, 8, 8) map
+        x = x[0] if isinstance(x, list) else x
+        cells = x[0, :, :, int(class_index)].reshape(8, 4, 8, 4).mean(axis=(1, 3))
+        return (cells * ramp)[None]
+
+    image = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
+    cam = views_cam(fn, image, 1, 8)
+    for turned, back in (
+        (np.rot90(image, 1, axes=(1, 2)), lambda c: np.rot90(c, -1, axes=(1, 2))),
+        (np.rot90(image, 2, axes=(1, 2)), lambda c: np.rot90(c, 2, axes=(1, 2))),
+        (image[:, :, ::-1], lambda c: c[:, :, ::-1]),
+    ):
+        np.testing.assert_allclose(back(views_cam(fn, turned, 1, 8)), cam, rtol=1e-6)
+        single = views_cam(fn, turned, 1, 1)
+        assert not np.allclose(back(single), fn(image, 1), rtol=1e-3)  # one view turns wrong
+    meta = np.zeros((1, 4), np.float32)  # a two-input model's context travels with each view
+    np.testing.assert_allclose(views_cam(fn, [image, meta], 1, 8), cam, rtol=1e-6)

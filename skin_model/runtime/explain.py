@@ -233,6 +233,31 @@ def compiled_gradcam(model, layer: str | None = None):
     return fn
 
 
+def undo_view(cam: np.ndarray, view: int) -> np.ndarray:
+    """Map a (1, h, w) CAM of dihedral view ``view`` (the order of
+    :func:`skin_model.runtime.inference.dihedral_views`) back onto the original image.
+    """
+    cam = np.rot90(cam, -(view % 4), axes=(1, 2))
+    return cam[:, :, ::-1] if view >= 4 else cam
+
+
+def views_cam(fn, inputs, class_index: int, views: int) -> np.ndarray:
+    """The compiled Grad-CAM averaged over the first ``views`` dihedral views of one input,
+    each map turned back onto the original image before averaging (the explanation of
+    the views-averaged verdict; the same map for every quarter turn and flip).
+    """
+    from skin_model.runtime.inference import dihedral_views
+
+    image, rest = (
+        (inputs[0], list(inputs[1:])) if isinstance(inputs, list | tuple) else (inputs, [])
+    )
+    cams = []
+    for v, view in enumerate(dihedral_views(np.asarray(image), views)):
+        x = [view[None], *rest] if rest else view[None]
+        cams.append(undo_view(np.asarray(fn(x, np.int32(class_index))), v))
+    return np.mean(cams, axis=0)
+
+
 def explain(
     bundle,
     image: np.ndarray,
@@ -240,6 +265,7 @@ def explain(
     method: str = "Grad-CAM",
     metadata: np.ndarray | None = None,
     layer: str | None = None,
+    views: int | None = None,
 ) -> np.ndarray:
     """Heatmap (H, W) in [0, 1] of ``class_index`` for one decoded image, thread-safe.
 
@@ -250,6 +276,8 @@ def explain(
         method: One of :data:`METHODS`.
         metadata: Patient-context vector for a two-input model (None: none given).
         layer: Layer to read (default: the model's ``cam_layer`` setting).
+        views: Dihedral views the compiled Grad-CAM averages (default: the model's
+            test-time views, so the map explains the verdict the views made).
 
     Returns:
         float32 heatmap at the image's size.
@@ -259,9 +287,10 @@ def explain(
         fn = bundle.explainer(("compiled", layer), lambda: compiled_gradcam(bundle.model, layer))
         if fn is not None:
             x = model_inputs(bundle.model, image, bundle.input_size, metadata)
+            n = int(bundle.config.tta if views is None else views)
             with bundle.lock:
-                cam = fn(x, np.int32(class_index))
-            return finish_cam(np.asarray(cam), bundle.input_size, image.shape[:2])
+                cam = views_cam(fn, x, class_index, n)
+            return finish_cam(cam, bundle.input_size, image.shape[:2])
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     explainer = bundle.explainer(method, lambda: make_explainer(bundle.model, method))
