@@ -97,6 +97,19 @@ def tta_text(value) -> str:
     )
 
 
+def tta_origin(m: Metrics) -> str:
+    """Who chose the test-time views: the recipe's ``views`` setting, or validation."""
+    views = m.training.get("settings", {}).get("views", 0)
+    if not views:
+        return "decided on validation"
+    return (
+        "the recipe's setting, chosen on cross-validation; every quarter turn and flip "
+        "of a file gets the same verdict"
+        if views == 8
+        else "the recipe's setting"
+    )
+
+
 def calibration_lines(config: dict, m: Metrics) -> list[str]:
     """Card bullets saying how probabilities, the threshold and the flag were fitted."""
     fit = m.calibration_fit
@@ -128,7 +141,7 @@ def calibration_lines(config: dict, m: Metrics) -> list[str]:
         f"calibration-part sensitivity has a 95% lesion-bootstrap lower bound >= "
         f"{thr['target']:.2f} (there: {thr['sensitivity']:.3f}, lower bound "
         f"{thr['sensitivity_lower']:.3f}).",
-        f"- Test-time augmentation: {tta_text(config['tta'])} (decided on validation).",
+        f"- Test-time augmentation: {tta_text(config['tta'])} ({tta_origin(m)}).",
         "- 'Not dermoscopic' flag: Mahalanobis distances of the channel means and standard "
         f"deviations of {', '.join(fit.get('ood_layers', ['features']))} from the training "
         "images, each relative to its limit; flagged above the "
