@@ -240,6 +240,25 @@ def _print_changes(changes: dict) -> None:
         )
 
 
+def cmd_cam(args: argparse.Namespace) -> int:
+    """``cam``: the Grad-CAM lesion-box ratio of a model directory measured again."""
+    from skin_model.train.finalise import remeasure_cam
+
+    if not (Path(args.model_dir) / "metrics.json").is_file():
+        raise UsageError(f"{args.model_dir} has no metrics.json (not a finalised model)")
+    try:
+        block = remeasure_cam(args.model_dir, args.data_dir)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    if block is None:
+        raise UsageError("the model's Grad-CAM layer gives no map with a location")
+    print(
+        f"Grad-CAM ({block['views']} views, {block['n_images']} test images): energy in the "
+        f"lesion box {block['mean_ratio']:.2f}x its area share; written to metrics.json"
+    )
+    return 0
+
+
 def cmd_robustness(args: argparse.Namespace) -> int:
     """``robustness``: changed copies of a split's images against the plain ones."""
     from skin_model.evaluate.robustness import run
@@ -337,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", type=Path, required=True, help="folder (saved_model) or file")
     x.set_defaults(func=cmd_export)
     _add_robustness(sub, default_data)
+    c = sub.add_parser(
+        "cam", help="measure the Grad-CAM localisation on the test split again (metrics.json)"
+    )
+    c.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODEL_DIR)
+    c.add_argument("--data-dir", type=Path, default=default_data)
+    c.set_defaults(func=cmd_cam)
     return parser
 
 

@@ -94,3 +94,17 @@ def test_training_settings_choose_the_optimizer():
     slow = make_optimizer(TrainConfig(backbone_lr_scale=0.3, head_warmup_epochs=2), 10)
     assert isinstance(slow, BackboneScaledAdamW)
     assert (slow.backbone_lr_scale, slow.head_warmup_steps) == (0.3, 20)
+
+
+def test_a_run_recorded_before_views_existed_chose_them_on_validation(tmp_path):
+    import json
+
+    from skin_model.model.settings import TrainConfig, config_dict, read_run_record
+
+    old = config_dict(TrainConfig())
+    del old["views"]  # written before the setting existed
+    (tmp_path / "run_config.json").write_text(json.dumps(old))
+    assert read_run_record(tmp_path).config.views == 0
+    (tmp_path / "run_config.json").write_text(json.dumps(config_dict(TrainConfig(views=4))))
+    assert read_run_record(tmp_path).config.views == 4
+    assert TrainConfig().views == 8  # a new run averages every quarter turn and flip

@@ -252,3 +252,20 @@ def test_test_time_views_are_the_recipe_s_or_chosen_on_validation(trained_dir, t
     np.testing.assert_allclose(outputs, network_outputs(trained_bundle, x, 4)[0], atol=1e-6)
     # chosen on validation: more views only when they gain more than min_gain (>1: never)
     assert choose_tta(trained_bundle, x, y, min_gain=1.0, views=0)[0] == 1
+
+
+def test_cam_command_measures_the_localisation_again(trained_dir, tiny_data, tmp_path, capsys):
+    from skin_model.cli import main as cli
+
+    run = tmp_path / "smoke"
+    shutil.copytree(trained_dir, run)
+    before = read_metrics(run).cam_localisation
+    assert before["views"] == 8  # measured with the maps the app shows
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["cam_localisation"] = {"mean_ratio": 0.0}  # as if made by another explainer
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert cli(["cam", str(run), "--data-dir", str(tiny_data)]) == 0
+    after = read_metrics(run).cam_localisation
+    assert after["mean_ratio"] == pytest.approx(before["mean_ratio"], abs=1e-6)  # same sample
+    assert "lesion box" in capsys.readouterr().out
+    assert cli(["cam", str(tmp_path), "--data-dir", str(tiny_data)]) == 2  # no metrics.json

@@ -188,17 +188,24 @@ class RunRecord:
         return {**config_dict(self.config), **extra}
 
 
+RECORDED_BEFORE = {"views": 0}
+"""Settings whose default differs from what runs recorded before the setting existed did:
+those runs chose their test-time views on validation (``views`` 0)."""
+
+
 def read_run_record(run_dir: Path) -> RunRecord:
     """A run's ``run_config.json``; the one place that reads it.
 
     Upgrading older files happens here: settings added since the run was recorded take
-    their defaults (which is what that run used), names no longer known are dropped.
+    what that run did (their defaults, or :data:`RECORDED_BEFORE`), names no longer known
+    are dropped.
 
     Raises:
         FileNotFoundError: If ``run_dir`` has no ``run_config.json``.
     """
     recorded = json.loads((Path(run_dir) / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
     known = {f.name for f in fields(TrainConfig)}
+    recorded = {**RECORDED_BEFORE, **recorded}
     config = TrainConfig(**{k: v for k, v in recorded.items() if k in known})
     return RunRecord(config, recorded.get("distribution"))
 

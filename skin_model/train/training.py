@@ -677,7 +677,7 @@ def train_model(
     state = read_json(state_file) if state_file.is_file() else {}
     fit_info["device"] = state.get("device") or describe_device()
     parts["train"] = (train_at_input, parts["train"][1])
-    boxes = {s: _boxes_for(Path(data_dir), df[df["split"] == s]) for s in ("val", "test")}
+    boxes = {s: lesion_boxes(Path(data_dir), df[df["split"] == s]) for s in ("val", "test")}
     rows = {s: df.loc[df["split"] == s, ["image_id", "lesion_id"]] for s in ("calib", "test")}
     metrics = finalise_model(model, cfg, parts, out_dir, fit_info, boxes, rows, metas)
     append_attempt(out_dir.parent / ATTEMPTS_FILE, out_dir.name, cfg, fit_info, metrics)
@@ -685,8 +685,10 @@ def train_model(
     return metrics
 
 
-def _boxes_for(data_dir: Path, test_df: pd.DataFrame) -> pd.DataFrame | None:
-    """Test rows with lesion bounding boxes, when the folder has the extended metadata."""
+def lesion_boxes(data_dir: Path, test_df: pd.DataFrame) -> pd.DataFrame | None:
+    """The rows of ``test_df`` with their lesion bounding boxes (None when the folder lacks
+    the extended metadata).
+    """
     ext = data_dir / "HAM10000_metadata_ext.csv"
     if not ext.is_file():
         return None
