@@ -56,7 +56,7 @@ class TrainConfig:
     test_frac: float = 0.15
     calib_share: float = 0.5
     target_sensitivity: float = 0.90
-    views: int = 8
+    views: int = 0
     tta_min_gain: float = 0.01
     ood_quantile: float = 0.99
     limit: int | None = None
@@ -188,24 +188,17 @@ class RunRecord:
         return {**config_dict(self.config), **extra}
 
 
-RECORDED_BEFORE = {"views": 0}
-"""Settings whose default differs from what runs recorded before the setting existed did:
-those runs chose their test-time views on validation (``views`` 0)."""
-
-
 def read_run_record(run_dir: Path) -> RunRecord:
     """A run's ``run_config.json``; the one place that reads it.
 
     Upgrading older files happens here: settings added since the run was recorded take
-    what that run did (their defaults, or :data:`RECORDED_BEFORE`), names no longer known
-    are dropped.
+    their defaults (which is what that run used), names no longer known are dropped.
 
     Raises:
         FileNotFoundError: If ``run_dir`` has no ``run_config.json``.
     """
     recorded = json.loads((Path(run_dir) / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
     known = {f.name for f in fields(TrainConfig)}
-    recorded = {**RECORDED_BEFORE, **recorded}
     config = TrainConfig(**{k: v for k, v in recorded.items() if k in known})
     return RunRecord(config, recorded.get("distribution"))
 
