@@ -242,7 +242,7 @@ def _print_changes(changes: dict) -> None:
 
 def cmd_cam(args: argparse.Namespace) -> int:
     """``cam``: the Grad-CAM lesion-box ratio of a model directory measured again."""
-    from skin_model.train.finalise import remeasure_cam
+    from skin_model.train.training import remeasure_cam
 
     if not (Path(args.model_dir) / "metrics.json").is_file():
         raise UsageError(f"{args.model_dir} has no metrics.json (not a finalised model)")

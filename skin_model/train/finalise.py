@@ -523,34 +523,3 @@ def cam_localisation(bundle: ModelBundle, boxes: pd.DataFrame, n: int = 150) -> 
     found = cam_ratios(bundle, boxes, n, layers=[bundle.config.cam_layer])
     block = found[bundle.config.cam_layer]
     return None if block is None else {**block, "views": int(bundle.config.tta)}
-
-
-def remeasure_cam(model_dir: Path, data_dir: Path, n: int = 150) -> dict:
-    """Measure the model's Grad-CAM localisation on its test split again (the same sample,
-    its configured layer and views) after a change to how maps are made, and write it to
-    ``metrics.json`` with the targets and the model card. Nothing else is re-read.
-
-    Returns:
-        The new ``cam_localisation`` block.
-
-    Raises:
-        FileNotFoundError: If the folder has no lesion boxes.
-    """
-    from skin_model.model.artifacts import read_json
-    from skin_model.model.settings import read_run_record
-    from skin_model.reports.card import write_model_card
-    from skin_model.runtime.inference import load_bundle
-    from skin_model.train.training import lesion_boxes, prepare_data
-
-    model_dir = Path(model_dir)
-    df = prepare_data(Path(data_dir), read_run_record(model_dir).config)
-    boxes = lesion_boxes(Path(data_dir), df[df["split"] == "test"])
-    if boxes is None or boxes.empty:
-        raise FileNotFoundError(f"{data_dir} has no lesion boxes (HAM10000_metadata_ext.csv)")
-    block = cam_localisation(load_bundle(model_dir), boxes, n)
-    metrics = read_json(model_dir / METRICS_FILE)
-    metrics["cam_localisation"] = block
-    metrics["targets"] = target_status(metrics)
-    write_json(model_dir / METRICS_FILE, metrics)
-    write_model_card(model_dir)
-    return block

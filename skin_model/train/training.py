@@ -696,6 +696,37 @@ def lesion_boxes(data_dir: Path, test_df: pd.DataFrame) -> pd.DataFrame | None:
     return test_df.merge(boxes, on="image_id", how="inner")
 
 
+def remeasure_cam(model_dir: Path, data_dir: Path, n: int = 150) -> dict:
+    """Measure the model's Grad-CAM localisation on its test split again (the same sample,
+    its configured layer and views) after a change to how maps are made, and write it to
+    ``metrics.json`` with the targets and the model card. Nothing else is re-read.
+
+    Returns:
+        The new ``cam_localisation`` block.
+
+    Raises:
+        FileNotFoundError: If the folder has no lesion boxes.
+    """
+    from skin_model.evaluate.metrics import target_status
+    from skin_model.model.artifacts import METRICS_FILE
+    from skin_model.model.settings import read_run_record
+    from skin_model.runtime.inference import load_bundle
+    from skin_model.train.finalise import cam_localisation
+
+    model_dir = Path(model_dir)
+    df = prepare_data(Path(data_dir), read_run_record(model_dir).config)
+    boxes = lesion_boxes(Path(data_dir), df[df["split"] == "test"])
+    if boxes is None or boxes.empty:
+        raise FileNotFoundError(f"{data_dir} has no lesion boxes (HAM10000_metadata_ext.csv)")
+    block = cam_localisation(load_bundle(model_dir), boxes, n)
+    metrics = read_json(model_dir / METRICS_FILE)
+    metrics["cam_localisation"] = block
+    metrics["targets"] = target_status(metrics)
+    write_json(model_dir / METRICS_FILE, metrics)
+    write_model_card(model_dir)
+    return block
+
+
 def settings_summary(cfg: TrainConfig) -> str:
     """The non-default-looking settings of a run as one short string."""
     keys = (
