@@ -45,13 +45,14 @@ def test_freezing_more_stages_than_there_are_is_a_clear_error():
 
 
 @pytest.mark.slow
-def test_a_frozen_run_trains_only_the_top_and_resumes(tmp_path):
+def test_a_frozen_run_trains_only_the_top_and_resumes(tmp_path, monkeypatch):
     """On a two-input network (the image-only top is the simpler case of the same code)."""
     import keras
 
     from skin_model.data.metadata import DIM
     from skin_model.model.artifacts import STATE_FILE
     from skin_model.model.networks import make_efficientnet_lite
+    from skin_model.train import frozen
     from skin_model.train.frozen import OPTIMIZER_FILE, split_at
     from skin_model.train.training import fit_model
 
@@ -88,6 +89,16 @@ def test_a_frozen_run_trains_only_the_top_and_resumes(tmp_path):
         np.testing.assert_array_equal(before, after)
     history = (tmp_path / "history.csv").read_text().splitlines()
     assert len(history) == 4 and "val_balanced_accuracy" in history[0]
+
+    def no_caching(*args, **kwargs):
+        raise AssertionError("a finished run cached its views again")
+
+    monkeypatch.setattr(frozen, "cache_views", no_caching)
+    done, info = fit_model(replace(cfg, epochs=3), parts, tmp_path, resume=True, metas=metas)
+    assert info["epochs_run"] == 3  # finished: straight to the fitted weights
+    for a, b in zip(done.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.undo()
 
     teacher = make_efficientnet_lite(32, weights=None, metadata_dim=DIM)  # not cut: savable
     teacher.save(tmp_path / "teacher.keras")  # distilled: the same run learns from a teacher

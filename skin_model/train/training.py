@@ -440,6 +440,9 @@ def fit_model(
     x_va, y_va = parts["val"]
     steps = int(np.ceil(len(x_tr) / cfg.batch_size))
     model, state = _start_or_resume(cfg, class_frequencies(y_tr), steps, out_dir, resume)
+    if state["epochs_done"] >= cfg.epochs:  # finished: no views to cache, no epoch to run
+        print(f"all {cfg.epochs} epochs done: scoring the fitted weights")
+        return _fit_summary(cfg, model, out_dir, float(state.get("seconds", 0.0)), state)
 
     train_stream = _stream_maker(cfg, x_tr, y_tr, metas, shard)
     meta_va = metas["val"] if metas else None
@@ -482,13 +485,17 @@ def fit_model(
             shuffle=False,
         )
     seconds = time.perf_counter() - start + float(state.get("seconds", 0.0))
-    fitted = view(fit_on)
+    return _fit_summary(cfg, view(fit_on), out_dir, seconds, {"best_epoch": best.best_epoch})
+
+
+def _fit_summary(cfg: TrainConfig, fitted, out_dir: Path, seconds: float, state: dict):
+    """The fitted model (its best epoch's weights with ``restore_best``) and the fit summary."""
     if cfg.restore_best and (out_dir / BEST_WEIGHTS_FILE).is_file():
         fitted.load_weights(out_dir / BEST_WEIGHTS_FILE)
     history = pd.read_csv(out_dir / HISTORY_FILE)
     return fitted, {
         "epochs_run": len(history),
-        "best_epoch": best.best_epoch if cfg.restore_best else len(history),
+        "best_epoch": state["best_epoch"] if cfg.restore_best else len(history),
         "train_seconds": round(seconds, 1),
     }
 
