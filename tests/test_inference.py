@@ -8,7 +8,7 @@ import pytest
 
 from skin_model.model.config import SCHEMA, read_model_config
 from skin_model.model.ood import read_stats, write_stats
-from skin_model.runtime.inference import dihedral_views
+from skin_model.runtime.inference import dihedral_views, mean_over_views
 
 
 def test_dihedral_views_rotations_first():
@@ -19,6 +19,11 @@ def test_dihedral_views_rotations_first():
     assert (four[2:4] == np.rot90(x, 1, axes=(1, 2))).all()
     eight = dihedral_views(x)
     assert eight.shape == (16, 3, 3, 1) and (eight[8:10] == x[:, :, ::-1]).all()
+
+
+def test_mean_over_views_averages_each_image_over_its_own_views():
+    per_view = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])  # 2 views x 2
+    np.testing.assert_allclose(mean_over_views(per_view, 2), [[0.5, 0.5], [0.0, 1.0]])
 
 
 @pytest.mark.parametrize(("value", "views"), [(True, 8), (False, 1), (None, 1), (4, 4), (1, 1)])

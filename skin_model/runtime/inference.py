@@ -253,6 +253,14 @@ def dihedral_views(batch: np.ndarray, n: int = 8) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(views[:n], axis=0))
 
 
+def mean_over_views(outputs: np.ndarray, views: int) -> np.ndarray:
+    """The per-image mean of view-major outputs (:func:`dihedral_views` order):
+    (views * N, K) -> (N, K).
+    """
+    outputs = np.asarray(outputs)
+    return outputs.reshape(views, -1, outputs.shape[-1]).mean(axis=0)
+
+
 def network_outputs(
     bundle: ModelBundle,
     batch: np.ndarray,
@@ -292,9 +300,8 @@ def network_outputs(
         with bundle.lock:
             result = infer(x.astype(np.float32), m)
         *groups, probs = result if isinstance(result, list | tuple) else [result]
-        probs = np.asarray(probs)
         n = len(part)
-        probs_out.append(probs.reshape(-1, n, probs.shape[-1]).mean(axis=0))
+        probs_out.append(mean_over_views(probs, views))
         groups_out.append([np.asarray(g)[:n] for g in groups])
     if not probs_out:
         raise ValueError("network_outputs needs at least one image")

@@ -116,14 +116,13 @@ def views_predictions(model, images: np.ndarray, batch_size: int, views: int = 8
     """Image-only outputs averaged over the first ``views`` dihedral views of each image
     (:func:`skin_model.runtime.inference.dihedral_views`), a few images at a time.
     """
-    from skin_model.runtime.inference import batch_inputs, dihedral_views
+    from skin_model.runtime.inference import batch_inputs, dihedral_views, mean_over_views
 
     step = max(1, 256 // views)
     out = []
     for start in range(0, len(images), step):
         x = batch_inputs(model, dihedral_views(images[start : start + step], views), None)
-        p = model.predict(x, batch_size=batch_size, verbose=0)
-        out.append(p.reshape(views, -1, p.shape[-1]).mean(axis=0))
+        out.append(mean_over_views(model.predict(x, batch_size=batch_size, verbose=0), views))
     return np.concatenate(out)
 
 
