@@ -60,6 +60,8 @@ def test_recorded_benchmark_formats_and_judges_its_targets():
     assert f"{p50} / " in text
     assert ("target < 300: met" in text) == (p50 < 300)
     assert "shipped / seed resnet50" in text
+    speedup = r["cli_images_per_s"] / r["side_by_side"]["resnet50"]["images_per_s"]
+    assert f"x{round(speedup, 2)} (target >= 2: {'met' if speedup >= 2 else 'MISSED'})" in text
 
 
 def test_csv_cells_are_formula_safe_and_numbers_plain():
