@@ -234,7 +234,9 @@ def run_fold(pool: pd.DataFrame, k: int, images: dict, cfg: TrainConfig, out_dir
         "changed_copies": changed,
     }
     write_json(fold_dir / FOLD_FILE, summary)
-    for name in (CHECKPOINT_FILE, BEST_WEIGHTS_FILE, EMA_FILE):  # large, not needed now
+    from skin_model.train.frozen import OPTIMIZER_FILE
+
+    for name in (CHECKPOINT_FILE, BEST_WEIGHTS_FILE, EMA_FILE, OPTIMIZER_FILE):  # large, done
         (fold_dir / name).unlink(missing_ok=True)
     return summary
 
