@@ -108,3 +108,11 @@ def test_a_run_recorded_before_views_existed_chose_them_on_validation(tmp_path):
     (tmp_path / "run_config.json").write_text(json.dumps(config_dict(TrainConfig(views=4))))
     assert read_run_record(tmp_path).config.views == 4
     assert TrainConfig().views == 0  # the shipped recipe: 8 views cost the speed floor
+
+
+def test_views_are_none_chosen_or_a_leading_run_of_the_dihedral_views():
+    from skin_model.model.settings import ConfigError, TrainConfig
+
+    assert TrainConfig(views=2).validate().views == 2  # the image and its quarter turn
+    with pytest.raises(ConfigError, match="--views must be 0"):
+        TrainConfig(views=3).validate()

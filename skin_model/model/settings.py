@@ -17,6 +17,11 @@ FOLD_FIELD = "{fold}"
 """In ``--teachers`` of a cross-validation run: the fold being trained."""
 
 
+VIEW_CHOICES = (0, 1, 2, 4, 8)
+"""``--views``: 0 chooses on validation; else the image with its first n-1 quarter turns and
+flips (:func:`skin_model.runtime.inference.dihedral_views`)."""
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run (all recorded in ``config.json``)."""
@@ -56,7 +61,7 @@ class TrainConfig:
     test_frac: float = 0.15
     calib_share: float = 0.5
     target_sensitivity: float = 0.90
-    views: int = 0
+    views: int = 0  # 0: chosen on validation; 1, 2 (and a quarter turn), 4 or 8 views
     tta_min_gain: float = 0.01
     ood_quantile: float = 0.99
     limit: int | None = None
@@ -95,7 +100,10 @@ class TrainConfig:
             (self.context_fusion_power < 0, "--context-fusion-power must be >= 0"),
             (not 0 < self.val_frac + self.test_frac < 1, "--val-frac + --test-frac must be < 1"),
             (self.cached_views < 0, "--cached-views must be >= 0 (0 = one per epoch)"),
-            (self.views not in (0, 1, 4, 8), "--views must be 0 (choose on validation), 1, 4 or 8"),
+            (
+                self.views not in VIEW_CHOICES,
+                "--views must be 0 (choose on validation), 1, 2, 4 or 8",
+            ),
             *self._freeze_checks(spec),
             *self._teacher_checks(),
         ]

@@ -92,9 +92,12 @@ def cv_summary_text(cv: dict) -> str:
 def tta_text(value) -> str:
     """``"average of 4 rotations"`` etc. for a config's ``tta`` value (bool or views)."""
     views = 8 if value is True else 1 if not value else int(value)
-    return {1: "none", 4: "average of the 4 rotations", 8: "average of 8 flips/rotations"}.get(
-        views, f"{views} views"
-    )
+    return {
+        1: "none",
+        2: "average of the image and its quarter turn",
+        4: "average of the 4 rotations",
+        8: "average of 8 flips/rotations",
+    }.get(views, f"{views} views")
 
 
 def tta_origin(m: Metrics) -> str:
