@@ -444,10 +444,28 @@ def cli_speedup(r: dict) -> float:
     return round(r["cli_images_per_s"] / r["side_by_side"]["resnet50"]["images_per_s"], 2)
 
 
+def seed_rows(r: dict) -> list[tuple[str, str]]:
+    """The shipped network against the seeds' (one pass each), then the CLI against
+    ResNet-50 (the judged floor).
+    """
+    rows = []
+    for seed in ("custom_cnn", "resnet50"):
+        ratio = r["side_by_side"][f"ratio_vs_{seed}"]
+        rows.append(
+            (
+                f"shipped / seed {seed} @224 (one network pass)",
+                f"params x{ratio['params']}, FLOPs x{ratio['mflops']}, "
+                f"throughput x{ratio['throughput']}, latency x{ratio['single_latency']}",
+            )
+        )
+    speedup = cli_speedup(r)
+    text = f"throughput x{speedup} " + against("resnet50_speedup", speedup)
+    return [*rows, ("CLI (its views) / seed ResNet-50 @224", text)]
+
+
 def format_table(r: dict) -> str:
     """The results as a plain-text table (also pasted into the README)."""
     up, tta, naive = r["upload_latency"], r["upload_latency_no_tta"], r["naive_upload_latency"]
-    sbs = r["side_by_side"]
     q = r.get("quality", {})
     rows = [
         ("machine", f"{r['machine']['processor']}, {r['machine']['cpu_count']} cores"),
@@ -501,22 +519,7 @@ def format_table(r: dict) -> str:
             f"({r['headroom']['share_of_matmul_peak']:.1%})",
         ),
     ]
-    for seed in ("custom_cnn", "resnet50"):
-        ratio = sbs[f"ratio_vs_{seed}"]
-        rows.append(
-            (
-                f"shipped / seed {seed} @224 (one network pass)",
-                f"params x{ratio['params']}, FLOPs x{ratio['mflops']}, "
-                f"throughput x{ratio['throughput']}, latency x{ratio['single_latency']}",
-            )
-        )
-    speedup = cli_speedup(r)
-    rows.append(
-        (
-            "CLI (its views) / seed ResNet-50 @224",
-            f"throughput x{speedup} " + against("resnet50_speedup", speedup),
-        )
-    )
+    rows.extend(seed_rows(r))
     for name, fig in (r.get("runtimes") or {}).items():
         text = (
             f"{fig['images_per_s']} img/s, peak RSS {fig['rss_mb']} MB"
