@@ -255,6 +255,21 @@ def test_test_time_views_are_the_recipe_s_or_chosen_on_validation(trained_dir, t
     assert choose_tta(trained_bundle, x, y, min_gain=1.0, views=0)[0] == 1
 
 
+def test_detector_variants_reach_the_corners_a_4_3_dermatoscope_file_blackens():
+    """The round fields the detector learns as ordinary are as deep as a circle on a
+    decoded 200x150 file (radius 0.40 of its diagonal) once squashed to the square input."""
+    from skin_model.data.imaging import dermoscope_vignette, resize_for_model
+    from skin_model.train.finalise import dermoscopy_variants
+
+    white = np.full((64, 32, 32, 3), 255.0, np.float32)
+    fields = dermoscopy_variants(white)["round field of view"]
+    black = (fields.mean(axis=3) < 128).mean(axis=(1, 2))
+    file_4_3 = dermoscope_vignette(np.full((150, 200, 3), 255, np.uint8), 0.40)
+    squashed = (resize_for_model(file_4_3, 32).mean(axis=2) < 128).mean()
+    assert black.max() > squashed > black.min()
+    assert len({round(b, 2) for b in black}) > 20  # depths and shapes vary, not one circle
+
+
 def test_cam_command_measures_the_localisation_again(trained_dir, tiny_data, tmp_path, capsys):
     from skin_model.cli import main as cli
 

@@ -199,26 +199,37 @@ def fit_posthoc(
 
 
 def dermoscopy_variants(images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """Ordinary variants of real dermoscopy that must not look "not dermoscopic": a round
-    black field of view (as a transparent-corner PNG is flattened too), another white
+    """Ordinary variants of real dermoscopy that must not look "not dermoscopic": a black
+    round or elliptical field of view of any depth, off-centre, hard or soft-edged (the
+    distribution training's capture changes draw from, so a contact dermatoscope's 4:3
+    file, or a transparent-corner PNG flattened to black, is among them), another white
     balance (gains up to 10% per channel) and a quarter turn.
 
     Args:
         images: (N, S, S, 3) images in [0, 255].
-        seed: Seed of the radii and gains.
+        seed: Seed of the fields and gains.
 
     Returns:
         ``{"round field of view" | "white balance" | "rotated": (N, S, S, 3) float32}``.
     """
-    from skin_model.data.imaging import dermoscope_vignette, shift_white_balance_batch
+    from skin_model.data.batches import field_of_view_array
+    from skin_model.data.dataset import CAPTURE_CHANGES as c
+    from skin_model.data.imaging import shift_white_balance_batch
 
     rng = np.random.default_rng(seed)
     u8 = np.clip(np.rint(images), 0, 255).astype(np.uint8)
-    radii = rng.uniform(0.36, 0.5, len(u8))
+    size = u8.shape[1]
+    masks = [
+        field_of_view_array(
+            size,
+            rng.uniform(*c["fov_radius"], 2),
+            0.5 + rng.uniform(-c["fov_offset"], c["fov_offset"], 2),
+            rng.uniform(0.0, 0.08),
+        )
+        for _ in range(len(u8))
+    ]
     return {
-        "round field of view": np.stack(
-            [dermoscope_vignette(im, r) for im, r in zip(u8, radii, strict=True)]
-        ).astype(np.float32),
+        "round field of view": np.rint(u8 * np.stack(masks)).astype(np.float32),
         "white balance": shift_white_balance_batch(u8, 0.10, seed).astype(np.float32),
         "rotated": np.ascontiguousarray(np.rot90(u8, 1, axes=(1, 2))).astype(np.float32),
     }
