@@ -189,7 +189,7 @@ def sessions_section(path: Path = SESSIONS_FILE) -> str:
 
 
 def robustness_section(paths: list[Path] | None = None) -> str:
-    """Changed copies of validation images for each model scored (``docs/robustness_*.json``)."""
+    """Changed copies of held-out images per model and split (``docs/robustness_*.json``)."""
     paths = sorted(ROBUSTNESS_GLOB.parent.glob(ROBUSTNESS_GLOB.name)) if paths is None else paths
     if not paths:
         return (
