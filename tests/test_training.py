@@ -145,6 +145,10 @@ def test_integrity_file_records_the_files_and_the_card_shows_it(trained_dir):
     card = (trained_dir / "MODEL_CARD.md").read_text()
     assert digests["model.keras"] in card
     assert "not a medical device" in card.lower()
+    m = read_metrics(trained_dir)
+    mel, refer = m.per_class["mel"].sensitivity, m.malignant.operating_point.sensitivity
+    assert f"named {mel:.0%} of the test melanomas" in card  # a weakness, from the file
+    assert f"caught {refer:.0%} of the malignant lesions" in card
     assert load_bundle(trained_dir).input_size == 32
 
 

@@ -237,12 +237,26 @@ def card_sections(model_dir: Path) -> dict[str, str]:
         f"- `{name}` SHA-256 `{sha}` (`integrity.json`)" for name, sha in digests.items()
     ]
     return {
-        "use": INTENDED_USE.rstrip(),
+        "use": "\n".join([INTENDED_USE.rstrip(), *filter(None, [decision_weakness(m)])]),
         "model": "\n".join(model),
         "numbers": "\n".join(numbers),
         "tried": "\n".join(tried),
         "provenance": "\n".join(provenance),
     }
+
+
+def decision_weakness(m: Metrics) -> str | None:
+    """A "known weakness" line: how many test melanomas the suggested diagnosis names,
+    beside how many malignant lesions the referral catches (None without both figures).
+    """
+    mel, op = m.per_class.get("mel"), m.malignant.operating_point
+    if mel is None or op.sensitivity is None:
+        return None
+    return (
+        f"- The suggested diagnosis named {mel.sensitivity:.0%} of the test melanomas; the "
+        f"referral at its threshold caught {op.sensitivity:.0%} of the malignant lesions. Act "
+        "on the referral: the top diagnosis is a second opinion, not a screen."
+    )
 
 
 def render_model_card(model_dir: Path) -> str:
