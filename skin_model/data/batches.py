@@ -75,6 +75,18 @@ def field_of_view_array(size: int, radii, centre, softness: float) -> np.ndarray
     return np.clip((1.0 - r) / max(softness, 1e-3) + 0.5, 0.0, 1.0)[:, :, None]
 
 
+def random_field_of_view(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A (size, size, 1) black round or elliptical field of view drawn as training's capture
+    changes draw it (:data:`skin_model.data.dataset.CAPTURE_CHANGES`: radii, centre offset,
+    an edge of up to 8% of the side).
+    """
+    from skin_model.data.dataset import CAPTURE_CHANGES as c
+
+    radii = rng.uniform(*c["fov_radius"], 2)
+    centre = 0.5 + rng.uniform(-c["fov_offset"], c["fov_offset"], 2)
+    return field_of_view_array(size, radii, centre, rng.uniform(0.0, 0.08))
+
+
 def capture_change_array(x: np.ndarray, rng: np.random.Generator, robust: float) -> np.ndarray:
     """The NumPy twin of :func:`skin_model.data.dataset.capture_change` (float image in [0, 1])."""
     import io
@@ -90,9 +102,7 @@ def capture_change_array(x: np.ndarray, rng: np.random.Generator, robust: float)
     if u[1] < robust:
         x = np.clip(x * rng.uniform(1.0 - c["exposure"], 1.0 + c["exposure"]), 0.0, 1.0)
     if u[2] < robust:
-        radii = rng.uniform(*c["fov_radius"], 2)
-        centre = 0.5 + rng.uniform(-c["fov_offset"], c["fov_offset"], 2)
-        x = x * field_of_view_array(size, radii, centre, rng.uniform(0.0, 0.08))
+        x = x * random_field_of_view(size, rng)
     if u[3] < robust:
         buf = io.BytesIO()
         quality = int(rng.integers(c["jpeg_quality"][0], c["jpeg_quality"][1] + 1))

@@ -212,24 +212,14 @@ def dermoscopy_variants(images: np.ndarray, seed: int = 0) -> dict[str, np.ndarr
     Returns:
         ``{"round field of view" | "white balance" | "rotated": (N, S, S, 3) float32}``.
     """
-    from skin_model.data.batches import field_of_view_array
-    from skin_model.data.dataset import CAPTURE_CHANGES as c
+    from skin_model.data.batches import random_field_of_view
     from skin_model.data.imaging import shift_white_balance_batch
 
     rng = np.random.default_rng(seed)
     u8 = np.clip(np.rint(images), 0, 255).astype(np.uint8)
-    size = u8.shape[1]
-    masks = [
-        field_of_view_array(
-            size,
-            rng.uniform(*c["fov_radius"], 2),
-            0.5 + rng.uniform(-c["fov_offset"], c["fov_offset"], 2),
-            rng.uniform(0.0, 0.08),
-        )
-        for _ in range(len(u8))
-    ]
+    masks = np.stack([random_field_of_view(u8.shape[1], rng) for _ in range(len(u8))])
     return {
-        "round field of view": np.rint(u8 * np.stack(masks)).astype(np.float32),
+        "round field of view": np.rint(u8 * masks).astype(np.float32),
         "white balance": shift_white_balance_batch(u8, 0.10, seed).astype(np.float32),
         "rotated": np.ascontiguousarray(np.rot90(u8, 1, axes=(1, 2))).astype(np.float32),
     }
