@@ -123,3 +123,32 @@ def test_transparent_corners_change_few_referrals_and_keep_the_melanomas(
     assert np.mean(plain != corners) <= 0.05
     mel = (preds["dx"] == "mel").to_numpy() & plain
     assert mel.sum() >= 100 and corners[mel].mean() >= 0.95
+
+
+def test_colour_casts_cost_little_balanced_accuracy(
+    shipped_model_dir, shipped_bundle, real_data_dir
+):
+    """Every test image under a warm and a cool cast of 10% per channel (another
+    dermatoscope's white balance), saved as a JPEG: the suggested diagnosis loses at most
+    0.03 balanced accuracy against the same files saved plain (the model shipped before this
+    one lost 0.049 and 0.040; this one white-balances inside the network)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from skin_model.evaluate.robustness import CHANGES, _jpeg
+
+    preds = pd.read_csv(shipped_model_dir / "test_predictions.csv")
+    images = [
+        decode_image((real_data_dir / "images" / f"{i}.jpg").read_bytes())
+        for i in preds["image_id"]
+    ]
+    y = class_indices(preds["dx"])
+
+    def balanced_accuracy(change) -> float:
+        files = [decode_image(change(im)) for im in images]
+        return balanced_accuracy_score(
+            y, [p.decision for p in predict_images(shipped_bundle, files)]
+        )
+
+    plain = balanced_accuracy(_jpeg)
+    for name in ("warm cast +10%", "cool cast +10%"):
+        assert plain - balanced_accuracy(CHANGES[name]) <= 0.03, name
