@@ -190,12 +190,18 @@ def main(argv: list[str] | None = None) -> int:
         if cluster.is_chief:
             print(f"fitted; finalise with: python train.py --resume {out}")
         return 0
-    op = metrics["malignant"]["operating_point"]
-    print(
-        f"test balanced accuracy {metrics['balanced_accuracy']:.3f}, "
-        f"malignant AUC {metrics['malignant']['auc']:.3f}, sensitivity {op['sensitivity']:.3f} "
-        f"/ specificity {op['specificity']:.3f}; written to {out}"
+    # the validation figures only: the test split is read once, by whoever chooses, from
+    # metrics.json, not glimpsed in a log before a decision written on validation
+    val = metrics.get("validation") or {}
+    figures = ", ".join(
+        f"{label} {val[key]:.3f}"
+        for key, label in (
+            ("balanced_accuracy", "balanced accuracy"),
+            ("malignant_auc", "malignant AUC"),
+        )
+        if isinstance(val.get(key), float | int)
     )
+    print(f"validation {figures or 'figures not recorded'}; test figures in {out / 'metrics.json'}")
     return 0
 
 

@@ -175,7 +175,7 @@ def test_reproduce_command_round_trips_through_train_py(trained_dir):
     }
 
 
-def test_resume_continues_an_interrupted_run(trained_dir, tiny_data, tmp_path):
+def test_resume_continues_an_interrupted_run(trained_dir, tiny_data, tmp_path, capsys):
     import keras
 
     import skin_model.model.networks  # noqa: F401  (registers the training loss)
@@ -196,6 +196,10 @@ def test_resume_continues_an_interrupted_run(trained_dir, tiny_data, tmp_path):
     state = json.loads((run / "train_state.json").read_text())
     assert state["epochs_done"] == 3 and state["seconds"] > 0
     assert np.isfinite(read_metrics(run).balanced_accuracy)
+    # the log names the validation figures, never the test split's (read once, on purpose)
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said.startswith("validation balanced accuracy") and "metrics.json" in said
+    assert "test balanced accuracy" not in said
 
 
 def test_resume_without_a_run_is_a_clear_error(tmp_path, capsys):
