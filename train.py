@@ -192,16 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # the validation figures only: the test split is read once, by whoever chooses, from
     # metrics.json, not glimpsed in a log before a decision written on validation
-    val = metrics.get("validation") or {}
-    figures = ", ".join(
-        f"{label} {val[key]:.3f}"
-        for key, label in (
-            ("balanced_accuracy", "balanced accuracy"),
-            ("malignant_auc", "malignant AUC"),
-        )
-        if isinstance(val.get(key), float | int)
+    val = metrics["validation"]
+    print(
+        f"validation balanced accuracy {val['balanced_accuracy']:.3f}, malignant AUC "
+        f"{val['malignant_auc']:.3f}; test figures in {out / 'metrics.json'}"
     )
-    print(f"validation {figures or 'figures not recorded'}; test figures in {out / 'metrics.json'}")
     return 0
 
 

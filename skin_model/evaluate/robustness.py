@@ -24,7 +24,8 @@ from PIL import Image
 from skin_model import CLASSES, MALIGNANT
 
 
-def _jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+def jpeg_file(image: np.ndarray, quality: int = 95) -> bytes:
+    """The image saved as a JPEG file (at 95: the plain copy each change is scored against)."""
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "JPEG", quality=quality)
     return buf.getvalue()
@@ -40,7 +41,7 @@ def round_mask(h: int, w: int, radius: float = 0.42) -> np.ndarray:
 def round_field(image: np.ndarray) -> bytes:
     """Black outside a centred circle that cuts the corners."""
     inside = round_mask(*image.shape[:2])
-    return _jpeg(np.where(inside[..., None], image, 0).astype(np.uint8))
+    return jpeg_file(np.where(inside[..., None], image, 0).astype(np.uint8))
 
 
 def transparent_corners(image: np.ndarray) -> bytes:
@@ -56,7 +57,7 @@ def cast(gains: tuple[float, float, float]) -> Callable[[np.ndarray], bytes]:
 
     def change(image: np.ndarray) -> bytes:
         out = np.clip(image.astype(np.float32) * np.asarray(gains, np.float32), 0, 255)
-        return _jpeg(out.astype(np.uint8))
+        return jpeg_file(out.astype(np.uint8))
 
     return change
 
@@ -67,21 +68,21 @@ def rotated(degrees: float) -> Callable[[np.ndarray], bytes]:
     def change(image: np.ndarray) -> bytes:
         pil = Image.fromarray(image)
         if degrees % 90 == 0:
-            return _jpeg(np.asarray(pil.rotate(degrees, expand=True)))
-        return _jpeg(np.asarray(pil.rotate(degrees, resample=Image.Resampling.BILINEAR)))
+            return jpeg_file(np.asarray(pil.rotate(degrees, expand=True)))
+        return jpeg_file(np.asarray(pil.rotate(degrees, resample=Image.Resampling.BILINEAR)))
 
     return change
 
 
 def recompressed(image: np.ndarray) -> bytes:
     """Saved again as a JPEG of quality 60."""
-    return _jpeg(image, 60)
+    return jpeg_file(image, 60)
 
 
 def half_size(image: np.ndarray) -> bytes:
     """Saved at half the width and height."""
     h, w = image.shape[:2]
-    return _jpeg(np.asarray(Image.fromarray(image).resize((w // 2, h // 2), Image.LANCZOS)))
+    return jpeg_file(np.asarray(Image.fromarray(image).resize((w // 2, h // 2), Image.LANCZOS)))
 
 
 CHANGES: dict[str, Callable[[np.ndarray], bytes]] = {
@@ -198,7 +199,7 @@ def robustness(bundle, images: list[np.ndarray], labels: np.ndarray) -> dict:
         ``{"plain": {...}, "changes": {name: {balanced_accuracy, malignant_auc,
         balanced_accuracy_cost, auc_cost, referrals_changed}}, "n_images"}``.
     """
-    plain = score(bundle, [_jpeg(im) for im in images], labels)
+    plain = score(bundle, [jpeg_file(im) for im in images], labels)
     out = {}
     for name, change in CHANGES.items():
         s = score(bundle, [change(im) for im in images], labels)
