@@ -372,7 +372,12 @@ def _add_robustness(sub, default_data: Path) -> None:
     )
     r.add_argument("model", type=Path, nargs="?", default=DEFAULT_MODEL_DIR)
     r.add_argument("--data-dir", type=Path, default=default_data)
-    r.add_argument("--split", choices=("val", "calib", "test"), default="val")
+    r.add_argument(
+        "--split",
+        choices=("val", "calib", "val,calib", "test"),
+        default="val",
+        help="the part scored (val,calib: both pooled)",
+    )
     r.add_argument("--limit", type=int, default=0, help="first N images of the split only")
     r.add_argument("--out", type=Path, help="write the JSON here")
     r.add_argument(

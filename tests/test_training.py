@@ -270,7 +270,7 @@ def test_detector_variants_reach_the_corners_a_4_3_dermatoscope_file_blackens():
     from skin_model.train.finalise import dermoscopy_variants
 
     white = np.full((64, 32, 32, 3), 255.0, np.float32)
-    fields = dermoscopy_variants(white)["round field of view"]
+    fields = dict(dermoscopy_variants(white))["round field of view"]
     black = (fields.mean(axis=3) < 128).mean(axis=(1, 2))
     file_4_3 = dermoscope_vignette(np.full((150, 200, 3), 255, np.uint8), 0.40)
     squashed = (resize_for_model(file_4_3, 32).mean(axis=2) < 128).mean()
@@ -294,3 +294,16 @@ def test_cam_command_measures_the_localisation_again(trained_dir, tiny_data, tmp
     assert after["mean_ratio"] == pytest.approx(before["mean_ratio"], abs=1e-6)  # same sample
     assert "lesion box" in capsys.readouterr().out
     assert cli(["cam", str(tmp_path), "--data-dir", str(tiny_data)]) == 2  # no metrics.json
+
+
+def test_robustness_command_pools_validation_and_calibration(trained_dir, tiny_data, tmp_path):
+    from skin_model.cli import main as cli
+    from skin_model.evaluate.robustness import CHANGES
+
+    split = pd.read_csv(trained_dir / "split.csv")["split"]
+    out = tmp_path / "pooled.json"
+    args = ["robustness", str(trained_dir), "--data-dir", str(tiny_data), "--out", str(out)]
+    assert cli([*args, "--split", "val,calib"]) == 0
+    pooled = json.loads(out.read_text())
+    assert pooled["n_images"] == split.isin(["val", "calib"]).sum() > (split == "val").sum()
+    assert pooled["split"] == "val,calib" and set(pooled["changes"]) == set(CHANGES)

@@ -216,8 +216,10 @@ def robustness(bundle, images: list[np.ndarray], labels: np.ndarray) -> dict:
 
 
 def run(model_dir: Path, data_dir: Path, split: str, out: Path | None, limit: int = 0) -> dict:
-    """Score one split of a model directory's ``split.csv`` (e.g. ``val``: chosen on, never
-    test) and write the JSON to ``out``.
+    """Score one part of a model directory's ``split.csv`` (e.g. ``val``: chosen on, never
+    test), or parts pooled (``val,calib``: twice the images, so a ship rule written on
+    validation is less at the mercy of a rare class's few images), and write the JSON to
+    ``out``.
     """
     import pandas as pd
 
@@ -225,7 +227,7 @@ def run(model_dir: Path, data_dir: Path, split: str, out: Path | None, limit: in
     from skin_model.runtime.inference import load_bundle
 
     parts = pd.read_csv(Path(model_dir) / "split.csv")
-    rows = parts[parts["split"] == split]
+    rows = parts[parts["split"].isin(split.split(","))]
     if limit:
         rows = rows.head(limit)
     images = [

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,31 +199,45 @@ def fit_posthoc(
     return posthoc, cal
 
 
-def dermoscopy_variants(images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+def as_uint8(images: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Images in [0, 255] rounded to uint8, a chunk at a time (no full-size float temporaries)."""
+    out = np.empty(images.shape, np.uint8)
+    for start in range(0, len(images), chunk):
+        out[start : start + chunk] = np.clip(np.rint(images[start : start + chunk]), 0, 255)
+    return out
+
+
+def dermoscopy_variants(images: np.ndarray, seed: int = 0) -> Iterator[tuple[str, np.ndarray]]:
     """Ordinary variants of real dermoscopy that must not look "not dermoscopic": a black
     round or elliptical field of view of any depth, off-centre, hard or soft-edged (the
     distribution training's capture changes draw from, so a contact dermatoscope's 4:3
     file, or a transparent-corner PNG flattened to black, is among them), another white
     balance (gains up to 10% per channel) and a quarter turn.
 
+    Each variant is made when it is asked for, as uint8, so a caller holds one at a time
+    (on the training part, three float32 copies at once and the float field products
+    took 8 GB more than scoring needed, and a distilled run was OOM-killed there).
+
     Args:
         images: (N, S, S, 3) images in [0, 255].
         seed: Seed of the fields and gains.
 
-    Returns:
-        ``{"round field of view" | "white balance" | "rotated": (N, S, S, 3) float32}``.
+    Yields:
+        ``(name, (N, S, S, 3) uint8)`` for "round field of view", "white balance" and
+        "rotated", in that order.
     """
     from skin_model.data.batches import random_field_of_view
     from skin_model.data.imaging import shift_white_balance_batch
 
     rng = np.random.default_rng(seed)
-    u8 = np.clip(np.rint(images), 0, 255).astype(np.uint8)
-    masks = np.stack([random_field_of_view(u8.shape[1], rng) for _ in range(len(u8))])
-    return {
-        "round field of view": np.rint(u8 * masks).astype(np.float32),
-        "white balance": shift_white_balance_batch(u8, 0.10, seed).astype(np.float32),
-        "rotated": np.ascontiguousarray(np.rot90(u8, 1, axes=(1, 2))).astype(np.float32),
-    }
+    u8 = as_uint8(images)
+    fields = np.empty_like(u8)
+    for i, image in enumerate(u8):
+        fields[i] = np.rint(image * random_field_of_view(u8.shape[1], rng))
+    yield "round field of view", fields
+    del fields
+    yield "white balance", shift_white_balance_batch(u8, 0.10, seed)
+    yield "rotated", np.ascontiguousarray(np.rot90(u8, 1, axes=(1, 2)))
 
 
 def with_variant_features(bundle: ModelBundle, images: np.ndarray, features: list | None):
@@ -230,7 +245,7 @@ def with_variant_features(bundle: ModelBundle, images: np.ndarray, features: lis
     (``features``: those of ``images`` when already computed).
     """
     own = features if features is not None else network_outputs(bundle, images, 1)[1]
-    feats = [own, *(network_outputs(bundle, x, 1)[1] for x in dermoscopy_variants(images).values())]
+    feats = [own, *(network_outputs(bundle, x, 1)[1] for _, x in dermoscopy_variants(images))]
     return [np.concatenate([f[g] for f in feats]) for g in range(len(own))]
 
 
@@ -248,7 +263,7 @@ def fit_detector(bundle: ModelBundle, data: Parts, calib_features, quantile: flo
 def variant_flags(bundle: ModelBundle, images: np.ndarray) -> dict[str, float]:
     """Share of (test) images flagged as not dermoscopic, per ordinary variant."""
     out = {}
-    for name, x in dermoscopy_variants(images, seed=1).items():
+    for name, x in dermoscopy_variants(images, seed=1):
         _, feats = network_outputs(bundle, x, 1)
         out[name] = float(bundle.detector.flagged(bundle.detector.score(feats)).mean())
     return out
@@ -260,7 +275,7 @@ def robustness(bundle: ModelBundle, data: Parts, base: dict) -> dict:
     """
     from skin_model.data.imaging import WHITE_BALANCE_SHIFT, shift_white_balance_batch
 
-    u8 = np.clip(np.rint(data.images["test"]), 0, 255).astype(np.uint8)
+    u8 = as_uint8(data.images["test"])
     shifted = shift_white_balance_batch(u8).astype(np.float32)
     lesions = data.rows["test"]["lesion_id"].to_numpy()
     m, *_ = evaluate_split(bundle, shifted, data.y["test"], lesions, bundle.posthoc.threshold_)
