@@ -11,7 +11,6 @@ read of the test split.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import platform
 import shutil
@@ -668,9 +667,6 @@ def train_model(
     shard = (cluster.index, cluster.processes) if cluster.source == "JAX" else (0, 1)
     with session(plan):
         model, fit_info = fit_model(cfg, parts, out_dir, resume, net_metas, shard, plan)
-    # collect what training left unreferenced (the frozen top, its cached views, the
-    # teachers) before scoring: a distilled run was OOM-killed at 24 GB scoring in-process
-    gc.collect()
     if not cluster.is_chief:
         shutil.rmtree(out_dir, ignore_errors=True)
         print(f"process {cluster.index}: done; process 0 writes {final_dir}")
