@@ -45,7 +45,7 @@ def model_dir() -> Path:
 
 
 def _load(path: str):
-    """Load and warm up the model (predict and Grad-CAM; and matplotlib's font cache, which
+    """Load and warm up the model (predict and its heatmap; and matplotlib's font cache, which
     the first PDF report would otherwise wait for on a fresh machine).
     """
     import matplotlib.font_manager  # noqa: F401

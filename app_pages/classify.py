@@ -20,7 +20,7 @@ from app_common import (
 from skin_model import CLASSES, display_name
 from skin_model.data.metadata import SEXES, SITES, PatientContext, site_label
 from skin_model.runtime.advice import headline, operating_point_text, pct
-from skin_model.runtime.explain import METHODS, legend_image
+from skin_model.runtime.explain import METHODS, bundle_cam_method, legend_image
 from skin_model.runtime.inference import display_threshold
 from skin_model.runtime.service import (
     CaseStore,
@@ -273,7 +273,7 @@ def differential(prediction) -> None:
 
 @st.fragment
 def explanation(bundle, store: CaseStore, result) -> None:
-    """Grad-CAM of one image: class, method and opacity change the overlay only (the
+    """Heatmap of one image: class, method and opacity change the overlay only (the
     heatmap is cached; the model is not run again), and the report uses what is shown.
     """
     key = result.lesion.key
@@ -287,7 +287,15 @@ def explanation(bundle, store: CaseStore, result) -> None:
         format_func=display_name,
         key=f"cls_{key}",
     )
-    method = c2.radio("Method", METHODS, key=f"method_{key}", horizontal=True)
+    method = c2.radio(
+        "Method",
+        METHODS,
+        index=METHODS.index(bundle_cam_method(bundle)),
+        key=f"method_{key}",
+        horizontal=True,
+        help="The default was chosen on validation images for putting most of the map "
+        "on the lesion.",
+    )
     alpha = st.slider("Overlay strength", 0.0, 1.0, 0.6, 0.05, key=f"alpha_{key}")
     cam = store.heatmap(bundle, first, cls, method, result.lesion.context)
     title = f"{method}: {display_name(cls)}"

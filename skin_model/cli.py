@@ -241,20 +241,21 @@ def _print_changes(changes: dict) -> None:
 
 
 def cmd_cam(args: argparse.Namespace) -> int:
-    """``cam``: the Grad-CAM lesion-box ratio of a model directory measured again."""
+    """``cam``: the heatmap lesion-box ratio of a model directory measured again."""
     from skin_model.train.training import remeasure_cam
 
     if not (Path(args.model_dir) / "metrics.json").is_file():
         raise UsageError(f"{args.model_dir} has no metrics.json (not a finalised model)")
     try:
-        block = remeasure_cam(args.model_dir, args.data_dir)
+        block = remeasure_cam(args.model_dir, args.data_dir, choose=args.choose)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
     if block is None:
-        raise UsageError("the model's Grad-CAM layer gives no map with a location")
+        raise UsageError("the model's heatmap layer gives no map with a location")
     print(
-        f"Grad-CAM ({block['views']} views, {block['n_images']} test images): energy in the "
-        f"lesion box {block['mean_ratio']:.2f}x its area share; written to metrics.json"
+        f"{block['method']} at {block['layer']} ({block['views']} views, {block['n_images']} "
+        f"test images): energy in the lesion box {block['mean_ratio']:.2f}x its area share; "
+        "written to metrics.json"
     )
     return 0
 
@@ -357,10 +358,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_export)
     _add_robustness(sub, default_data)
     c = sub.add_parser(
-        "cam", help="measure the Grad-CAM localisation on the test split again (metrics.json)"
+        "cam", help="measure the heatmap localisation on the test split again (metrics.json)"
     )
     c.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODEL_DIR)
     c.add_argument("--data-dir", type=Path, default=default_data)
+    c.add_argument(
+        "--choose",
+        action="store_true",
+        help="first choose the method and layer again on the validation lesion boxes "
+        "(written to config.json)",
+    )
     c.set_defaults(func=cmd_cam)
     return parser
 

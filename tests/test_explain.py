@@ -1,4 +1,5 @@
-"""Grad-CAM shape and range, overlays and the box-energy ratio, on a tiny named model."""
+"""Heatmap shape and range, the compiled maps against tf-keras-vis, the model's chosen
+method and layer, overlays and the box-energy ratio, on tiny named models."""
 
 import keras
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 from keras import layers
 
 from skin_model.runtime.explain import (
+    COMPILED,
     METHODS,
     box_area_share,
     box_energy_ratio,
@@ -71,34 +73,118 @@ def fusion_bundle():
     return ModelBundle(model=model, config=ModelConfig("mobilenetv2", 64), model_dir=None)
 
 
-@pytest.mark.parametrize("layer", ["out_relu", "block_13_expand_relu", "block_6_expand_relu"])
-def test_compiled_gradcam_matches_tf_keras_vis_on_a_two_input_model(fusion_bundle, layer):
+@pytest.fixture(scope="module")
+def context_bundle():
+    """A two-input (image + metadata) plain CNN at 64 px whose random maps are not flat
+    (a random MobileNetV2's activations vanish to ~1e-11, so its maps normalise to zero).
+    """
+    from skin_model.data.metadata import DIM
+    from skin_model.model.config import ModelConfig
+    from skin_model.runtime.inference import ModelBundle
+
+    keras.utils.set_random_seed(2)
+    image = keras.Input((64, 64, 3), name="image")
+    meta = keras.Input((DIM,), name="metadata")
+    x = layers.Rescaling(1 / 127.5, offset=-1)(image)
+    for name, width in (("conv_a", 8), ("conv_b", 16), ("last_conv", 16)):
+        x = layers.Conv2D(width, 3, strides=2, padding="same", activation="relu", name=name)(x)
+    x = layers.GlobalAveragePooling2D(name="features")(x)
+    x = layers.Concatenate()([x, layers.Dense(4, activation="relu", name="meta_dense")(meta)])
+    outputs = layers.Dense(7, activation="softmax", name="predictions")(x)
+    model = keras.Model([image, meta], outputs)
+    return ModelBundle(model=model, config=ModelConfig("skinnet", 64), model_dir=None)
+
+
+@pytest.mark.parametrize("method", ["Grad-CAM", "LayerCAM"])
+@pytest.mark.parametrize("layer", ["last_conv", "conv_b", "conv_a"])
+def test_compiled_map_matches_tf_keras_vis_on_a_two_input_model(context_bundle, layer, method):
     from skin_model.data.metadata import PatientContext, encode
     from skin_model.runtime.explain import explain
     from tests.conftest import lesion_image
 
-    bundle = fusion_bundle
+    bundle = context_bundle
     meta = encode(PatientContext(63, "male", "back"))
-    reference_explainer = make_explainer(bundle.model)
+    reference_explainer = make_explainer(bundle.model, method)
     for k, dx in enumerate(("mel", "nv")):
         image = lesion_image(dx, k)
-        fast = explain(bundle, image, k, metadata=meta, layer=layer)
+        fast = explain(bundle, image, k, method, metadata=meta, layer=layer)
         reference = heatmap(
             reference_explainer, bundle.model, image, k, 64, layer=layer, metadata=meta
         )
         assert fast.shape == reference.shape == image.shape[:2]
+        assert reference.max() > 0.5 and reference.std() > 0.05  # a map, not a flat one
         assert np.allclose(fast, reference, atol=2e-3)
-    assert bundle._explainers[("compiled", layer)] is not None
+    assert bundle._explainers[("compiled", method, layer)] is not None
 
 
-def test_compiled_gradcam_reads_the_named_layer(fusion_bundle):
+def test_layercam_differs_from_gradcam_below_the_last_layer(context_bundle):
+    from skin_model.runtime.explain import explain
+    from tests.conftest import lesion_image
+
+    image = lesion_image("mel", 0)
+    maps = [explain(context_bundle, image, 4, m, layer="conv_b") for m in COMPILED]
+    assert np.abs(maps[0] - maps[1]).max() > 0.1
+
+
+def test_the_model_config_names_the_default_method_and_each_methods_layer(context_bundle):
+    import dataclasses
+
+    from skin_model.runtime.explain import bundle_cam_layer, bundle_cam_method, explain
+    from skin_model.runtime.inference import ModelBundle
+    from tests.conftest import lesion_image
+
+    config = dataclasses.replace(
+        context_bundle.config,
+        cam_method="LayerCAM",
+        cam_layer="conv_b",
+        cam_layers={"LayerCAM": "conv_b", "Grad-CAM": "conv_a"},
+    )
+    bundle = ModelBundle(model=context_bundle.model, config=config, model_dir=None)
+    assert bundle_cam_method(bundle) == "LayerCAM"
+    assert bundle_cam_layer(bundle) == "conv_b"
+    assert bundle_cam_layer(bundle, method="Grad-CAM") == "conv_a"
+    assert bundle_cam_layer(bundle, method="Grad-CAM++") == "last_conv"  # not chosen: default
+    image = lesion_image("nv", 1)
+    shown = explain(bundle, image, 3)
+    assert np.array_equal(shown, explain(bundle, image, 3, "LayerCAM", layer="conv_b"))
+    assert np.abs(shown - explain(bundle, image, 3, "Grad-CAM")).max() > 0.1
+    old = ModelBundle(model=context_bundle.model, config=context_bundle.config, model_dir=None)
+    assert (bundle_cam_method(old), bundle_cam_layer(old)) == ("Grad-CAM", "last_conv")
+
+
+def test_choose_cam_takes_the_best_map_and_each_methods_best_layer(fusion_bundle, monkeypatch):
+    import pandas as pd
+
+    from skin_model.train import finalise
+
+    ratios = {
+        ("Grad-CAM", "out_relu"): 1.6,
+        ("Grad-CAM", "block_13_expand_relu"): 1.3,
+        ("LayerCAM", "out_relu"): 1.5,
+        ("LayerCAM", "block_13_expand_relu"): 2.6,
+    }
+    monkeypatch.setattr(
+        finalise,
+        "cam_ratios",
+        lambda bundle, boxes, n, maps: {p: {"mean_ratio": ratios.get(p, 1.0)} for p in maps},
+    )
+    boxes = pd.DataFrame({"path": ["x"], "top": [0], "bottom": [1], "left": [0], "right": [1]})
+    choice = finalise.choose_cam(fusion_bundle, boxes)
+    assert (choice["method"], choice["layer"]) == ("LayerCAM", "block_13_expand_relu")
+    assert choice["layers"] == {"Grad-CAM": "out_relu", "LayerCAM": "block_13_expand_relu"}
+    assert choice["mean_ratio_by_map"]["LayerCAM @ block_13_expand_relu"] == 2.6
+    none = finalise.choose_cam(fusion_bundle, None)
+    assert (none["method"], none["layer"], none["layers"]) == ("Grad-CAM", "out_relu", {})
+
+
+def test_compiled_cam_reads_the_named_layer(fusion_bundle):
     from skin_model.data.metadata import MISSING
-    from skin_model.runtime.explain import compiled_gradcam, model_inputs
+    from skin_model.runtime.explain import compiled_cam, model_inputs
     from tests.conftest import lesion_image
 
     x = model_inputs(fusion_bundle.model, lesion_image("mel", 0), 64, MISSING)
     shapes = {
-        layer: np.asarray(compiled_gradcam(fusion_bundle.model, layer)(x, np.int32(4))).shape
+        layer: np.asarray(compiled_cam(fusion_bundle.model, layer)(x, np.int32(4))).shape
         for layer in ("out_relu", "block_13_expand_relu", "block_6_expand_relu")
     }
     assert shapes == {

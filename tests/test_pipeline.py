@@ -18,6 +18,7 @@ def _files(tmp_path):
 
 def test_the_cli_and_the_app_give_identical_results_and_heatmaps(shipped_bundle, tmp_path):
     from skin_model.runtime.advice import tier_key
+    from skin_model.runtime.explain import bundle_cam_method
     from skin_model.runtime.pipeline import explained_class
     from skin_model.runtime.predict import predict_files
     from skin_model.runtime.service import CaseStore, csv_text, results
@@ -48,9 +49,8 @@ def test_the_cli_and_the_app_give_identical_results_and_heatmaps(shipped_bundle,
         assert v.refer == p.suspicious and v.risk == p.malignant_probability
         assert v.tier == tier_key(p.base_risk, p.base_threshold)
         upload = outcome.lesion.good[0]
-        shown = store.heatmap(
-            bundle, upload, explained_class(p), "Grad-CAM", outcome.lesion.context
-        )
+        method = bundle_cam_method(bundle)  # the page's default choice
+        shown = store.heatmap(bundle, upload, explained_class(p), method, outcome.lesion.context)
         np.testing.assert_allclose(np.load(cams / f"{f.stem}.npy"), shown, atol=1e-6)
 
 

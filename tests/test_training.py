@@ -296,6 +296,30 @@ def test_cam_command_measures_the_localisation_again(trained_dir, tiny_data, tmp
     assert cli(["cam", str(tmp_path), "--data-dir", str(tiny_data)]) == 2  # no metrics.json
 
 
+def test_cam_command_chooses_the_method_and_layer_again(trained_dir, tiny_data, tmp_path):
+    from skin_model.cli import main as cli
+    from skin_model.model.artifacts import write_integrity
+    from skin_model.runtime.inference import load_bundle
+
+    run = tmp_path / "smoke"
+    shutil.copytree(trained_dir, run)
+    config = json.loads((run / "config.json").read_text())
+    config.update(cam_method="Grad-CAM++", cam_layers={})  # as if chosen another way
+    (run / "config.json").write_text(json.dumps(config))
+    write_integrity(run)
+    assert cli(["cam", str(run), "--data-dir", str(tiny_data), "--choose"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    choice = read_metrics(run).cam_layer_choice
+    assert config["cam_method"] == choice["method"] != "Grad-CAM++"
+    assert (config["cam_layer"], config["cam_layers"]) == (choice["layer"], choice["layers"])
+    scores = choice["mean_ratio_by_map"]
+    if scores:
+        assert max(scores, key=scores.get) == f"{choice['method']} @ {choice['layer']}"
+    shown = read_metrics(run).cam_localisation
+    assert shown is None or shown["method"] == config["cam_method"]
+    assert load_bundle(run).config.cam_method == config["cam_method"]  # digests match
+
+
 def test_robustness_command_pools_validation_and_calibration(trained_dir, tiny_data, tmp_path):
     from skin_model.cli import main as cli
     from skin_model.evaluate.robustness import CHANGES

@@ -1,5 +1,5 @@
 """Evaluating a loaded model on labelled data: metrics with lesion-bootstrap intervals,
-Grad-CAM energy in the lesion boxes, the metadata-only baseline, per-image predictions,
+heatmap energy in the lesion boxes, the metadata-only baseline, per-image predictions,
 and ``evaluate`` on a folder. Finalising a trained network is :mod:`skin_model.train.finalise`.
 """
 
@@ -24,22 +24,22 @@ def cam_ratios(
     boxes: pd.DataFrame,
     n: int = 150,
     seed: int = 0,
-    layers: Sequence[str] = (),
+    maps: Sequence[tuple[str, str]] = (),
 ) -> dict:
-    """Grad-CAM energy inside the lesion box over the box's area share, on ``n`` images,
-    for each of ``layers``; every image is decoded and predicted once.
+    """Heatmap energy inside the lesion box over the box's area share, on ``n`` images,
+    for each ``(method, layer)`` of ``maps``; every image is decoded and predicted once.
 
     Args:
         bundle: Loaded model.
         boxes: Rows with ``path``, ``top``, ``bottom``, ``left``, ``right``.
         n: Number of images sampled.
         seed: Sample seed.
-        layers: Layers to read.
+        maps: ``(method, layer)`` pairs to read.
 
     Returns:
-        ``{layer: figures or None}``: mean and median ratio (1.0 = chance), the share of
-        images above 1, and the ceiling (mean and median of 1 / box share: all energy
-        inside the box); None where no map had a location (e.g. a 1x1 feature map).
+        ``{(method, layer): figures or None}``: mean and median ratio (1.0 = chance), the
+        share of images above 1, and the ceiling (mean and median of 1 / box share: all
+        energy inside the box); None where no map had a location (e.g. a 1x1 feature map).
     """
     from skin_model.runtime.explain import box_area_share, box_energy_ratio, explain
 
@@ -48,17 +48,17 @@ def cam_ratios(
     preds = predict_images(bundle, images)
     box_list = [(int(r.top), int(r.bottom), int(r.left), int(r.right)) for r in rows.itertuples()]
     out = {}
-    for layer in layers:
+    for method, layer in maps:
         ratios, ceilings = [], []
         for image, pred, box in zip(images, preds, box_list, strict=True):
-            cam = explain(bundle, image, pred.decision, layer=layer)
+            cam = explain(bundle, image, pred.decision, method, layer=layer)
             ratios.append(box_energy_ratio(cam, box))
             ceilings.append(1 / box_area_share(box, cam.shape))
         ok = np.isfinite(ratios)
         r, best = np.array(ratios)[ok], np.array(ceilings)[ok]
-        out[layer] = (
+        out[(method, layer)] = (
             {
-                "method": "Grad-CAM",
+                "method": method,
                 "layer": layer,
                 "n_images": len(r),
                 "mean_ratio": float(r.mean()),

@@ -191,7 +191,7 @@ QUALITY_TARGETS = (
     ("malignant_ece", "malignant-risk calibration error (ECE)", 0.05, "<="),
     ("ood_photos_flagged", "real non-dermoscopic photos flagged", 0.95, ">="),
     ("ood_ham_flagged", "HAM10000 test images flagged as not dermoscopic", 0.02, "<="),
-    ("cam_ratio", "Grad-CAM energy in lesion box ÷ box area share", 2.0, ">="),
+    ("cam_ratio", "heatmap energy in lesion box ÷ box area share (method shown)", 2.0, ">="),
 )
 
 

@@ -30,7 +30,11 @@ class ModelConfig:
         input_size: Side of the square model input.
         classes: Output classes, in order.
         tta: Test-time augmentation views (1 = none, 4 = rotations, 8 = with flips).
-        cam_layer: Layer Grad-CAM reads (None: the architecture's default).
+        cam_layer: Layer the default heatmap reads (None: the architecture's default).
+        cam_method: The heatmap method shown by default (chosen at finalisation with its
+            layer; models finalised before the choice existed use Grad-CAM).
+        cam_layers: The layer chosen for each method scored at finalisation (empty:
+            ``cam_layer`` for ``cam_method``, the architecture's default for the others).
         metadata_input: Whether the network has the patient-context input.
         class_prior, malignant_share, decision_rule, temperature, malignant_threshold,
             malignant_threshold_metadata, context_fusion, target_sensitivity: the
@@ -48,6 +52,8 @@ class ModelConfig:
     classes: list[str] = field(default_factory=lambda: list(CLASSES))
     tta: int = 1
     cam_layer: str | None = None
+    cam_method: str = "Grad-CAM"
+    cam_layers: dict[str, str] = field(default_factory=dict)
     metadata_input: bool = False
     class_prior: list[float] | None = None
     malignant_share: float | None = None

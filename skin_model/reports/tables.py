@@ -96,12 +96,16 @@ def headline_frame(m: Metrics) -> pd.DataFrame:
         )
     c = m.cam_localisation
     if c:
+        shown = f"{c.get('method', 'Grad-CAM')} (shown by default)"
         rows += [
-            ("Grad-CAM energy in lesion box ÷ box area share, mean", c["mean_ratio"], None),
-            ("Grad-CAM energy in lesion box ÷ box area share, median", c["median_ratio"], None),
+            (f"{shown} energy in lesion box ÷ box area share, mean", c["mean_ratio"], None),
+            (f"{shown} energy in lesion box ÷ box area share, median", c["median_ratio"], None),
         ]
         if "ceiling_mean_ratio" in c:
             rows.append(("(all energy in the box would give, mean)", c["ceiling_mean_ratio"], None))
+        for method, other in (c.get("by_method") or {}).items():
+            label = f"{method} (also offered) energy in lesion box ÷ box area share, mean"
+            rows.append((label, other["mean_ratio"], None))
     frame = pd.DataFrame(
         [
             {

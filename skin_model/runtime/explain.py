@@ -1,10 +1,13 @@
-"""Grad-CAM and Grad-CAM++ heatmaps (tf-keras-vis) and their overlays.
+"""Class activation heatmaps (Grad-CAM, Grad-CAM++, LayerCAM; tf-keras-vis) and their
+overlays.
 
+Which method and layer a model's map uses by default is chosen at finalisation on the
+validation lesion boxes and stored in ``config.json`` (``cam_method``, ``cam_layers``).
 The explainer clones the model once (``clone=True``) and is cached on the bundle, so
 explaining another class or changing the overlay never rebuilds it. tf-keras-vis runs its
-gradient tape eagerly and rebuilds a sub-model per call (~100 ms here); for plain Grad-CAM
-on models with a ``last_conv`` layer, :func:`explain` uses a compiled ``tf.function`` that
-computes the same map (tests hold it to tf-keras-vis' output) in a few milliseconds.
+gradient tape eagerly and rebuilds a sub-model per call (~100 ms here); for Grad-CAM and
+LayerCAM (:data:`COMPILED`), :func:`explain` uses a compiled ``tf.function`` that computes
+the same map (tests hold it to tf-keras-vis' output) in a few milliseconds.
 """
 
 from __future__ import annotations
@@ -14,7 +17,12 @@ from PIL import Image
 
 from skin_model.data.imaging import resize_for_model
 
-METHODS = ("Grad-CAM", "Grad-CAM++")
+METHODS = ("Grad-CAM", "Grad-CAM++", "LayerCAM")
+"""Every heatmap method; LayerCAM (Jiang et al., 2021) weights each location by its own
+positive gradients instead of one spatial mean per channel, so it keeps the detail of
+layers below the last one."""
+COMPILED = ("Grad-CAM", "LayerCAM")
+"""Methods :func:`compiled_cam` computes (the ones finalisation chooses among)."""
 CAM_LAYER = "last_conv"
 
 
@@ -26,20 +34,21 @@ def make_explainer(model, method: str = "Grad-CAM"):
         method: One of :data:`METHODS`.
 
     Returns:
-        A ``Gradcam`` or ``GradcamPlusPlus`` object.
+        A ``Gradcam``, ``GradcamPlusPlus`` or ``Layercam`` object.
     """
     from tf_keras_vis.gradcam import Gradcam
     from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.layercam import Layercam
     from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 
-    if method not in METHODS:
+    classes = {"Grad-CAM": Gradcam, "Grad-CAM++": GradcamPlusPlus, "LayerCAM": Layercam}
+    if method not in classes:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-    cls = Gradcam if method == "Grad-CAM" else GradcamPlusPlus
-    return cls(model, model_modifier=ReplaceToLinear(), clone=True)
+    return classes[method](model, model_modifier=ReplaceToLinear(), clone=True)
 
 
 def cam_layer(model, configured: str | None = None, candidates: tuple[str, ...] = ()) -> str:
-    """The layer Grad-CAM reads: ``configured`` (chosen at finalisation and stored in
+    """The layer a heatmap reads: ``configured`` (chosen at finalisation and stored in
     ``config.json``), else the first of the architecture's ``candidates`` (its spec's
     ``cam_layers``) that the model has, else ``last_conv``.
     """
@@ -50,13 +59,25 @@ def cam_layer(model, configured: str | None = None, candidates: tuple[str, ...] 
     raise ValueError("the model has no layer to explain; name one in config.json cam_layer")
 
 
-def bundle_cam_layer(bundle, layer: str | None = None) -> str:
-    """The layer to explain for a loaded model: ``layer``, its config's, its spec's default."""
+def bundle_cam_method(bundle, method: str | None = None) -> str:
+    """The method to explain with: ``method``, else the model's chosen one."""
+    return method or bundle.config.cam_method
+
+
+def bundle_cam_layer(bundle, layer: str | None = None, method: str | None = None) -> str:
+    """The layer to explain for a loaded model: ``layer``, else the one its config chose
+    for ``method`` (default: its chosen method), else its spec's default.
+    """
     from skin_model.model.architectures import REGISTRY
 
-    spec = REGISTRY.get(bundle.config.architecture)
+    config = bundle.config
+    method = bundle_cam_method(bundle, method)
+    chosen = (config.cam_layers or {}).get(method)
+    if chosen is None and method == bundle_cam_method(bundle):
+        chosen = config.cam_layer
+    spec = REGISTRY.get(config.architecture)
     candidates = spec.cam_layers if spec else ()
-    return cam_layer(bundle.model, layer or bundle.config.cam_layer, candidates)
+    return cam_layer(bundle.model, layer or chosen, candidates)
 
 
 def model_inputs(model, image: np.ndarray, input_size: int, metadata: np.ndarray | None):
@@ -190,17 +211,19 @@ def box_area_share(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> fl
     return (bottom - top + 1) * (right - left + 1) / (shape[0] * shape[1])
 
 
-def compiled_gradcam(model, layer: str | None = None):
-    """A compiled Grad-CAM of one layer (TensorFlow backend).
+def compiled_cam(model, layer: str | None = None, method: str = "Grad-CAM"):
+    """A compiled Grad-CAM or LayerCAM of one layer (TensorFlow backend).
 
-    Same maths as tf-keras-vis ``Gradcam`` with ``ReplaceToLinear``: gradients of the
-    pre-softmax score with respect to the layer output, averaged over space as channel
-    weights, weighted sum of the activations, ReLU.
+    Same maths as tf-keras-vis ``Gradcam`` / ``Layercam`` with ``ReplaceToLinear``: the
+    gradients of the pre-softmax score with respect to the layer output weight the
+    activations (Grad-CAM: their spatial mean per channel; LayerCAM: their positive part
+    at each location), summed over channels, ReLU.
 
     Args:
         model: A flat model ending in the ``predictions`` Dense(softmax) layer (one or two
             inputs).
         layer: Layer to read (default :func:`cam_layer`).
+        method: One of :data:`COMPILED`.
 
     Returns:
         ``fn(inputs, class_index int32) -> cam (1, h, w)`` or ``None`` on another backend.
@@ -209,6 +232,8 @@ def compiled_gradcam(model, layer: str | None = None):
 
     if keras.backend.backend() != "tensorflow":
         return None
+    if method not in COMPILED:
+        raise ValueError(f"{method!r} is not compiled; choose from {COMPILED}")
     import tensorflow as tf
 
     dense = model.get_layer("predictions")
@@ -227,7 +252,11 @@ def compiled_gradcam(model, layer: str | None = None):
         with tf.GradientTape() as tape:
             conv, h = two(inputs, training=False)
             score = (keras.ops.matmul(h, dense.kernel) + dense.bias)[:, class_index]
-        weights = tf.reduce_mean(tape.gradient(score, conv), axis=(1, 2), keepdims=True)
+        grads = tape.gradient(score, conv)
+        if method == "LayerCAM":
+            weights = tf.nn.relu(grads)
+        else:
+            weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
         return tf.nn.relu(tf.reduce_sum(conv * weights, axis=-1))
 
     return fn
@@ -242,7 +271,7 @@ def undo_view(cam: np.ndarray, view: int) -> np.ndarray:
 
 
 def views_cam(fn, inputs, class_index: int, views: int) -> np.ndarray:
-    """The compiled Grad-CAM averaged over the first ``views`` dihedral views of one input,
+    """The compiled map averaged over the first ``views`` dihedral views of one input,
     each map turned back onto the original image before averaging (the explanation of
     the views-averaged verdict; the same map for every quarter turn and flip).
     """
@@ -262,7 +291,7 @@ def explain(
     bundle,
     image: np.ndarray,
     class_index: int,
-    method: str = "Grad-CAM",
+    method: str | None = None,
     metadata: np.ndarray | None = None,
     layer: str | None = None,
     views: int | None = None,
@@ -273,26 +302,29 @@ def explain(
         bundle: A :class:`skin_model.runtime.inference.ModelBundle`.
         image: Decoded RGB uint8 image.
         class_index: Output index to explain.
-        method: One of :data:`METHODS`.
+        method: One of :data:`METHODS` (default: the model's ``cam_method``).
         metadata: Patient-context vector for a two-input model (None: none given).
-        layer: Layer to read (default: the model's ``cam_layer`` setting).
-        views: Dihedral views the compiled Grad-CAM averages (default: the model's
+        layer: Layer to read (default: the layer the model chose for ``method``).
+        views: Dihedral views the compiled map averages (default: the model's
             test-time views, so the map explains the verdict the views made).
 
     Returns:
         float32 heatmap at the image's size.
     """
-    layer = bundle_cam_layer(bundle, layer)
-    if method == "Grad-CAM":
-        fn = bundle.explainer(("compiled", layer), lambda: compiled_gradcam(bundle.model, layer))
+    method = bundle_cam_method(bundle, method)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    layer = bundle_cam_layer(bundle, layer, method)
+    if method in COMPILED:
+        fn = bundle.explainer(
+            ("compiled", method, layer), lambda: compiled_cam(bundle.model, layer, method)
+        )
         if fn is not None:
             x = model_inputs(bundle.model, image, bundle.input_size, metadata)
             n = int(bundle.config.tta if views is None else views)
             with bundle.lock:
                 cam = views_cam(fn, x, class_index, n)
             return finish_cam(cam, bundle.input_size, image.shape[:2])
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     explainer = bundle.explainer(method, lambda: make_explainer(bundle.model, method))
     with bundle.lock:
         return heatmap(

@@ -169,7 +169,7 @@ def case_heatmap(
     image: np.ndarray,
     context: PatientContext | None,
     class_code: str,
-    method: str = "Grad-CAM",
+    method: str | None = None,
 ) -> np.ndarray:
     """Where the model looked for ``class_code`` in one image, with the patient details
     the result used when the network reads them.

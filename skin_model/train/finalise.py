@@ -61,6 +61,7 @@ from skin_model.model.ood import Detector
 from skin_model.model.posthoc import PostHoc
 from skin_model.model.settings import config_dict
 from skin_model.runtime.advice import HIGH_RISK
+from skin_model.runtime.explain import COMPILED, bundle_cam_layer, bundle_cam_method
 from skin_model.runtime.inference import ModelBundle, network_outputs, takes_metadata
 
 TTA_CHOICES = (1, 4, 8)
@@ -291,36 +292,55 @@ def robustness(bundle: ModelBundle, data: Parts, base: dict) -> dict:
     }
 
 
-def cam_candidates(bundle: ModelBundle) -> list[str]:
-    """The architecture's Grad-CAM candidate layers that the model has."""
+def cam_candidates(bundle: ModelBundle) -> list[tuple[str, str]]:
+    """Every compiled heatmap method at each of the architecture's candidate layers that
+    the model has, as ``(method, layer)``; the architecture's default layer first.
+    """
     names = {layer.name for layer in bundle.model.layers}
-    return [c for c in spec_for(bundle.config.architecture).cam_layers if c in names]
+    layers = [c for c in spec_for(bundle.config.architecture).cam_layers if c in names]
+    return [(method, layer) for method in COMPILED for layer in layers]
 
 
-def choose_cam_layer(bundle: ModelBundle, boxes: pd.DataFrame | None, n: int = 100) -> dict:
-    """The candidate layer whose Grad-CAM puts most energy in the lesion box (validation).
+def choose_cam(bundle: ModelBundle, boxes: pd.DataFrame | None, n: int = 100) -> dict:
+    """The heatmap method and layer that put most energy in the lesion box (validation),
+    and the best layer of each method.
 
     Returns:
-        ``{"layer": name, "mean_ratio_by_layer": {name: ratio}}``.
+        ``{"method", "layer", "layers": {method: layer}, "mean_ratio_by_map": {"method @
+        layer": ratio}}``; without boxes, Grad-CAM at the architecture's default layer.
     """
     candidates = cam_candidates(bundle)
-    if boxes is None or boxes.empty or len(candidates) < 2:
-        return {"layer": candidates[0] if candidates else None, "mean_ratio_by_layer": {}}
-    found = cam_ratios(bundle, boxes, n, layers=candidates)
-    scores = {c: r["mean_ratio"] for c, r in found.items() if r is not None}
-    best = max(scores, key=scores.get) if scores else candidates[0]
-    return {"layer": best, "mean_ratio_by_layer": scores}
+    default = candidates[0] if candidates else ("Grad-CAM", None)
+    scores = {}
+    if boxes is not None and not boxes.empty and len(candidates) > 1:
+        found = cam_ratios(bundle, boxes, n, maps=candidates)
+        scores = {pair: r["mean_ratio"] for pair, r in found.items() if r is not None}
+    if not scores:
+        return {"method": default[0], "layer": default[1], "layers": {}, "mean_ratio_by_map": {}}
+    method, layer = max(scores, key=scores.get)
+    layers = {}
+    for (m, lay), ratio in scores.items():
+        if m not in layers or ratio > scores[(m, layers[m])]:
+            layers[m] = lay
+    return {
+        "method": method,
+        "layer": layer,
+        "layers": layers,
+        "mean_ratio_by_map": {f"{m} @ {lay}": r for (m, lay), r in scores.items()},
+    }
 
 
-def model_config(cfg, bundle: ModelBundle, posthoc: PostHoc, detector: Detector, cam: str | None):
-    """The :class:`ModelConfig` of the finalised model."""
+def model_config(cfg, bundle: ModelBundle, posthoc: PostHoc, detector: Detector, cam: dict):
+    """The :class:`ModelConfig` of the finalised model (``cam``: :func:`choose_cam`'s)."""
     spec = spec_for(cfg.architecture)
     return ModelConfig(
         architecture=cfg.architecture,
         input_size=cfg.input_size,
         classes=list(CLASSES),
         tta=int(bundle.config.tta),
-        cam_layer=cam,
+        cam_layer=cam["layer"],
+        cam_method=cam["method"],
+        cam_layers=dict(cam["layers"]),
         metadata_input=takes_metadata(bundle.model),
         **posthoc.to_config(),
         **detector.to_config(),
@@ -485,8 +505,8 @@ def finalise_model(
     context_model = ContextModel().fit(metas["train"], data.y["train"]) if metas else None
     bundle.posthoc, cal = fit_posthoc(bundle, cfg, data, context_model)
     bundle.detector = fit_detector(bundle, data, cal["features"], cfg.ood_quantile)
-    cam_choice = choose_cam_layer(bundle, data.boxes.get("val"))
-    bundle.config = model_config(cfg, bundle, bundle.posthoc, bundle.detector, cam_choice["layer"])
+    cam_choice = choose_cam(bundle, data.boxes.get("val"))
+    bundle.config = model_config(cfg, bundle, bundle.posthoc, bundle.detector, cam_choice)
     write_model_dir(out_dir, model, bundle.config, bundle.detector)
 
     metrics, test = test_figures(bundle, data)
@@ -534,9 +554,19 @@ def finalise_model(
 
 
 def cam_localisation(bundle: ModelBundle, boxes: pd.DataFrame, n: int = 150) -> dict | None:
-    """Grad-CAM energy in the lesion box of ``n`` sampled images, at the model's layer and
-    views (:func:`skin_model.evaluate.evaluation.cam_ratios`); None without a map.
+    """Heatmap energy in the lesion box of ``n`` sampled images, with the model's method,
+    layer and views (:func:`skin_model.evaluate.evaluation.cam_ratios`), and the same for
+    each other method it chose a layer for (``by_method``); None without a map.
     """
-    found = cam_ratios(bundle, boxes, n, layers=[bundle.config.cam_layer])
-    block = found[bundle.config.cam_layer]
-    return None if block is None else {**block, "views": int(bundle.config.tta)}
+    method = bundle_cam_method(bundle)
+    methods = [method, *(m for m in bundle.config.cam_layers if m != method)]
+    maps = [(m, bundle_cam_layer(bundle, method=m)) for m in methods]
+    found = cam_ratios(bundle, boxes, n, maps=maps)
+    block = found[maps[0]]
+    if block is None:
+        return None
+    others = {m: found[(m, lay)] for m, lay in maps[1:] if found[(m, lay)] is not None}
+    by_method = {
+        m: {k: b[k] for k in ("layer", "mean_ratio", "median_ratio")} for m, b in others.items()
+    }
+    return {**block, "views": int(bundle.config.tta), "by_method": by_method}

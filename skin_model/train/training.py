@@ -703,10 +703,14 @@ def lesion_boxes(data_dir: Path, test_df: pd.DataFrame) -> pd.DataFrame | None:
     return test_df.merge(boxes, on="image_id", how="inner")
 
 
-def remeasure_cam(model_dir: Path, data_dir: Path, n: int = 150) -> dict:
-    """Measure the model's Grad-CAM localisation on its test split again (the same sample,
-    its configured layer and views) after a change to how maps are made, and write it to
-    ``metrics.json`` with the targets and the model card. Nothing else is re-read.
+def remeasure_cam(model_dir: Path, data_dir: Path, n: int = 150, choose: bool = False) -> dict:
+    """Measure the model's heatmap localisation on its test split again (the same sample,
+    its configured method, layer and views) after a change to how maps are made, and write
+    it to ``metrics.json`` with the targets and the model card.
+
+    With ``choose``, the method and layer are first chosen again on the validation lesion
+    boxes (:func:`~skin_model.train.finalise.choose_cam`) and written to ``config.json``
+    (and its digest); nothing else is re-read and no prediction changes.
 
     Returns:
         The new ``cam_localisation`` block.
@@ -715,18 +719,29 @@ def remeasure_cam(model_dir: Path, data_dir: Path, n: int = 150) -> dict:
         FileNotFoundError: If the folder has no lesion boxes.
     """
     from skin_model.evaluate.metrics import target_status
-    from skin_model.model.artifacts import METRICS_FILE
+    from skin_model.model.artifacts import METRICS_FILE, write_integrity
+    from skin_model.model.config import write_model_config
     from skin_model.model.settings import read_run_record
     from skin_model.runtime.inference import load_bundle
-    from skin_model.train.finalise import cam_localisation
+    from skin_model.train.finalise import cam_localisation, choose_cam
 
     model_dir = Path(model_dir)
     df = prepare_data(Path(data_dir), read_run_record(model_dir).config)
-    boxes = lesion_boxes(Path(data_dir), df[df["split"] == "test"])
-    if boxes is None or boxes.empty:
+    parts = ("val", "test")
+    boxes = {part: lesion_boxes(Path(data_dir), df[df["split"] == part]) for part in parts}
+    if boxes["test"] is None or boxes["test"].empty:
         raise FileNotFoundError(f"{data_dir} has no lesion boxes (HAM10000_metadata_ext.csv)")
-    block = cam_localisation(load_bundle(model_dir), boxes, n)
+    bundle = load_bundle(model_dir)
     metrics = read_json(model_dir / METRICS_FILE)
+    if choose:
+        choice = choose_cam(bundle, boxes["val"])
+        config = bundle.config
+        config.cam_method, config.cam_layer = choice["method"], choice["layer"]
+        config.cam_layers = dict(choice["layers"])
+        write_model_config(model_dir, config)
+        write_integrity(model_dir)
+        metrics["cam_layer_choice"] = {**choice, "chosen_on": "validation lesion boxes"}
+    block = cam_localisation(bundle, boxes["test"], n)
     metrics["cam_localisation"] = block
     metrics["targets"] = target_status(metrics)
     write_json(model_dir / METRICS_FILE, metrics)
