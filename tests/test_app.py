@@ -255,6 +255,21 @@ def test_overlay_changes_do_not_rerun_the_classifier(monkeypatch, trained_dir):
     assert any("Grad-CAM++: Vascular lesion" in c for i in at.get("image") for c in _captions(i))
 
 
+def test_the_heatmap_starts_at_the_method_the_model_chose(monkeypatch, trained_dir, tmp_path):
+    from skin_model.model.artifacts import write_integrity
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_dir, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(cam_method="LayerCAM", cam_layers={"LayerCAM": config["cam_layer"]})
+    (model_dir / "config.json").write_text(json.dumps(config))
+    write_integrity(model_dir)
+    at = _upload(_app(monkeypatch, model_dir).run(), ("a.jpg", lesion_image("mel", 4)))
+    assert not at.exception
+    assert at.radio(key=_key(at, "method_")).value == "LayerCAM"
+    assert any(c.startswith("LayerCAM: ") for i in at.get("image") for c in _captions(i))
+
+
 def _captions(image) -> list[str]:
     return [_shown(im.caption) for im in image.proto.imgs]
 
