@@ -92,7 +92,7 @@ def test_a_new_backbone_is_one_spec_entry_and_its_builder(monkeypatch):
     model = compile_model(cfg.validate(), np.full(7, 1 / 7), steps=1)
     assert model.get_layer("conv").filters == 16  # the option reached the builder
     bundle = ModelBundle(model, ModelConfig("tiny", 32, ood_layers=["conv"]), None)
-    assert cam_candidates(bundle) == ["conv"]
+    assert cam_candidates(bundle) == [("Grad-CAM", "conv"), ("LayerCAM", "conv")]
     with pytest.raises(ConfigError, match="cannot take the patient context"):
         TrainConfig(architecture="tiny").validate()
 
