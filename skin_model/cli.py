@@ -357,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", type=Path, required=True, help="folder (saved_model) or file")
     x.set_defaults(func=cmd_export)
     _add_robustness(sub, default_data)
+    _add_cam(sub, default_data)
+    return parser
+
+
+def _add_cam(sub, default_data: Path) -> None:
+    """The ``cam`` subcommand's options."""
     c = sub.add_parser(
         "cam", help="measure the heatmap localisation on the test split again (metrics.json)"
     )
@@ -369,7 +375,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(written to config.json)",
     )
     c.set_defaults(func=cmd_cam)
-    return parser
 
 
 def _add_robustness(sub, default_data: Path) -> None:

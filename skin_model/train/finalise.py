@@ -318,15 +318,22 @@ def choose_cam(bundle: ModelBundle, boxes: pd.DataFrame | None, n: int = 100) ->
     if not scores:
         return {"method": default[0], "layer": default[1], "layers": {}, "mean_ratio_by_map": {}}
     method, layer = max(scores, key=scores.get)
-    layers = {}
-    for (m, lay), ratio in scores.items():
-        if m not in layers or ratio > scores[(m, layers[m])]:
-            layers[m] = lay
+    # ascending ratios: each method's best layer is written last
+    layers = {m: lay for (m, lay), _ in sorted(scores.items(), key=lambda kv: kv[1])}
     return {
         "method": method,
         "layer": layer,
         "layers": layers,
         "mean_ratio_by_map": {f"{m} @ {lay}": r for (m, lay), r in scores.items()},
+    }
+
+
+def cam_fields(choice: dict) -> dict:
+    """The :class:`ModelConfig` fields of a :func:`choose_cam` result."""
+    return {
+        "cam_layer": choice["layer"],
+        "cam_method": choice["method"],
+        "cam_layers": dict(choice["layers"]),
     }
 
 
@@ -338,9 +345,7 @@ def model_config(cfg, bundle: ModelBundle, posthoc: PostHoc, detector: Detector,
         input_size=cfg.input_size,
         classes=list(CLASSES),
         tta=int(bundle.config.tta),
-        cam_layer=cam["layer"],
-        cam_method=cam["method"],
-        cam_layers=dict(cam["layers"]),
+        **cam_fields(cam),
         metadata_input=takes_metadata(bundle.model),
         **posthoc.to_config(),
         **detector.to_config(),
@@ -565,8 +570,9 @@ def cam_localisation(bundle: ModelBundle, boxes: pd.DataFrame, n: int = 150) -> 
     block = found[maps[0]]
     if block is None:
         return None
-    others = {m: found[(m, lay)] for m, lay in maps[1:] if found[(m, lay)] is not None}
     by_method = {
-        m: {k: b[k] for k in ("layer", "mean_ratio", "median_ratio")} for m, b in others.items()
+        m: {k: found[(m, lay)][k] for k in ("layer", "mean_ratio", "median_ratio")}
+        for m, lay in maps[1:]
+        if found[(m, lay)] is not None
     }
     return {**block, "views": int(bundle.config.tta), "by_method": by_method}

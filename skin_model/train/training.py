@@ -11,6 +11,7 @@ read of the test split.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import shutil
@@ -723,11 +724,11 @@ def remeasure_cam(model_dir: Path, data_dir: Path, n: int = 150, choose: bool = 
     from skin_model.model.config import write_model_config
     from skin_model.model.settings import read_run_record
     from skin_model.runtime.inference import load_bundle
-    from skin_model.train.finalise import cam_localisation, choose_cam
+    from skin_model.train.finalise import cam_fields, cam_localisation, choose_cam
 
     model_dir = Path(model_dir)
     df = prepare_data(Path(data_dir), read_run_record(model_dir).config)
-    parts = ("val", "test")
+    parts = ("val", "test") if choose else ("test",)
     boxes = {part: lesion_boxes(Path(data_dir), df[df["split"] == part]) for part in parts}
     if boxes["test"] is None or boxes["test"].empty:
         raise FileNotFoundError(f"{data_dir} has no lesion boxes (HAM10000_metadata_ext.csv)")
@@ -735,10 +736,8 @@ def remeasure_cam(model_dir: Path, data_dir: Path, n: int = 150, choose: bool = 
     metrics = read_json(model_dir / METRICS_FILE)
     if choose:
         choice = choose_cam(bundle, boxes["val"])
-        config = bundle.config
-        config.cam_method, config.cam_layer = choice["method"], choice["layer"]
-        config.cam_layers = dict(choice["layers"])
-        write_model_config(model_dir, config)
+        bundle.config = dataclasses.replace(bundle.config, **cam_fields(choice))
+        write_model_config(model_dir, bundle.config)
         write_integrity(model_dir)
         metrics["cam_layer_choice"] = {**choice, "chosen_on": "validation lesion boxes"}
     block = cam_localisation(bundle, boxes["test"], n)
