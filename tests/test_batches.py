@@ -1,6 +1,7 @@
 """NumPy training batches (the path for Keras on JAX without TensorFlow) and a fit on
 the JAX backend with TensorFlow hidden, finalised afterwards with TensorFlow."""
 
+import json
 import os
 import subprocess
 import sys
@@ -144,3 +145,37 @@ def test_tensorflow_and_numpy_twins_augment_alike():
         a, b = stat(ours), stat(theirs)
         assert abs(a.mean() - b.mean()) < 3.0  # grey levels
         assert abs(a.std() - b.std()) < 0.25 * max(a.std(), b.std())
+
+
+def test_saturation_and_hue_match_the_hsv_round_trip():
+    """The float32 shortcut equals matplotlib's HSV round trip, greys, black and channel
+    ties included, for saturation factors that clip and hue turns of either sign."""
+    from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
+
+    from skin_model.data.batches import scale_saturation_shift_hue
+
+    x = np.random.default_rng(0).random((24, 24, 3)).astype(np.float32)
+    x[:3] = 0.5  # grey
+    x[3:6] = 0.0  # black
+    x[6:9, :, 2] = x[6:9, :, 1]  # green-blue ties
+    x[9:12, :, 0] = x[9:12, :, 1]  # red-green ties
+    for saturation, hue in ((1.3, 0.05), (0.6, -0.08), (3.0, 0.49), (1.0, 0.0)):
+        hsv = rgb_to_hsv(x)
+        hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0.0, 1.0)
+        hsv[..., 0] = (hsv[..., 0] + hue) % 1.0
+        ours = scale_saturation_shift_hue(x, saturation, hue)
+        assert ours.dtype == np.float32
+        np.testing.assert_allclose(ours, hsv_to_rgb(hsv), atol=2e-6)
+
+
+def test_augmentation_benchmark_prints_its_figures(tmp_path, capsys):
+    from skin_model.evaluate import bench_augment
+
+    out = tmp_path / "bench_augment.json"
+    assert bench_augment.main(["--sizes", "32", "--n", "2", "--out", str(out)]) == 0
+    figures = json.loads(out.read_text())["32"]
+    assert figures["augment_array_ms"] > 0 and figures["array_batches_images_per_s"] > 0
+    assert figures["saturation_hue_speedup"] == pytest.approx(
+        figures["saturation_hue_matplotlib_ms"] / figures["saturation_hue_ms"], rel=0.02
+    )
+    assert json.loads(capsys.readouterr().out) == json.loads(out.read_text())

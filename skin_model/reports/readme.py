@@ -35,6 +35,8 @@ ROBUSTNESS_GLOB = REPO_ROOT / "docs" / "robustness_*.json"
 ENSEMBLE_FILE = REPO_ROOT / "docs" / "ensemble.json"
 CV_ENSEMBLE_FILE = REPO_ROOT / "docs" / "cv_ensemble.json"
 FROZEN_FILE = REPO_ROOT / "docs" / "bench_frozen.json"
+AUGMENT_FILE = REPO_ROOT / "docs" / "bench_augment.json"
+GPU_RUNS_DIR = REPO_ROOT / "docs" / "gpu_h200"
 
 
 def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
@@ -234,6 +236,61 @@ def frozen_section(path: Path = FROZEN_FILE) -> str:
     return "\n".join(lines)
 
 
+def augment_section(path: Path = AUGMENT_FILE) -> str:
+    """Milliseconds per image of the NumPy augmentation and batches per second with its
+    threads (``python -m skin_model.evaluate.bench_augment --out docs/bench_augment.json``).
+    """
+    if not path.is_file():
+        return (
+            "_No augmentation timing recorded yet: run `python -m skin_model.evaluate."
+            "bench_augment --out docs/bench_augment.json`._"
+        )
+    b = json.loads(path.read_text())
+    lines = [
+        "| input side | augment_array, ms per image | saturation and hue: HSV round trip "
+        f"-> shortcut, ms | speed-up | ArrayBatches, images/s ({b['cpu_count']} threads) |",
+        "|---|---|---|---|---|",
+    ]
+    for size, r in ((k, v) for k, v in b.items() if k != "cpu_count"):
+        lines.append(
+            f"| {size} px | {r['augment_array_ms']:.1f} | {r['saturation_hue_matplotlib_ms']:.1f}"
+            f" -> {r['saturation_hue_ms']:.1f} | x{r['saturation_hue_speedup']} "
+            f"| {r['array_batches_images_per_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def gpu_runs_section(root: Path = GPU_RUNS_DIR) -> str:
+    """Per-epoch figures of the runs fitted on a GPU machine (their ``history.csv``,
+    ``run_config.json`` and ``train_state.json``, copied into ``docs/gpu_h200/``).
+    """
+    import pandas as pd
+
+    runs = sorted(d for d in root.glob("*") if (d / "history.csv").is_file())
+    if not runs:
+        return "_No run fitted on a GPU machine recorded yet._"
+    lines = [
+        "| run | planned epochs | epoch | s per step | training BA | validation BA | "
+        "learning rate |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for d in runs:
+        cfg = read_json(d / "run_config.json")
+        name = f"{cfg['architecture']} @{cfg['input_size']} px, {cfg['distribution']['backend']}"
+        for _, row in pd.read_csv(d / "history.csv").iterrows():
+            lines.append(
+                f"| {name} | {cfg['epochs']} | {int(row['epoch']) + 1} | "
+                f"{row['step_seconds']:.2f} | {row['balanced_accuracy']:.3f} | "
+                f"{row['val_balanced_accuracy']:.3f} | {row['learning_rate']:.2g} |"
+            )
+        state = read_json(d / "train_state.json")
+        lines.append(
+            f"| {name}: stopped | {cfg['epochs']} | {state['epochs_done']} done | "
+            f"{state['seconds'] / 60:.1f} min of fitting on {state['device']} | | | |"
+        )
+    return "\n".join(lines)
+
+
 SECTIONS = {
     "metrics": metrics_section,
     "levers": levers_section,
@@ -246,6 +303,8 @@ SECTIONS = {
     "load": load_section,
     "sessions": sessions_section,
     "frozen": frozen_section,
+    "augment": augment_section,
+    "gpu_runs": gpu_runs_section,
 }
 
 
