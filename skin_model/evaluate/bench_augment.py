@@ -1,7 +1,8 @@
 """Speed of the NumPy training augmentation (the data path of Keras on JAX, e.g. on a GPU
-machine, where it bounded the epoch): milliseconds per image of :func:`augment_array` at
-each size, of its saturation/hue step against matplotlib's HSV round trip (a ratio in one
-run), and images per second of :class:`ArrayBatches` with its worker threads.
+machine, where it bounded the epoch) with the shipped model's training settings at each
+input side: milliseconds per image of :func:`augment_array`, of its saturation/hue step
+against matplotlib's HSV round trip (a ratio in one run), and images per second of
+:class:`ArrayBatches` with its worker threads.
 
 ``python -m skin_model.evaluate.bench_augment [--sizes 192,224] [--n 64] [--out FILE]``
 prints one JSON object (and writes it to ``--out``).
@@ -10,6 +11,7 @@ prints one JSON object (and writes it to ``--out``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -18,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from skin_model import DEFAULT_MODEL_DIR
 from skin_model.data.batches import ArrayBatches, augment_array, scale_saturation_shift_hue
 from skin_model.data.dataset import one_hot
+from skin_model.model.settings import TrainConfig, read_run_record
 
 
 def _ms_per_call(fn, n: int) -> float:
@@ -43,32 +47,52 @@ def hsv_round_trip(x: np.ndarray, saturation: float, hue: float) -> np.ndarray:
     return hsv_to_rgb(hsv)
 
 
-def size_figures(size: int, n: int, robust: float = 0.35) -> dict:
-    """Per-image milliseconds at one input side (images cached at ``size / 0.75``)."""
+def shipped_recipe(size: int) -> TrainConfig:
+    """The shipped model's training settings (crop, white balance, capture changes) at
+    input side ``size``.
+    """
+    return dataclasses.replace(read_run_record(DEFAULT_MODEL_DIR).config, input_size=size)
+
+
+def cached_images(cfg: TrainConfig, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` random uint8 images at the side training caches them for ``cfg``."""
+    from skin_model.train.training import cache_size
+
+    side = cache_size(cfg)
+    return np.random.default_rng(seed).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+
+
+def size_figures(cfg: TrainConfig, n: int) -> dict:
+    """Per-image milliseconds at the recipe's input side."""
     rng = np.random.default_rng(0)
-    cached = rng.integers(0, 256, (int(np.ceil(size / 0.75)),) * 2 + (3,), dtype=np.uint8)
-    x = rng.random((size, size, 3)).astype(np.float32)
+    cached = cached_images(cfg, 1)[0]
+    x = rng.random((cfg.input_size, cfg.input_size, 3)).astype(np.float32)
     matplotlib_ms = _ms_per_call(lambda: hsv_round_trip(x, 1.2, 0.03), n)
     shortcut_ms = _ms_per_call(lambda: scale_saturation_shift_hue(x, 1.2, 0.03), n)
+    augment = (cfg.input_size, cfg.crop_min_scale, cfg.white_balance, cfg.robust)
     return {
-        "augment_array_ms": _ms_per_call(
-            lambda: augment_array(cached, rng, size, 0.75, 0.1, robust), n
-        ),
+        "augment_array_ms": _ms_per_call(lambda: augment_array(cached, rng, *augment), n),
         "saturation_hue_ms": shortcut_ms,
         "saturation_hue_matplotlib_ms": matplotlib_ms,
         "saturation_hue_speedup": round(matplotlib_ms / shortcut_ms, 2),
     }
 
 
-def batches_per_second(size: int, batch: int = 64, batches: int = 8) -> float:
+def batches_per_second(cfg: TrainConfig, batches: int = 8) -> float:
     """Training images per second of :class:`ArrayBatches` drawn by as many threads as it
     asks Keras for (``workers``: one per CPU core).
     """
-    rng = np.random.default_rng(1)
-    n = batch * batches
-    images = rng.integers(0, 256, (n,) + (int(np.ceil(size / 0.75)),) * 2 + (3,), dtype=np.uint8)
-    labels = one_hot(["nv"] * n)
-    data = ArrayBatches(images, labels, batch, True, out_size=size, white_balance=0.1, robust=0.35)
+    n = cfg.batch_size * batches
+    data = ArrayBatches(
+        cached_images(cfg, n, seed=1),
+        one_hot(["nv"] * n),
+        cfg.batch_size,
+        True,
+        out_size=cfg.input_size,
+        min_scale=cfg.crop_min_scale,
+        white_balance=cfg.white_balance,
+        robust=cfg.robust,
+    )
     start = time.perf_counter()
     with ThreadPoolExecutor(data.workers) as pool:  # as Keras draws a PyDataset's batches
         count = sum(len(y) for _, y in pool.map(data.__getitem__, range(len(data))))
@@ -84,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     result = {"cpu_count": os.cpu_count()}
     for size in (int(s) for s in args.sizes.split(",")):
+        cfg = shipped_recipe(size)
         result[str(size)] = {
-            **size_figures(size, args.n),
-            "array_batches_images_per_s": batches_per_second(size),
+            **size_figures(cfg, args.n),
+            "array_batches_images_per_s": batches_per_second(cfg),
         }
     text = json.dumps(result, indent=1)
     print(text)
