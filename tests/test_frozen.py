@@ -40,8 +40,6 @@ def test_the_top_after_the_bottom_is_the_whole_network():
 def test_freezing_more_stages_than_there_are_is_a_clear_error():
     with pytest.raises(ConfigError, match="stages that can be frozen"):
         TrainConfig(freeze_stages=8).validate()
-    with pytest.raises(ConfigError, match="ema"):
-        TrainConfig(freeze_stages=2, ema_half_life=1.0).validate()
 
 
 @pytest.mark.slow
@@ -54,7 +52,7 @@ def test_a_frozen_run_trains_only_the_top_and_resumes(tmp_path, monkeypatch):
     from skin_model.model.networks import make_efficientnet_lite
     from skin_model.train import frozen
     from skin_model.train.frozen import OPTIMIZER_FILE, split_at
-    from skin_model.train.training import fit_model
+    from skin_model.train.training import fit_model, read_ema
 
     rng = np.random.default_rng(1)
     codes = ["nv", "mel", "bkl", "bcc", "akiec", "vasc", "df"] * 6
@@ -103,11 +101,21 @@ def test_a_frozen_run_trains_only_the_top_and_resumes(tmp_path, monkeypatch):
     teacher = make_efficientnet_lite(32, weights=None, metadata_dim=DIM)  # not cut: savable
     teacher.save(tmp_path / "teacher.keras")  # distilled: the same run learns from a teacher
     taught = replace(cfg, teachers=str(tmp_path / "teacher.keras"), epochs=1).validate()
+    taught = replace(taught, ema_half_life=1.0).validate()  # with a weight average
     (tmp_path / "taught").mkdir()
     student, info = fit_model(taught, parts, tmp_path / "taught", metas=metas)
     assert info["epochs_run"] == 1 and not np.allclose(
         student.get_layer("top_conv").get_weights()[0], top[0]
     )
+    average = read_ema(tmp_path / "taught")  # the whole network's weights, in its order
+    assert [a.shape for a in average] == [w.shape for w in student.get_weights()]
+    probe = keras.models.clone_model(student)
+    probe.set_weights(average)
+    for before, after in zip(frozen_weights(start), frozen_weights(probe), strict=True):
+        np.testing.assert_allclose(before, after, rtol=1e-6)  # the frozen part: unchanged
+    top_avg = probe.get_layer("top_conv").get_weights()[0]
+    top_end = student.get_layer("top_conv").get_weights()[0]
+    assert not np.allclose(top_avg, top_end) and not np.allclose(top_avg, top[0])
 
 
 def test_distilled_targets_mix_the_label_with_the_teachers_at_the_training_prior():

@@ -124,7 +124,6 @@ class TrainConfig:
                 f"--architecture {self.architecture} has {max(len(spec.stage_ends) - 1, 0)} "
                 "stages that can be frozen",
             ),
-            (self.ema_half_life > 0, "--freeze-stages cannot yet be combined with --ema-half-life"),
         ]
 
     def _teacher_checks(self) -> list[tuple[bool, str]]:

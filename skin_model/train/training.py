@@ -253,7 +253,7 @@ def make_step_timer():
     return StepTimer()
 
 
-def make_ema_callback(out_dir: Path, decay: float):
+def make_ema_callback(out_dir: Path, decay: float, source=None):
     """A callback that keeps an exponential moving average of all the model's weights
     (BatchNorm statistics included) after every step and saves it after every epoch,
     so a resumed run continues the same average.
@@ -261,6 +261,9 @@ def make_ema_callback(out_dir: Path, decay: float):
     Args:
         out_dir: The model directory (``ema_weights.npz`` goes there).
         decay: Per-step decay (see :func:`ema_decay`).
+        source: The model whose weights are averaged (None: the one being fitted). A
+            frozen run fits the top of a twin and averages the whole twin, so the file
+            holds the network's weights in the network's order.
 
     Returns:
         A ``keras.callbacks.Callback`` whose ``average`` holds the averaged weights.
@@ -272,15 +275,19 @@ def make_ema_callback(out_dir: Path, decay: float):
             super().__init__()
             self.average = None
 
+        def averaged(self):
+            return self.model if source is None else source
+
         def on_train_begin(self, logs=None):
             path = out_dir / EMA_FILE
             if path.is_file():
                 self.average = read_ema(out_dir)
             else:
-                self.average = [np.array(w, dtype=np.float64) for w in self.model.get_weights()]
+                weights = self.averaged().get_weights()
+                self.average = [np.array(w, dtype=np.float64) for w in weights]
 
         def on_train_batch_end(self, batch, logs=None):
-            for avg, w in zip(self.average, self.model.get_weights(), strict=True):
+            for avg, w in zip(self.average, self.averaged().get_weights(), strict=True):
                 avg *= decay
                 avg += (1.0 - decay) * w
 
@@ -384,9 +391,12 @@ def _start_or_resume(cfg: TrainConfig, prior: np.ndarray, steps: int, out_dir: P
     return model, state
 
 
-def _callbacks(cfg: TrainConfig, out_dir: Path, resume: bool, steps: int, best, view, state):
+def _callbacks(
+    cfg: TrainConfig, out_dir: Path, resume: bool, steps: int, best, view, state, averaged=None
+):
     """The epoch callbacks: held-out balanced accuracy (``best``), the history file, the
-    per-epoch checkpoint, early stopping and, with ``ema_half_life``, the weight average.
+    per-epoch checkpoint, early stopping and, with ``ema_half_life``, the weight average
+    (of ``averaged``, None: the model being fitted).
     """
     import keras
 
@@ -402,7 +412,8 @@ def _callbacks(cfg: TrainConfig, out_dir: Path, resume: bool, steps: int, best, 
     if cfg.ema_half_life > 0:
         if not resume:
             (out_dir / EMA_FILE).unlink(missing_ok=True)
-        callbacks.insert(0, make_ema_callback(out_dir, ema_decay(cfg.ema_half_life, steps)))
+        decay = ema_decay(cfg.ema_half_life, steps)
+        callbacks.insert(0, make_ema_callback(out_dir, decay, averaged))
     return callbacks
 
 
@@ -452,18 +463,19 @@ def fit_model(
         if plan is not None and plan.devices > 1:
             raise ValueError("--freeze-stages trains on one device; leave --devices at 1")
         prior = class_frequencies(y_tr)
-        fit_on, train_ds, view = _frozen_top(
+        fit_on, train_ds, view, averaged = _frozen_top(
             cfg, model, prior, train_stream, len(x_tr), out_dir, state
         )
         validation = None  # the top takes cached features, not images
     else:
         fit_on, train_ds, validation = model, train_stream(state["epochs_done"]), val_ds
         view = HostView(lambda: compile_model(cfg, class_frequencies(y_tr), steps))
+        averaged = None
     best = make_balanced_accuracy_callback(
         x_va, class_indices(y_va), cfg.batch_size * 2, meta_va, view
     )
     best.best, best.best_epoch = state["best"], state["best_epoch"]
-    callbacks = _callbacks(cfg, out_dir, resume, steps, best, view, state)
+    callbacks = _callbacks(cfg, out_dir, resume, steps, best, view, state, averaged)
     if cfg.freeze_stages:
         callbacks.append(frozen.optimizer_callback(fit_on, out_dir))
     weights = class_weights(y_tr, cfg.class_weight_power) if cfg.class_weight_power else None
@@ -525,9 +537,10 @@ def _stream_maker(cfg: TrainConfig, x_tr, y_tr, metas: dict | None, shard: tuple
 
 def _frozen_top(cfg: TrainConfig, model, prior, train_stream, n_images: int, out_dir: Path, state):
     """The compiled top above the first ``cfg.freeze_stages`` stages of a twin of ``model``,
-    its batches of cached views (:mod:`skin_model.train.frozen`) and the view that brings
-    the twin's values into ``model``; a resumed run gets its optimizer state back and
-    continues at its next epoch.
+    its batches of cached views (:mod:`skin_model.train.frozen`), the view that brings
+    the twin's values into ``model`` and the twin itself (what a weight average averages:
+    the network's layers in the network's order); a resumed run gets its optimizer state
+    back and continues at its next epoch.
     """
     from skin_model.model.architectures import spec_for
 
@@ -551,7 +564,7 @@ def _frozen_top(cfg: TrainConfig, model, prior, train_stream, n_images: int, out
         return model
 
     batches = frozen.cached_batches(cache, cfg.batch_size, cfg.seed, state["epochs_done"], distill)
-    return top, batches, view
+    return top, batches, view, twin
 
 
 def _sample_batch(codes, meta: np.ndarray | None, size: int):
