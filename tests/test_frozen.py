@@ -186,3 +186,48 @@ def test_the_teachers_see_the_cached_views_and_set_the_targets(tmp_path):
     expected = distilled_targets(cache.labels[0, idx], cache.teacher[0, idx], prior, 0.5)
     np.testing.assert_allclose(y, expected, atol=1e-6)
     assert (y.max(axis=1) < 1).all() and (y.max(axis=1) >= 0.5).all()  # label and teacher
+
+
+def test_mixup_blends_features_targets_and_context_with_one_weight_per_example():
+    from skin_model.train.frozen import mix
+
+    rng = np.random.default_rng(0)
+    x = np.arange(8, dtype=np.float32).reshape(8, 1, 1, 1) * np.ones((8, 2, 2, 3), np.float32)
+    y = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1, 2, 3]]
+    meta = np.arange(8, dtype=np.float32)[:, None] * np.ones((8, 5), np.float32)
+    mx, my, mm = mix([x, y, meta], 0.4, np.random.default_rng(1))
+    lam = np.random.default_rng(1).beta(0.4, 0.4, 8)
+    partner = np.random.default_rng(1)
+    partner.beta(0.4, 0.4, 8)
+    partner = partner.permutation(8)
+    expected = lam * np.arange(8) + (1 - lam) * partner
+    np.testing.assert_allclose(mx[:, 0, 0, 0], expected, rtol=1e-5)
+    np.testing.assert_allclose(mm[:, 0], expected, rtol=1e-5)  # the same mix of the context
+    np.testing.assert_allclose(my.sum(axis=1), 1.0, atol=1e-6)  # targets stay distributions
+    own = y.argmax(axis=1)
+    np.testing.assert_allclose(my[np.arange(8), own] >= lam - 1e-6, True)
+    assert not np.allclose(mx, x) and mix([None, y], 0.4, rng)[0] is None
+
+
+@pytest.mark.model
+def test_mixed_cached_batches_are_the_same_when_a_run_resumes():
+    from skin_model.train.frozen import ViewCache, cached_batches
+
+    rng = np.random.default_rng(2)
+    cache = ViewCache(
+        features=rng.normal(size=(2, 10, 2, 2, 3)).astype(np.float16),
+        labels=np.tile(np.eye(5, dtype=np.float32)[[0, 1, 2, 3, 4] * 2], (2, 1, 1)),
+    )
+    plain = cached_batches(cache, 4, seed=0, epoch=1)
+    mixed = cached_batches(cache, 4, seed=0, epoch=1, mixup=0.4)
+    resumed = cached_batches(cache, 4, seed=0, epoch=1, mixup=0.4)
+    (x0, y0), (x1, y1), (x2, y2) = plain[1], mixed[1], resumed[1]
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+    assert not np.allclose(x0, x1) and (y1.max(axis=1) < 1).any()
+    with pytest.raises(ConfigError, match="--mixup needs --freeze-stages"):
+        TrainConfig(mixup=0.4).validate()
+    from skin_model.reports.tables import recipe_text
+
+    cfg = TrainConfig(freeze_stages=3, mixup=0.4).validate()
+    assert "mixup of cached views, alpha 0.4" in recipe_text(vars(cfg))

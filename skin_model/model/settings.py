@@ -47,6 +47,7 @@ class TrainConfig:
     cached_views: int = 0
     teachers: str = ""
     distill_weight: float = 0.5
+    mixup: float = 0.0  # Beta(a, a) mixing of cached views (frozen runs); 0 = off
     bn_momentum: float = 0.9
     restore_best: bool = False
     ema_half_life: float = 0.0
@@ -100,6 +101,11 @@ class TrainConfig:
             (self.context_fusion_power < 0, "--context-fusion-power must be >= 0"),
             (not 0 < self.val_frac + self.test_frac < 1, "--val-frac + --test-frac must be < 1"),
             (self.cached_views < 0, "--cached-views must be >= 0 (0 = one per epoch)"),
+            (self.mixup < 0, "--mixup must be >= 0 (0 = off)"),
+            (
+                self.mixup > 0 and self.freeze_stages == 0,
+                "--mixup needs --freeze-stages: it mixes the cached views",
+            ),
             (
                 self.views not in VIEW_CHOICES,
                 "--views must be 0 (choose on validation), 1, 2, 4 or 8",

@@ -205,17 +205,40 @@ def distilled_targets(
     return ((1.0 - weight) * labels + weight * at_prior).astype(np.float32)
 
 
+def mix(
+    arrays: list[np.ndarray | None], alpha: float, rng: np.random.Generator
+) -> list[np.ndarray | None]:
+    """Mixup of one batch: every example becomes ``lam * itself + (1 - lam) * a partner``
+    (a permutation of the batch), ``lam ~ Beta(alpha, alpha)`` per example, the same
+    ``lam`` and partner for each array (features, targets, patient context; None stays
+    None). On cached stage outputs this is manifold mixup: the top sees mixed features and
+    learns the same mix of the targets.
+    """
+    n = len(next(a for a in arrays if a is not None))
+    lam = rng.beta(alpha, alpha, n).astype(np.float32)
+    partner = rng.permutation(n)
+
+    def blend(a):
+        w = lam.reshape((n,) + (1,) * (a.ndim - 1))
+        kind = a.dtype if a.dtype.kind == "f" else np.float32  # one-hot labels mix too
+        return (w * a + (1.0 - w) * a[partner]).astype(kind)
+
+    return [None if a is None else blend(a) for a in arrays]
+
+
 def cached_batches(
     cache: ViewCache,
     batch_size: int,
     seed: int,
     epoch: int = 0,
     distill: tuple[np.ndarray, float] | None = None,
+    mixup: float = 0.0,
 ):
     """Training batches from a :class:`ViewCache`: epoch ``e`` reads view ``e % V`` in a
     permutation seeded by ``seed`` and ``e`` (a resumed run passes its next ``epoch``);
     with ``distill=(prior, weight)`` and teachers' outputs in the cache, the targets are
-    :func:`distilled_targets`.
+    :func:`distilled_targets`; with ``mixup`` > 0 every batch is :func:`mix`-ed (drawn from
+    ``seed``, ``e`` and the batch index, so a resumed run mixes the same way).
     """
     import keras
 
@@ -239,9 +262,11 @@ def cached_batches(
             y = cache.labels[v, idx]
             if distill is not None and cache.teacher is not None:
                 y = distilled_targets(y, cache.teacher[v, idx], *distill)
-            if cache.metadata is None:
-                return x, y
-            return (x, cache.metadata[v, idx]), y
+            meta = None if cache.metadata is None else cache.metadata[v, idx]
+            if mixup > 0:
+                rng = np.random.default_rng([seed, self.epoch, index, 1])
+                x, y, meta = mix([x, y, meta], mixup, rng)
+            return (x, y) if meta is None else ((x, meta), y)
 
         def on_epoch_end(self) -> None:
             self.epoch += 1

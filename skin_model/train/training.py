@@ -563,7 +563,9 @@ def _frozen_top(cfg: TrainConfig, model, prior, train_stream, n_images: int, out
         frozen.copy_weights(twin, model)
         return model
 
-    batches = frozen.cached_batches(cache, cfg.batch_size, cfg.seed, state["epochs_done"], distill)
+    batches = frozen.cached_batches(
+        cache, cfg.batch_size, cfg.seed, state["epochs_done"], distill, cfg.mixup
+    )
     return top, batches, view, twin
 
 
@@ -770,6 +772,7 @@ def settings_summary(cfg: TrainConfig) -> str:
         "crop_min_scale",
         "freeze_stages",
         "teachers",
+        "mixup",
         "ema_half_life",
         "context_fusion_power",
         "width",
