@@ -225,6 +225,7 @@ def test_mixed_cached_batches_are_the_same_when_a_run_resumes():
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_array_equal(y1, y2)
     assert not np.allclose(x0, x1) and (y1.max(axis=1) < 1).any()
+    assert (y0.max(axis=1) == 1).all()  # without mixup: the labels as they are
     with pytest.raises(ConfigError, match="--mixup needs --freeze-stages"):
         TrainConfig(mixup=0.4).validate()
     from skin_model.reports.tables import recipe_text
