@@ -1,5 +1,5 @@
-"""Command line: ``python -m skin_model predict | evaluate | bench | ensemble | quality |
-export``.
+"""Command line: ``python -m skin_model predict | evaluate | bench | ensemble | candidates |
+quality | export``.
 
 Exit codes: 0 every file succeeded, 1 some files failed (their rows say why),
 2 usage errors (bad options, no inputs, unusable model or data folder).
@@ -177,6 +177,25 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_candidates(args: argparse.Namespace) -> int:
+    """``candidates``: models of one split on the pooled parts that chose, beside their test."""
+    from skin_model.data.dataset import DataError
+    from skin_model.evaluate.candidates import score_candidates
+    from skin_model.model.artifacts import ModelLoadError, write_json
+
+    try:
+        result = score_candidates(args.models, args.data_dir)
+    except (ModelLoadError, DataError, ValueError, FileNotFoundError, KeyError) as exc:
+        raise UsageError(f"{type(exc).__name__}: {exc}") from exc
+    if args.out:
+        write_json(args.out, result)
+    for row in result["rows"]:
+        print(f"{row['model']}: {row['changes']}")
+        print(f"  {'+'.join(result['parts'])}: {json.dumps(row['chosen_on'])}")
+        print(f"  test: {json.dumps(row['test'])}")
+    return 0
+
+
 def cmd_quality(args: argparse.Namespace) -> int:
     """``quality``: choose the image-quality limits on HAM10000 and write them."""
     import pandas as pd
@@ -343,6 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--data-dir", type=Path, default=default_data)
     n.add_argument("--out", type=Path, help="write the figures JSON here")
     n.set_defaults(func=cmd_ensemble)
+    c = sub.add_parser(
+        "candidates",
+        help="finalised models of one split on the validation and calibration parts pooled "
+        "(what chose between them), beside the test figures each run wrote",
+    )
+    c.add_argument("models", type=Path, nargs="+", help="the shipped model first, then others")
+    c.add_argument("--data-dir", type=Path, default=default_data)
+    c.add_argument("--out", type=Path, help="write the figures JSON here")
+    c.set_defaults(func=cmd_candidates)
     q = sub.add_parser("quality", help="choose the image-quality limits on HAM10000")
     q.add_argument("--data-dir", type=Path, default=default_data)
     q.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="whose split to use")

@@ -18,6 +18,22 @@ def test_readme_generated_sections_are_current():
     assert "<!-- metrics:start -->\n<!-- metrics:end -->" not in text
 
 
+def test_the_candidates_table_starts_with_the_shipped_model_as_it_is():
+    import json
+
+    from skin_model import DEFAULT_MODEL_DIR
+    from skin_model.evaluate.candidates import TEST_FIGURES
+    from skin_model.evaluate.metrics import headline_values
+    from skin_model.model.artifacts import read_json
+
+    assert readme.CANDIDATES_FILE.is_file(), "run `python -m skin_model candidates ...`"
+    first = json.loads(readme.CANDIDATES_FILE.read_text())["rows"][0]
+    assert first["model"] == DEFAULT_MODEL_DIR.name
+    assert first["changes"] == "(the shipped recipe)"
+    shipped = headline_values(read_json(DEFAULT_MODEL_DIR / "metrics.json"))
+    assert first["test"] == {k: round(shipped[k], 4) for k in TEST_FIGURES}
+
+
 def test_shipped_recipe_is_matched_on_backbone_size_and_epochs():
     shipped = {"architecture": "efficientnet_lite0", "input_size": 192, "epochs": 6, "seed": 1}
     assert readme.is_shipped_recipe({**shipped, "seed": 2}, shipped)

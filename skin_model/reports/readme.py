@@ -15,6 +15,7 @@ from skin_model.model.metrics_file import read_metrics
 from skin_model.model.settings import read_run_record
 from skin_model.reports.card import cv_summary_text, reproduce_command
 from skin_model.reports.tables import (
+    candidates_frame,
     context_frame,
     cv_frame,
     ensemble_frame,
@@ -34,6 +35,7 @@ SESSIONS_FILE = REPO_ROOT / "docs" / "load_sessions.json"
 ROBUSTNESS_GLOB = REPO_ROOT / "docs" / "robustness_*.json"
 ENSEMBLE_FILE = REPO_ROOT / "docs" / "ensemble.json"
 CV_ENSEMBLE_FILE = REPO_ROOT / "docs" / "cv_ensemble.json"
+CANDIDATES_FILE = REPO_ROOT / "docs" / "candidates.json"
 FROZEN_FILE = REPO_ROOT / "docs" / "bench_frozen.json"
 AUGMENT_FILE = REPO_ROOT / "docs" / "bench_augment.json"
 GPU_RUNS_DIR = REPO_ROOT / "docs" / "gpu_h200"
@@ -211,6 +213,20 @@ def ensemble_section(path: Path = ENSEMBLE_FILE) -> str:
     return markdown(ensemble_frame(json.loads(path.read_text())))
 
 
+def candidates_section(path: Path = CANDIDATES_FILE) -> str:
+    """The shipped model and the candidates for its place (``python -m skin_model
+    candidates --out docs/candidates.json``).
+    """
+    if not path.is_file():
+        return (
+            "_No candidates scored yet: run `python -m skin_model candidates models/default "
+            "DIR... --out docs/candidates.json`._"
+        )
+    result = json.loads(path.read_text())
+    head = f"{result['n_images']} images of the {' and '.join(result['parts'])} parts, pooled."
+    return head + "\n\n" + markdown(candidates_frame(result))
+
+
 def frozen_section(path: Path = FROZEN_FILE) -> str:
     """Seconds per training step, every layer against the top on cached outputs
     (``scripts/bench_frozen.py --out docs/bench_frozen.json``).
@@ -298,6 +314,7 @@ SECTIONS = {
     "cv_ensemble": cv_ensemble_section,
     "quality": quality_section,
     "ensemble": ensemble_section,
+    "candidates": candidates_section,
     "robustness": robustness_section,
     "bench": bench_section,
     "load": load_section,

@@ -301,6 +301,32 @@ def ensemble_frame(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def candidates_frame(result: dict) -> pd.DataFrame:
+    """One row per candidate of a ``python -m skin_model candidates`` result: the pooled
+    figures that chose, then the test figures its run wrote once.
+    """
+    parts = " + ".join(result["parts"])
+    rows = []
+    for row in result["rows"]:
+        chosen, test = row["chosen_on"], row["test"]
+        rows.append(
+            {
+                "model": row["model"],
+                "changed against the shipped recipe": row["changes"],
+                f"{parts}: balanced accuracy": chosen["balanced_accuracy"],
+                f"{parts}: malignant AUC": chosen["malignant_auc"],
+                f"{parts}: melanoma AUC": chosen["mel_auc"],
+                f"{parts}: melanoma sensitivity": chosen["mel_sensitivity"],
+                "test: balanced accuracy": test["balanced_accuracy"],
+                "test: malignant AUC": test["malignant_auc"],
+                "test: melanoma AUC": test["mel_auc"],
+                "test: melanoma sensitivity": test["mel_sensitivity"],
+                "fit min": row["train_minutes"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def attempts_frame(path: Path) -> pd.DataFrame:
     """Every recorded training attempt (``attempts.csv``), known columns in order."""
     if not Path(path).is_file():

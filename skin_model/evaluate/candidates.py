@@ -1,0 +1,103 @@
+"""Candidates for the shipped model, side by side on the figures that chose between them.
+
+Every candidate was trained on the shipped model's lesion split and judged, under a rule
+written before its run, on the validation and calibration parts pooled (image only, its
+own test-time views): :func:`score_candidates` recomputes those figures from the model
+directories and puts beside them the test figures each run wrote once (``metrics.json``)
+and what its recipe changed against the first directory's (the shipped model's).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from skin_model.data.dataset import class_indices, load_images, read_metadata
+from skin_model.evaluate.ensemble import figures, member_outputs, shared_split
+from skin_model.evaluate.metrics import headline_values
+from skin_model.model.artifacts import read_json
+from skin_model.runtime.inference import load_bundle
+
+POOLED_PARTS = ("val", "calib")
+"""The parts a ship rule reads: they chose epochs, views, temperature and thresholds, never
+the recipe's weights."""
+
+TEST_FIGURES = ("balanced_accuracy", "malignant_auc", "mel_auc", "mel_sensitivity")
+"""The test figures shown beside the choosing figures."""
+
+_NOT_RECIPE = {"name", "verbose", "limit"}
+
+
+def recipe_changes(settings: dict, reference: dict) -> str:
+    """What ``settings`` change against ``reference`` (training settings), in a few words.
+
+    Args:
+        settings: A run's training settings (``metrics.json`` ``training.settings``).
+        reference: The shipped run's settings.
+
+    Returns:
+        ``"key value; ..."`` for every differing setting (teachers by name; a setting a run
+        predates counts at its default), or ``"(the shipped recipe)"``.
+    """
+    from dataclasses import asdict
+
+    from skin_model.model.settings import TrainConfig
+
+    defaults = asdict(TrainConfig())
+    parts = []
+    for key in sorted(set(settings) | set(reference)):
+        new, old = (s.get(key, defaults.get(key)) for s in (settings, reference))
+        if key in _NOT_RECIPE or new == old:
+            continue
+        if key == "teachers":
+            names = [Path(t.strip()).name for t in str(new or "").split(",") if t.strip()]
+            new = f"{len(names)} ({', '.join(names)})" if names else "none"
+        parts.append(f"{key} {new}")
+    return "; ".join(parts) or "(the shipped recipe)"
+
+
+def score_candidates(
+    model_dirs: list[Path], data_dir: Path, parts: tuple[str, ...] = POOLED_PARTS
+) -> dict:
+    """Each finalised model on the pooled ``parts`` (image only) beside its test figures.
+
+    Args:
+        model_dirs: Finalised model directories on one split; the first is the reference
+            (the shipped model) the recipes are compared with.
+        data_dir: The HAM10000-layout folder they were trained from.
+        parts: Split parts pooled for the choosing figures.
+
+    Returns:
+        ``{"parts", "n_images", "rows": [{"model", "changes", "chosen_on", "test",
+        "train_minutes"}]}``; ``chosen_on`` holds :func:`~skin_model.evaluate.ensemble.figures`.
+
+    Raises:
+        ValueError: If the directories were trained on different splits.
+    """
+    model_dirs = [Path(d) for d in model_dirs]
+    split = shared_split(model_dirs)
+    df = read_metadata(data_dir).merge(split[["image_id", "split"]], on="image_id")
+    rows = df[df["split"].isin(parts)]
+    y = class_indices(rows["dx"])
+    images: dict[int, np.ndarray] = {}
+    metrics = [read_json(d / "metrics.json") for d in model_dirs]
+    reference = metrics[0]["training"]["settings"]
+    out = {"parts": list(parts), "n_images": len(rows), "rows": []}
+    for d, m in zip(model_dirs, metrics, strict=True):
+        bundle = load_bundle(d)
+        size = bundle.input_size
+        if size not in images:
+            images[size] = load_images(rows["path"].tolist(), size)
+        chosen = figures(member_outputs(bundle, images[size]), y, bundle.posthoc.class_prior)
+        test = headline_values(m)
+        out["rows"].append(
+            {
+                "model": d.name,
+                "changes": recipe_changes(m["training"]["settings"], reference),
+                "chosen_on": chosen,
+                "test": {k: None if test[k] is None else round(test[k], 4) for k in TEST_FIGURES},
+                "train_minutes": round(m["training"]["train_seconds"] / 60),
+            }
+        )
+    return out
