@@ -223,7 +223,10 @@ def candidates_section(path: Path = CANDIDATES_FILE) -> str:
             "DIR... --out docs/candidates.json`._"
         )
     result = json.loads(path.read_text())
-    head = f"{result['n_images']} images of the {' and '.join(result['parts'])} parts, pooled."
+    names = {"val": "validation", "calib": "calibration"}
+    parts = " and ".join(names.get(p, p) for p in result["parts"])
+    head = f"{result['n_images']} images of the {parts} parts, pooled"
+    head += " (image only, each model's own test-time views)."
     return head + "\n\n" + markdown(candidates_frame(result))
 
 

@@ -321,7 +321,7 @@ def candidates_frame(result: dict) -> pd.DataFrame:
                 "test: malignant AUC": test["malignant_auc"],
                 "test: melanoma AUC": test["mel_auc"],
                 "test: melanoma sensitivity": test["mel_sensitivity"],
-                "fit min": row["train_minutes"],
+                "minutes of epochs": row["train_minutes"],
             }
         )
     return pd.DataFrame(rows)

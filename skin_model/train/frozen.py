@@ -15,6 +15,10 @@ views and the top learns a mix of the label and the teachers' distribution
 (``--distill-weight``): one network takes in an ensemble's knowledge at the cost of one
 teacher pass per cached view.
 
+Two regularisers work on the cache too: ``--mixup ALPHA`` mixes every batch's views, targets
+and patient context with partners of the same batch (:func:`mix`), and ``--ema-half-life``
+keeps a weight average of the whole network (the twin below) beside the checkpoint.
+
 The top is cut from a twin of the network (cutting a graph at an inner tensor changes the
 layers' own graph records, and Keras could then no longer save a two-input network); after
 every epoch :func:`copy_weights` brings the twin's values into the network, so validation,
