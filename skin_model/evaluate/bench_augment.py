@@ -56,9 +56,7 @@ def shipped_recipe(size: int) -> TrainConfig:
 
 def cached_images(cfg: TrainConfig, n: int, seed: int = 0) -> np.ndarray:
     """``n`` random uint8 images at the side training caches them for ``cfg``."""
-    from skin_model.train.training import cache_size
-
-    side = cache_size(cfg)
+    side = cfg.cache_size()
     return np.random.default_rng(seed).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
 
 

@@ -6,6 +6,7 @@ defaults are the shipped model's recipe, chosen by lesion-grouped cross-validati
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -146,6 +147,10 @@ class TrainConfig:
             (not 0 < self.distill_weight <= 1, "--distill-weight must be in (0, 1]"),
             (bool(missing), f"--teachers: no model at {', '.join(missing)}"),
         ]
+
+    def cache_size(self) -> int:
+        """Side at which training images are cached: the smallest random crop is the input."""
+        return math.ceil(self.input_size / self.crop_min_scale)
 
     def teacher_paths(self) -> list[str]:
         """The teachers' model directories or ``.keras`` files (``--teachers A,B``)."""

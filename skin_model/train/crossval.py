@@ -387,7 +387,6 @@ def run_cv(
         The summary of :func:`summarise`.
     """
     from skin_model.data.dataset import load_images_at
-    from skin_model.train.training import cache_size
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -397,7 +396,7 @@ def run_cv(
         write_json(out_dir / RUN_CONFIG_FILE, config_dict(cfg.validate()))
     pool = cv_pool(data_dir, cfg, n_folds)
     t0 = time.perf_counter()
-    cached, inputs = load_images_at(pool["path"].tolist(), (cache_size(cfg), cfg.input_size))
+    cached, inputs = load_images_at(pool["path"].tolist(), (cfg.cache_size(), cfg.input_size))
     images = {"cache": cached, "input": inputs}
     print(f"cross-validation pool: {len(pool)} images; loaded in {time.perf_counter() - t0:.0f}s")
     for k in only if only is not None else range(n_folds):

@@ -619,11 +619,6 @@ def local_copy(model, cfg: TrainConfig, prior: np.ndarray):
     return copy
 
 
-def cache_size(cfg: TrainConfig) -> int:
-    """Side at which training images are cached: the smallest random crop is the input."""
-    return int(np.ceil(cfg.input_size / cfg.crop_min_scale))
-
-
 def train_model(
     data_dir: Path,
     out_dir: Path,
@@ -664,7 +659,7 @@ def train_model(
     t0 = time.perf_counter()
     is_train = (df["split"] == "train").to_numpy()
     train_paths = df.loc[is_train, "path"].tolist()
-    train_images, train_at_input = load_images_at(train_paths, (cache_size(cfg), cfg.input_size))
+    train_images, train_at_input = load_images_at(train_paths, (cfg.cache_size(), cfg.input_size))
     (images,) = load_images_at(df.loc[~is_train, "path"].tolist(), (cfg.input_size,))
     print(f"loaded {len(df)} images in {time.perf_counter() - t0:.1f}s")
     rest = df[~is_train]
