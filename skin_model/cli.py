@@ -295,6 +295,19 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+def _candidates_options(sub, default_data: Path) -> None:
+    """The ``candidates`` subcommand and its options."""
+    c = sub.add_parser(
+        "candidates",
+        help="finalised models of one split on the validation and calibration parts pooled "
+        "(what chose between them), beside the test figures each run wrote",
+    )
+    c.add_argument("models", type=Path, nargs="+", help="the shipped model first, then others")
+    c.add_argument("--data-dir", type=Path, default=default_data)
+    c.add_argument("--out", type=Path, help="write the figures JSON here")
+    c.set_defaults(func=cmd_candidates)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its subcommands."""
     default_data = Path(os.environ.get("HAM10000_DIR", DEFAULT_DATA_DIR))
@@ -362,15 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--data-dir", type=Path, default=default_data)
     n.add_argument("--out", type=Path, help="write the figures JSON here")
     n.set_defaults(func=cmd_ensemble)
-    c = sub.add_parser(
-        "candidates",
-        help="finalised models of one split on the validation and calibration parts pooled "
-        "(what chose between them), beside the test figures each run wrote",
-    )
-    c.add_argument("models", type=Path, nargs="+", help="the shipped model first, then others")
-    c.add_argument("--data-dir", type=Path, default=default_data)
-    c.add_argument("--out", type=Path, help="write the figures JSON here")
-    c.set_defaults(func=cmd_candidates)
+    _candidates_options(sub, default_data)
     q = sub.add_parser("quality", help="choose the image-quality limits on HAM10000")
     q.add_argument("--data-dir", type=Path, default=default_data)
     q.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="whose split to use")

@@ -16,7 +16,7 @@ import numpy as np
 from skin_model.data.dataset import class_indices, load_images, read_metadata
 from skin_model.evaluate.ensemble import figures, member_outputs, shared_split
 from skin_model.evaluate.metrics import headline_values
-from skin_model.model.artifacts import read_json
+from skin_model.model.artifacts import METRICS_FILE, read_json
 from skin_model.runtime.inference import load_bundle
 
 POOLED_PARTS = ("val", "calib")
@@ -51,7 +51,7 @@ def recipe_changes(settings: dict, reference: dict) -> str:
         if key in _NOT_RECIPE or new == old:
             continue
         if key == "teachers":
-            names = [Path(t.strip()).name for t in str(new or "").split(",") if t.strip()]
+            names = [Path(t).name for t in TrainConfig(teachers=new or "").teacher_paths()]
             new = f"{len(names)} ({', '.join(names)})" if names else "none"
         parts.append(f"{key} {new}")
     return "; ".join(parts) or "(the shipped recipe)"
@@ -81,7 +81,7 @@ def score_candidates(
     rows = df[df["split"].isin(parts)]
     y = class_indices(rows["dx"])
     images: dict[int, np.ndarray] = {}
-    metrics = [read_json(d / "metrics.json") for d in model_dirs]
+    metrics = [read_json(d / METRICS_FILE) for d in model_dirs]
     reference = metrics[0]["training"]["settings"]
     out = {"parts": list(parts), "n_images": len(rows), "rows": []}
     for d, m in zip(model_dirs, metrics, strict=True):
