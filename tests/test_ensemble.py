@@ -75,6 +75,8 @@ def test_candidates_are_scored_on_the_pooled_parts_beside_their_test(
     first, second = result["rows"]
     assert first["changes"] == "(the shipped recipe)" and second["changes"] == "ema_half_life 1.0"
     assert first["chosen_on"] == second["chosen_on"]  # the same weights, the same figures
+    assert first["against_first"] is None
+    assert second["against_first"]["balanced_accuracy"]["difference"] == 0
     assert second["test"]["balanced_accuracy"] == 0.123 != first["test"]["balanced_accuracy"]
     out = tmp_path / "candidates.json"
     assert main(["candidates", str(trained_dir), str(twin), "--data-dir", str(tiny_data),
@@ -83,6 +85,7 @@ def test_candidates_are_scored_on_the_pooled_parts_beside_their_test(
 
     table = candidates_section(out)
     assert "| twin | ema_half_life 1.0 |" in table and "val + calib: balanced accuracy" in table
+    assert "+0.000 (+0.000 to +0.000)" in table  # the twin against the first row
     gone = str(tmp_path / "gone")
     rc = main(["candidates", str(trained_dir), gone, "--data-dir", str(tiny_data)])
     assert rc == 2 and "gone" in capsys.readouterr().err

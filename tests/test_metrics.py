@@ -170,3 +170,33 @@ def test_certain_predictions_score_without_warnings():
         warnings.simplefilter("error")
         m = compute_metrics(y, probs, 0.5)
     assert m["balanced_accuracy"] == 1.0 and 0 < m["log_loss"] < 1e-5
+
+
+def test_paired_differences_of_one_model_with_itself_are_zero():
+    from skin_model.evaluate.metrics import paired_differences
+
+    y, p = _noisy_set()
+    ids = np.arange(len(y)).astype(str)
+    same = (p, p.argmax(axis=1))
+    for key, block in paired_differences(y, same, same, ids, n_boot=50).items():
+        assert block["difference"] == 0 and block["interval"] == [0.0, 0.0], key
+        assert block["share_above"] == 0.0
+
+
+def test_paired_differences_by_hand_and_their_sign():
+    from skin_model.evaluate.metrics import paired_differences
+
+    y, p = _noisy_set()
+    ids = np.arange(len(y)).astype(str)
+    noisy, perfect = (p, p.argmax(axis=1)), (_probs(y), y)
+    point = compute_metrics(y, p, 0.5)
+    up = paired_differences(y, noisy, perfect, ids, n_boot=200)
+    ba = up["balanced_accuracy"]
+    assert ba["difference"] == pytest.approx(1 - point["balanced_accuracy"], abs=1e-4)
+    assert 0 < ba["interval"][0] <= ba["difference"] <= ba["interval"][1]
+    assert ba["interval"][1] - ba["interval"][0] > 0.02  # the resamples were weighted
+    assert ba["share_above"] == 1.0
+    auc = up["malignant_auc"]
+    assert auc["difference"] == pytest.approx(1 - point["malignant"]["auc"], abs=1e-4)
+    down = paired_differences(y, perfect, noisy, ids, n_boot=200)["balanced_accuracy"]
+    assert down["difference"] == -ba["difference"] and down["interval"][1] < 0

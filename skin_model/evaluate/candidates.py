@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from skin_model.data.dataset import class_indices, load_images, read_metadata
-from skin_model.evaluate.ensemble import figures, member_outputs, shared_split
-from skin_model.evaluate.metrics import headline_values
+from skin_model.evaluate.ensemble import decided, figures, member_outputs, shared_split
+from skin_model.evaluate.metrics import headline_values, paired_differences
 from skin_model.model.artifacts import METRICS_FILE, read_json
 from skin_model.runtime.inference import load_bundle
 
@@ -69,8 +69,11 @@ def score_candidates(
         parts: Split parts pooled for the choosing figures.
 
     Returns:
-        ``{"parts", "n_images", "rows": [{"model", "changes", "chosen_on", "test",
-        "train_minutes"}]}``; ``chosen_on`` holds :func:`~skin_model.evaluate.ensemble.figures`.
+        ``{"parts", "n_images", "rows": [{"model", "changes", "chosen_on", "against_first",
+        "test", "train_minutes"}]}``; ``chosen_on`` holds
+        :func:`~skin_model.evaluate.ensemble.figures`, ``against_first`` the paired
+        lesion-bootstrap difference from the first model on the same images
+        (:func:`~skin_model.evaluate.metrics.paired_differences`; ``None`` in the first row).
 
     Raises:
         ValueError: If the directories were trained on different splits.
@@ -80,22 +83,28 @@ def score_candidates(
     df = read_metadata(data_dir).merge(split[["image_id", "split"]], on="image_id")
     rows = df[df["split"].isin(parts)]
     y = class_indices(rows["dx"])
+    lesions = rows["lesion_id"].to_numpy()
     images: dict[int, np.ndarray] = {}
     metrics = [read_json(d / METRICS_FILE) for d in model_dirs]
     reference = metrics[0]["training"]["settings"]
     out = {"parts": list(parts), "n_images": len(rows), "rows": []}
+    first = None
     for d, m in zip(model_dirs, metrics, strict=True):
         bundle = load_bundle(d)
         size = bundle.input_size
         if size not in images:
             images[size] = load_images(rows["path"].tolist(), size)
-        chosen = figures(member_outputs(bundle, images[size]), y, bundle.posthoc.class_prior)
+        raw, prior = member_outputs(bundle, images[size]), bundle.posthoc.class_prior
+        outputs = decided(raw, prior)
+        against = None if first is None else paired_differences(y, first, outputs, lesions)
+        first = outputs if first is None else first
         test = headline_values(m)
         out["rows"].append(
             {
                 "model": d.name,
                 "changes": recipe_changes(m["training"]["settings"], reference),
-                "chosen_on": chosen,
+                "chosen_on": figures(raw, y, prior),
+                "against_first": against,
                 "test": {k: None if test[k] is None else round(test[k], 4) for k in TEST_FIGURES},
                 "train_minutes": round(m["training"]["train_seconds"] / 60),
             }

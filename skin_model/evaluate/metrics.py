@@ -17,6 +17,7 @@ from skin_model import CLASSES, MALIGNANT
 from skin_model.model.calibration import (
     binary_calibration,
     is_malignant,
+    lesion_resample_weights,
     malignant_probability,
     reliability,
 )
@@ -263,6 +264,75 @@ def bootstrap_intervals(
             samples.setdefault(key, []).append(value)
     tail = (1 - level) / 2 * 100
     return {k: np.percentile(v, [tail, 100 - tail]).round(4).tolist() for k, v in samples.items()}
+
+
+PAIRED = ("balanced_accuracy", "malignant_auc", "mel_auc")
+"""The figures :func:`paired_differences` compares two models on."""
+
+
+def _weighted_paired(
+    y_idx: np.ndarray, probs: np.ndarray, pred: np.ndarray, weights: np.ndarray
+) -> dict[str, float]:
+    """:data:`PAIRED` figures of one model under per-image resample ``weights``."""
+    per_class = [
+        np.sum(weights * (y_idx == c) * (pred == c)) / np.sum(weights * (y_idx == c))
+        for c in np.unique(y_idx[weights > 0])
+    ]
+    mel, risk = CLASSES.index("mel"), malignant_probability(probs)
+    return {
+        "balanced_accuracy": float(np.mean(per_class)),
+        "malignant_auc": float(skm.roc_auc_score(is_malignant(y_idx), risk, sample_weight=weights)),
+        "mel_auc": float(skm.roc_auc_score(y_idx == mel, probs[:, mel], sample_weight=weights)),
+    }
+
+
+def paired_differences(
+    y_idx: np.ndarray,
+    first: tuple[np.ndarray, np.ndarray],
+    second: tuple[np.ndarray, np.ndarray],
+    groups: Sequence[str],
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """How much ``second`` scores above ``first`` on the same images, with a paired
+    lesion-bootstrap interval (both models see every resample, so the noise they share
+    cancels: the interval says whether a difference is larger than the images' luck).
+
+    Args:
+        y_idx: (N,) true class indices.
+        first: ``(probs, decisions)`` of the reference model: (N, K) and (N,).
+        second: ``(probs, decisions)`` of the model compared with it.
+        groups: (N,) lesion id of each image (whole lesions are resampled).
+        n_boot: Resamples.
+        level: Coverage of the interval.
+        seed: Seed of the resampling.
+
+    Returns:
+        ``{figure: {"difference": second - first, "interval": [low, high],
+        "share_above": share of resamples where second scores higher}}`` for
+        :data:`PAIRED`.
+    """
+    y_idx = np.asarray(y_idx)
+    ones = np.ones(len(y_idx))
+    a, b = (_weighted_paired(y_idx, p, np.asarray(d), ones) for p, d in (first, second))
+    samples: dict[str, list[float]] = {k: [] for k in PAIRED}
+    mal, mel = is_malignant(y_idx), y_idx == CLASSES.index("mel")
+    for w in lesion_resample_weights(groups, n_boot, seed):
+        if not (0 < np.sum(w * mal) < np.sum(w) and np.sum(w * mel) > 0):
+            continue
+        wa, wb = (_weighted_paired(y_idx, p, np.asarray(d), w) for p, d in (first, second))
+        for k in PAIRED:
+            samples[k].append(wb[k] - wa[k])
+    tail = (1 - level) / 2 * 100
+    return {
+        k: {
+            "difference": round(b[k] - a[k], 4),
+            "interval": np.percentile(samples[k], [tail, 100 - tail]).round(4).tolist(),
+            "share_above": round(float(np.mean(np.asarray(samples[k]) > 0)), 3),
+        }
+        for k in PAIRED
+    }
 
 
 HEADLINES = ("balanced_accuracy", "malignant_auc", "mel_auc", "mel_sensitivity", "macro_auc")

@@ -301,6 +301,14 @@ def ensemble_frame(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _paired(against: dict | None, key: str) -> str:
+    """``"+0.007 (-0.012 to +0.026)"`` for a paired difference, ``""`` without one."""
+    if not against or key not in against:
+        return ""
+    diff, (low, high) = against[key]["difference"], against[key]["interval"]
+    return f"{diff:+.3f} ({low:+.3f} to {high:+.3f})"
+
+
 def candidates_frame(result: dict) -> pd.DataFrame:
     """One row per candidate of a ``python -m skin_model candidates`` result: the pooled
     figures that chose, then the test figures its run wrote once.
@@ -317,6 +325,12 @@ def candidates_frame(result: dict) -> pd.DataFrame:
                 f"{parts}: malignant AUC": chosen["malignant_auc"],
                 f"{parts}: melanoma AUC": chosen["mel_auc"],
                 f"{parts}: melanoma sensitivity": chosen["mel_sensitivity"],
+                f"{parts}: balanced accuracy − first row (95% interval)": _paired(
+                    row.get("against_first"), "balanced_accuracy"
+                ),
+                f"{parts}: malignant AUC − first row (95% interval)": _paired(
+                    row.get("against_first"), "malignant_auc"
+                ),
                 "test: balanced accuracy": test["balanced_accuracy"],
                 "test: malignant AUC": test["malignant_auc"],
                 "test: melanoma AUC": test["mel_auc"],
