@@ -157,3 +157,15 @@ def test_make_dataset_only_augments_training():
     assert np.array_equal(x_eval.numpy(), images.astype(np.float32))
     x_train, y_train = next(iter(make_dataset(images, labels, 10, training=True)))
     assert x_train.shape == (10, 16, 16, 3) and y_train.shape == (10, 7)
+
+
+def test_split_seed_keeps_the_lesions_when_the_training_seed_changes(tiny_data):
+    from skin_model.model.settings import TrainConfig
+    from skin_model.train.training import prepare_data
+
+    def split(**settings):
+        return prepare_data(tiny_data, TrainConfig(**settings))["split"]
+
+    assert split(seed=43, split_seed=42).equals(split(seed=42))
+    assert not split(seed=43).equals(split(seed=42))  # --seed alone still moves the split
+    assert TrainConfig(seed=43).lesion_seed() == 43 and TrainConfig(split_seed=7).lesion_seed() == 7

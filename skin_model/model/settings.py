@@ -59,6 +59,7 @@ class TrainConfig:
     context_fusion_feed_network: bool = True
     patience: int = 25
     seed: int = 42
+    split_seed: int = -1  # the lesion split's and the folds' seed; -1 = --seed
     val_frac: float = 0.15
     test_frac: float = 0.15
     calib_share: float = 0.5
@@ -151,6 +152,12 @@ class TrainConfig:
     def cache_size(self) -> int:
         """Side at which training images are cached: the smallest random crop is the input."""
         return math.ceil(self.input_size / self.crop_min_scale)
+
+    def lesion_seed(self) -> int:
+        """Seed of the lesion split, the subsample and the folds: ``--split-seed``, else
+        ``--seed`` (so another ``--seed`` on ``--split-seed 42`` retrains on the same lesions).
+        """
+        return self.seed if self.split_seed < 0 else self.split_seed
 
     def teacher_paths(self) -> list[str]:
         """The teachers' model directories or ``.keras`` files (``--teachers A,B``)."""

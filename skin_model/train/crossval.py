@@ -247,7 +247,7 @@ def cv_pool(data_dir: Path, cfg: TrainConfig, n_folds: int) -> pd.DataFrame:
 
     df = prepare_data(data_dir, cfg)
     pool = df[df["split"].isin(["train", "val"])].reset_index(drop=True)
-    pool["fold"] = assign_folds(pool, n_folds, cfg.seed)
+    pool["fold"] = assign_folds(pool, n_folds, cfg.lesion_seed())
     return pool
 
 

@@ -175,8 +175,8 @@ def prepare_data(data_dir: Path, cfg: TrainConfig) -> pd.DataFrame:
     """
     df = read_metadata(Path(data_dir))
     if cfg.limit:
-        df = subsample_lesions(df, cfg.limit, cfg.seed)
-    df["split"] = split_by_lesion(df, cfg.val_frac, cfg.test_frac, cfg.seed)
+        df = subsample_lesions(df, cfg.limit, cfg.lesion_seed())
+    df["split"] = split_by_lesion(df, cfg.val_frac, cfg.test_frac, cfg.lesion_seed())
     df["split"] = carve_calibration(df, cfg.calib_share)
     empty = [s for s in ("train", "val", "calib", "test") if not (df["split"] == s).any()]
     if empty:
@@ -780,6 +780,7 @@ def settings_summary(cfg: TrainConfig) -> str:
         "patience",
         "limit",
         "seed",
+        "split_seed",
     )
     return " ".join(f"{k}={getattr(cfg, k)}" for k in keys)
 
