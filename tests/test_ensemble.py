@@ -78,6 +78,10 @@ def test_candidates_are_scored_on_the_pooled_parts_beside_their_test(
     assert first["against_first"] is None
     assert second["against_first"]["balanced_accuracy"]["difference"] == 0
     assert second["test"]["balanced_accuracy"] == 0.123 != first["test"]["balanced_accuracy"]
+    (pair,) = result["pairs"]  # the first averaged with each other one
+    assert pair["model"] == f"{trained_dir.name} + twin" and "test" not in pair
+    assert pair["chosen_on"] == first["chosen_on"]  # a network averaged with itself
+    assert pair["against_first"]["mel_auc"]["difference"] == 0
     out = tmp_path / "candidates.json"
     assert main(["candidates", str(trained_dir), str(twin), "--data-dir", str(tiny_data),
                  "--out", str(out)]) == 0  # fmt: skip
@@ -86,6 +90,7 @@ def test_candidates_are_scored_on_the_pooled_parts_beside_their_test(
     table = candidates_section(out)
     assert "| twin | ema_half_life 1.0 |" in table and "val + calib: balanced accuracy" in table
     assert "+0.000 (+0.000 to +0.000)" in table  # the twin against the first row
+    assert f"| {trained_dir.name} + twin |" in table and "first model alone" in table
     gone = str(tmp_path / "gone")
     rc = main(["candidates", str(trained_dir), gone, "--data-dir", str(tiny_data)])
     assert rc == 2 and "gone" in capsys.readouterr().err

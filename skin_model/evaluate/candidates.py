@@ -5,6 +5,8 @@ written before its run, on the validation and calibration parts pooled (image on
 own test-time views): :func:`score_candidates` recomputes those figures from the model
 directories and puts beside them the test figures each run wrote once (``metrics.json``)
 and what its recipe changed against the first directory's (the shipped model's).
+:func:`pair_rows` scores the first model averaged with each other one on the same images (a
+two-network ensemble's case, before anything is built for it).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def score_candidates(
 
     Returns:
         ``{"parts", "n_images", "rows": [{"model", "changes", "chosen_on", "against_first",
-        "test", "train_minutes"}]}``; ``chosen_on`` holds
+        "test", "train_minutes"}], "pairs": pair_rows(...)}``; ``chosen_on`` holds
         :func:`~skin_model.evaluate.ensemble.figures`, ``against_first`` the paired
         lesion-bootstrap difference from the first model on the same images
         (:func:`~skin_model.evaluate.metrics.paired_differences`; ``None`` in the first row).
@@ -88,16 +90,20 @@ def score_candidates(
     metrics = [read_json(d / METRICS_FILE) for d in model_dirs]
     reference = metrics[0]["training"]["settings"]
     out = {"parts": list(parts), "n_images": len(rows), "rows": []}
-    first = None
+    first, raws, priors = None, [], []
     for d, m in zip(model_dirs, metrics, strict=True):
         bundle = load_bundle(d)
         size = bundle.input_size
         if size not in images:
             images[size] = load_images(rows["path"].tolist(), size)
         raw, prior = member_outputs(bundle, images[size]), bundle.posthoc.class_prior
+        raws.append(raw)
+        priors.append(prior)
         outputs = decided(raw, prior)
-        against = None if first is None else paired_differences(y, first, outputs, lesions)
-        first = outputs if first is None else first
+        if first is None:
+            first, against = outputs, None
+        else:
+            against = paired_differences(y, first, outputs, lesions)
         test = headline_values(m)
         out["rows"].append(
             {
@@ -109,4 +115,38 @@ def score_candidates(
                 "train_minutes": round(m["training"]["train_seconds"] / 60),
             }
         )
+    names = [d.name for d in model_dirs]
+    out["pairs"] = pair_rows(names, raws, y, lesions, priors[0])
     return out
+
+
+def pair_rows(
+    names: list[str], raws: list[np.ndarray], y: np.ndarray, lesions: np.ndarray, prior
+) -> list[dict]:
+    """The first model averaged with each other one, on the same images as the rows.
+
+    Args:
+        names: Model names, the first the reference.
+        raws: Each model's (N, K) balanced-prior outputs on the pooled images.
+        y: (N,) true class indices.
+        lesions: (N,) lesion id of each image.
+        prior: The class prior the balanced rule decides with (the first model's).
+
+    Returns:
+        ``[{"model": "first + other", "chosen_on", "against_first"}]``: the pair's
+        :func:`~skin_model.evaluate.ensemble.figures` and its paired difference from the
+        first model alone (no test figures: a pair is read on the test split only once
+        chosen and built).
+    """
+    reference = decided(raws[0], prior)
+    rows = []
+    for name, raw in zip(names[1:], raws[1:], strict=True):
+        mean = np.mean([raws[0], raw], axis=0)
+        rows.append(
+            {
+                "model": f"{names[0]} + {name}",
+                "chosen_on": figures(mean, y, prior),
+                "against_first": paired_differences(y, reference, decided(mean, prior), lesions),
+            }
+        )
+    return rows

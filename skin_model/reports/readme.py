@@ -23,6 +23,7 @@ from skin_model.reports.tables import (
     levers_frame,
     load_frame,
     markdown,
+    pairs_frame,
     per_class_frame,
     robustness_frame,
     targets_frame,
@@ -227,7 +228,14 @@ def candidates_section(path: Path = CANDIDATES_FILE) -> str:
     parts = " and ".join(names.get(p, p) for p in result["parts"])
     head = f"{result['n_images']} images of the {parts} parts, pooled"
     head += " (image only, each model's own test-time views)."
-    return head + "\n\n" + markdown(candidates_frame(result))
+    text = head + "\n\n" + markdown(candidates_frame(result))
+    if result.get("pairs"):
+        text += (
+            "\n\nTwo networks averaged (the mean of their balanced-prior outputs, decided by"
+            " the same balanced rule), on the same images; a pair has no test figures until"
+            " it is chosen and built.\n\n" + markdown(pairs_frame(result))
+        )
+    return text
 
 
 def frozen_section(path: Path = FROZEN_FILE) -> str:

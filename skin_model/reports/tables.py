@@ -341,6 +341,35 @@ def candidates_frame(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def pairs_frame(result: dict) -> pd.DataFrame:
+    """One row per two-network average of a ``python -m skin_model candidates`` result:
+    the pooled figures and the difference from the first model alone (no test figures).
+    """
+    parts = " + ".join(result["parts"])
+    rows = []
+    for row in result.get("pairs", []):
+        chosen, against = row["chosen_on"], row["against_first"]
+        rows.append(
+            {
+                "average of": row["model"],
+                f"{parts}: balanced accuracy": chosen["balanced_accuracy"],
+                f"{parts}: malignant AUC": chosen["malignant_auc"],
+                f"{parts}: melanoma AUC": chosen["mel_auc"],
+                f"{parts}: melanoma sensitivity": chosen["mel_sensitivity"],
+                f"{parts}: balanced accuracy − first model alone (95% interval)": _paired(
+                    against, "balanced_accuracy"
+                ),
+                f"{parts}: malignant AUC − first model alone (95% interval)": _paired(
+                    against, "malignant_auc"
+                ),
+                f"{parts}: melanoma AUC − first model alone (95% interval)": _paired(
+                    against, "mel_auc"
+                ),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def attempts_frame(path: Path) -> pd.DataFrame:
     """Every recorded training attempt (``attempts.csv``), known columns in order."""
     if not Path(path).is_file():
