@@ -34,6 +34,22 @@ def test_the_candidates_table_starts_with_the_shipped_model_as_it_is():
     assert first["test"] == {k: round(shipped[k], 4) for k in TEST_FIGURES}
 
 
+def test_the_frozen_fold_table_reads_each_run_s_fold_files(tmp_path):
+    import json
+
+    import pandas as pd
+
+    fold = tmp_path / "run-a" / "fold0"
+    fold.mkdir(parents=True)
+    (fold / "fold.json").write_text(json.dumps({"train_seconds": 1830, "epochs_run": 3}))
+    pd.DataFrame({"epoch": [0, 1, 2], "accuracy": [0.5, 0.6, 0.714]}).to_csv(
+        fold / "history.csv", index=False
+    )
+    table = readme.frozen_fold_section(tmp_path, ("run-a", "run-missing"))
+    assert table.splitlines()[2:] == ["| `run-a` | 30 | 3 | 0.71 |"]  # the last epoch's
+    assert "No fold-0 runs" in readme.frozen_fold_section(tmp_path, ("run-missing",))
+
+
 def test_shipped_recipe_is_matched_on_backbone_size_and_epochs():
     shipped = {"architecture": "efficientnet_lite0", "input_size": 192, "epochs": 6, "seed": 1}
     assert readme.is_shipped_recipe({**shipped, "seed": 2}, shipped)

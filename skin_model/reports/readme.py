@@ -263,6 +263,33 @@ def frozen_section(path: Path = FROZEN_FILE) -> str:
     return "\n".join(lines)
 
 
+FROZEN_FOLD_RUNS = ("cv-efficientnet_lite0-192-e6", "cv-efficientnet_lite0-192-e6-frozen3")
+"""The every-layer and the frozen-top run of one recipe on fold 0, compared in the README."""
+
+
+def frozen_fold_section(root: Path = REPO_ROOT / "models", names=FROZEN_FOLD_RUNS) -> str:
+    """Fold 0 of each run in ``names``: minutes and the last epoch's training accuracy (its
+    ``fold0/fold.json`` and ``fold0/history.csv``; the held-out figures are the lever table's).
+    """
+    import pandas as pd
+
+    lines = [
+        "| fold-0 run | minutes (caching and held-out scoring included) | epochs | "
+        "training accuracy, last epoch |",
+        "|---|---|---|---|",
+    ]
+    for name in names:
+        fold = Path(root) / name / "fold0"
+        if not (fold / "history.csv").is_file():
+            continue
+        info, last = read_json(fold / "fold.json"), pd.read_csv(fold / "history.csv").iloc[-1]
+        lines.append(
+            f"| `{name}` | {info['train_seconds'] / 60:.0f} | {info['epochs_run']} | "
+            f"{last['accuracy']:.2f} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else "_No fold-0 runs of that pair kept._"
+
+
 def augment_section(path: Path = AUGMENT_FILE) -> str:
     """Milliseconds per image of the NumPy augmentation and batches per second with its
     threads (``python -m skin_model.evaluate.bench_augment --out docs/bench_augment.json``).
@@ -331,6 +358,7 @@ SECTIONS = {
     "load": load_section,
     "sessions": sessions_section,
     "frozen": frozen_section,
+    "frozen_fold": frozen_fold_section,
     "augment": augment_section,
     "gpu_runs": gpu_runs_section,
 }
