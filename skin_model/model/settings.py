@@ -10,7 +10,12 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from skin_model.model.artifacts import CHECKPOINT_FILE, FITTED_WEIGHTS_FILE, RUN_CONFIG_FILE
+from skin_model.model.artifacts import (
+    CHECKPOINT_FILE,
+    FITTED_WEIGHTS_FILE,
+    MODEL_FILE,
+    RUN_CONFIG_FILE,
+)
 
 LOSSES = ("logit_adjusted", "crossentropy")
 
@@ -49,6 +54,7 @@ class TrainConfig:
     teachers: str = ""
     distill_weight: float = 0.5
     mixup: float = 0.0  # Beta(a, a) mixing of cached views (frozen runs); 0 = off
+    members: str = ""  # finalised model directories averaged into one network, no fitting
     bn_momentum: float = 0.9
     restore_best: bool = False
     ema_half_life: float = 0.0
@@ -114,6 +120,7 @@ class TrainConfig:
             ),
             *self._freeze_checks(spec),
             *self._teacher_checks(),
+            *self._member_checks(),
         ]
         for failed, reason in checks:
             if failed:
@@ -148,6 +155,21 @@ class TrainConfig:
             (not 0 < self.distill_weight <= 1, "--distill-weight must be in (0, 1]"),
             (bool(missing), f"--teachers: no model at {', '.join(missing)}"),
         ]
+
+    def _member_checks(self) -> list[tuple[bool, str]]:
+        """Checks of ``--members`` (trained networks averaged instead of a fit)."""
+        if not self.members:
+            return []
+        paths = self.member_paths()
+        missing = [m for m in paths if not (Path(m) / MODEL_FILE).is_file()]
+        return [
+            (len(paths) < 2, "--members needs two or more model directories"),
+            (bool(missing), f"--members: no model directory at {', '.join(missing)}"),
+        ]
+
+    def member_paths(self) -> list[str]:
+        """The finalised model directories ``--members A,B`` averages."""
+        return [m.strip() for m in self.members.split(",") if m.strip()]
 
     def cache_size(self) -> int:
         """Side at which training images are cached: the smallest random crop is the input."""

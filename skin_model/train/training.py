@@ -677,7 +677,12 @@ def train_model(
     net_metas = metas if cfg.metadata else None
     shard = (cluster.index, cluster.processes) if cluster.source == "JAX" else (0, 1)
     with session(plan):
-        model, fit_info = fit_model(cfg, parts, out_dir, resume, net_metas, shard, plan)
+        if cfg.members:
+            from skin_model.train.averaged import averaged_fit
+
+            model, fit_info = averaged_fit(cfg, out_dir)
+        else:
+            model, fit_info = fit_model(cfg, parts, out_dir, resume, net_metas, shard, plan)
     if not cluster.is_chief:
         shutil.rmtree(out_dir, ignore_errors=True)
         print(f"process {cluster.index}: done; process 0 writes {final_dir}")
@@ -767,6 +772,7 @@ def settings_summary(cfg: TrainConfig) -> str:
         "crop_min_scale",
         "freeze_stages",
         "teachers",
+        "members",
         "mixup",
         "ema_half_life",
         "context_fusion_power",

@@ -1,0 +1,71 @@
+"""A run that averages finalised networks instead of fitting one (``train.py --members A,B``).
+
+The members must have been trained on the lesion split these settings draw, with the same
+architecture, input size and inputs; their networks become one
+(:func:`skin_model.model.averaging.average_networks`), which is then finalised like any
+fitted network (views, post-hoc layer and threshold on the parts that chose nothing for it,
+detector, heatmap layer, the test split once).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from skin_model.data.dataset import DataError
+from skin_model.model.artifacts import CONFIG_FILE, METRICS_FILE, MODEL_FILE, SPLIT_FILE, read_json
+from skin_model.model.settings import TrainConfig
+
+
+def check_member(member: Path, cfg: TrainConfig, split: pd.DataFrame) -> None:
+    """Raise :class:`DataError` unless ``member`` fits the run: same split and network shape.
+
+    Args:
+        member: A finalised model directory.
+        cfg: The averaging run's settings.
+        split: The run's own ``split.csv`` as read back from disk.
+    """
+    config = read_json(member / CONFIG_FILE)
+    found = (config["architecture"], int(config["input_size"]), bool(config["metadata_input"]))
+    wanted = (cfg.architecture, cfg.input_size, bool(cfg.metadata))
+    if found != wanted:
+        raise DataError(
+            f"--members: {member} is {found[0]} @{found[1]} px (patient context "
+            f"{found[2]}); these settings ask {wanted[0]} @{wanted[1]} px ({wanted[2]})"
+        )
+    if not pd.read_csv(member / SPLIT_FILE).equals(split):
+        raise DataError(
+            f"--members: {member} was trained on another lesion split than these settings "
+            "draw (--seed / --split-seed, --val-frac, --test-frac, --limit)"
+        )
+
+
+def averaged_fit(cfg: TrainConfig, out_dir: Path):
+    """The members of ``cfg`` averaged into one network, and a fit summary of their runs.
+
+    Args:
+        cfg: Settings with ``members``; the run's split is already in ``out_dir``.
+        out_dir: The averaging run's directory.
+
+    Returns:
+        ``(model, {"epochs_run", "best_epoch", "train_seconds", "members"})``: the
+        members' largest epoch counts, their summed training seconds and their directories.
+    """
+    import keras
+
+    import skin_model.model.networks  # noqa: F401  (registers the custom layers)
+    from skin_model.model.averaging import average_networks
+
+    split = pd.read_csv(Path(out_dir) / SPLIT_FILE)
+    members = [Path(m) for m in cfg.member_paths()]
+    for member in members:
+        check_member(member, cfg, split)
+    networks = [keras.models.load_model(m / MODEL_FILE, compile=False) for m in members]
+    fits = [read_json(m / METRICS_FILE)["training"] for m in members]
+    return average_networks(networks), {
+        "epochs_run": max(f["epochs_run"] for f in fits),
+        "best_epoch": max(f["best_epoch"] for f in fits),
+        "train_seconds": round(sum(f["train_seconds"] for f in fits), 1),
+        "members": [str(m) for m in members],
+    }

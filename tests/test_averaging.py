@@ -1,0 +1,99 @@
+"""Networks averaged into one: the mean of the members' logits, one flat network, a run
+that finalises it like a fitted one."""
+
+import json
+import shutil
+from dataclasses import replace
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from skin_model.model.averaging import JOINED, average_networks
+from skin_model.model.networks import PREDICTIONS, make_efficientnet_lite
+from skin_model.model.settings import ConfigError, TrainConfig
+
+
+def _inputs(n: int = 3):
+    rng = np.random.default_rng(0)
+    return [rng.uniform(0, 255, (n, 32, 32, 3)).astype("float32"), rng.random((n, 4), "float32")]
+
+
+def test_the_average_is_the_softmax_of_the_members_mean_logits():
+    a, b = (make_efficientnet_lite(32, metadata_dim=4, colour_constancy=6) for _ in range(2))
+    b.set_weights([w + 0.05 for w in b.get_weights()])  # another network, same shape
+    merged = average_networks([a, b])
+    x = _inputs()
+    logits = [np.log(m.predict(x, verbose=0)) for m in (a, b)]
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(np.mean(logits, axis=0)))
+    np.testing.assert_allclose(merged.predict(x, verbose=0), expected, rtol=1e-3, atol=1e-4)
+    assert not any(isinstance(layer, keras.Model) for layer in merged.layers)  # flat
+    assert merged.layers[-1].name == PREDICTIONS and merged.layers[-2].name == JOINED
+    assert merged.get_layer("top_relu") is not merged.get_layer("m1_top_relu")  # the first's
+    assert [t.name for t in merged.inputs] == [t.name for t in a.inputs]
+
+
+def test_averaging_needs_two_networks_with_the_same_inputs():
+    a = make_efficientnet_lite(32, metadata_dim=4)
+    with pytest.raises(ValueError, match="at least two"):
+        average_networks([a])
+    with pytest.raises(ValueError, match="inputs differ"):
+        average_networks([a, make_efficientnet_lite(32)])
+
+
+def test_members_need_two_existing_model_directories(trained_dir, tmp_path):
+    with pytest.raises(ConfigError, match="two or more"):
+        TrainConfig(members=str(trained_dir)).validate()
+    with pytest.raises(ConfigError, match="no model directory"):
+        TrainConfig(members=f"{trained_dir},{tmp_path / 'gone'}").validate()
+
+
+def _fixture_settings(trained_dir) -> TrainConfig:
+    """The settings the smoke-trained fixture was trained with."""
+    from skin_model.model.settings import read_run_config
+
+    return read_run_config(trained_dir)
+
+
+def test_an_averaging_run_finalises_the_members_as_one_network(trained_dir, tiny_data, tmp_path):
+    from skin_model.runtime.inference import load_bundle
+    from skin_model.train.training import train_model
+
+    twin = tmp_path / "twin"
+    shutil.copytree(trained_dir, twin)
+    cfg = replace(_fixture_settings(trained_dir), members=f"{trained_dir},{twin}", name="avg")
+    out = tmp_path / "models" / "avg"
+    metrics = train_model(tiny_data, out, cfg.validate())
+    assert metrics["training"]["members"] == [str(trained_dir), str(twin)]
+    assert metrics["training"]["settings"]["members"] == cfg.members
+    member = json.loads((trained_dir / "metrics.json").read_text())["training"]
+    assert metrics["training"]["train_seconds"] == pytest.approx(2 * member["train_seconds"])
+    averaged, single = load_bundle(out), load_bundle(trained_dir)
+    images = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    meta = np.zeros((4, averaged.model.inputs[1].shape[-1]), "float32")
+    np.testing.assert_allclose(  # a network averaged with itself is that network
+        averaged.model.predict([images, meta], verbose=0),
+        single.model.predict([images, meta], verbose=0),
+        atol=1e-5,
+    )
+    attempts = pd.read_csv(out.parent / "attempts.csv")
+    assert "members=" in attempts.loc[attempts["directory"] == "avg", "settings"].item()
+
+
+def test_members_of_another_split_are_refused(trained_dir, tiny_data, tmp_path, capsys):
+    import train
+
+    other = tmp_path / "other"
+    shutil.copytree(trained_dir, other)
+    split = pd.read_csv(other / "split.csv")
+    split.loc[0, "split"] = "test" if split.loc[0, "split"] != "test" else "train"
+    split.to_csv(other / "split.csv", index=False)
+    cfg = _fixture_settings(trained_dir)
+    argv = [
+        "--data-dir", str(tiny_data), "--out", str(tmp_path / "avg"),
+        "--architecture", cfg.architecture, "--input-size", str(cfg.input_size),
+        "--weights", "none", "--members", f"{trained_dir},{other}",
+    ]  # fmt: skip
+    assert train.main(argv) == 2
+    assert "another lesion split" in capsys.readouterr().err
