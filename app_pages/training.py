@@ -2,6 +2,8 @@
 epoch whose weights each run kept; cross-validation, ensemble and attempts tables.
 """
 
+from pathlib import Path
+
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -36,6 +38,15 @@ def kept_epoch(directory, history: pd.DataFrame) -> int:
     except ArtifactError:
         best = None
     return int(history["epoch"].max()) if best is None else best
+
+
+def shipped_runs(names: list[str]) -> list[str]:
+    """The shipped model's run among ``names``, or the runs its averaged network is made of."""
+    try:
+        members = [Path(m).name for m in read_metrics(model_dir()).members]
+    except ArtifactError:
+        members = []
+    return [n for n in members or [model_dir().name] if n in names] or names[:1]
 
 
 def long_history(dirs) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -96,8 +107,7 @@ if not dirs:
     st.error(f"No model directory with a history.csv was found under {root}.")
     st.stop()
 names = [d.name for d in dirs]
-default = [model_dir().name] if model_dir().name in names else names[:1]
-chosen = st.multiselect("Runs to compare", names, default=default)
+chosen = st.multiselect("Runs to compare", names, default=shipped_runs(names))
 data, kept = long_history([d for d in dirs if d.name in chosen])
 curves(data, kept)
 

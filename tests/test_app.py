@@ -344,3 +344,20 @@ def test_metrics_page_shows_targets_from_metrics_file(monkeypatch, shipped_model
     assert first["achieved"] == f"{m['balanced_accuracy']:.3f}"
     assert first["met"] == ("yes" if m["balanced_accuracy"] >= 0.72 else "no")
     assert len(table) == len(m["targets"])
+
+
+def test_the_training_page_starts_at_the_runs_an_averaged_network_is_made_of(
+    monkeypatch, trained_dir, tmp_path
+):
+    root = tmp_path / "models"
+    for name in ("run-a", "run-b", "run-c", "avg"):
+        shutil.copytree(trained_dir, root / name)
+    (root / "avg" / "history.csv").unlink()  # an average has no epochs of its own
+    metrics = json.loads((root / "avg" / "metrics.json").read_text())
+    metrics["training"]["members"] = ["models/run-b", "models/run-c"]
+    (root / "avg" / "metrics.json").write_text(json.dumps(metrics))
+    at = _app(monkeypatch, root / "avg")
+    at.switch_page("app_pages/training.py").run()
+    assert not at.exception and not _errors(at)
+    assert at.multiselect[0].value == ["run-b", "run-c"]
+    assert at.multiselect[0].options == ["run-a", "run-b", "run-c"]

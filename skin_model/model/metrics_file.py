@@ -330,6 +330,13 @@ class Metrics(Scores):
         best = self.training.get("best_epoch")
         return None if best is None else int(best)
 
+    @property
+    def members(self) -> list[str]:
+        """The model directories an averaged network was made of (``train.py --members``;
+        it has no epochs of its own), else ``[]``.
+        """
+        return [str(m) for m in self.training.get("members") or []]
+
 
 def read_metrics(model_dir: Path) -> Metrics:
     """A model directory's ``metrics.json``, typed.
