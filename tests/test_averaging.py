@@ -77,6 +77,8 @@ def test_an_averaging_run_finalises_the_members_as_one_network(trained_dir, tiny
         single.model.predict([images, meta], verbose=0),
         atol=1e-5,
     )
+    card = (out / "MODEL_CARD.md").read_text()
+    assert f"The average of 2 networks (`{trained_dir.name}`, `twin`)" in card
     attempts = pd.read_csv(out.parent / "attempts.csv")
     assert "members=" in attempts.loc[attempts["directory"] == "avg", "settings"].item()
 

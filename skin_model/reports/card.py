@@ -181,6 +181,23 @@ def calibration_lines(config: dict, m: Metrics) -> list[str]:
     return lines
 
 
+def training_line(config: dict, m: Metrics) -> str:
+    """The card bullet saying how the network was trained (or which networks it averages)."""
+    tr = m.training
+    if m.members:
+        names = ", ".join(f"`{Path(d).name}`" for d in m.members)
+        return (
+            f"- The average of {len(m.members)} networks ({names}), trained on the same "
+            "lesions: one network whose logits are their mean, averaged and finalised "
+            f"{config['trained_on']} on {tr['device']}; {tr['train_seconds'] / 60:.1f} min of "
+            "their epochs together (each member's card says how it was trained)."
+        )
+    return (
+        f"- Trained {config['trained_on']} on {tr['device']} in {tr['train_seconds'] / 60:.1f} "
+        f"min ({tr['epochs_run']} epochs; weights of epoch {tr['best_epoch']} kept)."
+    )
+
+
 def card_sections(model_dir: Path) -> dict[str, str]:
     """The model card's sections in reading order, as Markdown: what it is for first, the
     figures next, what was tried, and provenance and file digests last.
@@ -191,7 +208,6 @@ def card_sections(model_dir: Path) -> dict[str, str]:
     model_dir = Path(model_dir)
     config = read_model_config(model_dir).to_dict()
     m = read_metrics(model_dir)
-    tr = m.training
     counts = {s: sum(v.values()) for s, v in m.split.items()}
     model = [
         "## The model",
@@ -199,8 +215,7 @@ def card_sections(model_dir: Path) -> dict[str, str]:
         f"- Architecture: `{config['architecture']}`, input {config['input_size']}x"
         f"{config['input_size']} RGB, {m.model['parameters']:,} parameters, "
         f"{m.model['file_bytes'] / 1e6:.1f} MB.",
-        f"- Trained {config['trained_on']} on {tr['device']} in {tr['train_seconds'] / 60:.1f} "
-        f"min ({tr['epochs_run']} epochs; weights of epoch {tr['best_epoch']} kept).",
+        training_line(config, m),
         f"- Data: HAM10000 (Tschandl et al. 2018, CC BY-NC 4.0), {sum(counts.values())} images "
         f"split by `lesion_id` into train {counts['train']} / validation {counts['val']} / "
         + (f"calibration {counts['calib']} / " if "calib" in counts else "")
