@@ -52,6 +52,8 @@ def test_recipe_changes_name_what_differs_from_the_shipped_recipe():
     changed = dict(shipped, mixup=0.2, teachers="m/a, m/b, models/default")
     assert recipe_changes(changed, shipped) == "mixup 0.2; teachers 3 (a, b, default)"
     assert recipe_changes(dict(shipped, teachers=""), shipped) == "teachers none"
+    averaged = dict(shipped, members="models/a, models/b")
+    assert recipe_changes(shipped, averaged) == "members none"  # one network of the recipe
     older = {k: v for k, v in shipped.items() if k != "mixup"}  # predates the setting
     assert recipe_changes(older, shipped) == "(the shipped recipe)"  # = its default, 0
 

@@ -52,8 +52,8 @@ def recipe_changes(settings: dict, reference: dict) -> str:
         new, old = (s.get(key, defaults.get(key)) for s in (settings, reference))
         if key in _NOT_RECIPE or new == old:
             continue
-        if key == "teachers":
-            names = [Path(t).name for t in TrainConfig(teachers=new or "").teacher_paths()]
+        if key in ("teachers", "members"):
+            names = [Path(t).name for t in (new or "").split(",") if t.strip()]
             new = f"{len(names)} ({', '.join(names)})" if names else "none"
         parts.append(f"{key} {new}")
     return "; ".join(parts) or "(the shipped recipe)"

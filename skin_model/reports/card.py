@@ -75,6 +75,19 @@ def reproduce_command(training: dict, out: str = "models/default") -> str:
     return " ".join([*head, *flags])
 
 
+def reproduce_commands(training: dict, out: str = "models/default") -> list[str]:
+    """:func:`reproduce_command` of a model, preceded by its members' own commands when it
+    averages networks (each member's settings from its ``metrics.json``).
+    """
+    from skin_model import REPO_ROOT
+
+    commands = []
+    for member in [m.strip() for m in (training.get("members") or "").split(",") if m.strip()]:
+        settings = read_metrics(REPO_ROOT / member).training.get("settings", {})
+        commands.append(reproduce_command(settings, member))
+    return [*commands, reproduce_command(training, out)]
+
+
 def cv_summary_text(cv: dict) -> str:
     """One sentence saying what a cross-validation run was."""
     s = cv["settings"]
@@ -221,7 +234,10 @@ def card_sections(model_dir: Path) -> dict[str, str]:
         + (f"calibration {counts['calib']} / " if "calib" in counts else "")
         + f"test {counts['test']}, stratified by diagnosis (`split.csv`).",
         *[line for line in calibration_lines(config, m) if "Initial weights" not in line],
-        f"- Reproduce: `{reproduce_command(config['training'], f'models/{model_dir.name}')}`",
+        "- Reproduce: "
+        + "; then ".join(
+            f"`{c}`" for c in reproduce_commands(config["training"], f"models/{model_dir.name}")
+        ),
     ]
     numbers = [
         f"## Headline numbers (test split, {m.n_images} images)",
