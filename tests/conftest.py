@@ -217,3 +217,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(getattr(pytest.mark, group))
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def on_another_split(model_dir: Path, dest: Path) -> Path:
+    """A copy of ``model_dir`` at ``dest`` whose ``split.csv`` moves one image to another part."""
+    import shutil
+
+    shutil.copytree(model_dir, dest)
+    split = pd.read_csv(dest / "split.csv")
+    split.loc[0, "split"] = "test" if split.loc[0, "split"] != "test" else "train"
+    split.to_csv(dest / "split.csv", index=False)
+    return dest

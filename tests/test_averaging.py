@@ -13,6 +13,7 @@ import pytest
 from skin_model.model.averaging import JOINED, average_networks
 from skin_model.model.networks import PREDICTIONS, make_efficientnet_lite
 from skin_model.model.settings import ConfigError, TrainConfig
+from tests.conftest import on_another_split
 
 
 def _inputs(n: int = 3):
@@ -88,11 +89,7 @@ def test_an_averaging_run_finalises_the_members_as_one_network(trained_dir, tiny
 def test_members_of_another_split_are_refused(trained_dir, tiny_data, tmp_path, capsys):
     import train
 
-    other = tmp_path / "other"
-    shutil.copytree(trained_dir, other)
-    split = pd.read_csv(other / "split.csv")
-    split.loc[0, "split"] = "test" if split.loc[0, "split"] != "test" else "train"
-    split.to_csv(other / "split.csv", index=False)
+    other = on_another_split(trained_dir, tmp_path / "other")
     cfg = _fixture_settings(trained_dir)
     argv = [
         "--data-dir", str(tiny_data), "--out", str(tmp_path / "avg"),

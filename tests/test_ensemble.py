@@ -10,6 +10,7 @@ from skin_model import CLASSES
 from skin_model.cli import main
 from skin_model.evaluate.ensemble import evaluate_ensemble, figures
 from skin_model.evaluate.metrics import HEADLINES
+from tests.conftest import on_another_split
 
 
 def test_figures_of_perfect_outputs():
@@ -34,11 +35,7 @@ def test_two_copies_of_one_model_score_as_the_model(trained_dir, tiny_data, tmp_
 
 
 def test_members_on_another_split_are_refused(trained_dir, tiny_data, tmp_path, capsys):
-    other = tmp_path / "other"
-    shutil.copytree(trained_dir, other)
-    split = pd.read_csv(other / "split.csv")
-    split.loc[0, "split"] = "test" if split.loc[0, "split"] != "test" else "train"
-    split.to_csv(other / "split.csv", index=False)
+    other = on_another_split(trained_dir, tmp_path / "other")
     rc = main(["ensemble", str(trained_dir), str(other), "--data-dir", str(tiny_data)])
     assert rc == 2
     assert "another split" in capsys.readouterr().err

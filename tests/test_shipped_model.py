@@ -16,7 +16,8 @@ from skin_model.runtime.inference import predict_images
 
 
 def test_shipped_model_is_small_and_verified(shipped_model_dir, shipped_bundle):
-    assert (shipped_model_dir / "model.keras").stat().st_size < 25 * 2**20
+    size = sum(f.stat().st_size for f in shipped_model_dir.iterdir() if f.is_file())
+    assert size < 50e6  # the whole directory, the limit
     assert shipped_bundle.model.layers[-1].name == "predictions"
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from skin_model import CLASSES, display_name
-from skin_model.evaluate.metrics import target_status
+from skin_model.evaluate.metrics import PAIRED, target_status
 from skin_model.model.artifacts import ATTEMPT_COLUMNS
 from skin_model.model.metrics_file import Metrics, Scores
 
@@ -309,6 +309,29 @@ def _paired(against: dict | None, key: str) -> str:
     return f"{diff:+.3f} ({low:+.3f} to {high:+.3f})"
 
 
+_PAIRED_LABELS = {
+    "balanced_accuracy": "balanced accuracy",
+    "malignant_auc": "malignant AUC",
+    "mel_auc": "melanoma AUC",
+}
+
+
+def _pooled(parts: str, chosen: dict, against: dict | None, base: str, paired) -> dict:
+    """The pooled-parts columns of a candidates or pairs row: the four figures, then the
+    paired differences from ``base`` for the ``paired`` figures.
+    """
+    columns = {
+        f"{parts}: balanced accuracy": chosen["balanced_accuracy"],
+        f"{parts}: malignant AUC": chosen["malignant_auc"],
+        f"{parts}: melanoma AUC": chosen["mel_auc"],
+        f"{parts}: melanoma sensitivity": chosen["mel_sensitivity"],
+    }
+    for key in paired:
+        label = f"{parts}: {_PAIRED_LABELS[key]} − {base} (95% interval)"
+        columns[label] = _paired(against, key)
+    return columns
+
+
 def candidates_frame(result: dict) -> pd.DataFrame:
     """One row per candidate of a ``python -m skin_model candidates`` result: the pooled
     figures that chose, then the test figures its run wrote once.
@@ -321,16 +344,7 @@ def candidates_frame(result: dict) -> pd.DataFrame:
             {
                 "model": row["model"],
                 "changed against the shipped recipe": row["changes"],
-                f"{parts}: balanced accuracy": chosen["balanced_accuracy"],
-                f"{parts}: malignant AUC": chosen["malignant_auc"],
-                f"{parts}: melanoma AUC": chosen["mel_auc"],
-                f"{parts}: melanoma sensitivity": chosen["mel_sensitivity"],
-                f"{parts}: balanced accuracy − first row (95% interval)": _paired(
-                    row.get("against_first"), "balanced_accuracy"
-                ),
-                f"{parts}: malignant AUC − first row (95% interval)": _paired(
-                    row.get("against_first"), "malignant_auc"
-                ),
+                **_pooled(parts, chosen, row.get("against_first"), "first row", PAIRED[:2]),
                 "test: balanced accuracy": test["balanced_accuracy"],
                 "test: malignant AUC": test["malignant_auc"],
                 "test: melanoma AUC": test["mel_auc"],
@@ -352,19 +366,7 @@ def pairs_frame(result: dict) -> pd.DataFrame:
         rows.append(
             {
                 "average of": row["model"],
-                f"{parts}: balanced accuracy": chosen["balanced_accuracy"],
-                f"{parts}: malignant AUC": chosen["malignant_auc"],
-                f"{parts}: melanoma AUC": chosen["mel_auc"],
-                f"{parts}: melanoma sensitivity": chosen["mel_sensitivity"],
-                f"{parts}: balanced accuracy − first model alone (95% interval)": _paired(
-                    against, "balanced_accuracy"
-                ),
-                f"{parts}: malignant AUC − first model alone (95% interval)": _paired(
-                    against, "malignant_auc"
-                ),
-                f"{parts}: melanoma AUC − first model alone (95% interval)": _paired(
-                    against, "mel_auc"
-                ),
+                **_pooled(parts, chosen, against, "first model alone", PAIRED),
             }
         )
     return pd.DataFrame(rows)
