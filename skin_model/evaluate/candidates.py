@@ -44,7 +44,7 @@ def recipe_changes(settings: dict, reference: dict) -> str:
     """
     from dataclasses import asdict
 
-    from skin_model.model.settings import TrainConfig
+    from skin_model.model.settings import TrainConfig, comma_paths
 
     defaults = asdict(TrainConfig())
     parts = []
@@ -53,7 +53,7 @@ def recipe_changes(settings: dict, reference: dict) -> str:
         if key in _NOT_RECIPE or new == old:
             continue
         if key in ("teachers", "members"):
-            names = [Path(t).name for t in (new or "").split(",") if t.strip()]
+            names = [Path(t).name for t in comma_paths(new)]
             new = f"{len(names)} ({', '.join(names)})" if names else "none"
         parts.append(f"{key} {new}")
     return "; ".join(parts) or "(the shipped recipe)"
@@ -90,7 +90,7 @@ def score_candidates(
     metrics = [read_json(d / METRICS_FILE) for d in model_dirs]
     reference = metrics[0]["training"]["settings"]
     out = {"parts": list(parts), "n_images": len(rows), "rows": []}
-    first, raws, priors = None, [], []
+    first, raws = None, []
     for d, m in zip(model_dirs, metrics, strict=True):
         bundle = load_bundle(d)
         size = bundle.input_size
@@ -98,10 +98,9 @@ def score_candidates(
             images[size] = load_images(rows["path"].tolist(), size)
         raw, prior = member_outputs(bundle, images[size]), bundle.posthoc.class_prior
         raws.append(raw)
-        priors.append(prior)
         outputs = decided(raw, prior)
         if first is None:
-            first, against = outputs, None
+            first, first_prior, against = outputs, prior, None
         else:
             against = paired_differences(y, first, outputs, lesions)
         test = headline_values(m)
@@ -116,7 +115,7 @@ def score_candidates(
             }
         )
     names = [d.name for d in model_dirs]
-    out["pairs"] = pair_rows(names, raws, y, lesions, priors[0])
+    out["pairs"] = pair_rows(names, raws, y, lesions, first_prior)
     return out
 
 

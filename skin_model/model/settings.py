@@ -28,6 +28,11 @@ VIEW_CHOICES = (0, 1, 2, 4, 8)
 flips (:func:`skin_model.runtime.inference.dihedral_views`)."""
 
 
+def comma_paths(text: str | None) -> list[str]:
+    """The paths of a ``A,B`` option value (``--teachers``, ``--members``), blanks dropped."""
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run (all recorded in ``config.json``)."""
@@ -169,7 +174,7 @@ class TrainConfig:
 
     def member_paths(self) -> list[str]:
         """The finalised model directories ``--members A,B`` averages."""
-        return [m.strip() for m in self.members.split(",") if m.strip()]
+        return comma_paths(self.members)
 
     def cache_size(self) -> int:
         """Side at which training images are cached: the smallest random crop is the input."""
@@ -183,7 +188,7 @@ class TrainConfig:
 
     def teacher_paths(self) -> list[str]:
         """The teachers' model directories or ``.keras`` files (``--teachers A,B``)."""
-        return [t.strip() for t in self.teachers.split(",") if t.strip()]
+        return comma_paths(self.teachers)
 
     def for_fold(self, k: int) -> TrainConfig:
         """The settings of cross-validation fold ``k``: ``{fold}`` in ``--teachers`` becomes

@@ -15,7 +15,7 @@ from skin_model.model.artifacts import (
 )
 from skin_model.model.config import read_model_config
 from skin_model.model.metrics_file import Metrics, read_metrics
-from skin_model.model.settings import TrainConfig
+from skin_model.model.settings import TrainConfig, comma_paths
 from skin_model.reports.tables import (
     attempts_frame,
     context_frame,
@@ -82,7 +82,7 @@ def reproduce_commands(training: dict, out: str = "models/default") -> list[str]
     from skin_model import REPO_ROOT
 
     commands = []
-    for member in [m.strip() for m in (training.get("members") or "").split(",") if m.strip()]:
+    for member in comma_paths(training.get("members")):
         settings = read_metrics(REPO_ROOT / member).training.get("settings", {})
         commands.append(reproduce_command(settings, member))
     return [*commands, reproduce_command(training, out)]
@@ -194,20 +194,27 @@ def calibration_lines(config: dict, m: Metrics) -> list[str]:
     return lines
 
 
-def training_line(config: dict, m: Metrics) -> str:
-    """The card bullet saying how the network was trained (or which networks it averages)."""
+def training_sentence(m: Metrics, finalised: str = "") -> str:
+    """How the network was trained (or which networks it averages), in one sentence.
+
+    Args:
+        m: Its metrics.
+        finalised: The finalisation date to name, or ``""``.
+    """
     tr = m.training
+    when = f" {finalised}" if finalised else ""
+    minutes = f"{tr['train_seconds'] / 60:.1f} min"
     if m.members:
         names = ", ".join(f"`{Path(d).name}`" for d in m.members)
         return (
-            f"- The average of {len(m.members)} networks ({names}), trained on the same "
-            "lesions: one network whose logits are their mean, averaged and finalised "
-            f"{config['trained_on']} on {tr['device']}; {tr['train_seconds'] / 60:.1f} min of "
-            "their epochs together (each member's card says how it was trained)."
+            f"The average of {len(m.members)} networks ({names}), trained on the same "
+            f"lesions: one network whose logits are their mean, averaged and finalised{when} "
+            f"on {tr['device']}; {minutes} of their epochs together (each member's own "
+            "command and card say how it was trained)."
         )
     return (
-        f"- Trained {config['trained_on']} on {tr['device']} in {tr['train_seconds'] / 60:.1f} "
-        f"min ({tr['epochs_run']} epochs; weights of epoch {tr['best_epoch']} kept)."
+        f"Trained{when} on {tr['device']} in {minutes} ({tr['epochs_run']} epochs; weights "
+        f"of epoch {tr['best_epoch']} kept)."
     )
 
 
@@ -228,7 +235,7 @@ def card_sections(model_dir: Path) -> dict[str, str]:
         f"- Architecture: `{config['architecture']}`, input {config['input_size']}x"
         f"{config['input_size']} RGB, {m.model['parameters']:,} parameters, "
         f"{m.model['file_bytes'] / 1e6:.1f} MB.",
-        training_line(config, m),
+        "- " + training_sentence(m, config["trained_on"]),
         f"- Data: HAM10000 (Tschandl et al. 2018, CC BY-NC 4.0), {sum(counts.values())} images "
         f"split by `lesion_id` into train {counts['train']} / validation {counts['val']} / "
         + (f"calibration {counts['calib']} / " if "calib" in counts else "")

@@ -13,7 +13,7 @@ from skin_model import DEFAULT_MODEL_DIR, REPO_ROOT
 from skin_model.model.artifacts import CV_FILE, find_cv_dirs, read_json
 from skin_model.model.metrics_file import read_metrics
 from skin_model.model.settings import read_run_record
-from skin_model.reports.card import cv_summary_text, reproduce_commands
+from skin_model.reports.card import cv_summary_text, reproduce_commands, training_sentence
 from skin_model.reports.tables import (
     candidates_frame,
     context_frame,
@@ -42,29 +42,13 @@ AUGMENT_FILE = REPO_ROOT / "docs" / "bench_augment.json"
 GPU_RUNS_DIR = REPO_ROOT / "docs" / "gpu_h200"
 
 
-def trained_text(m) -> str:
-    """One sentence saying how the shipped network was trained (or what it averages)."""
-    tr = m.training
-    minutes = f"{tr['train_seconds'] / 60:.0f} min"
-    if m.members:
-        names = ", ".join(f"`{Path(d).name}`" for d in m.members)
-        return (
-            f"The average of {len(m.members)} networks ({names}), trained on {tr['device']} "
-            f"in {minutes} of epochs together (each member's command first, then the average)."
-        )
-    return (
-        f"Trained on {tr['device']} in {minutes} "
-        f"({tr['epochs_run']} epochs; weights of epoch {tr['best_epoch']} kept)."
-    )
-
-
 def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
     """Headline and per-class tables from the shipped model's metrics.json."""
     m = read_metrics(model_dir)
     tr = m.training
     lines = [
         f"Test split: {m.n_images} images of lesions never seen in training or validation. "
-        + trained_text(m)
+        + training_sentence(m)
         + " Reproduce it with:",
         "",
         "```bash",
