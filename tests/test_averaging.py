@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skin_model.model.averaging import JOINED, average_networks
-from skin_model.model.networks import PREDICTIONS, make_efficientnet_lite
+from skin_model.model.averaging import JOINED, average_networks, shared_layers
+from skin_model.model.networks import PREDICTIONS, lite_stage_ends, make_efficientnet_lite
 from skin_model.model.settings import ConfigError, TrainConfig
 from tests.conftest import on_another_split
 
@@ -33,6 +33,32 @@ def test_the_average_is_the_softmax_of_the_members_mean_logits():
     assert merged.layers[-1].name == PREDICTIONS and merged.layers[-2].name == JOINED
     assert merged.get_layer("top_relu") is not merged.get_layer("m1_top_relu")  # the first's
     assert [t.name for t in merged.inputs] == [t.name for t in a.inputs]
+
+
+def test_a_trunk_the_members_share_is_computed_once():
+    a, b = (make_efficientnet_lite(32, metadata_dim=4, colour_constancy=6) for _ in range(2))
+    b.set_weights(a.get_weights())
+    end = lite_stage_ends()[2]
+    after = [x.name for x in a.layers][[x.name for x in a.layers].index(end) + 1 :]
+    for name in after:  # the top differs, the stem and two stages stay the first's
+        layer = b.get_layer(name)
+        layer.set_weights([w + 0.05 for w in layer.get_weights()])
+    merged = average_networks([a, b])
+    x = _inputs()
+    logits = [np.log(m.predict(x, verbose=0)) for m in (a, b)]
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(np.mean(logits, axis=0)))
+    np.testing.assert_allclose(merged.predict(x, verbose=0), expected, rtol=1e-3, atol=1e-4)
+    names = {x.name for x in merged.layers}
+    assert "stem_conv" in names and "m1_stem_conv" not in names and "m1_" + end not in names
+    assert "m1_top_relu" in names and "m1_" + after[0] in names
+    assert (
+        shared_layers(a, make_efficientnet_lite(32, metadata_dim=4, colour_constancy=6))
+        & {
+            "stem_conv",
+            "top_conv",
+        }
+        == set()
+    )  # other values: nothing shared
 
 
 def test_averaging_needs_two_networks_with_the_same_inputs():

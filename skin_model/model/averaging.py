@@ -1,12 +1,14 @@
 """Trained networks averaged into one flat Functional network (a small ensemble in one file).
 
 Each member keeps its own layers (the first under its own names, member ``i`` under
-``m{i}_`` + its names) and shares the inputs; the members' classifiers become one
-``Dense(softmax)`` on their joined features whose kernel and bias are the members' averaged,
-so its logits are the members' mean logits. The result is a network like any other: the
-post-hoc layer, the detector, Grad-CAM (tf-keras-vis wants a flat model ending in
-``Dense(softmax)``) and the app read it unchanged; named layers (the heatmap and detector
-layers) are the first member's.
+``m{i}_`` + its names) and shares the inputs; every layer a member computes exactly as the
+first does (same settings, same values, same inputs: the ImageNet stages that
+``--freeze-stages`` kept frozen in every member) is computed once. The members' classifiers
+become one ``Dense(softmax)`` on their joined features whose kernel and bias are the
+members' averaged, so its logits are the members' mean logits. The result is a network
+like any other: the post-hoc layer, the detector, Grad-CAM (tf-keras-vis wants a flat model
+ending in ``Dense(softmax)``) and the app read it unchanged; named layers (the heatmap and
+detector layers) are the first member's.
 """
 
 from __future__ import annotations
@@ -50,20 +52,76 @@ def _classifier_input(config: dict) -> str:
     return node["args"][0]["config"]["keras_history"][0]
 
 
-def _trunk_layers(config: dict, prefix: str, inputs: set[str]) -> tuple[list[dict], str]:
-    """A member's layer configs without its classifier, renamed with ``prefix`` (the shared
-    ``inputs`` keep their names), and the renamed name of its classifier's input.
+def _inbound(layer: dict) -> set[str]:
+    """The names of the layers whose outputs ``layer`` reads."""
+    found: set[str] = set()
+
+    def walk(obj) -> None:
+        if isinstance(obj, list | tuple):
+            for v in obj:
+                walk(v)
+        elif isinstance(obj, dict):
+            history = obj.get("keras_history")
+            if isinstance(history, list | tuple) and history:
+                found.add(history[0])
+            for v in obj.values():
+                walk(v)
+
+    walk(layer["inbound_nodes"])
+    return found
+
+
+def _settings(layer: dict) -> dict:
+    """A layer config without what may differ between equal layers (its name, trainability)."""
+    config = {k: v for k, v in layer["config"].items() if k not in ("name", "trainable")}
+    return {**{k: v for k, v in layer.items() if k not in ("name", "config")}, "config": config}
+
+
+def shared_layers(first, member) -> set[str]:
+    """The layers ``member`` computes exactly as ``first`` does: the same settings and
+    values, reading only inputs or other shared layers (a common frozen trunk).
+
+    Args:
+        first: The first member network.
+        member: Another member with the same inputs.
+
+    Returns:
+        The names (the same in both networks) of the layers ``member`` can take from ``first``.
     """
-    names = {x["name"]: prefix + x["name"] for x in config["layers"] if x["name"] not in inputs}
+    mine = {x["name"]: x for x in first.get_config()["layers"]}
+    shared: set[str] = set()
+    for layer in member.get_config()["layers"]:
+        name, theirs = layer["name"], mine.get(layer["name"])
+        if theirs is None or layer["class_name"] == "InputLayer" or name == PREDICTIONS:
+            continue
+        if _settings(layer) != _settings(theirs) or not _inbound(layer) <= shared | _inputs(mine):
+            continue
+        values = member.get_layer(name).get_weights(), first.get_layer(name).get_weights()
+        if all(np.array_equal(a, b) for a, b in zip(*values, strict=True)):
+            shared.add(name)
+    return shared
+
+
+def _inputs(layers: dict[str, dict]) -> set[str]:
+    """The names of the input layers among ``layers``."""
+    return {n for n, x in layers.items() if x["class_name"] == "InputLayer"}
+
+
+def _trunk_layers(config: dict, prefix: str, kept: set[str]) -> tuple[list[dict], str]:
+    """A member's layer configs without its classifier, renamed with ``prefix`` (the
+    ``kept`` layers, the inputs and those shared with the first member, keep their names and
+    are left out), and the renamed name of its classifier's input.
+    """
+    names = {x["name"]: prefix + x["name"] for x in config["layers"] if x["name"] not in kept}
     layers = []
     for layer in config["layers"]:
-        if layer["name"] == PREDICTIONS or (prefix and layer["name"] in inputs):
+        if layer["name"] == PREDICTIONS or (prefix and layer["name"] in kept):
             continue
         layer = _renamed(layer, names)
         layer["name"] = names.get(layer["name"], layer["name"])
         layer["config"]["name"] = layer["name"]
         layers.append(layer)
-    return layers, names[_classifier_input(config)]
+    return layers, names.get(_classifier_input(config), _classifier_input(config))
 
 
 def average_networks(members: list):
@@ -90,8 +148,9 @@ def average_networks(members: list):
     if any(i != inputs[0] for i in inputs) or any(s != shapes[0] for s in shapes):
         raise ValueError(f"the networks' inputs differ: {inputs} {shapes}")
     merged, ends = [], []
+    shared = [set()] + [shared_layers(members[0], m) for m in members[1:]]
     for i, config in enumerate(configs):
-        trunk, end = _trunk_layers(config, member_prefix(i), set(inputs[0]))
+        trunk, end = _trunk_layers(config, member_prefix(i), set(inputs[0]) | shared[i])
         merged += trunk
         ends.append([end, 0, 0])
     trunk_config = {**configs[0], "layers": merged, "output_layers": ends}
@@ -102,7 +161,7 @@ def average_networks(members: list):
     model = keras.Model(trunk.inputs, dense(joined), name="averaged_" + configs[0]["name"])
     for i, member in enumerate(members):
         for layer in member.layers:
-            if layer.weights and layer.name != PREDICTIONS:
+            if layer.weights and layer.name != PREDICTIONS and layer.name not in shared[i]:
                 model.get_layer(member_prefix(i) + layer.name).set_weights(layer.get_weights())
     heads = [m.get_layer(PREDICTIONS).get_weights() for m in members]
     kernel = np.concatenate([k for k, _ in heads], axis=0) / len(members)
