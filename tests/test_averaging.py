@@ -106,6 +106,9 @@ def test_an_averaging_run_finalises_the_members_as_one_network(trained_dir, tiny
     )
     card = (out / "MODEL_CARD.md").read_text()
     assert f"The average of 2 networks (`{trained_dir.name}`, `twin`)" in card
+    n_layers = len([x for x in single.model.layers if x.name != PREDICTIONS]) - 2  # inputs
+    assert metrics["training"]["shared_layers"] == [n_layers]  # a twin: all but its classifier
+    assert f"first ({n_layers}: the same values" in card
     (reproduce,) = [line for line in card.splitlines() if line.startswith("- Reproduce")]
     assert reproduce.count("python train.py") == 3 and "--members" in reproduce  # members first
     attempts = pd.read_csv(out.parent / "attempts.csv")

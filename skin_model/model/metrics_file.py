@@ -337,6 +337,13 @@ class Metrics(Scores):
         """
         return [str(m) for m in self.training.get("members") or []]
 
+    @property
+    def shared_layers(self) -> list[int]:
+        """How many layers each later member of an averaged network takes from the first
+        (computed once; ``[]``: not averaged, or averaged before layers were shared).
+        """
+        return [int(n) for n in self.training.get("shared_layers") or []]
+
 
 def read_metrics(model_dir: Path) -> Metrics:
     """A model directory's ``metrics.json``, typed.

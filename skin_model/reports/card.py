@@ -206,11 +206,19 @@ def training_sentence(m: Metrics, finalised: str = "") -> str:
     minutes = f"{tr['train_seconds'] / 60:.1f} min"
     if m.members:
         names = ", ".join(f"`{Path(d).name}`" for d in m.members)
+        shared = ""
+        if any(m.shared_layers):
+            counts = "/".join(str(n) for n in m.shared_layers)
+            shared = (
+                f" Layers a later member computes exactly as the first ({counts}: the same "
+                "values on the same inputs, such as ImageNet stages every member kept frozen) "
+                "are computed once."
+            )
         return (
             f"The average of {len(m.members)} networks ({names}), trained on the same "
             f"lesions: one network whose logits are their mean, averaged and finalised{when} "
             f"on {tr['device']}; {minutes} of their epochs together (each member's own "
-            "command and card say how it was trained)."
+            f"command and card say how it was trained).{shared}"
         )
     return (
         f"Trained{when} on {tr['device']} in {minutes} ({tr['epochs_run']} epochs; weights "

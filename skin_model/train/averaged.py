@@ -49,13 +49,15 @@ def averaged_fit(cfg: TrainConfig, out_dir: Path):
         out_dir: The averaging run's directory.
 
     Returns:
-        ``(model, {"epochs_run", "best_epoch", "train_seconds", "members"})``: the
-        members' largest epoch counts, their summed training seconds and their directories.
+        ``(model, {"epochs_run", "best_epoch", "train_seconds", "members",
+        "shared_layers"})``: the members' largest epoch counts, their summed training
+        seconds, their directories and how many layers each later member takes from the first
+        (computed once).
     """
     import keras
 
     import skin_model.model.networks  # noqa: F401  (registers the custom layers)
-    from skin_model.model.averaging import average_networks
+    from skin_model.model.averaging import average_networks, shared_layers
 
     split = pd.read_csv(Path(out_dir) / SPLIT_FILE)
     members = [Path(m) for m in cfg.member_paths()]
@@ -68,4 +70,5 @@ def averaged_fit(cfg: TrainConfig, out_dir: Path):
         "best_epoch": max(f["best_epoch"] for f in fits),
         "train_seconds": round(sum(f["train_seconds"] for f in fits), 1),
         "members": [str(m) for m in members],
+        "shared_layers": [len(shared_layers(networks[0], n)) for n in networks[1:]],
     }
