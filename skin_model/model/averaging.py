@@ -89,22 +89,18 @@ def shared_layers(first, member) -> set[str]:
         The names (the same in both networks) of the layers ``member`` can take from ``first``.
     """
     mine = {x["name"]: x for x in first.get_config()["layers"]}
+    inputs = {n for n, x in mine.items() if x["class_name"] == "InputLayer"}
     shared: set[str] = set()
     for layer in member.get_config()["layers"]:
         name, theirs = layer["name"], mine.get(layer["name"])
-        if theirs is None or layer["class_name"] == "InputLayer" or name == PREDICTIONS:
+        if theirs is None or name in inputs or name == PREDICTIONS:
             continue
-        if _settings(layer) != _settings(theirs) or not _inbound(layer) <= shared | _inputs(mine):
+        if _settings(layer) != _settings(theirs) or not _inbound(layer) <= shared | inputs:
             continue
         values = member.get_layer(name).get_weights(), first.get_layer(name).get_weights()
         if all(np.array_equal(a, b) for a, b in zip(*values, strict=True)):
             shared.add(name)
     return shared
-
-
-def _inputs(layers: dict[str, dict]) -> set[str]:
-    """The names of the input layers among ``layers``."""
-    return {n for n, x in layers.items() if x["class_name"] == "InputLayer"}
 
 
 def _trunk_layers(config: dict, prefix: str, kept: set[str]) -> tuple[list[dict], str]:
