@@ -120,6 +120,22 @@ def _trunk_layers(config: dict, prefix: str, kept: set[str]) -> tuple[list[dict]
     return layers, names.get(_classifier_input(config), _classifier_input(config))
 
 
+def layers_taken_from_first(model, members: list) -> list[int]:
+    """How many layers of each later member ``model`` (their :func:`average_networks`)
+    computes with the first member's (no ``m{i}_`` copy of its own).
+    """
+    own = {layer.name for layer in model.layers}
+    inputs = {t.name for t in model.inputs}
+    return [
+        sum(
+            member_prefix(i) + layer.name not in own
+            for layer in member.layers
+            if layer.name not in inputs and layer.name != PREDICTIONS
+        )
+        for i, member in enumerate(members[1:], start=1)
+    ]
+
+
 def average_networks(members: list):
     """One network whose output is the softmax of the members' mean logits.
 

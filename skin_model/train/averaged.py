@@ -57,7 +57,7 @@ def averaged_fit(cfg: TrainConfig, out_dir: Path):
     import keras
 
     import skin_model.model.networks  # noqa: F401  (registers the custom layers)
-    from skin_model.model.averaging import average_networks, shared_layers
+    from skin_model.model.averaging import average_networks, layers_taken_from_first
 
     split = pd.read_csv(Path(out_dir) / SPLIT_FILE)
     members = [Path(m) for m in cfg.member_paths()]
@@ -65,10 +65,11 @@ def averaged_fit(cfg: TrainConfig, out_dir: Path):
         check_member(member, cfg, split)
     networks = [keras.models.load_model(m / MODEL_FILE, compile=False) for m in members]
     fits = [read_json(m / METRICS_FILE)["training"] for m in members]
-    return average_networks(networks), {
+    model = average_networks(networks)
+    return model, {
         "epochs_run": max(f["epochs_run"] for f in fits),
         "best_epoch": max(f["best_epoch"] for f in fits),
         "train_seconds": round(sum(f["train_seconds"] for f in fits), 1),
         "members": [str(m) for m in members],
-        "shared_layers": [len(shared_layers(networks[0], n)) for n in networks[1:]],
+        "shared_layers": layers_taken_from_first(model, networks),
     }
