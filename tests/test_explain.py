@@ -36,6 +36,16 @@ def test_heatmap_has_image_shape_and_unit_range(tiny_model, method):
     assert cam.min() >= 0 and cam.max() <= 1
 
 
+def test_a_portrait_images_heatmap_lies_on_it_as_shown(tiny_model):
+    """A portrait file's input is turned to landscape; its map is turned back onto it."""
+    image = np.random.default_rng(1).integers(0, 255, (45, 60, 3), dtype=np.uint8)
+    portrait = np.rot90(image).copy()
+    cams = [heatmap(make_explainer(tiny_model), tiny_model, im, 2, 32) for im in (image, portrait)]
+    assert cams[1].shape == (60, 45)
+    np.testing.assert_allclose(cams[1], np.rot90(cams[0]), atol=0.05)
+    assert not np.allclose(cams[0], np.rot90(cams[0], 2), atol=0.05)  # the map has a direction
+
+
 def test_explainer_does_not_modify_model(tiny_model):
     make_explainer(tiny_model)
     assert tiny_model.layers[-1].activation is keras.activations.softmax

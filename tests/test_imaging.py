@@ -90,3 +90,14 @@ def test_large_legal_photo_is_downscaled():
 def test_resize_for_model_shape():
     out = resize_for_model(lesion_image("df", 1), 96)
     assert out.shape == (96, 96, 3) and out.dtype == np.uint8
+
+
+def test_a_portrait_file_gives_its_landscape_originals_input():
+    image = lesion_image("mel", 3, (150, 200))
+    plain = resize_for_model(image, 96).astype(int)
+    turned = resize_for_model(np.rot90(image).copy(), 96).astype(int)  # saved a quarter turn
+    assert np.abs(turned - plain).max() <= 1  # Pillow's two passes round in another order
+    clockwise = resize_for_model(np.rot90(image, -1).copy(), 96).astype(int)
+    assert np.abs(clockwise - np.rot90(plain, 2)).max() <= 1  # the other way: a half turn
+    square = lesion_image("nv", 1, (96, 96))
+    np.testing.assert_array_equal(resize_for_model(square, 96), square)  # left as it is

@@ -158,7 +158,10 @@ def decode_image(data: bytes, max_side: int = MAX_SIDE) -> np.ndarray:
 
 
 def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize an RGB uint8 image to the square model input (the model rescales itself).
+    """Resize an RGB uint8 image to the square model input (the model rescales itself);
+    a portrait image's input is then turned a quarter turn clockwise
+    (:func:`to_landscape`), so a file saved a quarter turn counter-clockwise of its
+    landscape original gives the original's input.
 
     Args:
         image: RGB uint8 array of shape (H, W, 3).
@@ -170,7 +173,27 @@ def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
     pil = Image.fromarray(image)
     if pil.size != (size, size):
         pil = pil.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.asarray(pil, dtype=np.uint8)
+    return to_landscape(np.asarray(pil, dtype=np.uint8), image.shape[:2])
+
+
+def is_portrait(shape: tuple[int, ...]) -> bool:
+    """True for an image taller than wide: its model input is turned (:func:`to_landscape`)."""
+    return int(shape[0]) > int(shape[1])
+
+
+def to_landscape(square: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A model input of an image of ``shape`` (H, W), turned a quarter turn clockwise when
+    the image is portrait: every training image is landscape (HAM10000's 200x150), so a
+    portrait file is one turned a quarter turn from how its dermatoscope saved it.
+    """
+    return np.ascontiguousarray(np.rot90(square, -1)) if is_portrait(shape) else square
+
+
+def from_landscape(square: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Undo :func:`to_landscape` on a (h, w) map of the model input (a heatmap), so it lies
+    on the image of ``shape`` as the user sees it.
+    """
+    return np.ascontiguousarray(np.rot90(square, 1)) if is_portrait(shape) else square
 
 
 WHITE_BALANCE_SHIFT = 0.05

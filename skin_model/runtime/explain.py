@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from skin_model.data.imaging import resize_for_model
+from skin_model.data.imaging import from_landscape, resize_for_model
 
 METHODS = ("Grad-CAM", "Grad-CAM++", "LayerCAM")
 """Every heatmap method; LayerCAM (Jiang et al., 2021) weights each location by its own
@@ -99,14 +99,15 @@ def normalise_cam(cam: np.ndarray, eps: float = 1e-7) -> np.ndarray:
 
 def finish_cam(cam: np.ndarray, input_size: int, shape: tuple[int, int]) -> np.ndarray:
     """Layer-resolution CAM (1, h, w) -> normalised heatmap at the image size, as
-    tf-keras-vis does it (linear zoom to the input, min-max normalise).
+    tf-keras-vis does it (linear zoom to the input, min-max normalise), turned back onto a
+    portrait image (:func:`skin_model.data.imaging.from_landscape`).
     """
     from scipy.ndimage import zoom
 
     cam = np.asarray(cam, dtype=np.float32)
     factors = (1, input_size / cam.shape[1], input_size / cam.shape[2])
     cam = normalise_cam(zoom(cam, factors, order=1))
-    return resize_heatmap(cam[0].astype(np.float32), shape)
+    return resize_heatmap(from_landscape(cam[0].astype(np.float32), shape), shape)
 
 
 def heatmap(

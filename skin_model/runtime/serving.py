@@ -77,7 +77,8 @@ class PillowResize(keras.layers.Layer):
     horizontal pass first, with 22-bit integer coefficients and each pass rounded to 8
     bits (``(sum + 2**21) >> 22``). Every product and partial sum is kept an integer below
     2**24 (coefficients split into high and low parts), so float32 gives Pillow's levels
-    exactly, ties included.
+    exactly, ties included. A portrait batch's result is turned a quarter turn clockwise,
+    as the app's resize turns it.
     """
 
     def __init__(self, size: int, **kwargs):
@@ -127,7 +128,9 @@ class PillowResize(keras.layers.Layer):
         return tf.clip_by_value(tf.floor((tf.einsum(spec, high, x) + carry) / 2048.0), 0.0, 255.0)
 
     def call(self, images):
-        """(N, H, W, 3) pixels of any size to (N, size, size, 3), 8-bit levels as floats."""
+        """(N, H, W, 3) pixels of any size to (N, size, size, 3), 8-bit levels as floats
+        (turned when H > W).
+        """
         import tensorflow as tf
 
         x = tf.cast(images, tf.float32)
@@ -139,7 +142,10 @@ class PillowResize(keras.layers.Layer):
         count_x = tf.reshape(tf.reduce_sum(box_x, axis=1), [1, 1, -1, 1])
         x = self._box_mean(sums, count_y * count_x)  # pixels in each box
         x = self._filter(tri_x, x, "qw,nhwc->nhqc")
-        return self._filter(tri_y, x, "ph,nhwc->npwc")
+        x = self._filter(tri_y, x, "ph,nhwc->npwc")
+        # a portrait image's input turned a quarter turn clockwise (imaging.to_landscape)
+        turned = tf.reverse(tf.transpose(x, (0, 2, 1, 3)), axis=[2])
+        return tf.where(shape[1] > shape[2], turned, x)
 
     def compute_output_shape(self, input_shape):
         """Square at the model's input size."""
