@@ -6,7 +6,8 @@ referral decisions it flips.
 The changes are what other dermatoscopes and export paths do: a black round field of view
 (contact dermatoscopes), a PNG with transparent corners (a round field of view exported
 with alpha), warm and cool colour casts of 10 % per channel, a darker exposure, rotation by
-a quarter turn and by 15 degrees, JPEG re-compression at quality 60, and a half-size file.
+a quarter turn each way (Pillow's 90 degrees is counter-clockwise, 270 clockwise) and by 15
+degrees, JPEG re-compression at quality 60, and a half-size file.
 
     python -m skin_model robustness models/default --split val --out robustness.json
 """
@@ -92,6 +93,7 @@ CHANGES: dict[str, Callable[[np.ndarray], bytes]] = {
     "cool cast +10%": cast((0.9, 1.0, 1.1)),
     "darker exposure -15%": cast((0.85, 0.85, 0.85)),
     "rotated 90°": rotated(90),
+    "rotated 270°": rotated(270),
     "rotated 15°": rotated(15),
     "JPEG quality 60": recompressed,
     "half-size file": half_size,
