@@ -11,14 +11,35 @@ from skin_model.model.ood import read_stats, write_stats
 from skin_model.runtime.inference import dihedral_views, mean_over_views
 
 
-def test_dihedral_views_rotations_first():
+def test_dihedral_views_half_turn_then_rotations_first():
     x = np.arange(2 * 3 * 3 * 1).reshape(2, 3, 3, 1)
     four = dihedral_views(x, 4)
     assert four.shape == (8, 3, 3, 1)
     assert (four[:2] == x).all()  # view 0 is the identity, view-major
-    assert (four[2:4] == np.rot90(x, 1, axes=(1, 2))).all()
+    assert (four[2:4] == np.rot90(x, 2, axes=(1, 2))).all()  # then the half turn
+    assert (four[4:6] == np.rot90(x, 1, axes=(1, 2))).all()
     eight = dihedral_views(x)
     assert eight.shape == (16, 3, 3, 1) and (eight[8:10] == x[:, :, ::-1]).all()
+
+
+def test_two_views_of_a_file_at_any_quarter_turn_are_the_same_pair():
+    from skin_model.data.imaging import resize_for_model
+
+    image = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+
+    def views(im) -> np.ndarray:
+        return dihedral_views(resize_for_model(im, 32)[None], 2).astype(int)
+
+    def close(a, b) -> bool:  # Pillow's two passes round in another order when turned
+        return np.abs(a - b).max() <= 1
+
+    want = views(image)
+    for turns in (1, 2, 3):
+        got = views(np.rot90(image, turns).copy())
+        same = close(got[0], want[0]) and close(got[1], want[1])
+        swapped = close(got[0], want[1]) and close(got[1], want[0])
+        assert same or swapped, turns
+    assert not close(want[0], want[1])  # the two views differ
 
 
 def test_mean_over_views_averages_each_image_over_its_own_views():
@@ -53,3 +74,13 @@ def test_ood_file_round_trip_and_old_layout(tmp_path):
     np.savez(tmp_path / "old.npz", mean=np.zeros(4), precision=np.eye(4))
     old = read_stats(tmp_path / "old.npz")
     assert len(old) == 1 and old[0][1].shape == (4, 4)
+
+
+def test_the_exported_networks_views_are_the_apps_views():
+    from skin_model.runtime.serving import _Dihedral
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 5, 5, 3)).astype(np.float32)
+    eight = dihedral_views(x)
+    for v in range(8):
+        got = np.asarray(_Dihedral(v)(x))
+        np.testing.assert_array_equal(got, eight[2 * v : 2 * v + 2], err_msg=str(v))

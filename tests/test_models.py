@@ -113,6 +113,6 @@ def test_a_run_recorded_before_views_existed_chose_them_on_validation(tmp_path):
 def test_views_are_none_chosen_or_a_leading_run_of_the_dihedral_views():
     from skin_model.model.settings import ConfigError, TrainConfig
 
-    assert TrainConfig(views=2).validate().views == 2  # the image and its quarter turn
+    assert TrainConfig(views=2).validate().views == 2  # the image and its half turn
     with pytest.raises(ConfigError, match="--views must be 0"):
         TrainConfig(views=3).validate()

@@ -257,7 +257,7 @@ def test_test_time_views_are_the_recipe_s_or_chosen_on_validation(trained_dir, t
     assert views == 4 and set(scores) == {f"balanced_accuracy_views_{n}" for n in (1, 4, 8)}
     np.testing.assert_allclose(outputs, network_outputs(trained_bundle, x, 4)[0], atol=1e-6)
     two, scores, outputs = choose_tta(trained_bundle, x, y, min_gain=0.0, views=2)
-    assert two == 2 and "balanced_accuracy_views_2" in scores  # the image and a quarter turn
+    assert two == 2 and "balanced_accuracy_views_2" in scores  # the image and its half turn
     np.testing.assert_allclose(outputs, network_outputs(trained_bundle, x, 2)[0], atol=1e-6)
     # chosen on validation: more views only when they gain more than min_gain (>1: never)
     assert choose_tta(trained_bundle, x, y, min_gain=1.0, views=0)[0] == 1

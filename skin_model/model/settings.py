@@ -24,8 +24,8 @@ FOLD_FIELD = "{fold}"
 
 
 VIEW_CHOICES = (0, 1, 2, 4, 8)
-"""``--views``: 0 chooses on validation; else the image with its first n-1 quarter turns and
-flips (:func:`skin_model.runtime.inference.dihedral_views`)."""
+"""``--views``: 0 chooses on validation; else the first n of the image's turns and flips
+(:data:`skin_model.runtime.inference.VIEWS`: 2 is the image and its half turn)."""
 
 
 def comma_paths(text: str | None) -> list[str]:
@@ -75,7 +75,7 @@ class TrainConfig:
     test_frac: float = 0.15
     calib_share: float = 0.5
     target_sensitivity: float = 0.90
-    views: int = 0  # 0: chosen on validation; 1, 2 (and a quarter turn), 4 or 8 views
+    views: int = 0  # 0: chosen on validation; 1, 2 (and the half turn), 4 or 8 views
     tta_min_gain: float = 0.01
     ood_quantile: float = 0.99
     limit: int | None = None

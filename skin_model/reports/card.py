@@ -107,7 +107,7 @@ def tta_text(value) -> str:
     views = 8 if value is True else 1 if not value else int(value)
     return {
         1: "none",
-        2: "average of the image and its quarter turn",
+        2: "average of the image and its half turn",
         4: "average of the 4 rotations",
         8: "average of 8 flips/rotations",
     }.get(views, f"{views} views")

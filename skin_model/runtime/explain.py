@@ -267,8 +267,11 @@ def undo_view(cam: np.ndarray, view: int) -> np.ndarray:
     """Map a (1, h, w) CAM of dihedral view ``view`` (the order of
     :func:`skin_model.runtime.inference.dihedral_views`) back onto the original image.
     """
-    cam = np.rot90(cam, -(view % 4), axes=(1, 2))
-    return cam[:, :, ::-1] if view >= 4 else cam
+    from skin_model.runtime.inference import VIEWS
+
+    turns, mirrored = VIEWS[view]
+    cam = np.rot90(cam, -turns, axes=(1, 2))
+    return cam[:, :, ::-1] if mirrored else cam
 
 
 def views_cam(fn, inputs, class_index: int, views: int) -> np.ndarray:

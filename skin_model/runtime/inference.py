@@ -242,15 +242,24 @@ def _infer_fn(bundle: ModelBundle):
     return bundle._infer
 
 
+VIEWS: tuple[tuple[int, bool], ...] = tuple(
+    (turns, mirrored) for mirrored in (False, True) for turns in (0, 2, 1, 3)
+)
+"""The 8 dihedral views in the order test-time augmentation takes them: (counter-clockwise
+quarter turns, mirrored left to right first). The half turn comes second, so with the
+landscape turn of :func:`skin_model.data.imaging.resize_for_model` two views give the
+same pair for a file saved at any quarter turn; four give the rotations, eight all."""
+
+
 def dihedral_views(batch: np.ndarray, n: int = 8) -> np.ndarray:
-    """The first ``n`` of the 8 rotations/flips of each image (4: the rotations), view-major:
+    """The first ``n`` :data:`VIEWS` of each image, view-major:
     (N, S, S, C) -> (n * N, S, S, C).
     """
-    views = []
-    for flip in (False, True):
-        base = batch[:, :, ::-1] if flip else batch
-        views.extend(np.rot90(base, k, axes=(1, 2)) for k in range(4))
-    return np.ascontiguousarray(np.concatenate(views[:n], axis=0))
+    views = [
+        np.rot90(batch[:, :, ::-1] if mirrored else batch, turns, axes=(1, 2))
+        for turns, mirrored in VIEWS[:n]
+    ]
+    return np.ascontiguousarray(np.concatenate(views, axis=0))
 
 
 def mean_over_views(outputs: np.ndarray, views: int) -> np.ndarray:

@@ -30,17 +30,22 @@ class ExportError(ValueError):
 
 
 class _Dihedral(keras.layers.Layer):
-    """One of the 8 flips/rotations of an image batch (view-major, as the app's TTA)."""
+    """View ``view`` of :data:`skin_model.runtime.inference.VIEWS` of an image batch (the
+    app's test-time augmentation).
+    """
 
     def __init__(self, view: int, **kwargs):
         super().__init__(**kwargs)
         self.view = view
 
     def call(self, x):
+        from skin_model.runtime.inference import VIEWS
+
         ops = keras.ops
-        if self.view >= 4:
+        turns, mirrored = VIEWS[self.view]
+        if mirrored:
             x = ops.flip(x, axis=2)
-        for _ in range(self.view % 4):  # np.rot90 over (H, W): counter-clockwise
+        for _ in range(turns):  # np.rot90 over (H, W): counter-clockwise
             x = ops.flip(ops.transpose(x, (0, 2, 1, 3)), axis=1)
         return x
 

@@ -108,7 +108,8 @@ def choose_tta(
 
     ``views`` 1, 2, 4 or 8 is the recipe's choice (made on cross-validation; 8 makes the
     verdict the same for every quarter turn and flip of an image; 2, the image and its
-    quarter turn, costs two passes). ``views`` 0 chooses on
+    half turn, costs two passes and, with the landscape turn, gives every quarter turn of a
+    file the same pair). ``views`` 0 chooses on
     validation: the fewest views within 0.005 of the best, and more than one only when
     that beats a single view by more than ``min_gain`` (each view costs a forward pass).
 
