@@ -36,7 +36,11 @@ def _shown(text: str) -> str:
 
 
 def _errors(at):
-    return [_shown(e.value) for e in at.error]
+    """The problem messages shown: red boxes other than a "refer" verdict (shown red too)."""
+    from skin_model.runtime.advice import TIER_TEXT
+
+    verdicts = tuple(f"**{name}" for name, _ in TIER_TEXT.values())
+    return [t for t in (_shown(e.value) for e in at.error) if not t.startswith(verdicts)]
 
 
 def _texts(at) -> str:
