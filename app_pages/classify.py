@@ -297,7 +297,7 @@ def explanation(bundle, store: CaseStore, result) -> None:
         "on the lesion.",
     )
     alpha = st.slider("Overlay strength", 0.0, 1.0, 0.6, 0.05, key=f"alpha_{key}")
-    cam = store.heatmap(bundle, first, cls, method, result.lesion.context)
+    cam = store.heatmap(bundle, first, cls, method, result.lesion.context, p.views)
     title = f"{method}: {display_name(cls)}"
     st.image(overlay_image(first.image, cam, alpha), caption=plain(title), width="stretch")
     st.image(legend_image(), caption="colour scale: little attention (left) to most (right)")

@@ -84,3 +84,49 @@ def test_the_exported_networks_views_are_the_apps_views():
     for v in range(8):
         got = np.asarray(_Dihedral(v)(x))
         np.testing.assert_array_equal(got, eight[2 * v : 2 * v + 2], err_msg=str(v))
+
+
+def test_dihedral_views_from_a_later_view_are_the_rest_of_the_table():
+    x = np.arange(2 * 3 * 3 * 1).reshape(2, 3, 3, 1)
+    assert (dihedral_views(x, 4, first=1) == dihedral_views(x, 4)[2:]).all()
+
+
+def test_near_threshold_is_a_band_in_log_odds():
+    from skin_model.runtime.inference import near_threshold
+
+    risk = np.array([0.1, 0.12, 0.18, 0.5, 0.05])
+    near = near_threshold(risk, np.full(5, 0.1), band=np.log(2.0))  # odds within 2x
+    assert near.tolist() == [True, True, True, False, False]
+
+
+def test_a_second_look_averages_more_views_only_near_the_threshold(trained_bundle):
+    from dataclasses import replace
+
+    from skin_model import CLASSES
+    from skin_model.runtime.inference import log_odds, predict_images
+    from tests.conftest import lesion_image
+
+    cfg = replace(trained_bundle.config, tta=1, second_look_views=1, second_look_band=0.0)
+    images = [lesion_image(dx, i) for i, dx in enumerate(CLASSES * 2)]
+
+    def run(**changes):
+        bundle = replace(trained_bundle, config=replace(cfg, **changes))
+        return predict_images(bundle, images)
+
+    one, four = run(), run(tta=4)
+    gap = np.abs(log_odds([p.malignant_probability for p in one]) - log_odds(one[0].threshold))
+    band = float(np.median(gap))
+    near = gap < band
+    assert 0 < near.sum() < len(images)
+    looked = run(second_look_views=4, second_look_band=band)
+    for p, plain, all_four, is_near in zip(looked, one, four, near, strict=True):
+        want = all_four if is_near else plain
+        assert p.views == (4 if is_near else 1)
+        np.testing.assert_allclose(p.probabilities, want.probabilities, atol=1e-5)
+        assert p.suspicious == want.suspicious
+    # a lesion's images pooled: the result says the most views any of them took
+    looks = replace(cfg, second_look_views=4, second_look_band=band)
+    bundle = replace(trained_bundle, config=looks)
+    pair = [int(np.flatnonzero(near)[0]), int(np.flatnonzero(~near)[0])]
+    pooled = predict_images(bundle, [images[i] for i in pair], groups=[0, 0])
+    assert [p.views for p in pooled] == [4]

@@ -331,3 +331,34 @@ def test_robustness_command_pools_validation_and_calibration(trained_dir, tiny_d
     pooled = json.loads(out.read_text())
     assert pooled["n_images"] == split.isin(["val", "calib"]).sum() > (split == "val").sum()
     assert pooled["split"] == "val,calib" and set(pooled["changes"]) == set(CHANGES)
+
+
+def test_a_second_look_is_recorded_and_its_threshold_fitted_on_what_it_makes(
+    trained_dir, tiny_data, tmp_path
+):
+    """``--second-look 4`` (every image near: a 50 log-odds band) records its views and
+    band, and the fitted threshold still refers the target share of the calibration
+    part's malignant lesions as the second look scores them."""
+    import train
+    from skin_model.runtime.inference import predict_images
+    from tests.conftest import lesion_image
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_dir, run)
+    config = json.loads((run / "run_config.json").read_text())
+    config.update(second_look=4, second_look_band=50.0)
+    (run / "run_config.json").write_text(json.dumps(config))
+    assert train.main(["--data-dir", str(tiny_data), "--resume", str(run)]) == 0
+    bundle = load_bundle(run)
+    views = bundle.config.tta
+    assert bundle.config.second_look_views == max(4, views)
+    images = [lesion_image(dx, 4) for dx in ("mel", "nv", "bcc")]
+    looked = predict_images(bundle, images)
+    plain = replace(bundle.config, tta=max(4, views), second_look_views=1, second_look_band=0.0)
+    four = predict_images(replace(bundle, config=plain), images)
+    np.testing.assert_allclose(
+        [p.probabilities for p in looked], [p.probabilities for p in four], atol=1e-5
+    )
+    assert all(p.views == max(4, views) for p in looked)
+    fit = read_metrics(run).raw["calibration_fit"]["operating_point"]
+    assert fit["sensitivity"] >= bundle.config.target_sensitivity

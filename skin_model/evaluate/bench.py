@@ -124,7 +124,7 @@ def upload_latency(bundle, uploads, tta: int) -> dict:
             t1 = time.perf_counter()
             pred = predict_images(bundle, [image])[0]
             t2 = time.perf_counter()
-            explain(bundle, image, pred.decision)
+            explain(bundle, image, pred.decision, views=pred.views)
             t3 = time.perf_counter()
             for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
                 parts[k].append(v)

@@ -16,7 +16,7 @@ from skin_model.data.dataset import class_indices
 from skin_model.data.imaging import decode_image
 from skin_model.data.metadata import ContextModel
 from skin_model.evaluate.metrics import bootstrap_intervals, compute_metrics
-from skin_model.runtime.inference import ModelBundle, network_outputs, predict_images
+from skin_model.runtime.inference import ModelBundle, model_outputs, predict_images
 
 
 def cam_ratios(
@@ -51,7 +51,7 @@ def cam_ratios(
     for method, layer in maps:
         ratios, ceilings = [], []
         for image, pred, box in zip(images, preds, box_list, strict=True):
-            cam = explain(bundle, image, pred.decision, method, layer=layer)
+            cam = explain(bundle, image, pred.decision, method, layer=layer, views=pred.views)
             ratios.append(box_energy_ratio(cam, box))
             ceilings.append(1 / box_area_share(box, cam.shape))
         ok = np.isfinite(ratios)
@@ -142,7 +142,7 @@ def evaluate_split(
     Returns:
         ``(metrics, probabilities, decisions, fused outputs, detector features)``.
     """
-    network, feats = network_outputs(bundle, images, bundle.config.tta, metadata=metadata)
+    network, feats, _ = model_outputs(bundle, images, metadata)
     out = bundle.posthoc.apply(network, metadata)
     probs, decisions = out.probabilities, out.decisions
     metrics = compute_metrics(y, probs, threshold, decisions=decisions)

@@ -30,6 +30,9 @@ class ModelConfig:
         input_size: Side of the square model input.
         classes: Output classes, in order.
         tta: Test-time augmentation views (1 = none, 4 = rotations, 8 = with flips).
+        second_look_views: Views an image near its referral threshold is averaged over
+            (:func:`skin_model.runtime.inference.second_look`; <= ``tta``: none).
+        second_look_band: How near, in log-odds of the risk against the threshold.
         cam_layer: Layer the default heatmap reads (None: the architecture's default).
         cam_method: The heatmap method shown by default (chosen at finalisation with its
             layer; models finalised before the choice existed use Grad-CAM).
@@ -51,6 +54,8 @@ class ModelConfig:
     input_size: int
     classes: list[str] = field(default_factory=lambda: list(CLASSES))
     tta: int = 1
+    second_look_views: int = 1
+    second_look_band: float = 0.0
     cam_layer: str | None = None
     cam_method: str = "Grad-CAM"
     cam_layers: dict[str, str] = field(default_factory=dict)

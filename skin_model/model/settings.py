@@ -77,6 +77,8 @@ class TrainConfig:
     target_sensitivity: float = 0.90
     views: int = 0  # 0: chosen on validation; 1, 2 (and the half turn), 4 or 8 views
     tta_min_gain: float = 0.01
+    second_look: int = 0  # views for an image near its threshold (0: none; 2, 4 or 8)
+    second_look_band: float = 0.5  # how near: log-odds of the risk against the threshold
     ood_quantile: float = 0.99
     limit: int | None = None
     weights: str | None = "default"
@@ -122,6 +124,10 @@ class TrainConfig:
             (
                 self.views not in VIEW_CHOICES,
                 "--views must be 0 (choose on validation), 1, 2, 4 or 8",
+            ),
+            (
+                self.second_look not in (0, 2, 4, 8) or self.second_look_band <= 0,
+                "--second-look must be 0 (none), 2, 4 or 8 and --second-look-band > 0",
             ),
             *self._freeze_checks(spec),
             *self._teacher_checks(),

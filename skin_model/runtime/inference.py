@@ -93,6 +93,8 @@ class Prediction:
     threshold on the same scale as ``malignant_probability``; ``suspicious`` is the
     referral flag (risk at or above it), whatever the warnings say. ``base_risk`` and
     ``base_threshold`` are both at the training prevalence, where the risk tiers are set.
+    ``views`` is how many turns of the image the outputs average (more near the threshold:
+    :func:`second_look`).
     """
 
     probabilities: np.ndarray
@@ -107,6 +109,7 @@ class Prediction:
     context: PatientContext | None = None
     base_risk: float | None = None
     base_threshold: float | None = None
+    views: int = 1
 
     def __post_init__(self):
         if self.base_risk is None:  # created at the training prevalence
@@ -251,13 +254,13 @@ landscape turn of :func:`skin_model.data.imaging.resize_for_model` two views giv
 same pair for a file saved at any quarter turn; four give the rotations, eight all."""
 
 
-def dihedral_views(batch: np.ndarray, n: int = 8) -> np.ndarray:
-    """The first ``n`` :data:`VIEWS` of each image, view-major:
-    (N, S, S, C) -> (n * N, S, S, C).
+def dihedral_views(batch: np.ndarray, n: int = 8, first: int = 0) -> np.ndarray:
+    """:data:`VIEWS` ``first`` to ``n - 1`` of each image, view-major:
+    (N, S, S, C) -> ((n - first) * N, S, S, C).
     """
     views = [
         np.rot90(batch[:, :, ::-1] if mirrored else batch, turns, axes=(1, 2))
-        for turns, mirrored in VIEWS[:n]
+        for turns, mirrored in VIEWS[first:n]
     ]
     return np.ascontiguousarray(np.concatenate(views, axis=0))
 
@@ -276,6 +279,7 @@ def network_outputs(
     tta: int,
     chunk: int = 16,
     metadata: np.ndarray | None = None,
+    first: int = 0,
 ):
     """The network's softmax outputs (TTA-averaged) and identity-view features of the
     detector's layers (``config.ood_layers``).
@@ -284,6 +288,8 @@ def network_outputs(
         bundle: The loaded model.
         batch: (N, S, S, 3) float32 in [0, 255].
         tta: Views to average over (1 = none, 4 = rotations, 8 = rotations and flips).
+        first: The first of the :data:`VIEWS` to take (0; a second look takes the views
+            after those already averaged; the features are then of view ``first``).
         chunk: Images per model call (16 keeps peak memory under 1 GB on the CPU; larger
             batches gained little speed).
         metadata: (N, DIM) patient-context vectors (None: none given); only a network
@@ -299,11 +305,11 @@ def network_outputs(
         metadata = np.repeat(MISSING[None], len(batch), axis=0)
     metadata = np.asarray(metadata, dtype=np.float32)
     probs_out, groups_out = [], []
-    views = int(tta)
+    views = int(tta) - int(first)
     step = max(1, chunk // views)  # same memory per call whatever the views
     for start in range(0, len(batch), step):
         part = batch[start : start + step]
-        x = dihedral_views(part, views) if views > 1 else part
+        x = dihedral_views(part, int(tta), int(first)) if int(tta) > 1 else part
         m = metadata[start : start + step]
         m = np.tile(m, (views, 1)) if views > 1 else m
         with bundle.lock:
@@ -316,6 +322,81 @@ def network_outputs(
         raise ValueError("network_outputs needs at least one image")
     groups = [np.concatenate([chunk[i] for chunk in groups_out]) for i in range(len(groups_out[0]))]
     return np.concatenate(probs_out), groups
+
+
+def log_odds(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), with p kept inside (1e-6, 1 - 1e-6)."""
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(p) - np.log1p(-p)
+
+
+def near_threshold(risk: np.ndarray, thresholds: np.ndarray, band: float) -> np.ndarray:
+    """True where a malignant risk lies within ``band`` log-odds of its referral threshold
+    (the images a second look averages more views for).
+    """
+    return np.abs(log_odds(risk) - log_odds(thresholds)) < band
+
+
+def second_look(
+    bundle: ModelBundle,
+    batch: np.ndarray,
+    network: np.ndarray,
+    metadata: np.ndarray | None = None,
+    given: np.ndarray | None = None,
+    chunk: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The outputs of the images whose risk is near its referral threshold averaged over
+    the model's second-look views (``config.second_look_views`` of :data:`VIEWS`, within
+    ``config.second_look_band`` log-odds); the others as they are.
+
+    A decision near the threshold is the one a re-saved, re-sized or turned file can flip;
+    averaging the image's turns there steadies it at a fraction of the cost of averaging
+    every image.
+
+    Args:
+        bundle: The loaded model with its post-hoc layer.
+        batch: (N, S, S, 3) float32 model inputs.
+        network: (N, K) their outputs at the model's ``tta`` views.
+        metadata: (N, DIM) patient-context vectors as :func:`network_outputs` and the
+            post-hoc layer take them, or None.
+        given: (N,) True where a case's context was given (its threshold is the context one).
+        chunk: Images per model call.
+
+    Returns:
+        ``(outputs (N, K), views (N,) int)``: the outputs and how many views each averages.
+    """
+    cfg = bundle.config
+    base, total = int(cfg.tta), int(cfg.second_look_views)
+    views = np.full(len(network), base, dtype=int)
+    if total <= base or cfg.second_look_band <= 0 or not len(network):
+        return network, views
+    out = bundle.posthoc.apply(network, metadata, given)
+    near = near_threshold(out.risk, out.thresholds, cfg.second_look_band)
+    if near.any():
+        meta = None if metadata is None else np.asarray(metadata)[near]
+        more, _ = network_outputs(bundle, batch[near], total, chunk, meta, first=base)
+        network = np.array(network, copy=True)
+        network[near] = (base * network[near] + (total - base) * more) / total
+        views[near] = total
+    return network, views
+
+
+def model_outputs(
+    bundle: ModelBundle,
+    batch: np.ndarray,
+    metadata: np.ndarray | None = None,
+    given: np.ndarray | None = None,
+    chunk: int = 16,
+):
+    """The outputs every verdict is made from: :func:`network_outputs` at the model's
+    views, then its :func:`second_look` near the referral threshold.
+
+    Returns:
+        ``(outputs (N, K), detector features, views (N,) int)``.
+    """
+    network, feats = network_outputs(bundle, batch, bundle.config.tta, chunk, metadata)
+    network, views = second_look(bundle, batch, network, metadata, given, chunk)
+    return network, feats, views
 
 
 def normalised_entropy(probs: np.ndarray) -> np.ndarray:
@@ -358,12 +439,15 @@ def predict_images(
     contexts = list(contexts) if contexts is not None else [None] * len(images)
     use_meta = bundle.uses_context
     meta = np.stack([encode(c) for c in contexts]) if use_meta else None
-    network, feats = network_outputs(bundle, batch, bundle.config.tta, chunk, meta)
+    given = np.array([use_meta and c is not None and bool(c.given) for c in contexts], bool)
+    network, feats, views = model_outputs(bundle, batch, meta, given, chunk)
     detector = bundle.detector
     scores = detector.score(feats) if detector is not None else None
     if groups is not None:
-        network, meta, contexts, scores = _pool_groups(groups, network, meta, contexts, scores)
-    given = np.array([use_meta and c is not None and bool(c.given) for c in contexts], bool)
+        network, meta, contexts, scores, views = _pool_groups(
+            groups, network, meta, contexts, scores, views
+        )
+        given = np.array([use_meta and c is not None and bool(c.given) for c in contexts], bool)
     out = bundle.posthoc.apply(network, meta, given)
     entropy = normalised_entropy(out.fused)
     return [
@@ -377,13 +461,16 @@ def predict_images(
             decision=int(out.decisions[i]),
             threshold=float(out.thresholds[i]),
             context=contexts[i] if use_meta else None,
+            views=int(views[i]),
         ).at_prevalence(bundle.posthoc, prevalence)
         for i in range(len(network))
     ]
 
 
-def _pool_groups(groups, network, meta, contexts, scores):
-    """Per-group mean outputs, the first image's context, and the highest detector score."""
+def _pool_groups(groups, network, meta, contexts, scores, views):
+    """Per-group mean outputs, the first image's context, the highest detector score and
+    the most views any of the group's images took.
+    """
     groups = np.asarray(groups)
     order = list(dict.fromkeys(groups.tolist()))
     first = [int(np.flatnonzero(groups == g)[0]) for g in order]
@@ -394,6 +481,7 @@ def _pool_groups(groups, network, meta, contexts, scores):
         None if meta is None else meta[first],
         [contexts[i] for i in first],
         worst,
+        np.array([views[groups == g].max() for g in order]),
     )
 
 

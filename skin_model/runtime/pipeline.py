@@ -170,9 +170,11 @@ def case_heatmap(
     context: PatientContext | None,
     class_code: str,
     method: str | None = None,
+    views: int | None = None,
 ) -> np.ndarray:
     """Where the model looked for ``class_code`` in one image, with the patient details
-    the result used when the network reads them.
+    the result used when the network reads them, averaged over the ``views`` its result
+    took (``Prediction.views``; None: the model's test-time views).
 
     Returns:
         A float heatmap in [0, 1] of the image's size.
@@ -180,4 +182,4 @@ def case_heatmap(
     from skin_model.runtime.explain import explain
 
     meta = encode(context) if bundle.feeds_context else None
-    return explain(bundle, image, CLASSES.index(class_code), method, meta)
+    return explain(bundle, image, CLASSES.index(class_code), method, meta, views=views)

@@ -72,7 +72,9 @@ def save_cam(bundle, image: np.ndarray, prediction, cam_dir: Path, stem: str) ->
     from skin_model.runtime.explain import overlay
     from skin_model.runtime.pipeline import case_heatmap, explained_class
 
-    cam = case_heatmap(bundle, image, prediction.context, explained_class(prediction))
+    cam = case_heatmap(
+        bundle, image, prediction.context, explained_class(prediction), views=prediction.views
+    )
     np.save(cam_dir / f"{stem}.npy", cam.astype(np.float32))
     Image.fromarray(overlay(image, cam)).save(cam_dir / f"{stem}.png")
 

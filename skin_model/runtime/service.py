@@ -225,11 +225,16 @@ class CaseStore:
         class_code: str,
         method: str,
         context: PatientContext | None,
+        views: int | None = None,
     ) -> np.ndarray:
-        """The cached heatmap of ``class_code`` for one image (computed once)."""
-        key = (upload.key, class_code, method, context)
+        """The cached heatmap of ``class_code`` for one image (computed once), over the
+        ``views`` the result took.
+        """
+        key = (upload.key, class_code, method, context, views)
         if key not in self._heatmaps:
-            self._heatmaps[key] = case_heatmap(bundle, upload.image, context, class_code, method)
+            self._heatmaps[key] = case_heatmap(
+                bundle, upload.image, context, class_code, method, views
+            )
         return self._heatmaps[key]
 
 

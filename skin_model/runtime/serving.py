@@ -220,8 +220,9 @@ class _PostHoc(keras.layers.Layer):
 
 
 def serving_model(bundle) -> keras.Model:
-    """The bundle's network with resizing, test-time augmentation, the post-hoc layer and
-    the detector inside: raw RGB pixels in, :data:`OUTPUTS` out.
+    """The bundle's network with resizing, test-time augmentation (and its second look near
+    the threshold), the post-hoc layer and the detector inside: raw RGB pixels in,
+    :data:`OUTPUTS` out.
     """
     from skin_model.data.metadata import MISSING
     from skin_model.model.ood import feature_tensors
@@ -233,16 +234,46 @@ def serving_model(bundle) -> keras.Model:
     image = keras.Input((None, None, 3), name="image", dtype="float32")
     x = PillowResize(size, name="resize")(image)
     context = _NoContext(MISSING, name="no_context")(x) if takes_metadata(model) else None
+    cfg = bundle.config
+    base, total = int(cfg.tta), int(cfg.second_look_views)
+    total = total if total > base and cfg.second_look_band > 0 else base
     outs = []
-    for v in range(int(bundle.config.tta)):
+    for v in range(total):
         view = _Dihedral(v, name=f"view_{v}")(x)
         outs.append(net([view, context] if context is not None else view, training=False))
     features = list(outs[0][:-1])
-    raw = outs[0][-1]
-    if len(outs) > 1:
-        raw = keras.layers.Average(name="tta_mean")([o[-1] for o in outs])
-    probs, risk, decision, score = _PostHoc(bundle, name="posthoc")(raw, features)
+    post = _PostHoc(bundle, name="posthoc")
+    raw = _mean([o[-1] for o in outs[:base]], "tta_mean")
+    if total > base:  # every image pays for the second look here; the app's only near it
+        _, risk, _, _ = post(raw, features)
+        more = _mean([o[-1] for o in outs], "second_look_mean")
+        near = _SecondLook(bundle.posthoc.threshold_, cfg.second_look_band, name="second_look")
+        raw = near(raw, more, risk)
+    probs, risk, decision, score = post(raw, features)
     return keras.Model(image, [probs, risk, decision, score], name="skin_lesion_classifier")
+
+
+def _mean(tensors: list, name: str):
+    """The mean of view outputs (the one tensor itself for one view)."""
+    return tensors[0] if len(tensors) == 1 else keras.layers.Average(name=name)(tensors)
+
+
+class _SecondLook(keras.layers.Layer):
+    """The app's second look (:func:`skin_model.runtime.inference.second_look`) for an image
+    without patient details: the mean of all its views where the first views' risk lies
+    within ``band`` log-odds of the image-only threshold, else the first views' mean.
+    """
+
+    def __init__(self, threshold: float, band: float, **kwargs):
+        super().__init__(**kwargs)
+        self.threshold, self.band = float(threshold), float(band)
+
+    def call(self, raw, more, risk):
+        ops = keras.ops
+        p = ops.clip(ops.cast(risk, "float32"), 1e-6, 1 - 1e-6)
+        t = min(max(self.threshold, 1e-6), 1 - 1e-6)
+        distance = ops.abs(ops.log(p) - ops.log(1.0 - p) - float(np.log(t) - np.log1p(-t)))
+        return ops.where((distance < self.band)[:, None], more, raw)
 
 
 def export(model_dir: Path, fmt: str, out: Path) -> Path:

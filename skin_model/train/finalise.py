@@ -62,7 +62,12 @@ from skin_model.model.posthoc import PostHoc
 from skin_model.model.settings import config_dict
 from skin_model.runtime.advice import HIGH_RISK
 from skin_model.runtime.explain import COMPILED, bundle_cam_layer, bundle_cam_method
-from skin_model.runtime.inference import ModelBundle, network_outputs, takes_metadata
+from skin_model.runtime.inference import (
+    ModelBundle,
+    network_outputs,
+    second_look,
+    takes_metadata,
+)
 
 TTA_CHOICES = (1, 4, 8)
 """Test-time augmentation views tried on validation (none, the 4 rotations, all 8)."""
@@ -174,11 +179,18 @@ def output_prior(cfg, train_codes) -> list[float] | None:
     return (corr / corr.sum()).round(8).tolist()
 
 
+SECOND_LOOK_FITS = 3
+"""Fits of the post-hoc layer with a second look: each on the calibration part's outputs
+with the second look its previous fit's threshold makes (the first on the plain outputs),
+so the threshold is fitted on the outputs it is then applied to."""
+
+
 def fit_posthoc(
     bundle: ModelBundle, cfg, data: Parts, context_model: ContextModel | None
 ) -> tuple[PostHoc, dict]:
     """The post-hoc layer: prior and fusion from the training part, temperature and
-    thresholds fitted on the calibration part.
+    thresholds fitted on the calibration part (on its second-look outputs where the
+    model has a second look; ``bundle.posthoc`` is set to it).
 
     Returns:
         ``(posthoc, {"outputs", "features", "outputs_context"})`` of the calibration part.
@@ -189,15 +201,23 @@ def fit_posthoc(
         context_fusion=context_fusion(cfg, context_model),
         target_sensitivity=cfg.target_sensitivity,
     )
-    tta = bundle.config.tta
-    network, feats = network_outputs(bundle, data.images["calib"], tta)
-    cal = {"outputs": posthoc.fuse(network, None), "features": feats, "outputs_context": None}
-    if data.contexts:
-        m = data.contexts["calib"]
-        with_ctx, _ = network_outputs(bundle, data.images["calib"], tta, metadata=m)
-        cal["outputs_context"] = posthoc.fuse(with_ctx, m)
+    tta, images = bundle.config.tta, data.images["calib"]
+    network, feats = network_outputs(bundle, images, tta)
+    m = data.contexts["calib"] if data.contexts else None
+    with_ctx = None if m is None else network_outputs(bundle, images, tta, metadata=m)[0]
     groups = data.rows["calib"]["lesion_id"].to_numpy()
-    posthoc.fit(cal["outputs"], data.y["calib"], groups, cal["outputs_context"])
+    looked, looked_ctx = network, with_ctx
+    for _ in range(SECOND_LOOK_FITS if bundle.config.second_look_views > tta else 1):
+        cal = {
+            "outputs": posthoc.fuse(looked, None),
+            "features": feats,
+            "outputs_context": None if m is None else posthoc.fuse(looked_ctx, m),
+        }
+        posthoc.fit(cal["outputs"], data.y["calib"], groups, cal["outputs_context"])
+        bundle.posthoc = posthoc
+        looked = second_look(bundle, images, network)[0]
+        if m is not None:
+            looked_ctx = second_look(bundle, images, with_ctx, m, np.ones(len(m), bool))[0]
     return posthoc, cal
 
 
@@ -346,6 +366,8 @@ def model_config(cfg, bundle: ModelBundle, posthoc: PostHoc, detector: Detector,
         input_size=cfg.input_size,
         classes=list(CLASSES),
         tta=int(bundle.config.tta),
+        second_look_views=int(bundle.config.second_look_views),
+        second_look_band=float(bundle.config.second_look_band),
         **cam_fields(cam),
         metadata_input=takes_metadata(bundle.model),
         **posthoc.to_config(),
@@ -508,6 +530,8 @@ def finalise_model(
         bundle, data.images["val"], data.y["val"], cfg.tta_min_gain, cfg.views
     )
     bundle.config.tta = tta
+    bundle.config.second_look_views = max(int(cfg.second_look), tta)
+    bundle.config.second_look_band = float(cfg.second_look_band) if cfg.second_look > tta else 0.0
     context_model = ContextModel().fit(metas["train"], data.y["train"]) if metas else None
     bundle.posthoc, cal = fit_posthoc(bundle, cfg, data, context_model)
     bundle.detector = fit_detector(bundle, data, cal["features"], cfg.ood_quantile)
