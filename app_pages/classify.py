@@ -236,6 +236,8 @@ def verdict_box(result, metrics) -> None:
             st.markdown(plain(v.evidence))
         if v.threshold_reason:
             st.caption(plain(v.threshold_reason))
+        if v.second_look:
+            st.caption(plain(v.second_look))
         with st.expander("How sure is this threshold?"):
             with_context = p.context is not None and bool(p.context.given)
             st.markdown(operating_point_text(metrics, with_context) or "No test figures.")

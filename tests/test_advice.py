@@ -91,3 +91,13 @@ def test_headline_is_the_chart_first_bar_and_names_the_balanced_choice():
     first, other = headline(q)
     assert "Melanocytic nevus" in first and other.startswith("Do not miss: Melanoma (mel), 24%")
     assert q.top_k(1)[0][0] == "nv"  # the chart's first bar is the headline class
+
+
+def test_a_second_look_is_said_beside_the_risk_and_only_when_taken():
+    looked = verdict(replace(_pred(0.32), views=4), 0.32, 0.3, TIERS, 0.05, base_views=1)
+    assert looked.refer and "looked again" in looked.second_look and "4 ways" in looked.second_look
+    assert verdict(_pred(0.32), 0.32, 0.3, TIERS, 0.05, base_views=1).second_look == ""
+    assert (
+        verdict(replace(_pred(0.32), views=4), 0.32, 0.3, TIERS, 0.05, base_views=4).second_look
+        == ""
+    )

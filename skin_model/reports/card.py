@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from pathlib import Path
 
@@ -113,6 +114,19 @@ def tta_text(value) -> str:
     }.get(views, f"{views} views")
 
 
+def second_look_text(config: dict) -> str:
+    """The card's words for a config's second look near the threshold ("" without one)."""
+    views, band = int(config.get("second_look_views", 1)), config.get("second_look_band", 0)
+    if views <= int(config["tta"]) or not band:
+        return ""
+    return (
+        f"; a second look: an image whose risk lies within {band:g} log-odds of its threshold "
+        f"(odds within x{math.exp(band):.2f}) is scored on the {tta_text(views)} "
+        "instead, and the threshold and temperature were fitted on the calibration part "
+        "scored that way"
+    )
+
+
 def tta_origin(m: Metrics) -> str:
     """Who chose the test-time views: the recipe's ``views`` setting, or validation."""
     views = m.training.get("settings", {}).get("views", 0)
@@ -157,7 +171,8 @@ def calibration_lines(config: dict, m: Metrics) -> list[str]:
         f"calibration-part sensitivity has a 95% lesion-bootstrap lower bound >= "
         f"{thr['target']:.2f} (there: {thr['sensitivity']:.3f}, lower bound "
         f"{thr['sensitivity_lower']:.3f}).",
-        f"- Test-time augmentation: {tta_text(config['tta'])} ({tta_origin(m)}).",
+        f"- Test-time augmentation: {tta_text(config['tta'])} ({tta_origin(m)})"
+        f"{second_look_text(config)}.",
         "- 'Not dermoscopic' flag: Mahalanobis distances of the channel means and standard "
         f"deviations of {', '.join(fit.get('ood_layers', ['features']))} from the training "
         "images, each relative to its limit; flagged above the "

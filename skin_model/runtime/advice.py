@@ -101,6 +101,8 @@ class Verdict:
             threshold 9.2%)"``.
         threshold_reason: Why this case's threshold differs from the image-only one, or "".
         details: Which patient details the result used when only some were given, or "".
+        second_look: That the risk was near the threshold and more turns of the image
+            were averaged (:func:`skin_model.runtime.inference.second_look`), or "".
         warnings: ``(short label, what it means and what to do)`` shown beside the verdict.
     """
 
@@ -115,6 +117,7 @@ class Verdict:
     threshold_reason: str
     warnings: tuple[tuple[str, str], ...]
     details: str = ""
+    second_look: str = ""
 
     @property
     def tier_name(self) -> str:
@@ -135,6 +138,7 @@ def verdict(
     prevalence: float,
     image_only_threshold: float | None = None,
     quality: list[str] | tuple[str, ...] = (),
+    base_views: int = 1,
 ) -> Verdict:
     """The plain-language verdict of one prediction.
 
@@ -149,6 +153,7 @@ def verdict(
             why a case with patient details has another).
         quality: Problems the quality gate found (keys of
             :data:`skin_model.data.quality.MESSAGES`).
+        base_views: The model's usual test-time views (more: a second look was taken).
 
     Returns:
         The :class:`Verdict`.
@@ -211,6 +216,20 @@ def verdict(
         threshold_reason=reason,
         warnings=tuple(warnings),
         details=details_used(getattr(prediction, "context", None)),
+        second_look=second_look_text(getattr(prediction, "views", 1), base_views),
+    )
+
+
+def second_look_text(views: int, base_views: int) -> str:
+    """Why a result averaged more turns of its image than the model's usual ``base_views``
+    (a second look near the threshold), in plain words; "" when it did not.
+    """
+    if views <= base_views:
+        return ""
+    return (
+        "The risk was close to the referral threshold, so the model looked again: this result "
+        f"averages the image turned {views} ways (a decision this close is the one a re-saved "
+        "or turned copy of the file could otherwise change)."
     )
 
 

@@ -129,6 +129,7 @@ def judge(
         shown_at or FALLBACK_SHARE,
         display_threshold(bundle, prevalence),
         list(quality),
+        int(bundle.config.tta),
     )
     return Assessment(shown, v, quality)
 

@@ -37,6 +37,7 @@ CSV_COLUMNS = (
     "not_dermoscopic_score",
     "quality_warnings",
     "model_unsure",
+    "views",
     "patient_context",
     "error",
 )
@@ -50,7 +51,9 @@ its plain-language tier.
 same two figures as the page shows them (``"23%"``). ``most_likely`` is the most probable class;
 ``suggested_diagnosis`` the balanced rule's choice (the one balanced accuracy measures).
 ``not_dermoscopic_score`` is above 1 where the "not dermoscopic" detector's limit is
-passed; ``quality_warnings`` lists the image-quality gate's findings."""
+passed; ``quality_warnings`` lists the image-quality gate's findings. ``views`` is how many
+turns of the image the result averaged (more than the model's usual views: its risk was near
+the threshold and the model looked again)."""
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -118,6 +121,7 @@ def result_row(
             looks_dermoscopic="yes" if prediction.looks_dermoscopic else "no",
             not_dermoscopic_score=number(prediction.ood_score, 3),
             model_unsure="yes" if prediction.unsure else "no",
+            views=prediction.views,
             patient_context=prediction.context_used,
         )
         for c, p in zip(CLASSES, probs, strict=True):

@@ -341,6 +341,8 @@ def case_report(
         lines.append(v.evidence)
     if v.threshold_reason:
         lines.append(v.threshold_reason)
+    if v.second_look:
+        lines.append(v.second_look)
     from skin_model.runtime.advice import headline
 
     lines += [line for line in headline(p) if line]
