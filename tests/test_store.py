@@ -102,7 +102,7 @@ def test_new_patient_forgets_everything(calls):
 def test_heatmaps_are_computed_once_per_image_class_and_details(monkeypatch):
     made = []
 
-    def fake(bundle, image, context, class_code, method):
+    def fake(bundle, image, context, class_code, method, views=None):
         made.append(class_code)
         return np.zeros((4, 4))
 
