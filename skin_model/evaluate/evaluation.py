@@ -142,7 +142,8 @@ def evaluate_split(
     Returns:
         ``(metrics, probabilities, decisions, fused outputs, detector features)``.
     """
-    network, feats, _ = model_outputs(bundle, images, metadata)
+    given = None if metadata is None else np.ones(len(images), bool)  # every context given
+    network, feats, _ = model_outputs(bundle, images, metadata, given)
     out = bundle.posthoc.apply(network, metadata)
     probs, decisions = out.probabilities, out.decisions
     metrics = compute_metrics(y, probs, threshold, decisions=decisions)
