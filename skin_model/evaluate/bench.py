@@ -490,7 +490,8 @@ def format_table(r: dict) -> str:
     rows = [
         ("machine", f"{r['machine']['processor']}, {r['machine']['cpu_count']} cores"),
         (
-            f"upload p50 / p95 (decode+predict x{r['model'].get('tta_views', 1)} views+heatmap)",
+            f"upload p50 / p95 (decode+predict x{r['model'].get('tta_views', 1)} views+heatmap)"
+            + (" with second look" if r.get("cli_second_look_share") else ""),
             f"{up['total']['p50_ms']} / {up['total']['p95_ms']} ms "
             + against("upload_p50_ms", up["total"]["p50_ms"]),
         ),
@@ -499,7 +500,7 @@ def format_table(r: dict) -> str:
             f"{up['decode']['p50_ms']} / {up['predict']['p50_ms']} / {up['gradcam']['p50_ms']} ms",
         ),
         (
-            "upload p50 / p95 without test-time augmentation (one view, no second look)",
+            "upload p50 / p95 at one view, no second look",
             f"{tta['total']['p50_ms']} / {tta['total']['p95_ms']} ms",
         ),
         (

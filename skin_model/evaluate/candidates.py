@@ -28,7 +28,9 @@ the recipe's weights."""
 TEST_FIGURES = ("balanced_accuracy", "malignant_auc", "mel_auc", "mel_sensitivity")
 """The test figures shown beside the choosing figures."""
 
-_NOT_RECIPE = {"name", "verbose", "limit"}
+_NOT_RECIPE = {"name", "verbose", "limit", "second_look", "second_look_band"}
+"""Settings that are not the recipe of the weights compared here (the second look near the
+threshold changes the verdicts of the same weights; these figures are taken without it)."""
 
 
 def recipe_changes(settings: dict, reference: dict) -> str:
