@@ -365,3 +365,23 @@ def test_the_training_page_starts_at_the_runs_an_averaged_network_is_made_of(
     assert not at.exception and not _errors(at)
     assert at.multiselect[0].value == ["run-b", "run-c"]
     assert at.multiselect[0].options == ["run-a", "run-b", "run-c"]
+
+
+def test_a_second_look_is_said_beside_the_verdict(monkeypatch, trained_dir, tmp_path):
+    """A model whose second look covers every risk (a 50 log-odds band): the verdict is
+    shown as ever and says, in words, that the model looked again at four turns."""
+    from skin_model.model.artifacts import write_integrity
+
+    run = tmp_path / "looked"
+    shutil.copytree(trained_dir, run)
+    config = json.loads((run / "config.json").read_text())
+    config.update(tta=1, second_look_views=4, second_look_band=50.0)
+    (run / "config.json").write_text(json.dumps(config))
+    write_integrity(run)
+    at = _upload(_app(monkeypatch, run).run(), ("a.jpg", lesion_image("mel", 4)))
+    assert not at.exception and not _errors(at)
+    assert any("referral threshold" in b.value for b in [*at.success, *at.error])
+    captions = [_shown(c.value) for c in at.caption]
+    assert any("looked again" in c and "turned 4 ways" in c for c in captions)
+    plain = _upload(_app(monkeypatch, trained_dir).run(), ("a.jpg", lesion_image("mel", 4)))
+    assert not any("looked again" in _shown(c.value) for c in plain.caption)
