@@ -228,3 +228,20 @@ def on_another_split(model_dir: Path, dest: Path) -> Path:
     split.loc[0, "split"] = "test" if split.loc[0, "split"] != "test" else "train"
     split.to_csv(dest / "split.csv", index=False)
     return dest
+
+
+def with_config(model_dir: Path, dest: Path, **changes) -> Path:
+    """A copy of ``model_dir`` at ``dest`` whose ``config.json`` has ``changes``, its
+    integrity file rewritten so that it loads.
+    """
+    import json
+    import shutil
+
+    from skin_model.model.artifacts import write_integrity
+
+    shutil.copytree(model_dir, dest)
+    config = json.loads((dest / "config.json").read_text())
+    config.update(changes)
+    (dest / "config.json").write_text(json.dumps(config))
+    write_integrity(dest)
+    return dest

@@ -14,7 +14,7 @@ from skin_model import REPO_ROOT
 from skin_model.model.metrics_file import read_metrics
 from skin_model.runtime.advice import TIER_TEXT, pct, share_at, tier_key
 from tests.bad_inputs import bad_inputs
-from tests.conftest import jpeg_bytes, lesion_image
+from tests.conftest import jpeg_bytes, lesion_image, with_config
 
 APP = str(REPO_ROOT / "streamlit_app.py")
 PAGES = [
@@ -260,14 +260,10 @@ def test_overlay_changes_do_not_rerun_the_classifier(monkeypatch, trained_dir):
 
 
 def test_the_heatmap_starts_at_the_method_the_model_chose(monkeypatch, trained_dir, tmp_path):
-    from skin_model.model.artifacts import write_integrity
-
-    model_dir = tmp_path / "model"
-    shutil.copytree(trained_dir, model_dir)
-    config = json.loads((model_dir / "config.json").read_text())
-    config.update(cam_method="LayerCAM", cam_layers={"LayerCAM": config["cam_layer"]})
-    (model_dir / "config.json").write_text(json.dumps(config))
-    write_integrity(model_dir)
+    layer = json.loads((trained_dir / "config.json").read_text())["cam_layer"]
+    model_dir = with_config(
+        trained_dir, tmp_path / "model", cam_method="LayerCAM", cam_layers={"LayerCAM": layer}
+    )
     at = _upload(_app(monkeypatch, model_dir).run(), ("a.jpg", lesion_image("mel", 4)))
     assert not at.exception
     assert at.radio(key=_key(at, "method_")).value == "LayerCAM"
@@ -370,14 +366,9 @@ def test_the_training_page_starts_at_the_runs_an_averaged_network_is_made_of(
 def test_a_second_look_is_said_beside_the_verdict(monkeypatch, trained_dir, tmp_path):
     """A model whose second look covers every risk (a 50 log-odds band): the verdict is
     shown as ever and says, in words, that the model looked again at four turns."""
-    from skin_model.model.artifacts import write_integrity
-
-    run = tmp_path / "looked"
-    shutil.copytree(trained_dir, run)
-    config = json.loads((run / "config.json").read_text())
-    config.update(tta=1, second_look_views=4, second_look_band=50.0)
-    (run / "config.json").write_text(json.dumps(config))
-    write_integrity(run)
+    run = with_config(
+        trained_dir, tmp_path / "looked", tta=1, second_look_views=4, second_look_band=50.0
+    )
     at = _upload(_app(monkeypatch, run).run(), ("a.jpg", lesion_image("mel", 4)))
     assert not at.exception and not _errors(at)
     assert any("referral threshold" in b.value for b in [*at.success, *at.error])

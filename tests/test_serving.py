@@ -117,29 +117,24 @@ def test_the_shipped_model_exported_gives_the_clis_answer(
         )
 
 
-def test_the_export_takes_the_apps_second_look(trained_dir, tmp_path):
+def test_the_export_takes_the_apps_second_look(trained_dir, trained_bundle, tmp_path):
     """A model with a second look near the threshold: the exported network averages the
     4 turns of the images the app looks at again, and only those."""
-    import json
-    import shutil
+    from dataclasses import replace
 
     from skin_model import CLASSES
-    from skin_model.model.artifacts import write_integrity
     from skin_model.runtime.inference import load_bundle, log_odds
+    from tests.conftest import with_config
 
-    run = tmp_path / "looked"
-    shutil.copytree(trained_dir, run)
-    config = json.loads((run / "config.json").read_text())
-    config.update(tta=1, second_look_views=1, second_look_band=0.0)
-    (run / "config.json").write_text(json.dumps(config))
-    write_integrity(run)
-    size = config["input_size"]
+    plain = replace(trained_bundle.config, tta=1, second_look_views=1, second_look_band=0.0)
+    size = plain.input_size
     images = [resize_for_model(lesion_image(dx, i), size) for i, dx in enumerate(CLASSES * 2)]
-    one = predict_images(load_bundle(run), images)
+    one = predict_images(replace(trained_bundle, config=plain), images)
     gap = np.abs(log_odds([p.malignant_probability for p in one]) - log_odds(one[0].threshold))
-    config.update(second_look_views=4, second_look_band=float(np.median(gap)))
-    (run / "config.json").write_text(json.dumps(config))
-    write_integrity(run)
+    band = float(np.median(gap))
+    run = with_config(
+        trained_dir, tmp_path / "looked", tta=1, second_look_views=4, second_look_band=band
+    )
     app = predict_images(load_bundle(run), images)
     assert {p.views for p in app} == {1, 4}
     paths = export_all(run, tmp_path)

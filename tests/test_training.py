@@ -298,15 +298,11 @@ def test_cam_command_measures_the_localisation_again(trained_dir, tiny_data, tmp
 
 def test_cam_command_chooses_the_method_and_layer_again(trained_dir, tiny_data, tmp_path):
     from skin_model.cli import main as cli
-    from skin_model.model.artifacts import write_integrity
     from skin_model.runtime.inference import load_bundle
+    from tests.conftest import with_config
 
-    run = tmp_path / "smoke"
-    shutil.copytree(trained_dir, run)
-    config = json.loads((run / "config.json").read_text())
-    config.update(cam_method="Grad-CAM++", cam_layers={})  # as if chosen another way
-    (run / "config.json").write_text(json.dumps(config))
-    write_integrity(run)
+    # as if chosen another way
+    run = with_config(trained_dir, tmp_path / "smoke", cam_method="Grad-CAM++", cam_layers={})
     assert cli(["cam", str(run), "--data-dir", str(tiny_data), "--choose"]) == 0
     config = json.loads((run / "config.json").read_text())
     choice = read_metrics(run).cam_layer_choice

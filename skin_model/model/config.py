@@ -81,6 +81,13 @@ class ModelConfig:
         """The JSON-ready dict written to ``config.json``."""
         return asdict(self)
 
+    @property
+    def looks_again(self) -> bool:
+        """Whether an image near its referral threshold gets a second look (more views
+        than ``tta``, within a band).
+        """
+        return self.second_look_views > self.tta and self.second_look_band > 0
+
     def describe(self) -> str:
         """A short model version line (reports, the app)."""
         return f"{self.architecture} {self.input_size}px, trained {self.trained_on}"

@@ -14,7 +14,7 @@ from skin_model.model.artifacts import (
     read_integrity,
     read_json,
 )
-from skin_model.model.config import read_model_config
+from skin_model.model.config import ModelConfig, read_model_config
 from skin_model.model.metrics_file import Metrics, read_metrics
 from skin_model.model.settings import TrainConfig, comma_paths
 from skin_model.reports.tables import (
@@ -116,9 +116,9 @@ def tta_text(value) -> str:
 
 def second_look_text(config: dict) -> str:
     """The card's words for a config's second look near the threshold ("" without one)."""
-    views, band = int(config.get("second_look_views", 1)), config.get("second_look_band", 0)
-    if views <= int(config["tta"]) or not band:
+    if not ModelConfig(**config).looks_again:
         return ""
+    views, band = int(config["second_look_views"]), float(config["second_look_band"])
     return (
         f"; a second look: an image whose risk lies within {band:g} log-odds of its threshold "
         f"(odds within x{math.exp(band):.2f}) is scored on the {tta_text(views)} "

@@ -368,7 +368,7 @@ def second_look(
     cfg = bundle.config
     base, total = int(cfg.tta), int(cfg.second_look_views)
     views = np.full(len(network), base, dtype=int)
-    if total <= base or cfg.second_look_band <= 0 or not len(network):
+    if not cfg.looks_again or not len(network):
         return network, views
     out = bundle.posthoc.apply(network, metadata, given)
     near = near_threshold(out.risk, out.thresholds, cfg.second_look_band)

@@ -235,8 +235,8 @@ def serving_model(bundle) -> keras.Model:
     x = PillowResize(size, name="resize")(image)
     context = _NoContext(MISSING, name="no_context")(x) if takes_metadata(model) else None
     cfg = bundle.config
-    base, total = int(cfg.tta), int(cfg.second_look_views)
-    total = total if total > base and cfg.second_look_band > 0 else base
+    base = int(cfg.tta)
+    total = int(cfg.second_look_views) if cfg.looks_again else base
     outs = []
     for v in range(total):
         view = _Dihedral(v, name=f"view_{v}")(x)

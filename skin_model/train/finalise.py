@@ -206,18 +206,26 @@ def fit_posthoc(
     m = data.contexts["calib"] if data.contexts else None
     with_ctx = None if m is None else network_outputs(bundle, images, tta, metadata=m)[0]
     groups = data.rows["calib"]["lesion_id"].to_numpy()
-    looked, looked_ctx = network, with_ctx
-    for _ in range(SECOND_LOOK_FITS if bundle.config.second_look_views > tta else 1):
+
+    def fit(outputs: np.ndarray, outputs_ctx: np.ndarray | None) -> dict:
         cal = {
-            "outputs": posthoc.fuse(looked, None),
+            "outputs": posthoc.fuse(outputs, None),
             "features": feats,
-            "outputs_context": None if m is None else posthoc.fuse(looked_ctx, m),
+            "outputs_context": None if m is None else posthoc.fuse(outputs_ctx, m),
         }
         posthoc.fit(cal["outputs"], data.y["calib"], groups, cal["outputs_context"])
-        bundle.posthoc = posthoc
+        return cal
+
+    cal = fit(network, with_ctx)
+    bundle.posthoc = posthoc
+    for _ in range(SECOND_LOOK_FITS - 1 if bundle.config.looks_again else 0):
         looked = second_look(bundle, images, network)[0]
-        if m is not None:
-            looked_ctx = second_look(bundle, images, with_ctx, m, np.ones(len(m), bool))[0]
+        looked_ctx = (
+            None
+            if m is None
+            else second_look(bundle, images, with_ctx, m, np.ones(len(m), bool))[0]
+        )
+        cal = fit(looked, looked_ctx)
     return posthoc, cal
 
 
