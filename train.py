@@ -41,6 +41,9 @@ _HELP = {
     "second_look": "views (2, 4 or 8) an image whose risk is near its referral threshold is "
     "averaged over (0: none); the threshold is fitted on the outputs it makes",
     "second_look_band": "how near, in log-odds of the risk against the threshold",
+    "jpeg_as_file": "true: --robust's JPEG re-compression is of a saved file (the stored image "
+    "at a file's own height and width, compressed, read back before the crop) instead of "
+    "the network input",
     "members": "DIR,DIR: instead of fitting, average these finalised networks (trained on "
     "the split these settings draw) into one and finalise it",
 }

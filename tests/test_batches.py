@@ -175,3 +175,69 @@ def test_augmentation_benchmark_prints_its_figures(tmp_path, capsys):
         figures["saturation_hue_matplotlib_ms"] / figures["saturation_hue_ms"], rel=0.02
     )
     assert json.loads(capsys.readouterr().out) == json.loads(out.read_text())
+
+
+def _high_frequency(a: np.ndarray) -> float:
+    """Mean absolute difference between neighbouring pixels (a blur or a JPEG lowers it)."""
+    a = np.asarray(a, np.float32)
+    return float(np.abs(np.diff(a, axis=0)).mean() + np.abs(np.diff(a, axis=1)).mean())
+
+
+def test_saved_file_twins_read_back_a_smaller_jpeg():
+    """Both twins' "saved file" (``--jpeg-as-file``) return the stored size, lose detail as a
+    file of a smaller height and width compressed would, and leave the image alone at 0."""
+    import tensorflow as tf
+
+    from skin_model.data.batches import saved_file_array
+    from skin_model.data.dataset import saved_file
+
+    image = _images(1, 64)[0]
+    x = tf.image.convert_image_dtype(tf.constant(image), tf.float32)
+    seed = tf.constant([3, 5], tf.int64)
+    filed = saved_file(x, seed, 1.0).numpy()
+    assert filed.shape == image.shape
+    assert np.array_equal(saved_file(x, seed, 1.0).numpy(), filed)  # stateless
+    theirs = filed * 255
+    assert np.array_equal(saved_file(x, seed, 0.0).numpy(), x.numpy())
+    ours = saved_file_array(image, np.random.default_rng(0), 1.0)
+    assert ours.shape == image.shape and ours.dtype == np.uint8
+    assert saved_file_array(image, np.random.default_rng(0), 0.0) is image
+    for out in (ours, theirs):
+        assert _high_frequency(out) < 0.7 * _high_frequency(image)
+        assert 10 < np.abs(np.asarray(out, np.float32) - image).mean() < 80
+
+
+def test_jpeg_as_file_moves_the_compression_before_the_crop():
+    """With ``jpeg_as_file`` the augmentation still draws the same view for a seed (both
+    twins), and it is another view than the one compressed at the network input."""
+    import tensorflow as tf
+
+    from skin_model.data.dataset import augment
+
+    image = _images(1, 43)[0]
+    seed = tf.constant([1, 2], tf.int64)
+    views = [augment(tf.constant(image), seed, 32, robust=1.0, jpeg_as_file=f) for f in (1, 1, 0)]
+    assert np.array_equal(views[0].numpy(), views[1].numpy())
+    assert np.abs(views[0].numpy() - views[2].numpy()).mean() > 1
+    arrays = [
+        augment_array(image, np.random.default_rng(4), 32, robust=1.0, jpeg_as_file=f)
+        for f in (True, True, False)
+    ]
+    assert np.array_equal(arrays[0], arrays[1]) and np.abs(arrays[0] - arrays[2]).mean() > 1
+    batches = ArrayBatches(_images(4, 43), one_hot(["nv"] * 4), 4, True, robust=1.0)
+    filed = ArrayBatches(
+        _images(4, 43), one_hot(["nv"] * 4), 4, True, robust=1.0, jpeg_as_file=True
+    )
+    assert np.abs(batches[0][0] - filed[0][0]).mean() > 1
+
+
+def test_training_passes_jpeg_as_file_to_its_batches(monkeypatch):
+    """``train.py --jpeg-as-file true`` reaches the batches the run trains on."""
+    from skin_model.model.settings import TrainConfig
+    from skin_model.train import training
+
+    seen = {}
+    monkeypatch.setattr(training, "make_batches", lambda *a, **k: seen.update(k))
+    cfg = TrainConfig(robust=0.35, jpeg_as_file=True)
+    training._stream_maker(cfg, _images(2), ["nv", "mel"], None, (0, 1))(0)
+    assert seen["jpeg_as_file"] is True and seen["robust"] == 0.35

@@ -9,6 +9,7 @@ epoch and the batch index, whatever the order the workers finish in.
 
 from __future__ import annotations
 
+import io
 import os
 
 import keras
@@ -23,6 +24,7 @@ def augment_array(
     min_scale: float = 0.75,
     white_balance: float = 0.0,
     robust: float = 0.0,
+    jpeg_as_file: bool = False,
 ) -> np.ndarray:
     """Random flip, rotation by quarter turns, crop, brightness, contrast, saturation,
     hue and white balance of one uint8 image (the NumPy twin of
@@ -35,12 +37,16 @@ def augment_array(
         min_scale: Smallest crop side as a share of ``S``.
         white_balance: Half-width of a random gain per colour channel; 0 = none.
         robust: Probability of each capture change (:func:`capture_change_array`).
+        jpeg_as_file: Re-compress as a saved file before the crop
+            (:func:`saved_file_array`) instead of at the output.
 
     Returns:
         (out_size, out_size, 3) float32 in [0, 255].
     """
     size = image.shape[0]
     out = size if out_size is None else int(out_size)
+    if robust > 0 and jpeg_as_file:
+        image = saved_file_array(image, rng, robust)
     x = image[:, ::-1] if rng.random() < 0.5 else image
     x = np.rot90(x, int(rng.integers(0, 4)))
     crop = int(size * rng.uniform(min_scale, 1.0))
@@ -61,7 +67,7 @@ def augment_array(
         x = x * rng.uniform(1.0 - white_balance, 1.0 + white_balance, 3)
     x = np.clip(x, 0.0, 1.0)
     if robust > 0:
-        x = capture_change_array(x, rng, robust)
+        x = capture_change_array(x, rng, robust, not jpeg_as_file)
     return (np.clip(x, 0.0, 1.0) * 255.0).astype(np.float32)
 
 
@@ -116,10 +122,33 @@ def random_field_of_view(size: int, rng: np.random.Generator) -> np.ndarray:
     return field_of_view_array(size, radii, centre, rng.uniform(0.0, 0.08))
 
 
-def capture_change_array(x: np.ndarray, rng: np.random.Generator, robust: float) -> np.ndarray:
-    """The NumPy twin of :func:`skin_model.data.dataset.capture_change` (float image in [0, 1])."""
-    import io
+def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+    """A uint8 image saved as a JPEG of ``quality`` and decoded again."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(buf).convert("RGB"))
 
+
+def saved_file_array(image: np.ndarray, rng: np.random.Generator, robust: float) -> np.ndarray:
+    """The NumPy twin of :func:`skin_model.data.dataset.saved_file` on a uint8 image (draws
+    nothing from ``rng`` but the coin unless it saves the file).
+    """
+    from skin_model.data.dataset import CAPTURE_CHANGES as c
+
+    if rng.random() >= robust:
+        return image
+    size = image.shape[0]
+    h, w = (max(int(size * share), 16) for share in rng.uniform(*c["file_side"], 2))
+    quality = int(rng.integers(c["jpeg_quality"][0], c["jpeg_quality"][1] + 1))
+    small = np.asarray(Image.fromarray(image).resize((w, h), Image.LANCZOS))
+    back = Image.fromarray(jpeg_round_trip(small, quality)).resize((size, size), Image.BILINEAR)
+    return np.asarray(back)
+
+
+def capture_change_array(
+    x: np.ndarray, rng: np.random.Generator, robust: float, jpeg: bool = True
+) -> np.ndarray:
+    """The NumPy twin of :func:`skin_model.data.dataset.capture_change` (float image in [0, 1])."""
     from skin_model.data.dataset import CAPTURE_CHANGES as c
 
     size = x.shape[0]
@@ -132,13 +161,10 @@ def capture_change_array(x: np.ndarray, rng: np.random.Generator, robust: float)
         x = np.clip(x * rng.uniform(1.0 - c["exposure"], 1.0 + c["exposure"]), 0.0, 1.0)
     if u[2] < robust:
         x = x * random_field_of_view(size, rng)
-    if u[3] < robust:
-        buf = io.BytesIO()
+    if jpeg and u[3] < robust:
         quality = int(rng.integers(c["jpeg_quality"][0], c["jpeg_quality"][1] + 1))
-        Image.fromarray((np.clip(x, 0, 1) * 255).astype(np.uint8)).save(
-            buf, "JPEG", quality=quality
-        )
-        x = np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0
+        x = jpeg_round_trip((np.clip(x, 0, 1) * 255).astype(np.uint8), quality)
+        x = x.astype(np.float32) / 255.0
     return x
 
 
@@ -168,6 +194,7 @@ class ArrayBatches(keras.utils.PyDataset):
         hide: Probabilities of hiding all / each metadata field (training only).
         white_balance: Random per-channel gain half-width (training only).
         robust: Probability of each capture change (training only).
+        jpeg_as_file: Re-compress as a saved file before the crop (training only).
         shard: ``(process, processes)``: this process yields its slice of every global
             batch (JAX with several processes assembles the global batch from them).
     """
@@ -185,13 +212,14 @@ class ArrayBatches(keras.utils.PyDataset):
         hide: tuple[float, float] = (0.5, 0.2),
         white_balance: float = 0.0,
         robust: float = 0.0,
+        jpeg_as_file: bool = False,
         shard: tuple[int, int] = (0, 1),
     ):
         super().__init__(workers=os.cpu_count() or 1, use_multiprocessing=False)
         self.images, self.labels, self.metadata = images, labels, metadata
         self.batch_size, self.training, self.seed = batch_size, training, seed
         self.out_size, self.min_scale, self.hide = out_size, min_scale, hide
-        self.white_balance, self.robust = white_balance, robust
+        self.white_balance, self.robust, self.jpeg_as_file = white_balance, robust, jpeg_as_file
         self.shard = shard
         self.epoch = 0
         self.order = self._order()
@@ -224,6 +252,7 @@ class ArrayBatches(keras.utils.PyDataset):
                         self.min_scale,
                         self.white_balance,
                         self.robust,
+                        self.jpeg_as_file,
                     )
                     for i, rng in zip(idx, rngs, strict=True)
                 ]

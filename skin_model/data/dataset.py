@@ -207,11 +207,16 @@ CAPTURE_CHANGES = {
     "exposure": 0.15,
     "jpeg_quality": (30, 95),
     "low_resolution": (0.35, 0.8),
+    "file_side": (0.5, 1.0),
 }
 """The capture and export changes both twins apply with probability ``robust`` each:
 a black round or elliptical field of view (radii as a share of the side, centre offset),
 an exposure gain (half-width), JPEG re-compression (quality range) and a lower-resolution
-file scaled back up (share of the side)."""
+file scaled back up (share of the side). With ``jpeg_as_file`` the re-compression is of a
+saved file instead: the stored image at a file's own height and width (each a share
+``file_side`` of the stored side; 200x150 against 256 is 0.78 x 0.59), compressed and read
+back at the stored side before the crop, so its 8-pixel blocks reach the network enlarged
+and stretched as an exported file's do in the app."""
 
 
 def field_of_view_mask(size: int, radii, centre, softness):
@@ -232,10 +237,28 @@ def field_of_view_mask(size: int, radii, centre, softness):
     return tf.clip_by_value((1.0 - r) / edge + 0.5, 0.0, 1.0)[:, :, None]
 
 
-def capture_change(x, seed, robust: float):
+def saved_file(x, seed, robust: float):
+    """With probability ``robust``, one float image in [0, 1] (tf ops) as it comes back
+    from a JPEG file saved at its own size (:data:`CAPTURE_CHANGES` ``file_side``).
+    """
+    import tensorflow as tf
+
+    c = CAPTURE_CHANGES
+    seeds = tf.random.experimental.stateless_split(seed, num=3)
+    size = tf.shape(x)[0]
+    shares = tf.random.stateless_uniform([2], seeds[0], *c["file_side"])
+    file_hw = tf.maximum(tf.cast(tf.cast(size, tf.float32) * shares, tf.int32), 16)
+    small = tf.clip_by_value(tf.image.resize(x, file_hw, antialias=True), 0.0, 1.0)
+    jpeg = tf.image.stateless_random_jpeg_quality(small, *c["jpeg_quality"], seeds[1])
+    back = tf.reshape(tf.image.resize(jpeg, tf.stack([size, size])), tf.shape(x))
+    return tf.where(tf.random.stateless_uniform([], seeds[2]) < robust, back, x)
+
+
+def capture_change(x, seed, robust: float, jpeg: bool = True):
     """Other dermatoscopes and export paths on one float image in [0, 1] (tf ops): each of
-    a black field of view, exposure, JPEG re-compression and low resolution with
-    probability ``robust`` (:data:`CAPTURE_CHANGES`).
+    a black field of view, exposure, JPEG re-compression (at the network input; ``jpeg``
+    False leaves it to :func:`saved_file`) and low resolution with probability ``robust``
+    (:data:`CAPTURE_CHANGES`).
     """
     import tensorflow as tf
 
@@ -257,10 +280,11 @@ def capture_change(x, seed, robust: float):
     centre = 0.5 + tf.random.stateless_uniform([2], seeds[4], -c["fov_offset"], c["fov_offset"])
     soft = tf.random.stateless_uniform([], seeds[5], 0.0, 0.08)
     x = tf.where(u[2] < robust, x * field_of_view_mask(size, radii, centre, soft), x)
-    jpeg = tf.image.stateless_random_jpeg_quality(
-        tf.clip_by_value(x, 0.0, 1.0), *c["jpeg_quality"], seeds[6]
-    )
-    x = tf.where(u[3] < robust, tf.reshape(jpeg, tf.shape(x)), x)
+    if jpeg:
+        compressed = tf.image.stateless_random_jpeg_quality(
+            tf.clip_by_value(x, 0.0, 1.0), *c["jpeg_quality"], seeds[6]
+        )
+        x = tf.where(u[3] < robust, tf.reshape(compressed, tf.shape(x)), x)
     return x
 
 
@@ -271,6 +295,7 @@ def augment(
     min_scale: float = 0.75,
     white_balance: float = 0.0,
     robust: float = 0.0,
+    jpeg_as_file: bool = False,
 ):
     """Random dihedral transform, crop and colour jitter of one uint8 image (tf ops).
 
@@ -285,6 +310,8 @@ def augment(
         white_balance: Half-width of a random gain per colour channel (another
             dermatoscope's white balance); 0 = none.
         robust: Probability of each capture change (:func:`capture_change`); 0 = none.
+        jpeg_as_file: Re-compress as a saved file before the crop (:func:`saved_file`)
+            instead of at the network input.
 
     Returns:
         The augmented (out_size, out_size, 3) float32 tensor in [0, 255].
@@ -295,6 +322,8 @@ def augment(
     out = size if out_size is None else tf.constant(out_size)
     seeds = tf.random.experimental.stateless_split(seed, num=8)
     x = tf.image.convert_image_dtype(image, tf.float32)
+    if robust > 0 and jpeg_as_file:
+        x = saved_file(x, tf.random.experimental.stateless_fold_in(seed, 13), robust)
     x = tf.image.stateless_random_flip_left_right(x, seeds[0])
     k = tf.random.stateless_uniform([], seeds[1], 0, 4, dtype=tf.int32)
     x = tf.image.rot90(x, k)
@@ -314,7 +343,9 @@ def augment(
         )
     x = tf.clip_by_value(x, 0.0, 1.0)
     if robust > 0:
-        x = capture_change(x, tf.random.experimental.stateless_fold_in(seed, 11), robust)
+        x = capture_change(
+            x, tf.random.experimental.stateless_fold_in(seed, 11), robust, not jpeg_as_file
+        )
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
 
@@ -358,6 +389,7 @@ def make_dataset(
     hide: tuple[float, float] = (0.5, 0.2),
     white_balance: float = 0.0,
     robust: float = 0.0,
+    jpeg_as_file: bool = False,
 ):
     """Build a ``tf.data`` pipeline; only ``training=True`` shuffles and augments.
 
@@ -373,6 +405,7 @@ def make_dataset(
         hide: Probabilities of hiding all / each metadata field (training only).
         white_balance: Random per-channel gain half-width (training only).
         robust: Probability of each capture change (training only).
+        jpeg_as_file: Re-compress as a saved file (:func:`augment`; training only).
 
     Returns:
         A ``tf.data.Dataset`` of (inputs, labels) batches; inputs are float32 images in
@@ -383,16 +416,12 @@ def make_dataset(
 
     x_src = images if metadata is None else (images, metadata.astype(np.float32))
 
+    changes = (out_size, min_scale, white_balance, robust, jpeg_as_file)
+
     def inputs(x, s):
         if metadata is None:
-            if training:
-                return augment(x, s, out_size, min_scale, white_balance, robust)
-            return tf.cast(x, tf.float32)
-        image = (
-            augment(x[0], s, out_size, min_scale, white_balance, robust)
-            if training
-            else tf.cast(x[0], tf.float32)
-        )
+            return augment(x, s, *changes) if training else tf.cast(x, tf.float32)
+        image = augment(x[0], s, *changes) if training else tf.cast(x[0], tf.float32)
         meta = hide_metadata(x[1], s, *hide) if training else x[1]
         return {"image": image, "metadata": meta}
 

@@ -54,6 +54,7 @@ class TrainConfig:
     white_balance: float = 0.0
     colour_constancy: float = 0.0
     robust: float = 0.0
+    jpeg_as_file: bool = False  # the robust JPEG as a saved file's (before the crop)
     freeze_stages: int = 0
     cached_views: int = 0
     teachers: str = ""

@@ -415,6 +415,8 @@ def recipe_text(settings: dict) -> str:
         parts.append(f"weight average {settings['ema_half_life']:g} ep")
     if settings.get("robust"):
         parts.append(f"capture changes p={settings['robust']:g}")
+        if settings.get("jpeg_as_file"):
+            parts.append("JPEG as a saved file")
     if settings.get("freeze_stages"):
         views = settings.get("cached_views") or settings["epochs"]
         parts.append(f"stem + {settings['freeze_stages']} stages frozen, {views} cached views")

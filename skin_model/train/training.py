@@ -529,6 +529,7 @@ def _stream_maker(cfg: TrainConfig, x_tr, y_tr, metas: dict | None, shard: tuple
             hide=(cfg.metadata_hide_all, cfg.metadata_hide_field),
             white_balance=cfg.white_balance,
             robust=cfg.robust,
+            jpeg_as_file=cfg.jpeg_as_file,
             **({"shard": shard} if shard[1] > 1 else {}),
         )
 
