@@ -44,6 +44,8 @@ _HELP = {
     "jpeg_as_file": "true: --robust's JPEG re-compression is of a saved file (the stored image "
     "at a file's own height and width, compressed, read back before the crop) instead of "
     "the network input",
+    "resaved_files": "share of training views drawn from a copy of the file saved again as a "
+    "JPEG (quality 30-90) at its own size and 8x8 grid, then resized like the original",
     "members": "DIR,DIR: instead of fitting, average these finalised networks (trained on "
     "the split these settings draw) into one and finalise it",
 }

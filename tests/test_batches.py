@@ -238,6 +238,44 @@ def test_training_passes_jpeg_as_file_to_its_batches(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(training, "make_batches", lambda *a, **k: seen.update(k))
-    cfg = TrainConfig(robust=0.35, jpeg_as_file=True)
-    training._stream_maker(cfg, _images(2), ["nv", "mel"], None, (0, 1))(0)
+    cfg = TrainConfig(robust=0.35, jpeg_as_file=True, resaved_files=0.4)
+    again = _images(2)
+    training._stream_maker(cfg, _images(2), ["nv", "mel"], None, (0, 1), again)(0)
     assert seen["jpeg_as_file"] is True and seen["robust"] == 0.35
+    assert seen["resaved"] is again and seen["resaved_share"] == 0.4
+
+
+def test_resaved_copies_save_each_file_again_at_its_own_size(tiny_data):
+    """``--resaved-files``: each file is saved again as a JPEG of its own height and width
+    (the quality drawn per file from the seed) and only then resized like the original."""
+    from skin_model.data.batches import jpeg_round_trip
+    from skin_model.data.dataset import CAPTURE_CHANGES, load_images, resaved_copies
+    from skin_model.data.imaging import decode_image, resize_for_model
+
+    paths = sorted(str(p) for p in tiny_data.rglob("*.jpg"))[:3]
+    copies = resaved_copies(paths, 48, seed=5)
+    assert copies.shape == (3, 48, 48, 3) and copies.dtype == np.uint8
+    assert np.array_equal(resaved_copies(paths, 48, seed=5), copies)
+    assert 0.2 < np.abs(copies.astype(float) - load_images(paths, 48)).mean() < 20
+    image = decode_image(Path(paths[0]).read_bytes())
+    low, high = CAPTURE_CHANGES["resave_quality"]
+    assert any(
+        np.array_equal(resize_for_model(jpeg_round_trip(image, q), 48), copies[0])
+        for q in range(low, high + 1)
+    )
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_both_twins_draw_the_resaved_copy_with_its_share(share):
+    """A training view starts from the re-saved copy with probability ``resaved_share``."""
+    from skin_model.data.dataset import make_dataset
+
+    n = 64
+    dark, light = np.zeros((n, 24, 24, 3), np.uint8), np.full((n, 24, 24, 3), 255, np.uint8)
+    y = one_hot(["nv"] * n)
+    kwargs = {"min_scale": 1.0, "resaved": light, "resaved_share": share}
+    (x_tf, _) = next(iter(make_dataset(dark, y, n, True, **kwargs)))
+    x_np, _ = ArrayBatches(dark, y, n, True, **kwargs)[0]
+    for x in (np.asarray(x_tf), x_np):
+        light_share = (x.mean(axis=(1, 2, 3)) > 128).mean()
+        assert abs(light_share - share) < (0.2 if 0 < share < 1 else 1e-9)

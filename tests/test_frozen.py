@@ -63,12 +63,13 @@ def test_a_frozen_run_trains_only_the_top_and_resumes(tmp_path, monkeypatch):
     metas = {p: rng.normal(size=(len(parts[p][1]), DIM)).astype(np.float32) for p in parts}
     cfg = TrainConfig(
         weights=None, metadata=True, input_size=32, epochs=2, batch_size=16,
-        freeze_stages=3, name="frozen", verbose=0,
+        freeze_stages=3, name="frozen", verbose=0, resaved_files=0.5,
     )  # fmt: skip
     layer = spec_for(cfg.architecture).stage_ends[3]
     keras.utils.set_random_seed(cfg.seed)  # as fit_model does: the same starting weights
     start = make_efficientnet_lite(32, weights=None, metadata_dim=DIM)
-    model, info = fit_model(cfg, parts, tmp_path, metas=metas)
+    resaved = 255 - parts["train"][0]  # --resaved-files: views drawn from the copies too
+    model, info = fit_model(cfg, parts, tmp_path, metas=metas, resaved=resaved)
     assert info["epochs_run"] == 2 and (tmp_path / OPTIMIZER_FILE).is_file()
 
     def frozen_weights(m):

@@ -195,6 +195,9 @@ class ArrayBatches(keras.utils.PyDataset):
         white_balance: Random per-channel gain half-width (training only).
         robust: Probability of each capture change (training only).
         jpeg_as_file: Re-compress as a saved file before the crop (training only).
+        resaved: ``images`` saved again on their own grid
+            (:func:`skin_model.data.dataset.resaved_copies`), or None.
+        resaved_share: Probability a training view starts from ``resaved`` instead.
         shard: ``(process, processes)``: this process yields its slice of every global
             batch (JAX with several processes assembles the global batch from them).
     """
@@ -213,6 +216,8 @@ class ArrayBatches(keras.utils.PyDataset):
         white_balance: float = 0.0,
         robust: float = 0.0,
         jpeg_as_file: bool = False,
+        resaved: np.ndarray | None = None,
+        resaved_share: float = 0.0,
         shard: tuple[int, int] = (0, 1),
     ):
         super().__init__(workers=os.cpu_count() or 1, use_multiprocessing=False)
@@ -220,7 +225,8 @@ class ArrayBatches(keras.utils.PyDataset):
         self.batch_size, self.training, self.seed = batch_size, training, seed
         self.out_size, self.min_scale, self.hide = out_size, min_scale, hide
         self.white_balance, self.robust, self.jpeg_as_file = white_balance, robust, jpeg_as_file
-        self.shard = shard
+        self.resaved = resaved if resaved_share > 0 else None
+        self.resaved_share, self.shard = resaved_share, shard
         self.epoch = 0
         self.order = self._order()
 
@@ -246,7 +252,7 @@ class ArrayBatches(keras.utils.PyDataset):
             x = np.stack(
                 [
                     augment_array(
-                        self.images[i],
+                        self._source(i, rng),
                         rng,
                         self.out_size,
                         self.min_scale,
@@ -266,6 +272,12 @@ class ArrayBatches(keras.utils.PyDataset):
         if self.training:
             m = np.stack([hide_array(v, r, *self.hide) for v, r in zip(m, rngs, strict=True)])
         return {"image": x, "metadata": m}, y
+
+    def _source(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        """Image ``i``, or with probability ``resaved_share`` its re-saved copy."""
+        if self.resaved is not None and rng.random() < self.resaved_share:
+            return self.resaved[i]
+        return self.images[i]
 
     def on_epoch_end(self) -> None:
         """Reshuffle for the next epoch."""

@@ -149,6 +149,29 @@ def load_images_at(paths: Sequence[str], sizes: Sequence[int]) -> list[np.ndarra
     return out
 
 
+def resaved_copies(paths: Sequence[str], size: int, seed: int) -> np.ndarray:
+    """Each file as it comes back when saved again as a JPEG at its own size and 8x8 grid
+    (quality drawn from :data:`CAPTURE_CHANGES` ``resave_quality`` per file), resized to
+    ``size`` as :func:`load_images_at` resizes the original.
+
+    A file saved again on its own grid re-quantises its own blocks; the shipped model loses
+    far more balanced accuracy to that than to the same quality on a shifted grid
+    (docs/ship_rule_jpeg_as_file.txt).
+
+    Returns:
+        uint8 array (N, size, size, 3), row ``i`` from ``paths[i]``.
+    """
+    from skin_model.data.batches import jpeg_round_trip
+
+    low, high = CAPTURE_CHANGES["resave_quality"]
+    qualities = np.random.default_rng(seed).integers(low, high + 1, len(paths))
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, (path, quality) in enumerate(zip(paths, qualities, strict=True)):
+        image = jpeg_round_trip(decode_image(Path(path).read_bytes()), int(quality))
+        out[i] = resize_for_model(image, size)
+    return out
+
+
 def carve_calibration(df: pd.DataFrame, share: float = 0.5, seed: int = 7) -> pd.Series:
     """Move ``share`` of the validation lesions (per class) to a ``calib`` part.
 
@@ -208,6 +231,7 @@ CAPTURE_CHANGES = {
     "jpeg_quality": (30, 95),
     "low_resolution": (0.35, 0.8),
     "file_side": (0.5, 1.0),
+    "resave_quality": (30, 90),
 }
 """The capture and export changes both twins apply with probability ``robust`` each:
 a black round or elliptical field of view (radii as a share of the side, centre offset),
@@ -216,7 +240,8 @@ file scaled back up (share of the side). With ``jpeg_as_file`` the re-compressio
 saved file instead: the stored image at a file's own height and width (each a share
 ``file_side`` of the stored side; 200x150 against 256 is 0.78 x 0.59), compressed and read
 back at the stored side before the crop, so its 8-pixel blocks reach the network enlarged
-and stretched as an exported file's do in the app."""
+and stretched as an exported file's do in the app. ``resave_quality`` is the JPEG quality
+range of a file saved again at its own size (:func:`resaved_copies`, ``--resaved-files``)."""
 
 
 def field_of_view_mask(size: int, radii, centre, softness):
@@ -390,6 +415,8 @@ def make_dataset(
     white_balance: float = 0.0,
     robust: float = 0.0,
     jpeg_as_file: bool = False,
+    resaved: np.ndarray | None = None,
+    resaved_share: float = 0.0,
 ):
     """Build a ``tf.data`` pipeline; only ``training=True`` shuffles and augments.
 
@@ -406,6 +433,8 @@ def make_dataset(
         white_balance: Random per-channel gain half-width (training only).
         robust: Probability of each capture change (training only).
         jpeg_as_file: Re-compress as a saved file (:func:`augment`; training only).
+        resaved: ``images`` saved again on their own grid (:func:`resaved_copies`), or None.
+        resaved_share: Probability a training view starts from ``resaved`` instead.
 
     Returns:
         A ``tf.data.Dataset`` of (inputs, labels) batches; inputs are float32 images in
@@ -437,6 +466,15 @@ def make_dataset(
         n = len(images)
         data = tuple(tf.constant(a) for a in (x_src if metadata is not None else (x_src,)))
         y_all = tf.constant(labels)
+        again = None if resaved is None or resaved_share <= 0 else tf.constant(resaved)
+
+        def source(i, s):  # the stored image, or with resaved_share its re-saved copy
+            x = tuple(tf.gather(a, i) for a in data)
+            if again is None:
+                return x
+            coin = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(s, 29))
+            image = tf.where(coin < resaved_share, tf.gather(again, i), x[0])
+            return (image, *x[1:])
 
         def epoch(e):
             order = tf.random.experimental.stateless_shuffle(
@@ -445,8 +483,8 @@ def make_dataset(
             items = tf.data.Dataset.from_tensor_slices(order).enumerate()
 
             def element(position, i):
-                x = tuple(tf.gather(a, i) for a in data)
                 s = tf.stack([e * 1_000_003 + position, tf.constant(seed, tf.int64)])
+                x = source(i, s)
                 return inputs(x if metadata is not None else x[0], s), tf.gather(y_all, i)
 
             return items.map(element, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)

@@ -55,6 +55,7 @@ class TrainConfig:
     colour_constancy: float = 0.0
     robust: float = 0.0
     jpeg_as_file: bool = False  # the robust JPEG as a saved file's (before the crop)
+    resaved_files: float = 0.0  # share of training views from the file saved again on its grid
     freeze_stages: int = 0
     cached_views: int = 0
     teachers: str = ""
@@ -113,6 +114,7 @@ class TrainConfig:
             (not 0 < self.crop_min_scale <= 1, "--crop-min-scale must be in (0, 1]"),
             (not 0 <= self.white_balance < 0.5, "--white-balance must be in [0, 0.5)"),
             (not 0 <= self.robust <= 1, "--robust must be in [0, 1]"),
+            (not 0 <= self.resaved_files <= 1, "--resaved-files must be in [0, 1]"),
             (self.colour_constancy < 0, "--colour-constancy must be >= 0 (0 = off)"),
             (self.context_fusion_power < 0, "--context-fusion-power must be >= 0"),
             (not 0 < self.val_frac + self.test_frac < 1, "--val-frac + --test-frac must be < 1"),

@@ -417,6 +417,8 @@ def recipe_text(settings: dict) -> str:
         parts.append(f"capture changes p={settings['robust']:g}")
         if settings.get("jpeg_as_file"):
             parts.append("JPEG as a saved file")
+    if settings.get("resaved_files"):
+        parts.append(f"files saved again on their grid p={settings['resaved_files']:g}")
     if settings.get("freeze_stages"):
         views = settings.get("cached_views") or settings["epochs"]
         parts.append(f"stem + {settings['freeze_stages']} stages frozen, {views} cached views")

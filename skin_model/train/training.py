@@ -30,6 +30,7 @@ from skin_model.data.dataset import (
     load_images_at,
     one_hot,
     read_metadata,
+    resaved_copies,
     split_by_lesion,
 )
 from skin_model.model.artifacts import (
@@ -425,6 +426,7 @@ def fit_model(
     metas: dict | None = None,
     shard: tuple[int, int] = (0, 1),
     plan=None,
+    resaved: np.ndarray | None = None,
 ):
     """Build (or resume), compile and fit the model; return it with the fit summary.
 
@@ -438,6 +440,7 @@ def fit_model(
         shard: ``(process, processes)``: on JAX with several processes, each feeds its own
             slice of every global batch.
         plan: The :class:`~skin_model.train.distribute.Plan` it runs under (None: one device).
+        resaved: The training images saved again on their own grid (``--resaved-files``).
 
     Returns:
         ``(model, {"epochs_run", "best_epoch", "train_seconds"})`` (a model this process
@@ -456,7 +459,7 @@ def fit_model(
         print(f"all {cfg.epochs} epochs done: scoring the fitted weights")
         return _fit_summary(cfg, model, out_dir, float(state.get("seconds", 0.0)), state)
 
-    train_stream = _stream_maker(cfg, x_tr, y_tr, metas, shard)
+    train_stream = _stream_maker(cfg, x_tr, y_tr, metas, shard, resaved)
     meta_va = metas["val"] if metas else None
     val_ds = make_batches(x_va, one_hot(y_va), cfg.batch_size, training=False, metadata=meta_va)
     if cfg.freeze_stages:
@@ -513,8 +516,12 @@ def _fit_summary(cfg: TrainConfig, fitted, out_dir: Path, seconds: float, state:
     }
 
 
-def _stream_maker(cfg: TrainConfig, x_tr, y_tr, metas: dict | None, shard: tuple[int, int]):
-    """``seed offset -> training batches`` of the run's images and augmentation."""
+def _stream_maker(
+    cfg: TrainConfig, x_tr, y_tr, metas: dict | None, shard: tuple[int, int], resaved=None
+):
+    """``seed offset -> training batches`` of the run's images and augmentation (``resaved``:
+    the images saved again on their own grid, drawn with ``cfg.resaved_files``).
+    """
 
     def train_stream(seed_offset: int):
         return make_batches(
@@ -530,6 +537,8 @@ def _stream_maker(cfg: TrainConfig, x_tr, y_tr, metas: dict | None, shard: tuple
             white_balance=cfg.white_balance,
             robust=cfg.robust,
             jpeg_as_file=cfg.jpeg_as_file,
+            resaved=resaved,
+            resaved_share=cfg.resaved_files,
             **({"shard": shard} if shard[1] > 1 else {}),
         )
 
@@ -662,6 +671,9 @@ def train_model(
     train_paths = df.loc[is_train, "path"].tolist()
     train_images, train_at_input = load_images_at(train_paths, (cfg.cache_size(), cfg.input_size))
     (images,) = load_images_at(df.loc[~is_train, "path"].tolist(), (cfg.input_size,))
+    resaved = None
+    if cfg.resaved_files > 0:
+        resaved = resaved_copies(train_paths, cfg.cache_size(), cfg.seed)
     print(f"loaded {len(df)} images in {time.perf_counter() - t0:.1f}s")
     rest = df[~is_train]
     parts = {"train": (train_images, df.loc[is_train, "dx"].tolist())}
@@ -683,7 +695,9 @@ def train_model(
 
             model, fit_info = averaged_fit(cfg, out_dir)
         else:
-            model, fit_info = fit_model(cfg, parts, out_dir, resume, net_metas, shard, plan)
+            model, fit_info = fit_model(
+                cfg, parts, out_dir, resume, net_metas, shard, plan, resaved
+            )
     if not cluster.is_chief:
         shutil.rmtree(out_dir, ignore_errors=True)
         print(f"process {cluster.index}: done; process 0 writes {final_dir}")
