@@ -517,7 +517,12 @@ def _fit_summary(cfg: TrainConfig, fitted, out_dir: Path, seconds: float, state:
 
 
 def _stream_maker(
-    cfg: TrainConfig, x_tr, y_tr, metas: dict | None, shard: tuple[int, int], resaved=None
+    cfg: TrainConfig,
+    x_tr,
+    y_tr,
+    metas: dict | None,
+    shard: tuple[int, int],
+    resaved: np.ndarray | None = None,
 ):
     """``seed offset -> training batches`` of the run's images and augmentation (``resaved``:
     the images saved again on their own grid, drawn with ``cfg.resaved_files``).
@@ -672,7 +677,7 @@ def train_model(
     train_images, train_at_input = load_images_at(train_paths, (cfg.cache_size(), cfg.input_size))
     (images,) = load_images_at(df.loc[~is_train, "path"].tolist(), (cfg.input_size,))
     resaved = None
-    if cfg.resaved_files > 0:
+    if cfg.resaved_files > 0 and not cfg.members:  # an average of members fits nothing
         resaved = resaved_copies(train_paths, cfg.cache_size(), cfg.seed)
     print(f"loaded {len(df)} images in {time.perf_counter() - t0:.1f}s")
     rest = df[~is_train]
