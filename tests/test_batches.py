@@ -248,9 +248,8 @@ def test_training_passes_jpeg_as_file_to_its_batches(monkeypatch):
 def test_resaved_copies_save_each_file_again_at_its_own_size(tiny_data):
     """``--resaved-files``: each file is saved again as a JPEG of its own height and width
     (the quality drawn per file from the seed) and only then resized like the original."""
-    from skin_model.data.batches import jpeg_round_trip
     from skin_model.data.dataset import CAPTURE_CHANGES, load_images, resaved_copies
-    from skin_model.data.imaging import decode_image, resize_for_model
+    from skin_model.data.imaging import decode_image, jpeg_round_trip, resize_for_model
 
     paths = sorted(str(p) for p in tiny_data.rglob("*.jpg"))[:3]
     copies = resaved_copies(paths, 48, seed=5)
@@ -279,3 +278,15 @@ def test_both_twins_draw_the_resaved_copy_with_its_share(share):
     for x in (np.asarray(x_tf), x_np):
         light_share = (x.mean(axis=(1, 2, 3)) > 128).mean()
         assert abs(light_share - share) < (0.2 if 0 < share < 1 else 1e-9)
+
+
+def test_re_saved_copies_are_made_only_for_a_run_that_fits(monkeypatch):
+    """``--resaved-files`` makes the copies for a fitted run; 0 or a members average: none."""
+    from skin_model.model.settings import TrainConfig
+    from skin_model.train import training
+
+    monkeypatch.setattr(training, "resaved_copies", lambda paths, size, seed: (paths, size, seed))
+    cfg = TrainConfig(resaved_files=0.35, input_size=32)
+    assert training._resaved_for(cfg, ["a.jpg"]) == (["a.jpg"], cfg.cache_size(), cfg.seed)
+    assert training._resaved_for(TrainConfig(), ["a.jpg"]) is None
+    assert training._resaved_for(TrainConfig(resaved_files=0.35, members="x,y"), ["a"]) is None

@@ -9,12 +9,13 @@ epoch and the batch index, whatever the order the workers finish in.
 
 from __future__ import annotations
 
-import io
 import os
 
 import keras
 import numpy as np
 from PIL import Image
+
+from skin_model.data.imaging import jpeg_round_trip
 
 
 def augment_array(
@@ -120,13 +121,6 @@ def random_field_of_view(size: int, rng: np.random.Generator) -> np.ndarray:
     radii = rng.uniform(*c["fov_radius"], 2)
     centre = 0.5 + rng.uniform(-c["fov_offset"], c["fov_offset"], 2)
     return field_of_view_array(size, radii, centre, rng.uniform(0.0, 0.08))
-
-
-def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
-    """A uint8 image saved as a JPEG of ``quality`` and decoded again."""
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "JPEG", quality=quality)
-    return np.asarray(Image.open(buf).convert("RGB"))
 
 
 def saved_file_array(image: np.ndarray, rng: np.random.Generator, robust: float) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from skin_model import CLASSES
-from skin_model.data.imaging import decode_image, resize_for_model
+from skin_model.data.imaging import decode_image, jpeg_round_trip, resize_for_model
 
 METADATA_FILE = "HAM10000_metadata.csv"
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
@@ -161,8 +161,6 @@ def resaved_copies(paths: Sequence[str], size: int, seed: int) -> np.ndarray:
     Returns:
         uint8 array (N, size, size, 3), row ``i`` from ``paths[i]``.
     """
-    from skin_model.data.batches import jpeg_round_trip
-
     low, high = CAPTURE_CHANGES["resave_quality"]
     qualities = np.random.default_rng(seed).integers(low, high + 1, len(paths))
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
@@ -402,6 +400,19 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return int(np.ceil(n / batch_size))
 
 
+def _source(data: tuple, again, share: float, i, seed) -> tuple:
+    """Row ``i`` of ``data`` (tf tensors, the images first), its image replaced with
+    probability ``share`` by row ``i`` of ``again`` (the re-saved copies; None: never).
+    """
+    import tensorflow as tf
+
+    x = tuple(tf.gather(a, i) for a in data)
+    if again is None:
+        return x
+    coin = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, 29))
+    return (tf.where(coin < share, tf.gather(again, i), x[0]), *x[1:])
+
+
 def make_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -468,14 +479,6 @@ def make_dataset(
         y_all = tf.constant(labels)
         again = None if resaved is None or resaved_share <= 0 else tf.constant(resaved)
 
-        def source(i, s):  # the stored image, or with resaved_share its re-saved copy
-            x = tuple(tf.gather(a, i) for a in data)
-            if again is None:
-                return x
-            coin = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(s, 29))
-            image = tf.where(coin < resaved_share, tf.gather(again, i), x[0])
-            return (image, *x[1:])
-
         def epoch(e):
             order = tf.random.experimental.stateless_shuffle(
                 tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e])
@@ -484,7 +487,7 @@ def make_dataset(
 
             def element(position, i):
                 s = tf.stack([e * 1_000_003 + position, tf.constant(seed, tf.int64)])
-                x = source(i, s)
+                x = _source(data, again, resaved_share, i, s)
                 return inputs(x if metadata is not None else x[0], s), tf.gather(y_all, i)
 
             return items.map(element, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)

@@ -176,6 +176,13 @@ def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
     return to_landscape(np.asarray(pil, dtype=np.uint8), image.shape[:2])
 
 
+def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+    """A uint8 image saved as a JPEG of ``quality`` and decoded again."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
 def is_portrait(shape: tuple[int, ...]) -> bool:
     """True for an image taller than wide: its model input is turned (:func:`to_landscape`)."""
     return int(shape[0]) > int(shape[1])

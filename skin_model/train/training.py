@@ -634,6 +634,15 @@ def local_copy(model, cfg: TrainConfig, prior: np.ndarray):
     return copy
 
 
+def _resaved_for(cfg: TrainConfig, train_paths: list[str]) -> np.ndarray | None:
+    """The training files saved again on their own grid when ``--resaved-files`` asks for
+    them (a run that averages members fits nothing and gets none).
+    """
+    if cfg.resaved_files <= 0 or cfg.members:
+        return None
+    return resaved_copies(train_paths, cfg.cache_size(), cfg.seed)
+
+
 def train_model(
     data_dir: Path,
     out_dir: Path,
@@ -676,9 +685,7 @@ def train_model(
     train_paths = df.loc[is_train, "path"].tolist()
     train_images, train_at_input = load_images_at(train_paths, (cfg.cache_size(), cfg.input_size))
     (images,) = load_images_at(df.loc[~is_train, "path"].tolist(), (cfg.input_size,))
-    resaved = None
-    if cfg.resaved_files > 0 and not cfg.members:  # an average of members fits nothing
-        resaved = resaved_copies(train_paths, cfg.cache_size(), cfg.seed)
+    resaved = _resaved_for(cfg, train_paths)
     print(f"loaded {len(df)} images in {time.perf_counter() - t0:.1f}s")
     rest = df[~is_train]
     parts = {"train": (train_images, df.loc[is_train, "dx"].tolist())}
