@@ -358,3 +358,14 @@ def test_a_second_look_is_recorded_and_its_threshold_fitted_on_what_it_makes(
     assert all(p.views == max(4, views) for p in looked)
     fit = read_metrics(run).raw["calibration_fit"]["operating_point"]
     assert fit["sensitivity"] >= bundle.config.target_sensitivity
+
+
+def test_attempt_settings_name_every_recipe_change():
+    from skin_model.model.settings import TrainConfig
+    from skin_model.train.training import settings_summary
+
+    plain = settings_summary(TrainConfig())
+    changed = settings_summary(TrainConfig(robust=0.35, resaved_files=0.35, verbose=0))
+    assert "robust" not in plain and "resaved_files" not in plain
+    assert "robust=0.35" in changed and "resaved_files=0.35" in changed
+    assert "verbose" not in changed and changed.startswith(plain.split(" seed=")[0])

@@ -790,8 +790,13 @@ def remeasure_cam(model_dir: Path, data_dir: Path, n: int = 150, choose: bool = 
     return block
 
 
+_NOT_RECIPE = frozenset({"name", "verbose"})
+
+
 def settings_summary(cfg: TrainConfig) -> str:
-    """The non-default-looking settings of a run as one short string."""
+    """A run's settings as one short string: a fixed set first (every row has them), then any
+    other recipe setting that differs from its default (e.g. ``robust=0.35``).
+    """
     keys = (
         "weights",
         "loss",
@@ -815,7 +820,15 @@ def settings_summary(cfg: TrainConfig) -> str:
         "seed",
         "split_seed",
     )
-    return " ".join(f"{k}={getattr(cfg, k)}" for k in keys)
+    default = TrainConfig()
+    others = [
+        f.name
+        for f in dataclasses.fields(cfg)
+        if f.name not in keys
+        and f.name not in _NOT_RECIPE
+        and getattr(cfg, f.name) != getattr(default, f.name)
+    ]
+    return " ".join(f"{k}={getattr(cfg, k)}" for k in (*keys, *others))
 
 
 def append_attempt(
