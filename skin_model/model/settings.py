@@ -234,6 +234,20 @@ def config_dict(cfg: TrainConfig) -> dict:
     return asdict(cfg)
 
 
+def changed_settings(settings: dict) -> dict:
+    """The recipe settings of ``settings`` (a :func:`config_dict`, or one read back) that
+    differ from :class:`TrainConfig`'s defaults, in field order (``verbose`` is no recipe).
+    """
+    defaults = TrainConfig()
+    return {
+        f.name: settings[f.name]
+        for f in fields(TrainConfig)
+        if f.name in settings
+        and f.name != "verbose"
+        and settings[f.name] != getattr(defaults, f.name)
+    }
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """What a run recorded in ``run_config.json``: its settings and, for training runs, how

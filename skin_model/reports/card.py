@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 from pathlib import Path
 
 from skin_model.model.artifacts import (
@@ -16,7 +15,7 @@ from skin_model.model.artifacts import (
 )
 from skin_model.model.config import ModelConfig, read_model_config
 from skin_model.model.metrics_file import Metrics, read_metrics
-from skin_model.model.settings import TrainConfig, comma_paths
+from skin_model.model.settings import changed_settings, comma_paths
 from skin_model.reports.tables import (
     attempts_frame,
     context_frame,
@@ -63,13 +62,9 @@ def reproduce_command(training: dict, out: str = "models/default") -> str:
     Returns:
         One shell line with every setting that differs from the defaults.
     """
-    defaults = TrainConfig()
     flags = [
-        f"--{f.name.replace('_', '-')} {'none' if training[f.name] is None else training[f.name]}"
-        for f in fields(TrainConfig)
-        if f.name in training
-        and f.name != "verbose"
-        and training[f.name] != getattr(defaults, f.name)
+        f"--{name.replace('_', '-')} {'none' if value is None else value}"
+        for name, value in changed_settings(training).items()
     ]
     replace = ["--replace-default"] if out.rstrip("/") == "models/default" else []
     head = ["python train.py --data-dir ../shared/data/ham10000", f"--out {out}", *replace]

@@ -48,7 +48,7 @@ from skin_model.model.artifacts import (
     write_json,
 )
 from skin_model.model.calibration import class_frequencies
-from skin_model.model.settings import TrainConfig, config_dict
+from skin_model.model.settings import TrainConfig, changed_settings, config_dict
 from skin_model.reports.card import write_model_card
 from skin_model.train import frozen
 from skin_model.train.distribute import HostView, build_before_fit, no_distribution
@@ -790,9 +790,6 @@ def remeasure_cam(model_dir: Path, data_dir: Path, n: int = 150, choose: bool = 
     return block
 
 
-_NOT_RECIPE = frozenset({"name", "verbose"})
-
-
 def settings_summary(cfg: TrainConfig) -> str:
     """A run's settings as one short string: a fixed set first (every row has them), then any
     other recipe setting that differs from its default (e.g. ``robust=0.35``).
@@ -820,14 +817,7 @@ def settings_summary(cfg: TrainConfig) -> str:
         "seed",
         "split_seed",
     )
-    default = TrainConfig()
-    others = [
-        f.name
-        for f in dataclasses.fields(cfg)
-        if f.name not in keys
-        and f.name not in _NOT_RECIPE
-        and getattr(cfg, f.name) != getattr(default, f.name)
-    ]
+    others = [k for k in changed_settings(config_dict(cfg)) if k not in keys and k != "name"]
     return " ".join(f"{k}={getattr(cfg, k)}" for k in (*keys, *others))
 
 
