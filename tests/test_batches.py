@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 
 from skin_model import REPO_ROOT
+from skin_model.data.augmentation import Augmentation
 from skin_model.data.batches import ArrayBatches, augment_array, hide_array
 from skin_model.data.dataset import one_hot
 from skin_model.data.metadata import MISSING, encode, parse_context, segment_ids
+
+TO_32 = Augmentation(out_size=32)
 
 
 def _images(n=10, size=40):
@@ -54,10 +57,10 @@ def test_array_batches_cover_the_data_and_feed_two_inputs():
     x, y = plain[0]
     np.testing.assert_array_equal(x, images[:4].astype(np.float32))
     np.testing.assert_array_equal(y, labels[:4])
-    train = ArrayBatches(images, labels, 4, True, out_size=32, metadata=metas)
+    train = ArrayBatches(images, labels, 4, True, augmentation=TO_32, metadata=metas)
     inputs, _ = train[1]
     assert inputs["image"].shape == (4, 32, 32, 3) and inputs["metadata"].shape == (4, 20)
-    again = ArrayBatches(images, labels, 4, True, out_size=32, metadata=metas)[1]
+    again = ArrayBatches(images, labels, 4, True, augmentation=TO_32, metadata=metas)[1]
     np.testing.assert_array_equal(inputs["image"], again[0]["image"])  # reproducible
     first = train.order.copy()
     train.on_epoch_end()
@@ -224,9 +227,9 @@ def test_jpeg_as_file_moves_the_compression_before_the_crop():
         for f in (True, True, False)
     ]
     assert np.array_equal(arrays[0], arrays[1]) and np.abs(arrays[0] - arrays[2]).mean() > 1
-    batches = ArrayBatches(_images(4, 43), one_hot(["nv"] * 4), 4, True, robust=1.0)
-    filed = ArrayBatches(
-        _images(4, 43), one_hot(["nv"] * 4), 4, True, robust=1.0, jpeg_as_file=True
+    changed = [Augmentation(robust=1.0, jpeg_as_file=f) for f in (False, True)]
+    batches, filed = (
+        ArrayBatches(_images(4, 43), one_hot(["nv"] * 4), 4, True, 42, a) for a in changed
     )
     assert np.abs(batches[0][0] - filed[0][0]).mean() > 1
 
@@ -238,11 +241,29 @@ def test_training_passes_jpeg_as_file_to_its_batches(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(training, "make_batches", lambda *a, **k: seen.update(k))
-    cfg = TrainConfig(robust=0.35, jpeg_as_file=True, resaved_files=0.4)
+    cfg = TrainConfig(robust=0.35, jpeg_as_file=True, resaved_files=0.4, metadata_hide_all=0.3)
     again = _images(2)
     training._stream_maker(cfg, _images(2), ["nv", "mel"], None, (0, 1), again)(0)
-    assert seen["jpeg_as_file"] is True and seen["robust"] == 0.35
-    assert seen["resaved"] is again and seen["resaved_share"] == 0.4
+    assert seen["augmentation"] == Augmentation(192, 0.75, 0.0, 0.35, True, 0.4, (0.3, 0.2))
+    assert seen["resaved"] is again
+
+
+def test_a_run_s_augmentation_names_each_of_its_settings():
+    """``TrainConfig.augmentation`` carries every training-view setting, each to its field."""
+    from skin_model.model.settings import TrainConfig
+
+    cfg = TrainConfig(
+        input_size=64,
+        crop_min_scale=0.5,
+        white_balance=0.1,
+        robust=0.2,
+        jpeg_as_file=True,
+        resaved_files=0.3,
+        metadata_hide_all=0.4,
+        metadata_hide_field=0.6,
+    )
+    assert cfg.augmentation() == Augmentation(64, 0.5, 0.1, 0.2, True, 0.3, (0.4, 0.6))
+    assert cfg.augmentation().image_args == (64, 0.5, 0.1, 0.2, True)
 
 
 def test_resaved_copies_save_each_file_again_at_its_own_size(tiny_data):
@@ -272,7 +293,7 @@ def test_both_twins_draw_the_resaved_copy_with_its_share(share):
     n = 64
     dark, light = np.zeros((n, 24, 24, 3), np.uint8), np.full((n, 24, 24, 3), 255, np.uint8)
     y = one_hot(["nv"] * n)
-    kwargs = {"min_scale": 1.0, "resaved": light, "resaved_share": share}
+    kwargs = {"augmentation": Augmentation(min_scale=1.0, resaved_share=share), "resaved": light}
     (x_tf, _) = next(iter(make_dataset(dark, y, n, True, **kwargs)))
     x_np, _ = ArrayBatches(dark, y, n, True, **kwargs)[0]
     for x in (np.asarray(x_tf), x_np):

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from PIL import Image
 
+from skin_model.data.augmentation import Augmentation
 from skin_model.data.imaging import jpeg_round_trip
 
 
@@ -182,16 +183,11 @@ class ArrayBatches(keras.utils.PyDataset):
         batch_size: Images per batch.
         training: Shuffle, augment and hide metadata when True.
         seed: Seed of the shuffle and augmentation.
-        out_size: Model input side when images are cached larger (training only).
-        min_scale: Smallest random crop side as a share of ``S``.
+        augmentation: How a training view is drawn (None: the defaults of
+            :class:`skin_model.data.augmentation.Augmentation`).
         metadata: (N, DIM) patient-context vectors for a two-input model, or None.
-        hide: Probabilities of hiding all / each metadata field (training only).
-        white_balance: Random per-channel gain half-width (training only).
-        robust: Probability of each capture change (training only).
-        jpeg_as_file: Re-compress as a saved file before the crop (training only).
         resaved: ``images`` saved again on their own grid
             (:func:`skin_model.data.dataset.resaved_copies`), or None.
-        resaved_share: Probability a training view starts from ``resaved`` instead.
         shard: ``(process, processes)``: this process yields its slice of every global
             batch (JAX with several processes assembles the global batch from them).
     """
@@ -203,24 +199,17 @@ class ArrayBatches(keras.utils.PyDataset):
         batch_size: int,
         training: bool,
         seed: int = 42,
-        out_size: int | None = None,
-        min_scale: float = 0.75,
+        augmentation: Augmentation | None = None,
         metadata: np.ndarray | None = None,
-        hide: tuple[float, float] = (0.5, 0.2),
-        white_balance: float = 0.0,
-        robust: float = 0.0,
-        jpeg_as_file: bool = False,
         resaved: np.ndarray | None = None,
-        resaved_share: float = 0.0,
         shard: tuple[int, int] = (0, 1),
     ):
         super().__init__(workers=os.cpu_count() or 1, use_multiprocessing=False)
         self.images, self.labels, self.metadata = images, labels, metadata
         self.batch_size, self.training, self.seed = batch_size, training, seed
-        self.out_size, self.min_scale, self.hide = out_size, min_scale, hide
-        self.white_balance, self.robust, self.jpeg_as_file = white_balance, robust, jpeg_as_file
-        self.resaved = resaved if resaved_share > 0 else None
-        self.resaved_share, self.shard = resaved_share, shard
+        self.augmentation = augmentation or Augmentation()
+        self.resaved = resaved if self.augmentation.resaved_share > 0 else None
+        self.shard = shard
         self.epoch = 0
         self.order = self._order()
 
@@ -245,15 +234,7 @@ class ArrayBatches(keras.utils.PyDataset):
             rngs = [np.random.default_rng([self.seed, self.epoch, index, p]) for p in positions]
             x = np.stack(
                 [
-                    augment_array(
-                        self._source(i, rng),
-                        rng,
-                        self.out_size,
-                        self.min_scale,
-                        self.white_balance,
-                        self.robust,
-                        self.jpeg_as_file,
-                    )
+                    augment_array(self._source(i, rng), rng, *self.augmentation.image_args)
                     for i, rng in zip(idx, rngs, strict=True)
                 ]
             )
@@ -264,12 +245,13 @@ class ArrayBatches(keras.utils.PyDataset):
             return x, y
         m = self.metadata[idx].astype(np.float32)
         if self.training:
-            m = np.stack([hide_array(v, r, *self.hide) for v, r in zip(m, rngs, strict=True)])
+            hide = self.augmentation.hide
+            m = np.stack([hide_array(v, r, *hide) for v, r in zip(m, rngs, strict=True)])
         return {"image": x, "metadata": m}, y
 
     def _source(self, i: int, rng: np.random.Generator) -> np.ndarray:
         """Image ``i``, or with probability ``resaved_share`` its re-saved copy."""
-        if self.resaved is not None and rng.random() < self.resaved_share:
+        if self.resaved is not None and rng.random() < self.augmentation.resaved_share:
             return self.resaved[i]
         return self.images[i]
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from skin_model import CLASSES
+from skin_model.data.augmentation import Augmentation
 from skin_model.data.imaging import decode_image, jpeg_round_trip, resize_for_model
 
 METADATA_FILE = "HAM10000_metadata.csv"
@@ -419,15 +420,9 @@ def make_dataset(
     batch_size: int,
     training: bool,
     seed: int = 42,
-    out_size: int | None = None,
-    min_scale: float = 0.75,
+    augmentation: Augmentation | None = None,
     metadata: np.ndarray | None = None,
-    hide: tuple[float, float] = (0.5, 0.2),
-    white_balance: float = 0.0,
-    robust: float = 0.0,
-    jpeg_as_file: bool = False,
     resaved: np.ndarray | None = None,
-    resaved_share: float = 0.0,
 ):
     """Build a ``tf.data`` pipeline; only ``training=True`` shuffles and augments.
 
@@ -437,15 +432,10 @@ def make_dataset(
         batch_size: Images per batch.
         training: Shuffle and augment when True.
         seed: Seed of the shuffle and augmentation.
-        out_size: Model input side when ``images`` are cached larger (training only).
-        min_scale: Smallest random crop side as a share of ``S``.
+        augmentation: How a training view is drawn (:func:`augment`, metadata hiding,
+            the re-saved share; None: the defaults of :class:`Augmentation`).
         metadata: (N, DIM) patient-context vectors for a two-input model, or None.
-        hide: Probabilities of hiding all / each metadata field (training only).
-        white_balance: Random per-channel gain half-width (training only).
-        robust: Probability of each capture change (training only).
-        jpeg_as_file: Re-compress as a saved file (:func:`augment`; training only).
         resaved: ``images`` saved again on their own grid (:func:`resaved_copies`), or None.
-        resaved_share: Probability a training view starts from ``resaved`` instead.
 
     Returns:
         A ``tf.data.Dataset`` of (inputs, labels) batches; inputs are float32 images in
@@ -456,7 +446,8 @@ def make_dataset(
 
     x_src = images if metadata is None else (images, metadata.astype(np.float32))
 
-    changes = (out_size, min_scale, white_balance, robust, jpeg_as_file)
+    augmentation = augmentation or Augmentation()
+    changes, hide = augmentation.image_args, augmentation.hide
 
     def inputs(x, s):
         if metadata is None:
@@ -477,7 +468,8 @@ def make_dataset(
         n = len(images)
         data = tuple(tf.constant(a) for a in (x_src if metadata is not None else (x_src,)))
         y_all = tf.constant(labels)
-        again = None if resaved is None or resaved_share <= 0 else tf.constant(resaved)
+        share = augmentation.resaved_share
+        again = None if resaved is None or share <= 0 else tf.constant(resaved)
 
         def epoch(e):
             order = tf.random.experimental.stateless_shuffle(
@@ -487,7 +479,7 @@ def make_dataset(
 
             def element(position, i):
                 s = tf.stack([e * 1_000_003 + position, tf.constant(seed, tf.int64)])
-                x = _source(data, again, resaved_share, i, s)
+                x = _source(data, again, share, i, s)
                 return inputs(x if metadata is not None else x[0], s), tf.gather(y_all, i)
 
             return items.map(element, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)

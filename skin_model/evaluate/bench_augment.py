@@ -67,15 +67,9 @@ def size_figures(cfg: TrainConfig, n: int) -> dict:
     x = rng.random((cfg.input_size, cfg.input_size, 3)).astype(np.float32)
     matplotlib_ms = _ms_per_call(lambda: hsv_round_trip(x, 1.2, 0.03), n)
     shortcut_ms = _ms_per_call(lambda: scale_saturation_shift_hue(x, 1.2, 0.03), n)
-    augment = (
-        cfg.input_size,
-        cfg.crop_min_scale,
-        cfg.white_balance,
-        cfg.robust,
-        cfg.jpeg_as_file,
-    )
+    changes = cfg.augmentation().image_args
     return {
-        "augment_array_ms": _ms_per_call(lambda: augment_array(cached, rng, *augment), n),
+        "augment_array_ms": _ms_per_call(lambda: augment_array(cached, rng, *changes), n),
         "saturation_hue_ms": shortcut_ms,
         "saturation_hue_matplotlib_ms": matplotlib_ms,
         "saturation_hue_speedup": round(matplotlib_ms / shortcut_ms, 2),
@@ -92,11 +86,7 @@ def batches_per_second(cfg: TrainConfig, batches: int = 8) -> float:
         one_hot(["nv"] * n),
         cfg.batch_size,
         True,
-        out_size=cfg.input_size,
-        min_scale=cfg.crop_min_scale,
-        white_balance=cfg.white_balance,
-        robust=cfg.robust,
-        jpeg_as_file=cfg.jpeg_as_file,
+        augmentation=cfg.augmentation(),
     )
     start = time.perf_counter()
     with ThreadPoolExecutor(data.workers) as pool:  # as Keras draws a PyDataset's batches

@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from skin_model.data.augmentation import Augmentation
 from skin_model.model.artifacts import (
     CHECKPOINT_FILE,
     FITTED_WEIGHTS_FILE,
@@ -184,6 +185,18 @@ class TrainConfig:
     def member_paths(self) -> list[str]:
         """The finalised model directories ``--members A,B`` averages."""
         return comma_paths(self.members)
+
+    def augmentation(self) -> Augmentation:
+        """How this run's training draws a view of a cached image."""
+        return Augmentation(
+            out_size=self.input_size,
+            min_scale=self.crop_min_scale,
+            white_balance=self.white_balance,
+            robust=self.robust,
+            jpeg_as_file=self.jpeg_as_file,
+            resaved_share=self.resaved_files,
+            hide=(self.metadata_hide_all, self.metadata_hide_field),
+        )
 
     def cache_size(self) -> int:
         """Side at which training images are cached: the smallest random crop is the input."""

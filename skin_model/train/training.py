@@ -535,15 +535,9 @@ def _stream_maker(
             cfg.batch_size,
             training=True,
             seed=cfg.seed + seed_offset,
-            out_size=cfg.input_size,
-            min_scale=cfg.crop_min_scale,
+            augmentation=cfg.augmentation(),
             metadata=metas["train"] if metas else None,
-            hide=(cfg.metadata_hide_all, cfg.metadata_hide_field),
-            white_balance=cfg.white_balance,
-            robust=cfg.robust,
-            jpeg_as_file=cfg.jpeg_as_file,
             resaved=resaved,
-            resaved_share=cfg.resaved_files,
             **({"shard": shard} if shard[1] > 1 else {}),
         )
 

@@ -1,0 +1,37 @@
+"""How training draws a view of a cached image: one record that the ``tf.data`` pipeline
+(:func:`skin_model.data.dataset.make_dataset`) and its NumPy twin
+(:class:`skin_model.data.batches.ArrayBatches`) both read, built from a run's settings in
+one place (:meth:`skin_model.model.settings.TrainConfig.augmentation`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The training-only changes of a view (evaluation batches ignore them).
+
+    Attributes:
+        out_size: Model input side when images are cached larger (None: keep their side).
+        min_scale: Smallest random crop side as a share of the cached side.
+        white_balance: Random per-channel gain half-width.
+        robust: Probability of each capture change.
+        jpeg_as_file: Re-compress as a saved file before the crop, instead of at the input.
+        resaved_share: Probability a view starts from the image's re-saved copy.
+        hide: Probabilities of hiding all / each patient-context field.
+    """
+
+    out_size: int | None = None
+    min_scale: float = 0.75
+    white_balance: float = 0.0
+    robust: float = 0.0
+    jpeg_as_file: bool = False
+    resaved_share: float = 0.0
+    hide: tuple[float, float] = (0.5, 0.2)
+
+    @property
+    def image_args(self) -> tuple:
+        """The image changes in the order ``augment`` and ``augment_array`` take them."""
+        return (self.out_size, self.min_scale, self.white_balance, self.robust, self.jpeg_as_file)
