@@ -82,6 +82,22 @@ def test_targets_are_judged_against_the_figures():
     assert against("app_rss_mb", None) == "(target < 1200: not measured)"
 
 
+def test_bench_shows_test_figures_for_the_shipped_model_only(tmp_path):
+    """A speed check of a candidate does not print its test split before the choice."""
+    import shutil
+
+    from skin_model import DEFAULT_MODEL_DIR
+    from skin_model.evaluate.bench import quality_figures
+
+    shipped = quality_figures(DEFAULT_MODEL_DIR)
+    assert 0 < shipped["balanced_accuracy"] < 1
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    for name in ("metrics.json", "config.json"):
+        shutil.copy(DEFAULT_MODEL_DIR / name, candidate / name)
+    assert set(quality_figures(candidate)) == {"not_shown"}
+
+
 def test_recorded_benchmark_formats_and_judges_its_targets():
     import json
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skin_model import REPO_ROOT
+from skin_model import DEFAULT_MODEL_DIR, REPO_ROOT
 
 TARGETS = {
     "upload_p50_ms": ("<", 300),
@@ -423,11 +423,22 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+CANDIDATE_QUALITY = (
+    "not shown for a model other than the shipped one: a candidate's test split is read once, "
+    "after the choice (python -m skin_model evaluate)"
+)
+
+
 def quality_figures(model_dir: Path) -> dict:
-    """The shipped model's headline test figures from its ``metrics.json`` (bench context)."""
+    """The shipped model's headline test figures from its ``metrics.json`` (bench context);
+    for any other directory (a candidate being screened for speed) a note instead, so a
+    speed check does not read its test split before the choice.
+    """
     from skin_model.model.artifacts import ArtifactError
     from skin_model.model.metrics_file import read_metrics
 
+    if Path(model_dir).resolve() != DEFAULT_MODEL_DIR.resolve():
+        return {"not_shown": CANDIDATE_QUALITY}
     try:
         m = read_metrics(model_dir)
     except ArtifactError as exc:
@@ -550,7 +561,9 @@ def format_table(r: dict) -> str:
             else str(fig.get("error", fig))
         )
         rows.append((f"runtime: {name}", text))
-    if "balanced_accuracy" in q:
+    if "not_shown" in q:
+        rows.append(("quality (test split)", q["not_shown"]))
+    elif "balanced_accuracy" in q:
         rows.append(
             (
                 "quality (test split)",
