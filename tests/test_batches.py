@@ -244,7 +244,8 @@ def test_training_passes_jpeg_as_file_to_its_batches(monkeypatch):
     cfg = TrainConfig(robust=0.35, jpeg_as_file=True, resaved_files=0.4, metadata_hide_all=0.3)
     again = _images(2)
     training._stream_maker(cfg, _images(2), ["nv", "mel"], None, (0, 1), again)(0)
-    assert seen["augmentation"] == Augmentation(192, 0.75, 0.0, 0.35, True, 0.4, (0.3, 0.2))
+    assert seen["augmentation"] == cfg.augmentation()
+    assert seen["augmentation"].jpeg_as_file is True and seen["augmentation"].robust == 0.35
     assert seen["resaved"] is again
 
 
@@ -262,7 +263,15 @@ def test_a_run_s_augmentation_names_each_of_its_settings():
         metadata_hide_all=0.4,
         metadata_hide_field=0.6,
     )
-    assert cfg.augmentation() == Augmentation(64, 0.5, 0.1, 0.2, True, 0.3, (0.4, 0.6))
+    assert cfg.augmentation() == Augmentation(
+        out_size=64,
+        min_scale=0.5,
+        white_balance=0.1,
+        robust=0.2,
+        jpeg_as_file=True,
+        resaved_share=0.3,
+        hide=(0.4, 0.6),
+    )
     assert cfg.augmentation().image_args == (64, 0.5, 0.1, 0.2, True)
 
 
