@@ -113,3 +113,26 @@ def test_changed_copies_are_scored_beside_the_plain_images(trained_bundle):
     inside = round_mask(*images[0].shape[:2])
     np.testing.assert_array_equal(png, np.where(inside[..., None], images[0], 0))
     assert decode_image(round_field(images[0]))[~inside].mean() < 5  # black, up to JPEG ringing
+
+
+def test_files_read_ahead_in_chunks_keep_their_order_and_their_errors(
+    shipped_bundle, tmp_path, monkeypatch
+):
+    """The CLI reads the next chunk while the network works on this one: rows stay in the
+    files' order, a bad file in a later chunk gets its own error, the rest their results."""
+    from skin_model.runtime import predict
+
+    good = _files(tmp_path)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    files = [good[0], empty, good[1], tmp_path / "gone.jpg", good[2]]
+    one_by_one = [predict.predict_files(shipped_bundle, [f])[0] for f in files]
+    monkeypatch.setattr(predict, "CHUNK", 2)
+    seen = []
+    rows = predict.predict_files(shipped_bundle, files, progress=lambda d, t: seen.append(d))
+    assert [r["file"] for r in rows] == [str(f) for f in files] and seen == [2, 4, 5]
+    assert rows[1]["error"] and rows[3]["error"] == "file not found"
+    for row, alone in zip(rows, one_by_one, strict=True):
+        assert {k: v for k, v in row.items() if k != "created"} == {
+            k: v for k, v in alone.items() if k != "created"
+        }

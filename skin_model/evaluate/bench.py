@@ -176,9 +176,27 @@ def second_look_share(r: dict) -> str:
     return f" ({share:.0%} of the images near the threshold took a second look)" if share else ""
 
 
-def cli_throughput(bundle, uploads, tmp: Path) -> tuple[float, float]:
-    """Images per second of the CLI path (read, decode, batch predict, CSV rows), and the
-    share of the images its second look near the threshold scored again.
+def cli_throughput(bundle, uploads, tmp: Path, resnet, rounds: int = 3) -> dict:
+    """The CLI path (read, decode, batch predict, CSV rows) against the seed ResNet-50's
+    network pass, measured in turns so both see the same machine load.
+
+    A first pass over the files also traces each batch shape it meets for the first time
+    (what a short batch pays once). Then ``rounds`` times: one CLI pass over the same files,
+    then ResNet-50's steady pass (:func:`batch_throughput`, batch 32, 224 px). The judged
+    floor (:func:`cli_speedup`) is the median of the per-round ratios: on a shared machine
+    the load drifts within a run, so two figures measured minutes apart do not compare.
+
+    Args:
+        bundle: The loaded model.
+        uploads: ``(name, bytes)`` pairs.
+        tmp: A folder the files are written to (the CLI reads files).
+        resnet: The seed ResNet-50 (random weights; speed does not depend on them).
+        rounds: CLI and ResNet-50 turns.
+
+    Returns:
+        ``cli_first_pass_images_per_s``, ``cli_images_per_s`` (the rounds' median),
+        ``cli_second_look_share`` and ``cli_vs_resnet50`` (``rounds``: each round's CLI and
+        ResNet-50 images/s and ratio; ``median_ratio``).
     """
     from skin_model.runtime.predict import predict_files
 
@@ -188,11 +206,34 @@ def cli_throughput(bundle, uploads, tmp: Path) -> tuple[float, float]:
         (tmp / name).write_bytes(data)
         files.append(tmp / name)
     predict_files(bundle, files[:8])
-    start = time.perf_counter()
-    rows = predict_files(bundle, files)
-    rate = len(files) / (time.perf_counter() - start)
+
+    def cli_pass() -> tuple[float, list[dict]]:
+        start = time.perf_counter()
+        rows = predict_files(bundle, files)
+        return len(files) / (time.perf_counter() - start), rows
+
+    first, rows = cli_pass()
+    turns = []
+    for _ in range(rounds):
+        cli = cli_pass()[0]
+        seed = batch_throughput(resnet, 224, 32, 2)
+        turns.append({"cli": round(cli, 1), "resnet50": round(seed, 1), "ratio": cli / seed})
     looked = [int(row["views"]) > int(bundle.config.tta) for row in rows if row["views"] != ""]
-    return rate, float(np.mean(looked)) if looked else 0.0
+    return {
+        "cli_first_pass_images_per_s": round(first, 1),
+        "cli_images_per_s": round(float(np.median([t["cli"] for t in turns])), 1),
+        "cli_second_look_share": round(float(np.mean(looked)), 3) if looked else 0.0,
+        "cli_vs_resnet50": {
+            "rounds": [{**t, "ratio": round(t["ratio"], 3)} for t in turns],
+            "median_ratio": round(float(np.median([t["ratio"] for t in turns])), 2),
+        },
+    }
+
+
+def first_pass(r: dict) -> str:
+    """The CLI's first pass over the files (new batch shapes traced), where recorded."""
+    rate = r.get("cli_first_pass_images_per_s")
+    return f"; first pass {rate} img/s" if rate else ""
 
 
 def batch_throughput(model, size: int, batch: int, reps: int) -> float:
@@ -280,6 +321,7 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
     """
     import tempfile
 
+    from skin_model.model.architectures import build_model
     from skin_model.model.artifacts import MODEL_FILE
     from skin_model.runtime.inference import load_bundle
 
@@ -310,8 +352,8 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
     )
     r["naive_upload_latency"] = naive_latency(bundle, uploads[: max(5, n_lat // 4)])
     with tempfile.TemporaryDirectory() as tmp:
-        rate, looked = cli_throughput(bundle, uploads[:n_cli], Path(tmp))
-        r["cli_images_per_s"], r["cli_second_look_share"] = round(rate, 1), round(looked, 3)
+        resnet = build_model("resnet50", 224)
+        r.update(cli_throughput(bundle, uploads[:n_cli], Path(tmp), resnet))
         folder = Path(tmp) / "cli"
         folder.mkdir()
         for name, data in uploads[:n_cli]:
@@ -399,7 +441,7 @@ def side_by_side(model, size: int, r: dict, quick: bool) -> dict:
         s = {
             "params": int(seed.count_params()),
             "mflops": count_flops(seed) / 1e6,
-            "images_per_s": batch_throughput(seed, 224, 8 if quick else 32, reps),
+            "images_per_s": batch_throughput(seed, 224, 32, reps),
             "single_ms": single_latency(seed, 224, 2 * reps),
         }
         out[name] = {k: round(v, 2) for k, v in s.items()}
@@ -470,8 +512,12 @@ def first_visit_row(app: dict) -> tuple[str, str]:
 
 def cli_speedup(r: dict) -> float:
     """The CLI's images/s (read, decode, every test-time view, CSV rows) over the seed
-    ResNet-50's one network pass at 224 px, in the same run: the speed floor a user gets.
+    ResNet-50's one network pass at 224 px: the speed floor a user gets. The median of
+    the per-round ratios measured in turns (:func:`cli_throughput`); a run recorded before
+    those turns: its one CLI figure over the side-by-side ResNet-50 figure.
     """
+    if "cli_vs_resnet50" in r:
+        return r["cli_vs_resnet50"]["median_ratio"]
     return round(r["cli_images_per_s"] / r["side_by_side"]["resnet50"]["images_per_s"], 2)
 
 
@@ -491,6 +537,13 @@ def seed_rows(r: dict) -> list[tuple[str, str]]:
         )
     speedup = cli_speedup(r)
     text = f"throughput x{speedup} " + against("resnet50_speedup", speedup)
+    turns = r.get("cli_vs_resnet50", {}).get("rounds")
+    if turns:
+        text += (
+            " (median of rounds measured in turns: "
+            + ", ".join(f"x{t['ratio']:.2f}" for t in turns)
+            + ")"
+        )
     return [*rows, ("CLI (its views) / seed ResNet-50 @224", text)]
 
 
@@ -523,7 +576,8 @@ def format_table(r: dict) -> str:
             "CLI batch throughput",
             f"{r['cli_images_per_s']} img/s "
             + against("cli_images_per_s", r["cli_images_per_s"])
-            + second_look_share(r),
+            + second_look_share(r)
+            + first_pass(r),
         ),
         ("predict on a preloaded batch of 64", f"{r['predict_batch_images_per_s']} img/s"),
         (

@@ -5,6 +5,7 @@ also measured by the benchmark and the load test).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -104,43 +105,70 @@ def predict_files(
     """
     import datetime as dt
 
-    from skin_model.runtime.pipeline import CaseInput, Upload, assess
-    from skin_model.runtime.results import result_row
-
-    shown_at = prevalence if prevalence is not None else bundle.malignant_share
     record = {
         "created": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "model": bundle.config.describe(),
     }
     rows: list[dict] = []
     used: set[str] = set()
-    for start in range(0, len(files), CHUNK):
-        chunk = files[start : start + CHUNK]
-        found = [(contexts or {}).get(f.stem) for f in chunk]
-        uploads = [
-            Upload(str(f), str(f), error=str(ctx)) if isinstance(ctx, Exception) else read_upload(f)
-            for f, ctx in zip(chunk, found, strict=True)
-        ]
-        cases = [
-            CaseInput((u,), None if isinstance(ctx, Exception) else ctx)
-            for u, ctx in zip(uploads, found, strict=True)
-        ]
-        for f, u, case in zip(chunk, uploads, assess(bundle, cases, prevalence), strict=True):
-            if u.image is None:
-                rows.append(result_row(str(f), None, u.error, record=record))
-                continue
-            rows.append(
-                result_row(
-                    str(f),
-                    case.prediction,
-                    quality=case.quality,
-                    prevalence=shown_at,
-                    verdict=case.verdict,
-                    record=record,
-                )
+
+    # the next chunk is read and decoded while the network works on this one
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(read_cases, files[:CHUNK], contexts)
+        for start in range(0, len(files), CHUNK):
+            chunk, cases = files[start : start + CHUNK], pending.result()
+            pending = reader.submit(read_cases, files[start + CHUNK : start + 2 * CHUNK], contexts)
+            rows.extend(_chunk_rows(bundle, chunk, cases, prevalence, cam_dir, used, record))
+            if progress:
+                progress(min(start + CHUNK, len(files)), len(files))
+    return rows
+
+
+def read_cases(files: Sequence[Path], contexts: dict | None) -> list:
+    """One case per file, decoded and through the quality gate, with its ``--metadata``
+    context (a file whose row is invalid: a case whose upload carries that row's error).
+    """
+    from skin_model.runtime.pipeline import CaseInput, Upload
+
+    found = [(contexts or {}).get(f.stem) for f in files]
+    return [
+        CaseInput((Upload(str(f), str(f), error=str(ctx)),))
+        if isinstance(ctx, Exception)
+        else CaseInput((read_upload(f),), ctx)
+        for f, ctx in zip(files, found, strict=True)
+    ]
+
+
+def _chunk_rows(
+    bundle,
+    chunk: Sequence[Path],
+    cases: list,
+    prevalence: float | None,
+    cam_dir: Path | None,
+    used: set[str],
+    record: dict,
+) -> list[dict]:
+    """One chunk's result rows (and heatmaps with ``cam_dir``), in the files' order."""
+    from skin_model.runtime.pipeline import assess
+    from skin_model.runtime.results import result_row
+
+    shown_at = prevalence if prevalence is not None else bundle.malignant_share
+    rows = []
+    uploads = [case.uploads[0] for case in cases]
+    for f, u, case in zip(chunk, uploads, assess(bundle, cases, prevalence), strict=True):
+        if u.image is None:
+            rows.append(result_row(str(f), None, u.error, record=record))
+            continue
+        rows.append(
+            result_row(
+                str(f),
+                case.prediction,
+                quality=case.quality,
+                prevalence=shown_at,
+                verdict=case.verdict,
+                record=record,
             )
-            if cam_dir is not None:
-                save_cam(bundle, u.image, case.prediction, cam_dir, unique_stem(f, used))
-        if progress:
-            progress(min(start + CHUNK, len(files)), len(files))
+        )
+        if cam_dir is not None:
+            save_cam(bundle, u.image, case.prediction, cam_dir, unique_stem(f, used))
     return rows
