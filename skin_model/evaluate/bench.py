@@ -176,7 +176,7 @@ def second_look_share(r: dict) -> str:
     return f" ({share:.0%} of the images near the threshold took a second look)" if share else ""
 
 
-def cli_throughput(bundle, uploads, tmp: Path, resnet, rounds: int = 3) -> dict:
+def cli_throughput(bundle, uploads, tmp: Path, resnet, rounds: int = 5) -> dict:
     """The CLI path (read, decode, batch predict, CSV rows) against the seed ResNet-50's
     network pass, measured in turns so both see the same machine load.
 
@@ -325,7 +325,7 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
     from skin_model.model.artifacts import MODEL_FILE
     from skin_model.runtime.inference import load_bundle
 
-    n_lat, n_cli, reps = (20, 64, 3) if quick else (60, 512, 10)
+    n_lat, n_cli, reps = (20, 128, 3) if quick else (60, 512, 10)
     uploads = sample_images(data_dir, max(n_lat, n_cli))
     bundle = load_bundle(model_dir)
     size = bundle.input_size
