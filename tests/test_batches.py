@@ -253,25 +253,18 @@ def test_a_run_s_augmentation_names_each_of_its_settings():
     """``TrainConfig.augmentation`` carries every training-view setting, each to its field."""
     from skin_model.model.settings import TrainConfig
 
-    cfg = TrainConfig(
-        input_size=64,
-        crop_min_scale=0.5,
-        white_balance=0.1,
-        robust=0.2,
-        jpeg_as_file=True,
-        resaved_files=0.3,
-        metadata_hide_all=0.4,
-        metadata_hide_field=0.6,
-    )
-    assert cfg.augmentation() == Augmentation(
-        out_size=64,
-        min_scale=0.5,
-        white_balance=0.1,
-        robust=0.2,
-        jpeg_as_file=True,
-        resaved_share=0.3,
-        hide=(0.4, 0.6),
-    )
+    settings = {
+        "input_size": 64,
+        "crop_min_scale": 0.5,
+        "white_balance": 0.1,
+        "robust": 0.2,
+        "jpeg_as_file": True,
+        "resaved_files": 0.3,
+    }
+    fields = ("out_size", "min_scale", "white_balance", "robust", "jpeg_as_file", "resaved_share")
+    cfg = TrainConfig(**settings, metadata_hide_all=0.4, metadata_hide_field=0.6)
+    expected = Augmentation(**dict(zip(fields, settings.values(), strict=True)), hide=(0.4, 0.6))
+    assert cfg.augmentation() == expected
     assert cfg.augmentation().image_args == (64, 0.5, 0.1, 0.2, True)
 
 

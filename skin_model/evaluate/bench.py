@@ -307,6 +307,36 @@ def _child(name: str, *args: str, timeout: int = 600) -> dict:
     return out
 
 
+def cli_and_app_figures(bundle, model_dir: Path, uploads, resnet, quick: bool) -> dict:
+    """The CLI's throughput against ResNet-50 (:func:`cli_throughput`), then the peak memory
+    of the CLI and of the app (child processes) and the app's first visit, over ``uploads``.
+    """
+    import tempfile
+
+    r: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        r.update(cli_throughput(bundle, uploads, Path(tmp), resnet))
+        folder = Path(tmp) / "cli"
+        folder.mkdir()
+        for name, data in uploads:
+            (folder / name).write_bytes(data)
+        cli = _child("cli_rss", str(model_dir), str(folder))
+        r["cli_peak_rss_mb"] = round(cli.get("rss_mb", float("nan")), 1)
+        app = _child(
+            "app_rss",
+            str(model_dir),
+            str(folder),
+            str(REPO_ROOT / "streamlit_app.py"),
+            str(10 if quick else 50),
+        )
+        r["app"] = {
+            k: round(v, 2)
+            for k, v in app.items()
+            if k in ("first_render_s", "first_result_s", "images", "rss_mb", "rssanon", "rssfile")
+        } or app
+    return r
+
+
 def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | None = None):
     """Run every measurement, print the table and write ``bench.json``.
 
@@ -319,8 +349,6 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
     Returns:
         The results dict.
     """
-    import tempfile
-
     from skin_model.model.architectures import build_model
     from skin_model.model.artifacts import MODEL_FILE
     from skin_model.runtime.inference import load_bundle
@@ -351,27 +379,8 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
         else r["upload_latency"]  # the shipped path already uses one view
     )
     r["naive_upload_latency"] = naive_latency(bundle, uploads[: max(5, n_lat // 4)])
-    with tempfile.TemporaryDirectory() as tmp:
-        resnet = build_model("resnet50", 224)
-        r.update(cli_throughput(bundle, uploads[:n_cli], Path(tmp), resnet))
-        folder = Path(tmp) / "cli"
-        folder.mkdir()
-        for name, data in uploads[:n_cli]:
-            (folder / name).write_bytes(data)
-        cli = _child("cli_rss", str(model_dir), str(folder))
-        r["cli_peak_rss_mb"] = round(cli.get("rss_mb", float("nan")), 1)
-        app = _child(
-            "app_rss",
-            str(model_dir),
-            str(folder),
-            str(REPO_ROOT / "streamlit_app.py"),
-            str(10 if quick else 50),
-        )
-        r["app"] = {
-            k: round(v, 2)
-            for k, v in app.items()
-            if k in ("first_render_s", "first_result_s", "images", "rss_mb", "rssanon", "rssfile")
-        } or app
+    seeds = {name: build_model(name, 224) for name in ("custom_cnn", "resnet50")}
+    r.update(cli_and_app_figures(bundle, model_dir, uploads[:n_cli], seeds["resnet50"], quick))
     cold = _child("cold_start", str(model_dir))
     r["cold_start_s"] = round(cold["done"] - cold["parent_start"], 2) if "done" in cold else cold
     r["model"] = {
@@ -392,7 +401,7 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
     }
     r["train_images_per_s"] = round(train_throughput(bundle.model, 2 if quick else 8), 1)
     r["runtimes"] = runtimes(model_dir, size, 64 if quick else 256)
-    r["side_by_side"] = side_by_side(bundle.model, size, r, quick)
+    r["side_by_side"] = side_by_side(bundle.model, size, quick, seeds)
     r["quality"] = quality_figures(model_dir)
     print(format_table(r))
     if out:
@@ -422,12 +431,11 @@ def runtimes(model_dir: Path, size: int, n: int) -> dict:
     }
 
 
-def side_by_side(model, size: int, r: dict, quick: bool) -> dict:
-    """The shipped model against the seed's custom CNN and ResNet-50 at 224x224 (random
-    weights; speed does not depend on them), as shipped / seed ratios.
+def side_by_side(model, size: int, quick: bool, seeds: dict) -> dict:
+    """The shipped model against the seed's custom CNN and ResNet-50 at 224x224 (``seeds``:
+    name -> network, random weights; speed does not depend on them), as shipped / seed
+    ratios.
     """
-    from skin_model.model.architectures import build_model
-
     reps = 2 if quick else 5
     shipped = {
         "params": int(model.count_params()),
@@ -436,8 +444,7 @@ def side_by_side(model, size: int, r: dict, quick: bool) -> dict:
         "single_ms": single_latency(model, size, 5 * reps),
     }
     out = {"shipped": {k: round(v, 2) for k, v in shipped.items()}}
-    for name in ("custom_cnn", "resnet50"):
-        seed = build_model(name, 224)
+    for name, seed in seeds.items():
         s = {
             "params": int(seed.count_params()),
             "mflops": count_flops(seed) / 1e6,
