@@ -349,6 +349,8 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
     Returns:
         The results dict.
     """
+    import keras
+
     from skin_model.model.architectures import build_model
     from skin_model.model.artifacts import MODEL_FILE
     from skin_model.runtime.inference import load_bundle
@@ -383,9 +385,10 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
     r.update(cli_and_app_figures(bundle, model_dir, uploads[:n_cli], seeds["resnet50"], quick))
     cold = _child("cold_start", str(model_dir))
     r["cold_start_s"] = round(cold["done"] - cold["parent_start"], 2) if "done" in cold else cold
+    saved = keras.models.load_model(Path(model_dir) / MODEL_FILE, compile=False)  # unfolded
     r["model"] = {
         "file_mb": round((Path(model_dir) / MODEL_FILE).stat().st_size / 1e6, 2),
-        "parameters": int(bundle.model.count_params()),
+        "parameters": int(saved.count_params()),
         "mflops_per_image": round(count_flops(bundle.model) / 1e6, 1),
         "input_size": size,
         "tta_views": shipped_views,
@@ -399,9 +402,9 @@ def run_bench(model_dir: Path, data_dir: Path, quick: bool = False, out: Path | 
         "inference_gflops": round(used, 2),
         "share_of_matmul_peak": round(used / gflops, 3),
     }
-    r["train_images_per_s"] = round(train_throughput(bundle.model, 2 if quick else 8), 1)
+    r["train_images_per_s"] = round(train_throughput(saved, 2 if quick else 8), 1)
     r["runtimes"] = runtimes(model_dir, size, 64 if quick else 256)
-    r["side_by_side"] = side_by_side(bundle.model, size, quick, seeds)
+    r["side_by_side"] = side_by_side(bundle.model, size, quick, seeds, saved.count_params())
     r["quality"] = quality_figures(model_dir)
     print(format_table(r))
     if out:
@@ -431,14 +434,14 @@ def runtimes(model_dir: Path, size: int, n: int) -> dict:
     }
 
 
-def side_by_side(model, size: int, quick: bool, seeds: dict) -> dict:
-    """The shipped model against the seed's custom CNN and ResNet-50 at 224x224 (``seeds``:
-    name -> network, random weights; speed does not depend on them), as shipped / seed
-    ratios.
+def side_by_side(model, size: int, quick: bool, seeds: dict, params: int) -> dict:
+    """The shipped model as it runs against the seed's custom CNN and ResNet-50 at 224x224
+    (``seeds``: name -> network, random weights; speed does not depend on them), as
+    shipped / seed ratios; ``params``: the shipped network's as saved (before folding).
     """
     reps = 2 if quick else 5
     shipped = {
-        "params": int(model.count_params()),
+        "params": int(params),
         "mflops": count_flops(model) / 1e6,
         "images_per_s": batch_throughput(model, size, 32, reps),
         "single_ms": single_latency(model, size, 5 * reps),
