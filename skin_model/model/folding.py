@@ -21,9 +21,8 @@ FOLDABLE = ("Conv2D", "DepthwiseConv2D")
 def _histories(value) -> list[str]:
     """The names of the layers whose outputs a node's arguments refer to."""
     if isinstance(value, dict):
-        history = value.get("config", {}).get("keras_history") if "class_name" in value else None
-        if value.get("class_name") == "__keras_tensor__" and history:
-            return [history[0]]
+        if value.get("class_name") == "__keras_tensor__":
+            return [value["config"]["keras_history"][0]]
         return [n for v in value.values() for n in _histories(v)]
     if isinstance(value, list | tuple):
         return [n for v in value for n in _histories(v)]
@@ -44,8 +43,8 @@ def foldable_pairs(model) -> dict[str, str]:
     """Each BatchNorm that can be folded, mapped to the convolution feeding it.
 
     A pair qualifies when the BatchNorm normalises the last axis and is called once, on
-    the output of a :data:`FOLDABLE` layer with no activation that is called once and
-    whose output nothing else reads (nor is a model output).
+    the output of a channels-last :data:`FOLDABLE` layer with no activation that is called
+    once and whose output nothing else reads (nor is a model output).
 
     Args:
         model: A Functional Keras model.
@@ -73,6 +72,7 @@ def foldable_pairs(model) -> dict[str, str]:
             source is not None
             and source["class_name"] in FOLDABLE
             and source["config"].get("activation", "linear") == "linear"
+            and source["config"].get("data_format") in (None, "channels_last")
             and len(source.get("inbound_nodes", [])) == 1
             and readers.get(source["name"]) == 1
             and source["name"] not in outputs
