@@ -127,3 +127,36 @@ def test_members_of_another_split_are_refused(trained_dir, tiny_data, tmp_path, 
     ]  # fmt: skip
     assert train.main(argv) == 2
     assert "another lesion split" in capsys.readouterr().err
+
+
+def test_a_network_runs_at_another_input_size_with_its_weights():
+    from skin_model.model.networks import at_input_size
+
+    net = make_efficientnet_lite(32, metadata_dim=4, colour_constancy=6)
+    bigger = at_input_size(net, 48)
+    assert bigger.inputs[0].shape[1:3] == (48, 48)
+    for a, b in zip(net.get_weights(), bigger.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    x = _inputs()
+    same = at_input_size(net, 32)  # the same size gives the same outputs
+    np.testing.assert_allclose(same.predict(x, verbose=0), net.predict(x, verbose=0), atol=1e-6)
+    inputs = keras.Input((8, 8, 3), name="image")
+    flat = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    with pytest.raises(ValueError):  # its weights depend on the size
+        at_input_size(flat, 12)
+
+
+def test_an_averaging_run_can_run_its_members_at_a_larger_input(trained_dir, tiny_data, tmp_path):
+    from skin_model.runtime.inference import load_bundle
+    from skin_model.train.training import train_model
+
+    twin = tmp_path / "twin"
+    shutil.copytree(trained_dir, twin)
+    base = _fixture_settings(trained_dir)
+    cfg = replace(base, members=f"{trained_dir},{twin}", name="avg40", input_size=40)
+    out = tmp_path / "models" / "avg40"
+    metrics = train_model(tiny_data, out, cfg.validate())
+    assert metrics["training"]["trained_at"] == [base.input_size]
+    bundle = load_bundle(out)
+    assert bundle.input_size == 40 and bundle.model.inputs[0].shape[1:3] == (40, 40)
+    assert json.loads((out / "config.json").read_text())["input_size"] == 40

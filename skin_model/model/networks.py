@@ -547,3 +547,20 @@ def inference_copy(model: keras.Model) -> keras.Model:
     copy = keras.Model.from_config(model.get_config())
     copy.set_weights(model.get_weights())
     return copy
+
+
+def at_input_size(model: keras.Model, size: int) -> keras.Model:
+    """The same network and weights taking ``size`` x ``size`` images (a fully
+    convolutional network ending in global pooling runs at any size: "FixRes", a network
+    trained on random-scale crops run at a larger input).
+
+    Raises:
+        ValueError: If the network's weights depend on its input size.
+    """
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["name"] == IMAGE_INPUT:
+            layer["config"]["batch_shape"] = [None, int(size), int(size), 3]
+    resized = keras.Model.from_config(config)
+    resized.set_weights(model.get_weights())
+    return resized

@@ -1,8 +1,10 @@
 """A run that averages finalised networks instead of fitting one (``train.py --members A,B``).
 
 The members must have been trained on the lesion split these settings draw, with the same
-architecture, input size and inputs; their networks become one
-(:func:`skin_model.model.averaging.average_networks`), which is then finalised like any
+architecture and inputs; their networks become one
+(:func:`skin_model.model.averaging.average_networks`), run at the settings' input size
+(:func:`skin_model.model.networks.at_input_size`: members trained at 192 px can be run at
+208), which is then finalised like any
 fitted network (views, post-hoc layer and threshold on the parts that chose nothing for it,
 detector, heatmap layer, the test split once).
 """
@@ -19,7 +21,8 @@ from skin_model.model.settings import TrainConfig
 
 
 def check_member(member: Path, cfg: TrainConfig, split: pd.DataFrame) -> None:
-    """Raise :class:`DataError` unless ``member`` fits the run: same split and network shape.
+    """Raise :class:`DataError` unless ``member`` fits the run: same split, architecture
+    and inputs (its input size may differ: the averaged network is resized).
 
     Args:
         member: A finalised model directory.
@@ -27,12 +30,12 @@ def check_member(member: Path, cfg: TrainConfig, split: pd.DataFrame) -> None:
         split: The run's own ``split.csv`` as read back from disk.
     """
     config = read_json(member / CONFIG_FILE)
-    found = (config["architecture"], int(config["input_size"]), bool(config["metadata_input"]))
-    wanted = (cfg.architecture, cfg.input_size, bool(cfg.metadata))
+    found = (config["architecture"], bool(config["metadata_input"]))
+    wanted = (cfg.architecture, bool(cfg.metadata))
     if found != wanted:
         raise DataError(
-            f"--members: {member} is {found[0]} @{found[1]} px (patient context "
-            f"{found[2]}); these settings ask {wanted[0]} @{wanted[1]} px ({wanted[2]})"
+            f"--members: {member} is {found[0]} (patient context {found[1]}); these "
+            f"settings ask {wanted[0]} ({wanted[1]})"
         )
     if not pd.read_csv(member / SPLIT_FILE).equals(split):
         raise DataError(
@@ -50,14 +53,15 @@ def averaged_fit(cfg: TrainConfig, out_dir: Path):
 
     Returns:
         ``(model, {"epochs_run", "best_epoch", "train_seconds", "members",
-        "shared_layers"})``: the members' largest epoch counts, their summed training
-        seconds, their directories and how many layers each later member takes from the first
-        (computed once).
+        "shared_layers", "trained_at"})``: the members' largest epoch counts, their summed
+        training seconds, their directories, how many layers each later member takes from
+        the first (computed once) and the input sizes they were trained at.
     """
     import keras
 
     import skin_model.model.networks  # noqa: F401  (registers the custom layers)
     from skin_model.model.averaging import average_networks, layers_taken_from_first
+    from skin_model.model.networks import at_input_size
 
     split = pd.read_csv(Path(out_dir) / SPLIT_FILE)
     members = [Path(m) for m in cfg.member_paths()]
@@ -66,10 +70,17 @@ def averaged_fit(cfg: TrainConfig, out_dir: Path):
     networks = [keras.models.load_model(m / MODEL_FILE, compile=False) for m in members]
     fits = [read_json(m / METRICS_FILE)["training"] for m in members]
     model = average_networks(networks)
+    trained_at = sorted({int(read_json(m / CONFIG_FILE)["input_size"]) for m in members})
+    if trained_at != [cfg.input_size]:
+        try:
+            model = at_input_size(model, cfg.input_size)
+        except ValueError as exc:
+            raise DataError(f"--members: cannot run at {cfg.input_size} px ({exc})") from exc
     return model, {
         "epochs_run": max(f["epochs_run"] for f in fits),
         "best_epoch": max(f["best_epoch"] for f in fits),
         "train_seconds": round(sum(f["train_seconds"] for f in fits), 1),
         "members": [str(m) for m in members],
         "shared_layers": layers_taken_from_first(model, networks),
+        "trained_at": trained_at,
     }
