@@ -70,7 +70,7 @@ def averaged_fit(cfg: TrainConfig, out_dir: Path):
     networks = [keras.models.load_model(m / MODEL_FILE, compile=False) for m in members]
     fits = [read_json(m / METRICS_FILE)["training"] for m in members]
     model = average_networks(networks)
-    trained_at = sorted({int(read_json(m / CONFIG_FILE)["input_size"]) for m in members})
+    trained_at = sorted({int(n.inputs[0].shape[1]) for n in networks})  # no second read
     if trained_at != [cfg.input_size]:
         try:
             model = at_input_size(model, cfg.input_size)
