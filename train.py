@@ -46,6 +46,9 @@ _HELP = {
     "the network input",
     "resaved_files": "share of training views drawn from a copy of the file saved again as a "
     "JPEG (quality 30-90) at its own size and 8x8 grid, then resized like the original",
+    "clean_teacher": "true: the teachers see each cached view without the white balance, "
+    "--robust's capture changes and --resaved-files' copy (the same crop and jitter), so the "
+    "network learns from the changed view what they say of the clean one",
     "members": "DIR,DIR: instead of fitting, average these finalised networks (trained on "
     "the split these settings draw) into one and finalise it",
 }

@@ -313,3 +313,56 @@ def test_re_saved_copies_are_made_only_for_a_run_that_fits(monkeypatch):
     assert training._resaved_for(cfg, ["a.jpg"]) == (["a.jpg"], cfg.cache_size(), cfg.seed)
     assert training._resaved_for(TrainConfig(), ["a.jpg"]) is None
     assert training._resaved_for(TrainConfig(resaved_files=0.35, members="x,y"), ["a"]) is None
+
+
+def _smooth_images(n: int, size: int) -> np.ndarray:
+    """Images of broad random gradients: a crop or a turn moves them far, a capture change
+    (blur, exposure, field of view, JPEG, white balance) only a little.
+    """
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = []
+    for _ in range(n):
+        a, b, c = rng.uniform(-1, 1, (3, 3))
+        img = 128 + 100 * np.stack(
+            [np.sin(3 * (a[k] * xx + b[k] * yy) + c[k]) for k in range(3)], -1
+        )
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def test_a_clean_twin_draws_the_same_views_without_the_capture_changes():
+    """Augmentation.clean keeps each view's crop, turn and jitter (both twins) and drops the
+    white balance, the capture changes and the re-saved copy: the teachers of
+    --clean-teacher see what the network sees, unchanged.
+    """
+    from skin_model.data.dataset import make_dataset
+
+    n, size = 32, 40
+    images = _smooth_images(n, size)
+    y = one_hot(["nv"] * n)
+    changed = Augmentation(out_size=32, white_balance=0.1, robust=1.0, resaved_share=1.0)
+    clean = changed.clean()
+    assert (clean.white_balance, clean.robust, clean.resaved_share) == (0.0, 0.0, 0.0)
+    assert clean.out_size == 32 and clean.hide == changed.hide
+    resaved = 255 - images  # a copy that cannot pass for the image: never in a clean view
+
+    def correlation(a, b):
+        return np.mean([np.corrcoef(u.ravel(), v.ravel())[0, 1] for u, v in zip(a, b, strict=True)])
+
+    for make in (
+        lambda aug, seed: np.asarray(
+            next(iter(make_dataset(images, y, n, True, seed, aug, resaved=resaved)))[0]
+        ),
+        lambda aug, seed: ArrayBatches(images, y, n, True, seed, aug, resaved=resaved)[0][0],
+    ):
+        seen, taught = make(changed, 3), make(clean, 3)
+        with_copy = make(Augmentation(out_size=32, resaved_share=1.0), 3)
+        plain = make(Augmentation(out_size=32), 3)
+        np.testing.assert_allclose(taught, plain, atol=1e-3)  # nothing of the changes
+        assert correlation(with_copy, taught) < -0.8  # the copy was drawn, the twin skips it
+        # the changed views are the clean views changed, not other crops
+        unchanged = make(Augmentation(out_size=32, white_balance=0.1, robust=1.0), 3)
+        other_views = make(clean, 4)
+        assert correlation(unchanged, taught) > correlation(other_views, taught) + 0.3
+        assert np.abs(seen - taught).mean() > 1.0

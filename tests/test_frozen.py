@@ -233,3 +233,29 @@ def test_mixed_cached_batches_are_the_same_when_a_run_resumes():
 
     cfg = TrainConfig(freeze_stages=3, mixup=0.4).validate()
     assert "mixup of cached views, alpha 0.4" in recipe_text(vars(cfg))
+
+
+def test_clean_teachers_see_the_clean_twin_of_each_cached_view(tmp_path):
+    """With a teacher stream the frozen part caches the changed view and the teachers
+    score the clean one; --clean-teacher needs teachers on cached views.
+    """
+    import keras
+
+    from skin_model.reports.tables import recipe_text
+    from skin_model.train.frozen import cache_views
+
+    rng = np.random.default_rng(4)
+    clean = [(rng.uniform(0, 255, (4, 8, 8, 3)).astype(np.float32), np.eye(3)[[0, 1, 2, 0]])]
+    changed = [(x * 0.5, y) for x, y in clean]
+    inp = keras.Input((8, 8, 3))
+    bottom = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(inp))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inp))
+    teacher = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(pooled))
+    cache = cache_views(bottom, lambda v: changed, 4, 4, 1, [teacher], lambda v: clean)
+    np.testing.assert_allclose(cache.features[0], changed[0][0].mean(axis=(1, 2)), rtol=1e-2)
+    np.testing.assert_allclose(cache.teacher[0], teacher.predict(clean[0][0], verbose=0), atol=1e-5)
+    assert not np.allclose(cache.teacher[0], teacher.predict(changed[0][0], verbose=0), atol=1e-3)
+    with pytest.raises(ConfigError, match="--clean-teacher needs"):
+        TrainConfig(clean_teacher=True, freeze_stages=3).validate()
+    ok = TrainConfig(clean_teacher=True, freeze_stages=3, teachers=str(tmp_path)).validate()
+    assert "teachers shown the views without the capture changes" in recipe_text(vars(ok))

@@ -6,7 +6,7 @@ one place (:meth:`skin_model.model.settings.TrainConfig.augmentation`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -35,3 +35,11 @@ class Augmentation:
     def image_args(self) -> tuple:
         """The image changes in the order ``augment`` and ``augment_array`` take them."""
         return (self.out_size, self.min_scale, self.white_balance, self.robust, self.jpeg_as_file)
+
+    def clean(self) -> Augmentation:
+        """The same views without what another capture or file would change (the white
+        balance, the capture changes, the re-saved copy): crops, turns, colour jitter and
+        the hidden context fields are drawn as before (their random streams are apart), so
+        view ``i`` of a stream and of its clean twin show the same crop.
+        """
+        return replace(self, white_balance=0.0, robust=0.0, resaved_share=0.0)

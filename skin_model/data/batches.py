@@ -27,6 +27,7 @@ def augment_array(
     white_balance: float = 0.0,
     robust: float = 0.0,
     jpeg_as_file: bool = False,
+    changes_rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """Random flip, rotation by quarter turns, crop, brightness, contrast, saturation,
     hue and white balance of one uint8 image (the NumPy twin of
@@ -41,14 +42,17 @@ def augment_array(
         robust: Probability of each capture change (:func:`capture_change_array`).
         jpeg_as_file: Re-compress as a saved file before the crop
             (:func:`saved_file_array`) instead of at the output.
+        changes_rng: Generator of the white balance and the capture changes (None:
+            ``rng``); kept apart, the same view drawn without them has the same crop.
 
     Returns:
         (out_size, out_size, 3) float32 in [0, 255].
     """
     size = image.shape[0]
     out = size if out_size is None else int(out_size)
+    changes_rng = rng if changes_rng is None else changes_rng
     if robust > 0 and jpeg_as_file:
-        image = saved_file_array(image, rng, robust)
+        image = saved_file_array(image, changes_rng, robust)
     x = image[:, ::-1] if rng.random() < 0.5 else image
     x = np.rot90(x, int(rng.integers(0, 4)))
     crop = int(size * rng.uniform(min_scale, 1.0))
@@ -66,10 +70,10 @@ def augment_array(
         x, rng.uniform(*jitter["saturation"]), rng.uniform(-jitter["hue"], jitter["hue"])
     )
     if white_balance > 0:
-        x = x * rng.uniform(1.0 - white_balance, 1.0 + white_balance, 3)
+        x = x * changes_rng.uniform(1.0 - white_balance, 1.0 + white_balance, 3)
     x = np.clip(x, 0.0, 1.0)
     if robust > 0:
-        x = capture_change_array(x, rng, robust, not jpeg_as_file)
+        x = capture_change_array(x, changes_rng, robust, not jpeg_as_file)
     return (np.clip(x, 0.0, 1.0) * 255.0).astype(np.float32)
 
 
@@ -231,11 +235,18 @@ class ArrayBatches(keras.utils.PyDataset):
         if self.training:
             # one generator per image and place in the batch: any process draws the same
             # augmentation for it
+            # and another for the white balance, the capture changes and the re-saved coin,
+            # so a view drawn without them (Augmentation.clean) keeps its crop and jitter
             rngs = [np.random.default_rng([self.seed, self.epoch, index, p]) for p in positions]
+            changes = [
+                np.random.default_rng([self.seed, self.epoch, index, p, 11]) for p in positions
+            ]
             x = np.stack(
                 [
-                    augment_array(self._source(i, rng), rng, *self.augmentation.image_args)
-                    for i, rng in zip(idx, rngs, strict=True)
+                    augment_array(
+                        self._source(i, c), rng, *self.augmentation.image_args, changes_rng=c
+                    )
+                    for i, rng, c in zip(idx, rngs, changes, strict=True)
                 ]
             )
         else:

@@ -61,6 +61,7 @@ class TrainConfig:
     cached_views: int = 0
     teachers: str = ""
     distill_weight: float = 0.5
+    clean_teacher: bool = False  # teachers see each cached view without the capture changes
     mixup: float = 0.0  # Beta(a, a) mixing of cached views (frozen runs); 0 = off
     members: str = ""  # finalised model directories averaged into one network, no fitting
     bn_momentum: float = 0.9
@@ -121,6 +122,11 @@ class TrainConfig:
             (not 0 < self.val_frac + self.test_frac < 1, "--val-frac + --test-frac must be < 1"),
             (self.cached_views < 0, "--cached-views must be >= 0 (0 = one per epoch)"),
             (self.mixup < 0, "--mixup must be >= 0 (0 = off)"),
+            (
+                self.clean_teacher and not (self.teachers and self.freeze_stages),
+                "--clean-teacher needs --teachers and --freeze-stages: the teachers' outputs "
+                "are kept with the cached views",
+            ),
             (
                 self.mixup > 0 and self.freeze_stages == 0,
                 "--mixup needs --freeze-stages: it mixes the cached views",

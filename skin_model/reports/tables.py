@@ -425,6 +425,8 @@ def recipe_text(settings: dict) -> str:
     if settings.get("teachers"):
         n = len([t for t in settings["teachers"].split(",") if t.strip()])
         parts.append(f"distilled from {n} teacher(s), weight {settings['distill_weight']:g}")
+        if settings.get("clean_teacher"):
+            parts.append("teachers shown the views without the capture changes")
     if settings.get("mixup"):
         parts.append(f"mixup of cached views, alpha {settings['mixup']:g}")
     return ", ".join(parts)

@@ -13,7 +13,9 @@ With ``--teachers`` (trained networks: a shipped model, fold models) the teacher
 same augmented views when they are cached; their averaged outputs are kept beside the
 views and the top learns a mix of the label and the teachers' distribution
 (``--distill-weight``): one network takes in an ensemble's knowledge at the cost of one
-teacher pass per cached view.
+teacher pass per cached view. With ``--clean-teacher`` the teachers see each view as it was
+before the white balance, the capture changes and the re-saved copy (the same crop and
+jitter): the network learns, from the changed view, what they say of the clean one.
 
 Two regularisers work on the cache too: ``--mixup ALPHA`` mixes every batch's views, targets
 and patient context with partners of the same batch (:func:`mix`), and ``--ema-half-life``
@@ -117,6 +119,11 @@ def _one_epoch(batches, steps: int):
             yield batches[i]
 
 
+def _image_of(x):
+    """The image part of a batch's inputs."""
+    return x["image"] if isinstance(x, dict) else x
+
+
 def load_teachers(paths: list[str]) -> list:
     """The teacher networks: a model directory's ``model.keras`` or a ``.keras`` file each."""
     import keras
@@ -145,7 +152,13 @@ def teacher_outputs(teachers: list, image: np.ndarray, meta: np.ndarray | None) 
 
 
 def cache_views(
-    bottom, make_stream, n_images: int, batch_size: int, views: int, teachers: list = ()
+    bottom,
+    make_stream,
+    n_images: int,
+    batch_size: int,
+    views: int,
+    teachers: list = (),
+    make_teacher_stream=None,
 ) -> ViewCache:
     """Run ``views`` augmented epochs of the training images through the frozen part.
 
@@ -156,6 +169,8 @@ def cache_views(
         batch_size: Images per batch of the stream.
         views: Views of every image to keep.
         teachers: Networks whose averaged outputs on the same views are kept too.
+        make_teacher_stream: Like ``make_stream``, the same views as the teachers should
+            see them (the clean twin, :meth:`Augmentation.clean`); None: as cached.
 
     Returns:
         The :class:`ViewCache`.
@@ -173,7 +188,9 @@ def cache_views(
     start = time.perf_counter()
     for v in range(views):
         at = 0
-        for x, y in _one_epoch(make_stream(v), steps):
+        seen = _one_epoch(make_stream(v), steps)
+        taught = _one_epoch(make_teacher_stream(v), steps) if make_teacher_stream else None
+        for x, y in seen:
             image, meta = (x["image"], x["metadata"]) if isinstance(x, dict) else (x, None)
             n = min(len(y), n_images - at)
             features[v, at : at + n] = bottom.predict_on_batch(image[:n])
@@ -181,8 +198,9 @@ def cache_views(
             if meta is not None:
                 keep("metadata", v, at, meta[:n])
             if teachers:
+                shown = image if taught is None else _image_of(next(taught)[0])
                 m = None if meta is None else meta[:n]
-                keep("teacher", v, at, teacher_outputs(teachers, image[:n], m))
+                keep("teacher", v, at, teacher_outputs(teachers, shown[:n], m))
             at += n
         # a tf.data stream sits in reference cycles that hold copies of the training
         # images; without a collection here each view's stays in memory (measured: one

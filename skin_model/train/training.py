@@ -523,10 +523,14 @@ def _stream_maker(
     metas: dict | None,
     shard: tuple[int, int],
     resaved: np.ndarray | None = None,
+    clean: bool = False,
 ):
     """``seed offset -> training batches`` of the run's images and augmentation (``resaved``:
-    the images saved again on their own grid, drawn with ``cfg.resaved_files``).
+    the images saved again on their own grid, drawn with ``cfg.resaved_files``; ``clean``:
+    the same views without the capture changes, :meth:`Augmentation.clean`). The maker
+    keeps its arguments in ``.source`` (a clean twin is made from them).
     """
+    augmentation = cfg.augmentation().clean() if clean else cfg.augmentation()
 
     def train_stream(seed_offset: int):
         return make_batches(
@@ -535,12 +539,13 @@ def _stream_maker(
             cfg.batch_size,
             training=True,
             seed=cfg.seed + seed_offset,
-            augmentation=cfg.augmentation(),
+            augmentation=augmentation,
             metadata=metas["train"] if metas else None,
             resaved=resaved,
             **({"shard": shard} if shard[1] > 1 else {}),
         )
 
+    train_stream.source = (x_tr, y_tr, metas, shard, resaved)
     return train_stream
 
 
@@ -565,7 +570,16 @@ def _frozen_top(cfg: TrainConfig, model, prior, train_stream, n_images: int, out
         print("no optimizer state beside the checkpoint: the optimizer starts afresh")
     views = cfg.cached_views or cfg.epochs
     teachers = frozen.load_teachers(cfg.teacher_paths()) if cfg.teachers else []
-    cache = frozen.cache_views(bottom, train_stream, n_images, cfg.batch_size, views, teachers)
+    clean = cfg.clean_teacher and teachers
+    cache = frozen.cache_views(
+        bottom,
+        train_stream,
+        n_images,
+        cfg.batch_size,
+        views,
+        teachers,
+        _stream_maker(cfg, *train_stream.source, clean=True) if clean else None,
+    )
     distill = (prior, cfg.distill_weight) if teachers else None
 
     def view(_top):  # the twin's top was trained: the network takes its values
