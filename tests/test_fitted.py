@@ -44,6 +44,22 @@ def test_posthoc_fit_returns_itself_with_learned_values():
     assert flagged[np.isin(y, MAL)].mean() >= 0.9  # the sensitivity it was fitted for
 
 
+def test_a_stored_threshold_still_refers_the_images_it_was_fitted_on():
+    """The threshold is stored rounded down: malignant risks tied just above a 6-decimal
+    step (a barely trained network) stay referred."""
+    probs, y, groups = _outputs()
+    benign = [k for k in range(len(CLASSES)) if k not in MAL]
+    for share in np.linspace(0.04, 0.06, 21):  # find a tie that plain rounding would lift
+        tied = np.empty_like(probs)
+        tied[:, MAL], tied[:, benign] = share / len(MAL), (1 - share) / len(benign)
+        layer = PostHoc(malignant_share=0.2).fit(tied, y, groups)
+        fitted = layer.fit_report_["threshold"]["threshold"]
+        if round(fitted, 6) > fitted:
+            break
+    assert round(fitted, 6) > fitted >= layer.threshold_ > fitted - 1e-6
+    assert layer.apply(tied).flagged[np.isin(y, MAL)].all()
+
+
 def test_posthoc_survives_its_config_file():
     probs, y, groups = _outputs()
     layer = PostHoc(class_prior=[1 / 7] * 7, malignant_share=0.2).fit(probs, y, groups)

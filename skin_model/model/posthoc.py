@@ -40,6 +40,14 @@ CONFIG_KEYS = (
 """The ``config.json`` keys this layer owns."""
 
 
+def floor6(threshold: float) -> float:
+    """A fitted threshold stored to 6 decimals, rounded down: the threshold is a malignant
+    image's own risk, and rounding it up would stop referring that image (and every image
+    tied with it).
+    """
+    return float(np.floor(float(threshold) * 1e6) / 1e6)
+
+
 @dataclass
 class Outputs:
     """The post-hoc layer's result for a batch.
@@ -150,8 +158,8 @@ class PostHoc:
                 groups,
                 self.target_sensitivity,
             )
-        self.threshold_ = round(thr["threshold"], 6)
-        self.threshold_context_ = round(thr_ctx["threshold"], 6) if thr_ctx else None
+        self.threshold_ = floor6(thr["threshold"])
+        self.threshold_context_ = floor6(thr_ctx["threshold"]) if thr_ctx else None
         self.fit_report_ = {"temperature_check": t_info, "threshold": thr, "threshold_ctx": thr_ctx}
         return self
 
