@@ -118,6 +118,24 @@ def test_a_frozen_run_trains_only_the_top_and_resumes(tmp_path, monkeypatch):
     top_end = student.get_layer("top_conv").get_weights()[0]
     assert not np.allclose(top_avg, top_end) and not np.allclose(top_avg, top[0])
 
+    seen = {}
+
+    def spy(bottom, make_stream, *args):
+        seen["streams"] = make_stream, args[-1]
+        return real(bottom, make_stream, *args)
+
+    real = frozen.cache_views
+    monkeypatch.setattr(frozen, "cache_views", spy)
+    clean = replace(taught, clean_teacher=True, ema_half_life=0.0).validate()
+    (tmp_path / "clean").mkdir()
+    fit_model(clean, parts, tmp_path / "clean", metas=metas, resaved=resaved)
+    student_views, teacher_views = (
+        next(frozen._one_epoch(make(0), 1))[0] for make in seen["streams"]
+    )
+    changed = np.abs(student_views["image"] - teacher_views["image"]).mean(axis=(1, 2, 3)) > 1
+    assert 0 < changed.mean() < 1  # the re-saved copies (half) only the network saw
+    np.testing.assert_array_equal(student_views["metadata"], teacher_views["metadata"])
+
 
 def test_distilled_targets_mix_the_label_with_the_teachers_at_the_training_prior():
     from skin_model.train.frozen import distilled_targets

@@ -466,8 +466,12 @@ def fit_model(
         if plan is not None and plan.devices > 1:
             raise ValueError("--freeze-stages trains on one device; leave --devices at 1")
         prior = class_frequencies(y_tr)
+        clean = cfg.clean_teacher and cfg.teachers
+        teacher_stream = (
+            _stream_maker(cfg, x_tr, y_tr, metas, shard, resaved, clean=True) if clean else None
+        )
         fit_on, train_ds, view, averaged = _frozen_top(
-            cfg, model, prior, train_stream, len(x_tr), out_dir, state
+            cfg, model, prior, train_stream, len(x_tr), out_dir, state, teacher_stream
         )
         validation = None  # the top takes cached features, not images
     else:
@@ -527,8 +531,7 @@ def _stream_maker(
 ):
     """``seed offset -> training batches`` of the run's images and augmentation (``resaved``:
     the images saved again on their own grid, drawn with ``cfg.resaved_files``; ``clean``:
-    the same views without the capture changes, :meth:`Augmentation.clean`). The maker
-    keeps its arguments in ``.source`` (a clean twin is made from them).
+    the same views without the capture changes, :meth:`Augmentation.clean`).
     """
     augmentation = cfg.augmentation().clean() if clean else cfg.augmentation()
 
@@ -545,16 +548,25 @@ def _stream_maker(
             **({"shard": shard} if shard[1] > 1 else {}),
         )
 
-    train_stream.source = (x_tr, y_tr, metas, shard, resaved)
     return train_stream
 
 
-def _frozen_top(cfg: TrainConfig, model, prior, train_stream, n_images: int, out_dir: Path, state):
+def _frozen_top(
+    cfg: TrainConfig,
+    model,
+    prior,
+    train_stream,
+    n_images: int,
+    out_dir: Path,
+    state,
+    teacher_stream=None,
+):
     """The compiled top above the first ``cfg.freeze_stages`` stages of a twin of ``model``,
-    its batches of cached views (:mod:`skin_model.train.frozen`), the view that brings
-    the twin's values into ``model`` and the twin itself (what a weight average averages:
-    the network's layers in the network's order); a resumed run gets its optimizer state
-    back and continues at its next epoch.
+    its batches of cached views (:mod:`skin_model.train.frozen`; the teachers see
+    ``teacher_stream``'s views where given), the view that brings the twin's values into
+    ``model`` and the twin itself (what a weight average averages: the network's layers in
+    the network's order); a resumed run gets its optimizer state back and continues at its
+    next epoch.
     """
     from skin_model.model.architectures import spec_for
 
@@ -570,15 +582,8 @@ def _frozen_top(cfg: TrainConfig, model, prior, train_stream, n_images: int, out
         print("no optimizer state beside the checkpoint: the optimizer starts afresh")
     views = cfg.cached_views or cfg.epochs
     teachers = frozen.load_teachers(cfg.teacher_paths()) if cfg.teachers else []
-    clean = cfg.clean_teacher and teachers
     cache = frozen.cache_views(
-        bottom,
-        train_stream,
-        n_images,
-        cfg.batch_size,
-        views,
-        teachers,
-        _stream_maker(cfg, *train_stream.source, clean=True) if clean else None,
+        bottom, train_stream, n_images, cfg.batch_size, views, teachers, teacher_stream
     )
     distill = (prior, cfg.distill_weight) if teachers else None
 
