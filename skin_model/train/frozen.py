@@ -119,9 +119,9 @@ def _one_epoch(batches, steps: int):
             yield batches[i]
 
 
-def _image_of(x):
-    """The image part of a batch's inputs."""
-    return x["image"] if isinstance(x, dict) else x
+def _inputs_of(x) -> tuple:
+    """A batch's inputs as ``(image, metadata or None)``."""
+    return (x["image"], x["metadata"]) if isinstance(x, dict) else (x, None)
 
 
 def load_teachers(paths: list[str]) -> list:
@@ -191,14 +191,14 @@ def cache_views(
         seen = _one_epoch(make_stream(v), steps)
         taught = _one_epoch(make_teacher_stream(v), steps) if make_teacher_stream else None
         for x, y in seen:
-            image, meta = (x["image"], x["metadata"]) if isinstance(x, dict) else (x, None)
+            image, meta = _inputs_of(x)
             n = min(len(y), n_images - at)
             features[v, at : at + n] = bottom.predict_on_batch(image[:n])
             keep("labels", v, at, y[:n])
             if meta is not None:
                 keep("metadata", v, at, meta[:n])
             if teachers:
-                shown = image if taught is None else _image_of(next(taught)[0])
+                shown = image if taught is None else _inputs_of(next(taught)[0])[0]
                 m = None if meta is None else meta[:n]
                 keep("teacher", v, at, teacher_outputs(teachers, shown[:n], m))
             at += n

@@ -466,9 +466,10 @@ def fit_model(
         if plan is not None and plan.devices > 1:
             raise ValueError("--freeze-stages trains on one device; leave --devices at 1")
         prior = class_frequencies(y_tr)
-        clean = cfg.clean_teacher and cfg.teachers
-        teacher_stream = (
-            _stream_maker(cfg, x_tr, y_tr, metas, shard, resaved, clean=True) if clean else None
+        teacher_stream = (  # validate() allows --clean-teacher only with teachers
+            _stream_maker(cfg, x_tr, y_tr, metas, shard, resaved, clean=True)
+            if cfg.clean_teacher
+            else None
         )
         fit_on, train_ds, view, averaged = _frozen_top(
             cfg, model, prior, train_stream, len(x_tr), out_dir, state, teacher_stream
