@@ -207,3 +207,23 @@ def test_pdf_blocks_never_overlap_however_long_the_notes():
             assert not a.overlaps(b)
     page = fig.bbox
     assert all(page.contains(b.x0, b.y0) and page.contains(b.x1, b.y1) for b in boxes)
+
+
+def test_an_earlier_candidates_table_follows_the_current_one_under_its_reference(tmp_path):
+    import json
+
+    def table(first: str, **extra) -> dict:
+        figures = {"balanced_accuracy": 0.7, "malignant_auc": 0.9, "mel_auc": 0.9}
+        figures |= {"mel_sensitivity": 0.6, "macro_auc": 0.95}
+        row = {"model": first, "changes": "(the shipped recipe)", "chosen_on": figures}
+        row |= {"against_first": None, "test": dict(figures), "train_minutes": 1}
+        return {"parts": ["val", "calib"], "n_images": 10, "rows": [row], **extra}
+
+    current, before = tmp_path / "candidates.json", tmp_path / "candidates_until_abc1234.json"
+    current.write_text(json.dumps(table("default")))
+    before.write_text(json.dumps(table("old-pair", shipped_until="abc1234")))
+    text = readme.candidates_section(current, [before])
+    assert text.index("| default |") < text.index("shipped until commit abc1234")
+    assert text.index("shipped until commit abc1234") < text.index("| old-pair |")
+    assert "`docs/candidates_until_abc1234.json`" in text
+    assert "shipped until" not in readme.candidates_section(current, [])

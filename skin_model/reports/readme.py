@@ -37,6 +37,7 @@ ROBUSTNESS_GLOB = REPO_ROOT / "docs" / "robustness_*.json"
 ENSEMBLE_FILE = REPO_ROOT / "docs" / "ensemble.json"
 CV_ENSEMBLE_FILE = REPO_ROOT / "docs" / "cv_ensemble.json"
 CANDIDATES_FILE = REPO_ROOT / "docs" / "candidates.json"
+EARLIER_CANDIDATES_GLOB = REPO_ROOT / "docs" / "candidates_until_*.json"
 FROZEN_FILE = REPO_ROOT / "docs" / "bench_frozen.json"
 AUGMENT_FILE = REPO_ROOT / "docs" / "bench_augment.json"
 GPU_RUNS_DIR = REPO_ROOT / "docs" / "gpu_h200"
@@ -213,16 +214,31 @@ def ensemble_section(path: Path = ENSEMBLE_FILE) -> str:
     return markdown(ensemble_frame(json.loads(path.read_text())))
 
 
-def candidates_section(path: Path = CANDIDATES_FILE) -> str:
+def candidates_section(path: Path = CANDIDATES_FILE, earlier: list[Path] | None = None) -> str:
     """The shipped model and the candidates for its place (``python -m skin_model
-    candidates --out docs/candidates.json``).
+    candidates --out docs/candidates.json``), then each earlier table, kept as it was
+    judged against a model shipped before (``docs/candidates_until_<commit>.json``).
     """
     if not path.is_file():
         return (
             "_No candidates scored yet: run `python -m skin_model candidates models/default "
             "DIR... --out docs/candidates.json`._"
         )
-    result = json.loads(path.read_text())
+    if earlier is None:
+        earlier = sorted(EARLIER_CANDIDATES_GLOB.parent.glob(EARLIER_CANDIDATES_GLOB.name))
+    text = _candidates_text(json.loads(path.read_text()))
+    for p in earlier:
+        result = json.loads(p.read_text())
+        text += (
+            f"\n\nEarlier candidates, each judged against the model shipped until commit "
+            f"{result['shipped_until']} (its first row; `docs/{p.name}`).\n\n"
+            + _candidates_text(result)
+        )
+    return text
+
+
+def _candidates_text(result: dict) -> str:
+    """One candidates table and its pair table, as markdown."""
     names = {"val": "validation", "calib": "calibration"}
     parts = " and ".join(names.get(p, p) for p in result["parts"])
     head = f"{result['n_images']} images of the {parts} parts, pooled"
