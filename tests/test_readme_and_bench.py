@@ -220,10 +220,17 @@ def test_an_earlier_candidates_table_follows_the_current_one_under_its_reference
         return {"parts": ["val", "calib"], "n_images": 10, "rows": [row], **extra}
 
     current, before = tmp_path / "candidates.json", tmp_path / "candidates_until_abc1234.json"
+    oldest = tmp_path / "candidates_until_0aa0000.json"
     current.write_text(json.dumps(table("default")))
-    before.write_text(json.dumps(table("old-pair", shipped_until="abc1234")))
-    text = readme.candidates_section(current, [before])
+    before.write_text(json.dumps(table("old-pair", **_until("abc1234", "2026-12-06"))))
+    oldest.write_text(json.dumps(table("older-pair", **_until("0aa0000", "2026-11-20"))))
+    text = readme.candidates_section(current, [oldest, before])
     assert text.index("| default |") < text.index("shipped until commit abc1234")
     assert text.index("shipped until commit abc1234") < text.index("| old-pair |")
+    assert text.index("| old-pair |") < text.index("| older-pair |")
     assert "`docs/candidates_until_abc1234.json`" in text
     assert "shipped until" not in readme.candidates_section(current, [])
+
+
+def _until(commit: str, date: str) -> dict:
+    return {"shipped_until": commit, "shipped_until_date": date}

@@ -217,7 +217,8 @@ def ensemble_section(path: Path = ENSEMBLE_FILE) -> str:
 def candidates_section(path: Path = CANDIDATES_FILE, earlier: list[Path] | None = None) -> str:
     """The shipped model and the candidates for its place (``python -m skin_model
     candidates --out docs/candidates.json``), then each earlier table, kept as it was
-    judged against a model shipped before (``docs/candidates_until_<commit>.json``).
+    judged against a model shipped before (``docs/candidates_until_<commit>.json``, its
+    ``shipped_until`` commit and ``shipped_until_date``), the latest first.
     """
     if not path.is_file():
         return (
@@ -225,10 +226,11 @@ def candidates_section(path: Path = CANDIDATES_FILE, earlier: list[Path] | None 
             "DIR... --out docs/candidates.json`._"
         )
     if earlier is None:
-        earlier = sorted(EARLIER_CANDIDATES_GLOB.parent.glob(EARLIER_CANDIDATES_GLOB.name))
+        earlier = list(EARLIER_CANDIDATES_GLOB.parent.glob(EARLIER_CANDIDATES_GLOB.name))
+    tables = [(p, json.loads(p.read_text())) for p in earlier]
+    tables.sort(key=lambda pt: pt[1]["shipped_until_date"], reverse=True)
     text = _candidates_text(json.loads(path.read_text()))
-    for p in earlier:
-        result = json.loads(p.read_text())
+    for p, result in tables:
         text += (
             f"\n\nEarlier candidates, each judged against the model shipped until commit "
             f"{result['shipped_until']} (its first row; `docs/{p.name}`).\n\n"
