@@ -18,7 +18,7 @@ from skin_model.model.artifacts import (
 from skin_model.model.metrics_file import read_metrics
 from skin_model.model.settings import TrainConfig
 from skin_model.runtime.inference import load_bundle
-from skin_model.train.training import settings_summary
+from skin_model.train.training import append_attempt, settings_summary
 
 pytestmark = pytest.mark.slow
 
@@ -368,3 +368,21 @@ def test_attempt_settings_name_every_recipe_change():
     assert "robust" not in plain and "resaved_files" not in plain
     assert "robust=0.35" in changed and "resaved_files=0.35" in changed
     assert "verbose" not in changed and changed.startswith(plain + " ")
+
+
+def test_another_run_into_a_directory_keeps_the_earlier_attempts_row(tmp_path):
+    mel = {"auc": 0.9, "sensitivity": 0.6}
+    malignant = {"auc": 0.9, "operating_point": {"sensitivity": 0.9}, "calibration": {"ece": 0.02}}
+    metrics = {"validation": {"balanced_accuracy": 0.7}, "balanced_accuracy": 0.7}
+    metrics |= {"malignant": malignant, "macro_auc": 0.95, "calibration": {"ece": 0.02}}
+    metrics |= {"per_class": {"mel": mel}}
+    fit = {"epochs_run": 6, "best_epoch": 6, "train_seconds": 60.0, "device": "CPU"}
+    path = tmp_path / "attempts.csv"
+    append_attempt(path, "default", TrainConfig(epochs=6), fit, metrics)
+    append_attempt(path, "default", TrainConfig(epochs=6), fit, metrics)  # finalised again
+    assert pd.read_csv(path)["directory"].tolist() == ["default"]
+    append_attempt(path, "default", TrainConfig(epochs=12), fit, metrics)  # another run
+    table = pd.read_csv(path)
+    assert table["directory"].str.startswith("default (replaced ").tolist() == [True, False]
+    assert table["directory"].iloc[1] == "default"
+    assert "epochs=12" in table["settings"].iloc[1]

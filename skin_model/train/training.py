@@ -839,8 +839,11 @@ def append_attempt(
     path: Path, directory: str, cfg: TrainConfig, fit_info: dict, metrics: dict
 ) -> None:
     """Record this run in the attempts table beside the model directories, keyed by its
-    output directory (a directory finalised again, e.g. after ``--resume``, replaces its
-    earlier row; another directory of the same name setting gets its own).
+    output directory (a directory finalised again with the same settings, e.g. after
+    ``--resume``, replaces its earlier row; another run written into the same directory,
+    such as ``models/default`` replaced, keeps the earlier row under
+    ``"<directory> (replaced <date>)"``; another directory of the same name setting gets its
+    own).
     """
     wm = metrics.get("with_metadata") or {}
     val = metrics["validation"]
@@ -873,6 +876,9 @@ def append_attempt(
     old = pd.read_csv(path) if Path(path).is_file() else pd.DataFrame(columns=ATTEMPT_COLUMNS)
     if "directory" not in old.columns:
         old.insert(0, "directory", old["name"])
-    old = old[old["directory"] != directory]
+    same = old["directory"] == directory
+    another_run = same & (old["settings"] != row["settings"])
+    old.loc[another_run, "directory"] = f"{directory} (replaced {time.strftime('%Y-%m-%d')})"
+    old = old[~(same & ~another_run)]
     table = pd.concat([old, pd.DataFrame([row])], ignore_index=True)
     table.reindex(columns=list(ATTEMPT_COLUMNS)).to_csv(path, index=False)
