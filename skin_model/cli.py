@@ -1,5 +1,5 @@
 """Command line: ``python -m skin_model predict | evaluate | bench | ensemble | candidates |
-quality | export``.
+quality | export | robustness | cam | targets``.
 
 Exit codes: 0 every file succeeded, 1 some files failed (their rows say why),
 2 usage errors (bad options, no inputs, unusable model or data folder).
@@ -279,6 +279,21 @@ def cmd_cam(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_targets(args: argparse.Namespace) -> int:
+    """``targets``: a model's recorded figures judged again against the current quality
+    targets, written to its ``metrics.json`` and card (nothing is measured again).
+    """
+    from skin_model.train.training import rejudge_targets
+
+    if not (Path(args.model_dir) / "metrics.json").is_file():
+        raise UsageError(f"{args.model_dir} has no metrics.json (not a finalised model)")
+    for r in rejudge_targets(args.model_dir):
+        met = {True: "met", False: "MISSED", None: "not measured"}[r["met"]]
+        achieved = "-" if r["achieved"] is None else f"{r['achieved']:.3f}"
+        print(f"{r['label']}: {achieved} ({r['direction']} {r['goal']:g}: {met})")
+    return 0
+
+
 def cmd_robustness(args: argparse.Namespace) -> int:
     """``robustness``: changed copies of a split's images against the plain ones."""
     from skin_model.evaluate.robustness import run
@@ -391,6 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_export)
     _add_robustness(sub, default_data)
     _add_cam(sub, default_data)
+    t = sub.add_parser(
+        "targets",
+        help="judge a model's recorded figures against the current quality targets again "
+        "(metrics.json and the card; nothing is measured)",
+    )
+    t.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODEL_DIR)
+    t.set_defaults(func=cmd_targets)
     return parser
 
 

@@ -234,3 +234,35 @@ def test_an_earlier_candidates_table_follows_the_current_one_under_its_reference
 
 def _until(commit: str, date: str) -> dict:
     return {"shipped_until": commit, "shipped_until_date": date}
+
+
+def _changed(ba_cost: float, auc_cost: float, flips: float) -> dict:
+    return {
+        "balanced_accuracy": 0.7 - ba_cost,
+        "malignant_auc": 0.9 - auc_cost,
+        "balanced_accuracy_cost": ba_cost,
+        "auc_cost": auc_cost,
+        "referrals_changed": flips,
+    }
+
+
+def test_the_robustness_summary_names_each_largest_cost_and_judges_the_targets():
+    from skin_model.reports.tables import robustness_summary_frame
+
+    plain = {"balanced_accuracy": 0.7, "malignant_auc": 0.9}
+    steady = {
+        "model": "models/default",
+        "split": "test",
+        "n_images": 10,
+        "plain": plain,
+        "changes": {"warm": _changed(0.03, 0.001, 0.02), "jpeg": _changed(0.01, 0.02, 0.05)},
+    }
+    fragile = {**steady, "model": "runs/x", "changes": {"turn": _changed(0.0, 0.0, 0.051)}}
+    frame = robustness_summary_frame([("a.json", steady), ("b.json", fragile)])
+    first, second = frame.to_dict("records")
+    assert first["largest balanced accuracy lost"] == "0.030 (warm)"
+    assert first["largest malignant AUC lost"] == "0.020 (jpeg)"
+    assert first["largest referrals changed"] == "5.0% (jpeg)"
+    assert first["within targets"] == "yes"  # each at its ceiling
+    assert second["within targets"] == "**no**"  # 5.1% of referrals
+    assert first["model"] == "default (test, 10 images)" and second["file"] == "`b.json`"

@@ -298,6 +298,29 @@ def test_cam_command_measures_the_localisation_again(trained_dir, tiny_data, tmp
     assert cli(["cam", str(tmp_path), "--data-dir", str(tiny_data)]) == 2  # no metrics.json
 
 
+def test_targets_command_judges_the_recorded_figures_against_the_current_goals(
+    trained_dir, tmp_path, capsys
+):
+    from skin_model.cli import main as cli
+    from skin_model.evaluate.metrics import QUALITY_TARGETS
+
+    run = tmp_path / "smoke"
+    shutil.copytree(trained_dir, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["targets"] = [{"key": "balanced_accuracy", "goal": 0.5}]  # an earlier issue's goals
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "MODEL_CARD.md").write_text("stale")
+    assert cli(["targets", str(run)]) == 0
+    after = json.loads((run / "metrics.json").read_text())
+    assert [(t["key"], t["goal"]) for t in after["targets"]] == [
+        (key, goal) for key, _label, goal, _direction in QUALITY_TARGETS
+    ]
+    assert after["balanced_accuracy"] == metrics["balanced_accuracy"]  # nothing measured
+    assert "quality targets" in (run / "MODEL_CARD.md").read_text()
+    assert "balanced accuracy:" in capsys.readouterr().out
+    assert cli(["targets", str(tmp_path)]) == 2  # no metrics.json
+
+
 def test_cam_command_chooses_the_method_and_layer_again(trained_dir, tiny_data, tmp_path):
     from skin_model.cli import main as cli
     from skin_model.runtime.inference import load_bundle

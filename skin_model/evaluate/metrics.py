@@ -180,12 +180,13 @@ def operating_point_from_roc(roc: dict, prevalence: float, threshold: float) -> 
 
 
 # (key, label, goal, direction): the quality goals the shipped model is measured against
-# (the model-quality issue's targets; test split).
+# (the latest model-quality issue's targets; test split). The changed-copy targets are
+# :data:`skin_model.evaluate.robustness.CHANGED_COPY_TARGETS`.
 QUALITY_TARGETS = (
-    ("balanced_accuracy", "balanced accuracy", 0.72, ">="),
+    ("balanced_accuracy", "balanced accuracy", 0.75, ">="),
     ("malignant_auc", "malignant-vs-benign ROC AUC", 0.93, ">="),
-    ("mel_auc", "melanoma ROC AUC", 0.90, ">="),
-    ("mel_sensitivity", "melanoma sensitivity (suggested diagnosis)", 0.60, ">="),
+    ("mel_auc", "melanoma ROC AUC", 0.92, ">="),
+    ("mel_sensitivity", "melanoma sensitivity (suggested diagnosis)", 0.65, ">="),
     ("context_gain", "balanced accuracy with patient context minus without", 0.0, ">="),
     ("white_balance_cost", "balanced accuracy lost to a few % of white-balance shift", 0.03, "<="),
     ("malignant_sensitivity", "malignant sensitivity at the shipped threshold", 0.90, ">="),

@@ -217,6 +217,32 @@ def robustness(bundle, images: list[np.ndarray], labels: np.ndarray) -> dict:
     return {"n_images": len(images), "plain": plain, "changes": out}
 
 
+# (key, label, ceiling): what a changed copy may cost at the most (the model-quality issue's
+# targets); each is judged on the largest cost over all changes of one scored part.
+CHANGED_COPY_TARGETS = (
+    ("balanced_accuracy_cost", "balanced accuracy lost", 0.03),
+    ("auc_cost", "malignant AUC lost", 0.02),
+    ("referrals_changed", "referrals changed", 0.05),
+)
+
+
+def largest_costs(result: dict) -> dict[str, dict]:
+    """The largest of each :data:`CHANGED_COPY_TARGETS` cost over a result's changes.
+
+    Args:
+        result: A :func:`robustness` or :func:`run` result.
+
+    Returns:
+        ``{key: {"value", "change", "goal", "met"}}``: the largest cost, the change that
+        caused it, its ceiling and whether it stays within it.
+    """
+    out = {}
+    for key, _label, goal in CHANGED_COPY_TARGETS:
+        change, row = max(result["changes"].items(), key=lambda kv: kv[1][key])
+        out[key] = {"value": row[key], "change": change, "goal": goal, "met": row[key] <= goal}
+    return out
+
+
 def run(model_dir: Path, data_dir: Path, split: str, out: Path | None, limit: int = 0) -> dict:
     """Score one part of a model directory's ``split.csv`` (e.g. ``val``: chosen on, never
     test), or parts pooled (``val,calib``: twice the images, so a ship rule written on

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from skin_model import DEFAULT_MODEL_DIR, REPO_ROOT
+from skin_model.evaluate.robustness import CHANGED_COPY_TARGETS
 from skin_model.model.artifacts import CV_FILE, find_cv_dirs, read_json
 from skin_model.model.metrics_file import read_metrics
 from skin_model.model.settings import read_run_record
@@ -26,6 +27,7 @@ from skin_model.reports.tables import (
     pairs_frame,
     per_class_frame,
     robustness_frame,
+    robustness_summary_frame,
     targets_frame,
 )
 
@@ -68,7 +70,9 @@ def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
             if m.with_metadata
             else []
         ),
-        "Against the quality targets (intervals: "
+        "Against the quality targets (`QUALITY_TARGETS` in `skin_model/evaluate/metrics.py`, "
+        "the latest model-quality issue's goals; `python -m skin_model targets` judges a "
+        "model's recorded figures against them again; intervals: "
         f"{m.intervals_method or 'not computed for this model'}):",
         "",
         markdown(targets_frame(m)),
@@ -201,7 +205,19 @@ def robustness_section(paths: list[Path] | None = None) -> str:
             "_No changed copies scored yet: run `python -m skin_model robustness MODEL --split "
             "val --out docs/robustness_NAME_val.json`._"
         )
-    return markdown(robustness_frame([json.loads(p.read_text()) for p in paths]))
+    results = [(p.name, json.loads(p.read_text())) for p in paths]
+    goals = ", ".join(
+        f"{label} at most {goal:.0%}" if key == "referrals_changed" else f"{label} at most {goal:g}"
+        for key, label, goal in CHANGED_COPY_TARGETS
+    )
+    return "\n\n".join(
+        [
+            f"The largest cost of any changed copy, per file (targets: {goals}):",
+            markdown(robustness_summary_frame(results)),
+            "Every changed copy:",
+            markdown(robustness_frame([r for _, r in results])),
+        ]
+    )
 
 
 def ensemble_section(path: Path = ENSEMBLE_FILE) -> str:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from skin_model import CLASSES, display_name
 from skin_model.evaluate.metrics import PAIRED, target_status
+from skin_model.evaluate.robustness import CHANGED_COPY_TARGETS, largest_costs
 from skin_model.model.artifacts import ATTEMPT_COLUMNS
 from skin_model.model.metrics_file import Metrics, Scores
 
@@ -492,6 +493,31 @@ def levers_frame(runs: list[tuple[str, dict]]) -> pd.DataFrame:
                 "fold 0 training min": f"{cv['train_seconds'][0] / 60:.0f}",
             }
         )
+    return pd.DataFrame(rows)
+
+
+def robustness_summary_frame(results: list[tuple[str, dict]]) -> pd.DataFrame:
+    """One row per changed-copies file: the plain figures and the largest cost of any change,
+    with the change that caused it, against :data:`CHANGED_COPY_TARGETS`.
+
+    Args:
+        results: ``(file name, robustness result)`` pairs.
+    """
+    rows = []
+    for name, r in results:
+        worst = largest_costs(r)
+        row = {
+            "file": f"`{name}`",
+            "model": f"{Path(r['model']).name} ({r['split']}, {r['n_images']} images)",
+            "balanced accuracy": r["plain"]["balanced_accuracy"],
+            "malignant AUC": r["plain"]["malignant_auc"],
+        }
+        for key, label, _goal in CHANGED_COPY_TARGETS:
+            w = worst[key]
+            value = f"{w['value']:.1%}" if key == "referrals_changed" else f"{w['value']:.3f}"
+            row[f"largest {label}"] = f"{value} ({w['change']})"
+        row["within targets"] = "yes" if all(w["met"] for w in worst.values()) else "**no**"
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

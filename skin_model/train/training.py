@@ -775,7 +775,6 @@ def remeasure_cam(model_dir: Path, data_dir: Path, n: int = 150, choose: bool = 
     Raises:
         FileNotFoundError: If the folder has no lesion boxes.
     """
-    from skin_model.evaluate.metrics import target_status
     from skin_model.model.artifacts import METRICS_FILE, write_integrity
     from skin_model.model.config import write_model_config
     from skin_model.model.settings import read_run_record
@@ -798,10 +797,27 @@ def remeasure_cam(model_dir: Path, data_dir: Path, n: int = 150, choose: bool = 
         metrics["cam_layer_choice"] = {**choice, "chosen_on": "validation lesion boxes"}
     block = cam_localisation(bundle, boxes["test"], n)
     metrics["cam_localisation"] = block
-    metrics["targets"] = target_status(metrics)
     write_json(model_dir / METRICS_FILE, metrics)
-    write_model_card(model_dir)
+    rejudge_targets(model_dir)
     return block
+
+
+def rejudge_targets(model_dir: Path) -> list[dict]:
+    """Judge a model directory's recorded figures against the current quality targets
+    (:data:`~skin_model.evaluate.metrics.QUALITY_TARGETS`) and write them into its
+    ``metrics.json`` and model card; nothing is measured again.
+
+    Returns:
+        The rows of :func:`~skin_model.evaluate.metrics.target_status`.
+    """
+    from skin_model.evaluate.metrics import target_status
+    from skin_model.model.artifacts import METRICS_FILE
+
+    metrics = read_json(Path(model_dir) / METRICS_FILE)
+    metrics["targets"] = target_status(metrics)
+    write_json(Path(model_dir) / METRICS_FILE, metrics)
+    write_model_card(Path(model_dir))
+    return metrics["targets"]
 
 
 def settings_summary(cfg: TrainConfig) -> str:
