@@ -226,6 +226,11 @@ CHANGED_COPY_TARGETS = (
 )
 
 
+def cost_text(key: str, value: float) -> str:
+    """A changed-copy cost as tables show it: a share of referrals in %, else 3 decimals."""
+    return f"{value:.1%}" if key == "referrals_changed" else f"{value:.3f}"
+
+
 def largest_costs(result: dict) -> dict[str, dict]:
     """The largest of each :data:`CHANGED_COPY_TARGETS` cost over a result's changes.
 

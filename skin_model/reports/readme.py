@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from skin_model import DEFAULT_MODEL_DIR, REPO_ROOT
-from skin_model.evaluate.robustness import CHANGED_COPY_TARGETS
+from skin_model.evaluate.robustness import CHANGED_COPY_TARGETS, cost_text
 from skin_model.model.artifacts import CV_FILE, find_cv_dirs, read_json
 from skin_model.model.metrics_file import read_metrics
 from skin_model.model.settings import read_run_record
@@ -207,8 +207,7 @@ def robustness_section(paths: list[Path] | None = None) -> str:
         )
     results = [(p.name, json.loads(p.read_text())) for p in paths]
     goals = ", ".join(
-        f"{label} at most {goal:.0%}" if key == "referrals_changed" else f"{label} at most {goal:g}"
-        for key, label, goal in CHANGED_COPY_TARGETS
+        f"{label} at most {cost_text(key, goal)}" for key, label, goal in CHANGED_COPY_TARGETS
     )
     return "\n\n".join(
         [

@@ -15,7 +15,7 @@ import pandas as pd
 
 from skin_model import CLASSES, display_name
 from skin_model.evaluate.metrics import PAIRED, target_status
-from skin_model.evaluate.robustness import CHANGED_COPY_TARGETS, largest_costs
+from skin_model.evaluate.robustness import CHANGED_COPY_TARGETS, cost_text, largest_costs
 from skin_model.model.artifacts import ATTEMPT_COLUMNS
 from skin_model.model.metrics_file import Metrics, Scores
 
@@ -514,8 +514,7 @@ def robustness_summary_frame(results: list[tuple[str, dict]]) -> pd.DataFrame:
         }
         for key, label, _goal in CHANGED_COPY_TARGETS:
             w = worst[key]
-            value = f"{w['value']:.1%}" if key == "referrals_changed" else f"{w['value']:.3f}"
-            row[f"largest {label}"] = f"{value} ({w['change']})"
+            row[f"largest {label}"] = f"{cost_text(key, w['value'])} ({w['change']})"
         row["within targets"] = "yes" if all(w["met"] for w in worst.values()) else "**no**"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -550,7 +549,7 @@ def robustness_frame(results: list[dict]) -> pd.DataFrame:
                     "cost": c["balanced_accuracy_cost"],
                     "malignant AUC": c["malignant_auc"],
                     "AUC cost": c["auc_cost"],
-                    "referrals changed": f"{c['referrals_changed']:.1%}",
+                    "referrals changed": cost_text("referrals_changed", c["referrals_changed"]),
                 }
             )
     return pd.DataFrame(rows)
