@@ -336,13 +336,16 @@ def test_about_without_card_shows_message(monkeypatch, tmp_path):
 
 
 def test_metrics_page_shows_targets_from_metrics_file(monkeypatch, shipped_model_dir):
+    from skin_model.evaluate.metrics import QUALITY_TARGETS
+
     at = _app(monkeypatch, shipped_model_dir)
     at.switch_page("app_pages/metrics.py").run()
     m = json.loads((shipped_model_dir / "metrics.json").read_text())
     table = next(df.value for df in at.dataframe if "target" in df.value.columns)
     first = table.iloc[0]
     assert first["achieved"] == f"{m['balanced_accuracy']:.3f}"
-    assert first["met"] == ("yes" if m["balanced_accuracy"] >= 0.72 else "no")
+    goal = QUALITY_TARGETS[0][2]  # balanced accuracy, the project's goal as it stands
+    assert first["met"] == ("yes" if m["balanced_accuracy"] >= goal else "no")
     assert len(table) == len(m["targets"])
 
 
