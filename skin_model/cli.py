@@ -406,6 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_export)
     _add_robustness(sub, default_data)
     _add_cam(sub, default_data)
+    _add_targets(sub)
+    return parser
+
+
+def _add_targets(sub) -> None:
+    """The ``targets`` subcommand's options."""
     t = sub.add_parser(
         "targets",
         help="judge a model's recorded figures against the current quality targets again "
@@ -413,7 +419,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODEL_DIR)
     t.set_defaults(func=cmd_targets)
-    return parser
 
 
 def _add_cam(sub, default_data: Path) -> None:
