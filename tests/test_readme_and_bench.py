@@ -18,6 +18,16 @@ def test_readme_generated_sections_are_current():
     assert "<!-- metrics:start -->\n<!-- metrics:end -->" not in text
 
 
+def test_readme_prose_names_files_instead_of_typing_figures():
+    assert readme.typed_figures(readme.README.read_text(encoding="utf-8")) == []
+    typed = "It read 0.776 against 0.781, 5.1% of referrals, 2.28x; `--robust 0.350` is a setting."
+    generated = "<!-- bench:start -->\nCLI 47.5 img/s\n<!-- bench:end -->"
+    assert readme.typed_figures(f"{typed}\n{generated}\n```\n0.123\n```") == [
+        typed.replace("`--robust 0.350`", "")
+    ]
+    assert readme.typed_figures("Targets: at most 0.03 and 5% of referrals.") == []
+
+
 def test_the_candidates_table_starts_with_the_shipped_model_as_it_is():
     import json
 

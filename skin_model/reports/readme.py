@@ -404,6 +404,30 @@ def render(text: str) -> str:
     return text
 
 
+# A measured-looking figure: three decimals, a percentage or a speed-up with decimals, a rate.
+_FIGURE = re.compile(
+    r"(?<![\w.])\d+\.\d{3}\b|\b\d+\.\d+ ?%|\bx\d+\.\d+|\b\d+\.\d+x\b|\b\d+(?:\.\d+)? img/s"
+)
+
+
+def typed_figures(text: str) -> list[str]:
+    """Measured-looking figures typed into README prose, outside generated sections.
+
+    Generated sections, code blocks and inline code (settings, rule bounds) are left out;
+    what remains should name the file or table a figure comes from instead of the figure.
+
+    Args:
+        text: The README's text.
+
+    Returns:
+        Each offending prose line (inline code removed), stripped.
+    """
+    prose = re.sub(r"<!-- (\w+):start -->.*?<!-- \1:end -->", "", text, flags=re.S)
+    prose = re.sub(r"```.*?```", "", prose, flags=re.S)
+    prose = re.sub(r"`[^`\n]*`", "", prose)
+    return [line.strip() for line in prose.splitlines() if _FIGURE.search(line)]
+
+
 if __name__ == "__main__":
     new = render(README.read_text(encoding="utf-8"))
     if "--check" in sys.argv:
