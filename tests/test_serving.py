@@ -31,19 +31,52 @@ def export_all(model_dir, out) -> dict:
     return paths
 
 
+def _second_look_images(size: int) -> list:
+    """Two synthetic lesions of every class at the model's input size."""
+    from skin_model import CLASSES
+
+    return [resize_for_model(lesion_image(dx, i), size) for i, dx in enumerate(CLASSES * 2)]
+
+
 @pytest.fixture(scope="module")
-def exported(trained_dir, tmp_path_factory):
-    return export_all(trained_dir, tmp_path_factory.mktemp("exported"))
+def looked(trained_dir, trained_bundle, tmp_path_factory):
+    """The smoke model with a second look whose band takes half of
+    :func:`_second_look_images` (the median distance of their risks from the threshold),
+    and its loaded bundle: every export test runs on it, so one export covers both paths."""
+    from dataclasses import replace
+
+    from skin_model.runtime.inference import load_bundle, log_odds
+    from tests.conftest import with_config
+
+    plain = replace(trained_bundle.config, tta=1, second_look_views=1, second_look_band=0.0)
+    one = predict_images(
+        replace(trained_bundle, config=plain), _second_look_images(plain.input_size)
+    )
+    gap = np.abs(log_odds([p.malignant_probability for p in one]) - log_odds(one[0].threshold))
+    run = with_config(
+        trained_dir,
+        tmp_path_factory.mktemp("looked") / "run",
+        tta=1,
+        second_look_views=4,
+        second_look_band=float(np.median(gap)),
+    )
+    return run, load_bundle(run)
+
+
+@pytest.fixture(scope="module")
+def exported(looked, tmp_path_factory):
+    return export_all(looked[0], tmp_path_factory.mktemp("exported"))
 
 
 @pytest.mark.parametrize("fmt", ["saved_model", "litert", "onnx"])
-def test_runtime_answers_as_the_app(exported, trained_bundle, fmt):
-    size = trained_bundle.input_size
+def test_runtime_answers_as_the_app(exported, looked, fmt):
+    bundle = looked[1]
+    size = bundle.input_size
     images = [
         resize_for_model(lesion_image(dx, i), size)
         for i, dx in enumerate(["mel", "nv", "bcc", "bkl"])
     ]
-    app = predict_images(trained_bundle, images)
+    app = predict_images(bundle, images)
     out = RUNNERS[fmt](exported[fmt], np.stack(images))
     assert_same_answers(out, app, atol=1e-4)
     np.testing.assert_allclose(
@@ -53,13 +86,13 @@ def test_runtime_answers_as_the_app(exported, trained_bundle, fmt):
 
 @pytest.mark.parametrize("fmt", ["saved_model", "litert", "onnx"])
 @pytest.mark.parametrize("shape", [(150, 200), (450, 600), (800, 1000)])
-def test_raw_pixels_of_any_size_give_the_clis_answer(exported, trained_bundle, fmt, shape):
+def test_raw_pixels_of_any_size_give_the_clis_answer(exported, looked, fmt, shape):
     from skin_model.data.imaging import decode_image
     from tests.conftest import jpeg_bytes
 
     # an original as the CLI reads it from its file, and the same pixels fed raw
     originals = [decode_image(jpeg_bytes(lesion_image(dx, 7, shape))) for dx in ("mel", "nv")]
-    cli = predict_images(trained_bundle, originals)
+    cli = predict_images(looked[1], originals)
     assert_same_answers(RUNNERS[fmt](exported[fmt], np.stack(originals)), cli, atol=1e-3)
 
 
@@ -117,26 +150,12 @@ def test_the_shipped_model_exported_gives_the_clis_answer(
         )
 
 
-def test_the_export_takes_the_apps_second_look(trained_dir, trained_bundle, tmp_path):
-    """A model with a second look near the threshold: the exported network averages the
-    4 turns of the images the app looks at again, and only those."""
-    from dataclasses import replace
-
-    from skin_model import CLASSES
-    from skin_model.runtime.inference import load_bundle, log_odds
-    from tests.conftest import with_config
-
-    plain = replace(trained_bundle.config, tta=1, second_look_views=1, second_look_band=0.0)
-    size = plain.input_size
-    images = [resize_for_model(lesion_image(dx, i), size) for i, dx in enumerate(CLASSES * 2)]
-    one = predict_images(replace(trained_bundle, config=plain), images)
-    gap = np.abs(log_odds([p.malignant_probability for p in one]) - log_odds(one[0].threshold))
-    band = float(np.median(gap))
-    run = with_config(
-        trained_dir, tmp_path / "looked", tta=1, second_look_views=4, second_look_band=band
-    )
-    app = predict_images(load_bundle(run), images)
+@pytest.mark.parametrize("fmt", ["saved_model", "litert", "onnx"])
+def test_the_export_takes_the_apps_second_look(exported, looked, fmt):
+    """The exported network averages the 4 turns of the images the app looks at again, and
+    only those."""
+    bundle = looked[1]
+    images = _second_look_images(bundle.input_size)
+    app = predict_images(bundle, images)
     assert {p.views for p in app} == {1, 4}
-    paths = export_all(run, tmp_path)
-    for fmt in ("saved_model", "litert", "onnx"):
-        assert_same_answers(RUNNERS[fmt](paths[fmt], np.stack(images)), app, atol=1e-4)
+    assert_same_answers(RUNNERS[fmt](exported[fmt], np.stack(images)), app, atol=1e-4)
