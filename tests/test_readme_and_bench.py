@@ -118,7 +118,7 @@ def test_recorded_benchmark_formats_and_judges_its_targets():
     assert f"{p50} / " in text
     assert ("target < 300: met" in text) == (p50 < 300)
     rss = r["app"]["rss_mb"]  # the memory goal is the app's, and the row says so
-    assert ("images; app target < 1200: met)" in text) == (rss < 1200)
+    assert ("images) (app target < 1200: met)" in text) == (rss < 1200)
     assert "shipped / seed resnet50" in text
     turns = r["cli_vs_resnet50"]["rounds"]
     assert len(turns) >= 3
