@@ -10,6 +10,17 @@ while a run is going on is held the same way until it ends (a download clicked m
 asked for a file that the run had replaced: "Deferred file not found"). Other clicks pass
 straight through. On a phone it also folds the sidebar away after a page link is
 followed (it would otherwise cover the new page).
+
+"That run" is the commit's own run, counted: a run that starts after the commit. A field
+committed while another run is going on is served by the next run, which the server
+starts only once the current one has ended (``fastReruns`` is off) and its clean-up is
+done; the page already shows "not running" in between. A click replayed in that gap
+asked for the new page with the page's widget values left out, the server merged the two
+waiting requests, and the newer one's values won: the field's value never reached the
+case (a reference typed straight after a note, then a sidebar link: lost in 6 of 6 runs of
+the browser tests with two busy processes beside them, as on a shared CI machine). A field counts as edited from its first keystroke (an ``input``
+event) to its commit, so the hold does not depend on Streamlit's "Press Enter to apply"
+hint, which a narrow column or a phone does not show.
 """
 
 import streamlit as st
@@ -22,52 +33,127 @@ export default function(component) {
   let pending = null;   // the edited field the pressed control took the focus from
   let replaying = false;
   let committing = 0;   // until when a field's commit (Enter, focus lost) may not have run
+  let runs = 0;         // runs seen starting (the app's script state turning to "running")
+  let lastState = null;
+  let owed = 0;         // the run count that serves every commit so far
+  const typed = new WeakSet();  // fields with keystrokes not yet committed
 
-  function edited(el) {
+  const SIDEBAR_TOGGLES = "[data-testid=stExpandSidebarButton], " +
+                          "[data-testid=stSidebarCollapseButton]";
+  const FIELDS = "[data-testid=stTextInput], [data-testid=stTextArea], " +
+                 "[data-testid=stNumberInput]";
+  function fieldOf(el) {
     if (!el || !(el.tagName === "INPUT" || el.tagName === "TEXTAREA")) { return null; }
-    const box = el.closest("[data-testid=stTextInput], [data-testid=stTextArea], " +
-                           "[data-testid=stNumberInput]");
-    // Streamlit shows its "Press Enter to apply" hint under a field with uncommitted text
-    return box && box.querySelector("[data-testid=InputInstructions]") ? el : null;
+    return el.closest(FIELDS) ? el : null;
   }
-  function idle() {
+  function edited(el) {
+    const field = fieldOf(el);
+    if (!field) { return null; }
+    // Streamlit's hint under a field with uncommitted text; absent where the column is
+    // narrow, so the field's own keystrokes count too
+    const hint = field.closest(FIELDS).querySelector("[data-testid=InputInstructions]");
+    const waiting = hint && (hint.textContent || "").includes("Enter to apply");
+    return waiting || typed.has(field) ? field : null;
+  }
+  function scriptState() {
     const app = doc.querySelector("[data-test-script-state]");
-    const state = app ? app.getAttribute("data-test-script-state") : "notRunning";
+    return app ? app.getAttribute("data-test-script-state") : "notRunning";
+  }
+  function noteState() {
+    const state = scriptState();
+    if (state === "running" && lastState !== "running") { runs += 1; }
+    lastState = state;
+  }
+  // every change of the script state, however short the run (polling could miss one)
+  (function watch() {
+    const app = doc.querySelector("[data-test-script-state]");
+    if (!app) { setTimeout(watch, 200); return; }
+    noteState();
+    new MutationObserver(noteState).observe(
+      app, {attributes: true, attributeFilter: ["data-test-script-state"]});
+  })();
+  function idle() {
+    const state = scriptState();
     return state !== "running" && state !== "rerunRequested" &&
       !doc.querySelector("[data-testid=stStatusWidget]");
   }
-  // after a commit, wait for its run to start (or 1.5 s) and then to end and stay ended
+  // after a commit, wait for the run that serves it (or 3 s of calm without one: a commit
+  // that changed nothing starts no run, and two commits can share one run), then for the
+  // page to stay calm
   function whenIdle(done, expectRun) {
-    let calm = 0, waited = 0, started = !expectRun;
+    let calm = 0, waited = 0, quiet = 0;
     const tick = () => {
-      const quiet = idle();
-      started = started || !quiet || waited > 1500;
-      calm = quiet && started ? calm + 1 : 0;
+      noteState();
+      const still = idle();
+      quiet = still ? quiet + 50 : 0;
+      const served = !expectRun || runs >= owed || quiet > 3000;
+      calm = still && served ? calm + 1 : 0;
       waited += 50;
       if (calm >= 6 || waited > 30000) { done(); } else { setTimeout(tick, 50); }
     };
     setTimeout(tick, 50);
   }
   const committed = (ev) => {
-    if (edited(ev.target) && (ev.type === "focusout" || ev.key === "Enter")) {
+    const commitKey = ev.key === "Enter" &&
+      (ev.target.tagName !== "TEXTAREA" || ev.ctrlKey || ev.metaKey);
+    if ((ev.type === "focusout" || commitKey) && edited(ev.target)) {
+      noteState();
       committing = Date.now() + 1500;
+      // served by the next run to start; while an earlier commit's run has not started
+      // yet, this one may wait behind it: by the run after that
+      owed = runs < owed ? owed + 1 : runs + 1;
+      typed.delete(ev.target);
     }
   };
-  // on a phone the sidebar covers the page: fold it away once a page link was followed
+  doc.addEventListener("input", (ev) => {
+    const field = fieldOf(ev.target);
+    if (field) { typed.add(field); }
+  }, true);
+  // on a phone the sidebar covers the page: fold it away once a page link was followed,
+  // unless the user opens it again meanwhile
+  let openedAt = 0;
+  doc.addEventListener("pointerdown", (ev) => {
+    if (ev.target.closest("[data-testid=stExpandSidebarButton]")) { openedAt = Date.now(); }
+  }, true);
   doc.addEventListener("click", (ev) => {
     if (!ev.target.closest("[data-testid=stSidebarNavLink]") || window.innerWidth > 640) {
       return;
     }
     let tries = 0;
+    const followed = Date.now();
     const fold = () => {  // the new page may still be drawing: try again for a few seconds
+      if (openedAt > followed) { return; }
       const bar = doc.querySelector("[data-testid=stSidebar]");
       if (!bar || bar.getAttribute("data-collapsed") !== "false") { return; }
       const button = doc.querySelector("button[aria-label='Collapse sidebar']");
-      if (button) { button.click(); }
+      // its own click is not the user's: never held and replayed later (a late replay
+      // folded a sidebar the user had opened again)
+      if (button) { replaying = true; button.click(); replaying = false; }
       if (++tries < 10) { setTimeout(fold, 500); }
     };
     setTimeout(fold, 400);
   });
+  // The run may redraw a held control: it is found again by its link, or by its widget
+  // key and label ("Remove this case" and "Download report (PDF)" exist once per case:
+  // a label alone could click another case's). A control without either is found again
+  // only while its label is unique; otherwise the click is dropped, never misdirected.
+  function identity(control) {
+    const keyed = control.closest("[class*='st-key-']");
+    const key = keyed && Array.from(keyed.classList).find((c) => c.startsWith("st-key-"));
+    return {href: control.getAttribute("href"), key: key || null, label: control.textContent};
+  }
+  function findAgain(id) {
+    const all = Array.from(doc.querySelectorAll("a, button"));
+    if (id.href) { return all.find((c) => c.getAttribute("href") === id.href) || null; }
+    const same = all.filter((c) => c.textContent === id.label);
+    if (id.key) {
+      return same.find((c) => {
+        const keyed = c.closest("[class*='st-key-']");
+        return keyed && keyed.classList.contains(id.key);
+      }) || null;
+    }
+    return same.length === 1 ? same[0] : null;
+  }
   doc.addEventListener("keydown", committed, true);
   doc.addEventListener("focusout", committed, true);
   doc.addEventListener("pointerdown", (ev) => {
@@ -80,21 +166,21 @@ export default function(component) {
     const control = ev.target.closest("a, button");
     const field = pending;
     pending = null;
+    // opening or folding the sidebar starts no run and changes no case: never held (the
+    // field the tap took the focus from commits on its own)
+    if (control && control.closest(SIDEBAR_TOGGLES)) { return; }
     // hold a click on a link or button while a field waits to commit or a run is going on
     // (a download clicked mid-run would ask for a file that run replaced)
-    const recent = Date.now() < committing;
+    // (or, for up to 10 s, while a commit's run has not been seen)
+    const now = Date.now();
+    const recent = now < committing || (runs < owed && now < committing + 10000);
     if (!control || (!field && !recent && idle())) { return; }
     ev.preventDefault();
     ev.stopImmediatePropagation();
     if (field) { field.blur(); }
-    const label = control.getAttribute("href") || control.textContent;
+    const id = identity(control);
     whenIdle(() => {
-      // the run may have redrawn the control: find it again by its link or label
-      let again = control.isConnected ? control : null;
-      if (!again) {
-        again = Array.from(doc.querySelectorAll("a, button")).find(
-          (c) => (c.getAttribute("href") || c.textContent) === label) || null;
-      }
+      const again = control.isConnected ? control : findAgain(id);
       if (again) { replaying = true; again.click(); replaying = false; }
     }, Boolean(field) || recent);
   }, true);

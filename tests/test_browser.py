@@ -1,9 +1,11 @@
 """Real browser: ``streamlit run`` + headless Chromium, driven as a clinician would. A
 transparent-corner melanoma keeps its referral verdict; a blurred image gets the retake
-message; the camera stays off until asked; moving between pages keeps the case; names
+message; the camera stays off until asked; moving between pages keeps the case, with text
+typed but never confirmed (on a laptop and on a phone); names
 with formula, Markdown or maths characters stay plain text (and the CSV cell escaped);
 the PDF report downloads and names verdict, tier and date; no uploaded byte reaches disk
-or logs. Screenshots of every page at desktop and phone size (``SCREENSHOT_DIR``).
+or logs. Screenshots of every page at desktop and phone size (``SCREENSHOT_DIR``). A failed
+test prints the page's run state, its text fields and the server log's end.
 """
 
 import datetime as dt
@@ -46,6 +48,7 @@ PAGES = [
     ("Training curves", "Training curves", "training"),
     ("About this model", "About this model", "about"),
 ]
+REFERENCE = "Case reference (optional, printed on the report)"
 COUNT_CAMERA = """
 window.__cameraCalls = 0;
 if (navigator.mediaDevices) {
@@ -67,16 +70,54 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture()
-def page(server):
+def page(server, request, tmp_path):
     with playwright_api.sync_playwright() as p:
         browser = launch_browser(p)
-        context = browser.new_context(viewport=DESKTOP, accept_downloads=True)
+        viewport = getattr(request, "param", DESKTOP)  # indirect parametrisation: PHONE
+        context = browser.new_context(viewport=viewport, accept_downloads=True)
         context.add_init_script(COUNT_CAMERA)
         tab = context.new_page()
         tab.goto(server[0])
         tab.get_by_role("heading", name="Classify a skin lesion").wait_for(timeout=120_000)
         yield tab
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(failure_evidence(tab, server[2], tmp_path / "failed.png"))
         browser.close()
+
+
+FIELDS_NOW = """() => [...document.querySelectorAll(
+    '[data-testid=stTextInput], [data-testid=stTextArea]')].map(box => {
+    const label = box.querySelector('label')?.innerText || '';
+    const value = box.querySelector('input, textarea')?.value;
+    const hint = box.querySelector('[data-testid=InputInstructions]')?.innerText || '';
+    const waiting = hint.includes('Enter to apply') ? ' (not applied)' : '';
+    return `${label}: ${JSON.stringify(value)}${waiting}`;
+})"""
+
+
+def failure_evidence(tab, server_log: Path, shot: Path) -> str:
+    """What a failed browser test leaves in the log: the app's run state, every text
+    field's value (and whether it still waits to be applied), a screenshot's path and the
+    server log's end (no uploaded bytes are logged, so the log is safe to print).
+    """
+    lines = ["--- browser state at the failure ---"]
+    try:
+        state = tab.evaluate(
+            "() => document.querySelector('[data-test-script-state]')"
+            "?.getAttribute('data-test-script-state')"
+        )
+        folded = tab.evaluate(
+            "() => document.querySelector('[data-testid=stSidebar]')"
+            "?.getAttribute('data-collapsed')"
+        )
+        lines += [f"script state: {state}", f"sidebar folded: {folded}", *tab.evaluate(FIELDS_NOW)]
+        tab.screenshot(path=str(shot), full_page=True)
+        lines.append(f"screenshot: {shot}")
+    except Exception as exc:  # the page may be gone: say so, keep the test's own error
+        lines.append(f"page unreadable: {exc!r}")
+    tail = server_log.read_text(errors="replace").splitlines()[-30:] if server_log.is_file() else []
+    return "\n".join([*lines, "--- server log (end) ---", *tail])
 
 
 def _ham(image_id: str) -> np.ndarray:
@@ -145,9 +186,11 @@ def test_camera_is_off_until_asked(page):
 
 def test_moving_between_pages_keeps_the_case(page):
     upload_and_wait(page, [_file("kept-case.jpg", jpeg_bytes(lesion_image("bkl", 8)))])
-    page.get_by_label("Case reference (optional, printed on the report)").fill("ward 3")
+    page.get_by_label(REFERENCE).fill("ward 3")
     page.keyboard.press("Enter")
     settle(page)
+    # applied before leaving: the field still shows it and no longer asks for Enter
+    assert f'{REFERENCE}: "ward 3"' in page.evaluate(FIELDS_NOW)
     page.get_by_role("link", name="Model metrics").click()
     page.get_by_role("heading", name="Model metrics").wait_for(timeout=60_000)
     page.get_by_role("link", name="Classify").click()
@@ -172,6 +215,26 @@ def test_text_typed_without_enter_survives_leaving_by_the_sidebar(page):
     assert page.get_by_label("Case reference (optional, printed on the report)").input_value() == (
         "bed 12"
     )
+
+
+@pytest.mark.parametrize("page", [PHONE], indirect=True, ids=["phone"])
+def test_text_typed_on_a_phone_survives_leaving_by_the_sidebar(page):
+    """On a phone the sidebar is folded: typing, then opening it and following a link."""
+    upload_and_wait(page, [_file("on-the-ward.jpg", jpeg_bytes(lesion_image("bkl", 14)))])
+    settle(page)
+    page.get_by_label("Notes (optional, printed on the report)").fill("seen on the ward")
+    page.get_by_label(REFERENCE).fill("bed 7")
+    for name, heading in (
+        ("About this model", "About this model"),
+        ("Classify", "on-the-ward.jpg"),
+    ):
+        page.locator("[data-testid=stExpandSidebarButton]").first.click()
+        page.get_by_role("link", name=name).click()
+        page.get_by_role("heading", name=heading).wait_for(timeout=60_000)
+    settle(page)
+    fields = page.evaluate(FIELDS_NOW)
+    assert 'Notes (optional, printed on the report): "seen on the ward"' in fields, fields
+    assert f'{REFERENCE}: "bed 7"' in fields, fields
 
 
 def test_new_patient_right_after_typing_leaves_a_clean_page(page):
