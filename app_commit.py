@@ -9,7 +9,9 @@ until that run has finished, then clicks again for the user. A click on a link o
 while a run is going on is held the same way until it ends (a download clicked mid-run
 asked for a file that the run had replaced: "Deferred file not found"). Other clicks pass
 straight through. On a phone it also folds the sidebar away after a page link is
-followed (it would otherwise cover the new page).
+followed (it would otherwise cover the new page). A choice (an option of a selectbox, a
+radio button, a checkbox) counts as a commit too: it is sent at once and can wait behind a
+run the same way.
 
 "That run" is the commit's own run, counted: a run that starts after the commit. A field
 committed while another run is going on is served by the next run, which the server
@@ -18,9 +20,10 @@ done; the page already shows "not running" in between. A click replayed in that 
 asked for the new page with the page's widget values left out, the server merged the two
 waiting requests, and the newer one's values won: the field's value never reached the
 case (a reference typed straight after a note, then a sidebar link: lost in 6 of 6 runs of
-the browser tests with two busy processes beside them, as on a shared CI machine). A field counts as edited from its first keystroke (an ``input``
-event) to its commit, so the hold does not depend on Streamlit's "Press Enter to apply"
-hint, which a narrow column or a phone does not show.
+the browser tests with two busy processes beside them, as on a shared CI machine). A field
+counts as edited from its first keystroke (an ``input`` event) to its commit, so the hold
+does not depend on Streamlit's "Press Enter to apply" hint, which a narrow column or a
+phone does not show.
 """
 
 import streamlit as st
@@ -93,21 +96,35 @@ export default function(component) {
     };
     setTimeout(tick, 50);
   }
+  function commit() {
+    noteState();
+    committing = Date.now() + 1500;
+    // served by the next run to start; while an earlier commit's run has not started
+    // yet, this one may wait behind it: by the run after that
+    owed = runs < owed ? owed + 1 : runs + 1;
+  }
   const committed = (ev) => {
     const commitKey = ev.key === "Enter" &&
       (ev.target.tagName !== "TEXTAREA" || ev.ctrlKey || ev.metaKey);
     if ((ev.type === "focusout" || commitKey) && edited(ev.target)) {
-      noteState();
-      committing = Date.now() + 1500;
-      // served by the next run to start; while an earlier commit's run has not started
-      // yet, this one may wait behind it: by the run after that
-      owed = runs < owed ? owed + 1 : runs + 1;
+      commit();
       typed.delete(ev.target);
     }
   };
   doc.addEventListener("input", (ev) => {
     const field = fieldOf(ev.target);
     if (field) { typed.add(field); }
+  }, true);
+  // a choice (a selectbox's or multiselect's option, a radio button, a checkbox or toggle)
+  // is committed at once, and can wait behind a run the same way
+  doc.addEventListener("click", (ev) => {
+    if (!replaying && ev.target.closest && ev.target.closest("[role=option]")) { commit(); }
+  }, true);
+  doc.addEventListener("change", (ev) => {
+    const t = ev.target;
+    if (t && t.tagName === "INPUT" && (t.type === "radio" || t.type === "checkbox")) {
+      commit();
+    }
   }, true);
   // on a phone the sidebar covers the page: fold it away once a page link was followed,
   // unless the user opens it again meanwhile

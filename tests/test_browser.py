@@ -237,6 +237,26 @@ def test_text_typed_on_a_phone_survives_leaving_by_the_sidebar(page):
     assert f'{REFERENCE}: "bed 7"' in fields, fields
 
 
+def test_a_site_chosen_while_the_page_runs_survives_leaving_by_the_sidebar(page):
+    """A choice made while another run is going on waits on the server behind it; leaving
+    at once must not drop it (nor the note whose run it waited behind)."""
+    upload_and_wait(page, [_file("chosen-site.jpg", jpeg_bytes(lesion_image("bkl", 15)))])
+    settle(page)
+    page.get_by_label("Notes (optional, printed on the report)").fill("left shoulder blade")
+    page.keyboard.press("Enter")  # a run starts; the site is chosen while it goes on
+    page.locator("[data-testid=stSelectbox]").filter(has_text="Body site").click()
+    page.get_by_role("option", name="Back", exact=True).click()
+    page.get_by_role("link", name="Training curves").click()
+    page.get_by_role("heading", name="Training curves").wait_for(timeout=60_000)
+    page.get_by_role("link", name="Classify").click()
+    page.get_by_role("heading", name="chosen-site.jpg").wait_for(timeout=60_000)
+    settle(page)
+    site = page.locator("[data-testid=stSelectbox]").filter(has_text="Body site")
+    assert site.locator("input").input_value() == "Back"
+    fields = page.evaluate(FIELDS_NOW)
+    assert 'Notes (optional, printed on the report): "left shoulder blade"' in fields, fields
+
+
 def test_new_patient_right_after_typing_leaves_a_clean_page(page):
     upload_and_wait(page, [_file("patient-a.jpg", jpeg_bytes(lesion_image("nv", 31)))])
     settle(page)
