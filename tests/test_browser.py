@@ -1,7 +1,8 @@
 """Real browser: ``streamlit run`` + headless Chromium, driven as a clinician would. A
 transparent-corner melanoma keeps its referral verdict; a blurred image gets the retake
 message; the camera stays off until asked; moving between pages keeps the case, with text
-typed but never confirmed (on a laptop and on a phone); names
+typed but never confirmed (on a laptop and on a phone) and a choice made while the page
+was still working; names
 with formula, Markdown or maths characters stay plain text (and the CSV cell escaped);
 the PDF report downloads and names verdict, tier and date; no uploaded byte reaches disk
 or logs. Screenshots of every page at desktop and phone size (``SCREENSHOT_DIR``). A failed
