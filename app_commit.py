@@ -80,16 +80,16 @@ export default function(component) {
     return state !== "running" && state !== "rerunRequested" &&
       !doc.querySelector("[data-testid=stStatusWidget]");
   }
-  // after a commit, wait for the run that serves it (or 3 s of calm without one: a commit
-  // that changed nothing starts no run, and two commits can share one run), then for the
-  // page to stay calm
-  function whenIdle(done, expectRun) {
+  // wait for the run that serves every commit so far (or 3 s of calm without one: a
+  // commit that changed nothing starts no run, and two commits can share one run), then
+  // for the page to stay calm
+  function whenIdle(done) {
     let calm = 0, waited = 0, quiet = 0;
     const tick = () => {
       noteState();
       const still = idle();
       quiet = still ? quiet + 50 : 0;
-      const served = !expectRun || runs >= owed || quiet > 3000;
+      const served = runs >= owed || quiet > 3000;
       calm = still && served ? calm + 1 : 0;
       waited += 50;
       if (calm >= 6 || waited > 30000) { done(); } else { setTimeout(tick, 50); }
@@ -154,21 +154,18 @@ export default function(component) {
   // key and label ("Remove this case" and "Download report (PDF)" exist once per case:
   // a label alone could click another case's). A control without either is found again
   // only while its label is unique; otherwise the click is dropped, never misdirected.
+  function keyOf(el) {  // the widget key Streamlit puts on the element's container
+    const keyed = el.closest("[class*='st-key-']");
+    return keyed ? Array.from(keyed.classList).find((c) => c.startsWith("st-key-")) : null;
+  }
   function identity(control) {
-    const keyed = control.closest("[class*='st-key-']");
-    const key = keyed && Array.from(keyed.classList).find((c) => c.startsWith("st-key-"));
-    return {href: control.getAttribute("href"), key: key || null, label: control.textContent};
+    return {href: control.getAttribute("href"), key: keyOf(control), label: control.textContent};
   }
   function findAgain(id) {
     const all = Array.from(doc.querySelectorAll("a, button"));
     if (id.href) { return all.find((c) => c.getAttribute("href") === id.href) || null; }
     const same = all.filter((c) => c.textContent === id.label);
-    if (id.key) {
-      return same.find((c) => {
-        const keyed = c.closest("[class*='st-key-']");
-        return keyed && keyed.classList.contains(id.key);
-      }) || null;
-    }
+    if (id.key) { return same.find((c) => keyOf(c) === id.key) || null; }
     return same.length === 1 ? same[0] : null;
   }
   doc.addEventListener("keydown", committed, true);
@@ -199,7 +196,7 @@ export default function(component) {
     whenIdle(() => {
       const again = control.isConnected ? control : findAgain(id);
       if (again) { replaying = true; again.click(); replaying = false; }
-    }, Boolean(field) || recent);
+    });
   }, true);
 }
 """
