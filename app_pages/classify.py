@@ -170,6 +170,7 @@ def summary(outcomes, prevalence: float, model: str) -> None:
         csv_text(outcomes, prevalence, model),
         file_name="results.csv",
         mime="text/csv",
+        on_click="ignore",  # a download changes nothing, so it starts no run
     )
 
 
@@ -309,6 +310,7 @@ def explanation(bundle, store: CaseStore, result) -> None:
         file_name="report.pdf",
         mime="application/pdf",
         key=f"report_{key}",
+        on_click="ignore",  # a run would replace the file a second click asks for
     )
 
 

@@ -32,7 +32,7 @@ run_pytest() {
   return "$rc"
 }
 stage "pytest, two workers (a test file stays on one worker and its fixtures)"
-run_pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile -m "not browser" "$@"
+run_pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile -m "not browser" --durations=25 "$@"
 stage "pytest, the real-browser tests alone (they drive a live server against the clock)"
 run_pytest -m browser "$@"
 stage "benchmark (quick; figures only, no time assertions)"

@@ -2,11 +2,11 @@
 transparent-corner melanoma keeps its referral verdict; a blurred image gets the retake
 message; the camera stays off until asked; moving between pages keeps the case, with text
 typed but never confirmed (on a laptop and on a phone) and a choice made while the page
-was still working; names
-with formula, Markdown or maths characters stay plain text (and the CSV cell escaped);
-the PDF report downloads and names verdict, tier and date; no uploaded byte reaches disk
-or logs. Screenshots of every page at desktop and phone size (``SCREENSHOT_DIR``). A failed
-test prints the page's run state, its text fields and the server log's end.
+was still working; names with formula, Markdown or maths characters stay plain text (and
+the CSV cell escaped); the PDF report downloads, also on two quick clicks, and names
+verdict, tier and date; no uploaded byte reaches disk or logs. Screenshots of every page
+at desktop and phone size (``SCREENSHOT_DIR``). A failed test prints the page's run state,
+its text fields and the server log's end.
 """
 
 import datetime as dt
@@ -58,6 +58,15 @@ if (navigator.mediaDevices) {
     return original ? original(c) : Promise.reject(new Error('no camera')); };
 }
 """
+
+COUNT_RUNS = """() => {
+  window.__runs = 0;
+  const app = document.querySelector('[data-test-script-state]');
+  new MutationObserver(() => {
+    if (app.getAttribute('data-test-script-state') === 'running') window.__runs += 1;
+  }).observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+}"""
+"""Counts the app's runs from now on in ``window.__runs``."""
 
 
 @pytest.fixture(scope="module")
@@ -422,6 +431,28 @@ def test_pdf_report_downloads_with_verdict_tier_and_date(page):
 
 
 LAPTOP = {"width": 1366, "height": 768}
+
+
+def test_a_pdf_clicked_twice_downloads_twice(page, server):
+    """Two quick clicks on "Download report (PDF)" give two PDFs: a download click starts
+    no run that would replace the file the second click asks for.
+    """
+    upload_and_wait(page, [_file("twice.jpg", jpeg_bytes(lesion_image("mel", 12)))])
+    settle(page)
+    downloads = []
+    page.on("download", lambda d: downloads.append(d))
+    page.evaluate(COUNT_RUNS)
+    button = page.get_by_text("Download report (PDF)")
+    button.click()
+    page.wait_for_timeout(150)  # a person's second click, before the first file arrives
+    button.click()
+    deadline = time.time() + 120
+    while len(downloads) < 2 and time.time() < deadline:
+        page.wait_for_timeout(250)
+    assert len(downloads) == 2, len(downloads)
+    assert all(Path(d.path()).read_bytes().startswith(b"%PDF") for d in downloads)
+    assert page.evaluate("() => window.__runs") == 0
+    assert "Deferred file" not in server[2].read_text(errors="replace")
 
 
 @pytest.mark.parametrize("viewport", [LAPTOP, PHONE], ids=["laptop", "phone"])
