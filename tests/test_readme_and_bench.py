@@ -125,6 +125,9 @@ def test_recorded_benchmark_formats_and_judges_its_targets():
     assert all(t["ratio"] == pytest.approx(t["cli"] / t["resnet50"], rel=0.01) for t in turns)
     speedup = float(np.median([t["ratio"] for t in turns]))
     assert f"x{round(speedup, 2)} (target >= 2: {'met' if speedup >= 2 else 'MISSED'})" in text
+    assert "runtime: onnx" in text and "full bench only" not in text  # the exports' speed
+    quick = format_table({**r, "runtimes": None})  # CI's quick run does not export
+    assert "runtime: onnx" not in quick and "measured by the full bench only" in quick
 
 
 def test_cli_row_judges_the_rounds_in_turns_and_names_the_first_pass():
