@@ -161,6 +161,10 @@ export default function(component) {
   function identity(control) {
     return {href: control.getAttribute("href"), key: keyOf(control), label: control.textContent};
   }
+  function same(control, id) {  // a node the run kept may now draw another widget
+    return control.isConnected && control.getAttribute("href") === id.href &&
+      keyOf(control) === id.key && control.textContent === id.label;
+  }
   function findAgain(id) {
     const all = Array.from(doc.querySelectorAll("a, button"));
     if (id.href) { return all.find((c) => c.getAttribute("href") === id.href) || null; }
@@ -194,7 +198,7 @@ export default function(component) {
     if (field) { field.blur(); }
     const id = identity(control);
     whenIdle(() => {
-      const again = control.isConnected ? control : findAgain(id);
+      const again = same(control, id) ? control : findAgain(id);
       if (again) { replaying = true; again.click(); replaying = false; }
     });
   }, true);
