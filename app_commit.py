@@ -161,16 +161,17 @@ export default function(component) {
   function identity(control) {
     return {href: control.getAttribute("href"), key: keyOf(control), label: control.textContent};
   }
-  function same(control, id) {  // a node the run kept may now draw another widget
-    return control.isConnected && control.getAttribute("href") === id.href &&
-      keyOf(control) === id.key && control.textContent === id.label;
+  function unchanged(control, id) {  // a node the run kept may now draw another widget
+    const now = identity(control);
+    return control.isConnected &&
+      now.href === id.href && now.key === id.key && now.label === id.label;
   }
   function findAgain(id) {
     const all = Array.from(doc.querySelectorAll("a, button"));
     if (id.href) { return all.find((c) => c.getAttribute("href") === id.href) || null; }
-    const same = all.filter((c) => c.textContent === id.label);
-    if (id.key) { return same.find((c) => keyOf(c) === id.key) || null; }
-    return same.length === 1 ? same[0] : null;
+    const labelled = all.filter((c) => c.textContent === id.label);
+    if (id.key) { return labelled.find((c) => keyOf(c) === id.key) || null; }
+    return labelled.length === 1 ? labelled[0] : null;
   }
   doc.addEventListener("keydown", committed, true);
   doc.addEventListener("focusout", committed, true);
@@ -198,7 +199,7 @@ export default function(component) {
     if (field) { field.blur(); }
     const id = identity(control);
     whenIdle(() => {
-      const again = same(control, id) ? control : findAgain(id);
+      const again = unchanged(control, id) ? control : findAgain(id);
       if (again) { replaying = true; again.click(); replaying = false; }
     });
   }, true);
