@@ -49,6 +49,9 @@ _HELP = {
     "clean_teacher": "true: the teachers see each cached view without the white balance, "
     "--robust's capture changes and --resaved-files' copy (the same crop and jitter), so the "
     "network learns from the changed view what they say of the clean one",
+    "melanoma_weight": "how many times a missed melanoma counts against another class's "
+    "miss in the suggested diagnosis (the post-hoc layer multiplies the melanoma output by it "
+    "before the argmax; probabilities, risk and referral unchanged); 1 = the balanced rule",
     "members": "DIR,DIR: instead of fitting, average these finalised networks (trained on "
     "the split these settings draw) into one and finalise it",
 }

@@ -99,8 +99,9 @@ def score_candidates(
         if size not in images:
             images[size] = load_images(rows["path"].tolist(), size)
         raw, prior = member_outputs(bundle, images[size]), bundle.posthoc.class_prior
+        weights = bundle.posthoc.decision_weights
         raws.append(raw)
-        outputs = decided(raw, prior)
+        outputs = decided(raw, prior, weights)
         if first is None:
             first, first_prior, against = outputs, prior, None
         else:
@@ -110,7 +111,7 @@ def score_candidates(
             {
                 "model": d.name,
                 "changes": recipe_changes(m["training"]["settings"], reference),
-                "chosen_on": figures(raw, y, prior),
+                "chosen_on": figures(raw, y, prior, weights),
                 "against_first": against,
                 "test": {k: None if test[k] is None else round(test[k], 4) for k in TEST_FIGURES},
                 "train_minutes": round(m["training"]["train_seconds"] / 60),

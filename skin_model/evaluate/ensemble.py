@@ -39,19 +39,21 @@ def member_outputs(bundle: ModelBundle, images: np.ndarray) -> np.ndarray:
     return network_outputs(bundle, images.astype(np.float32), bundle.config.tta)[0]
 
 
-def decided(raw: np.ndarray, prior) -> tuple[np.ndarray, np.ndarray]:
+def decided(raw: np.ndarray, prior, weights=None) -> tuple[np.ndarray, np.ndarray]:
     """``(probs, decisions)`` of balanced-prior outputs ``raw``: the probabilities at the
-    training frequencies (no temperature) and the suggested classes by the balanced rule.
+    training frequencies (no temperature) and the suggested classes by the balanced rule
+    (with a model's decision ``weights``, if any).
     """
     probs = calibrated_probabilities(raw, prior, 1.0)
-    return probs, decide(raw, probs, prior)
+    return probs, decide(raw, probs, prior, weights)
 
 
-def figures(raw: np.ndarray, y: np.ndarray, prior) -> dict[str, float | None]:
+def figures(raw: np.ndarray, y: np.ndarray, prior, weights=None) -> dict[str, float | None]:
     """The threshold-free :data:`~skin_model.evaluate.metrics.HEADLINES` of balanced-prior outputs
-    ``raw`` against labels ``y`` (the members' thresholds do not apply to their mean).
+    ``raw`` against labels ``y`` (the members' thresholds do not apply to their mean;
+    ``weights``: the model's decision weights).
     """
-    probs, decisions = decided(raw, prior)
+    probs, decisions = decided(raw, prior, weights)
     metrics = compute_metrics(y, probs, 0.5, decisions=decisions)
     values = headline_values(metrics)
     return {k: None if values[k] is None else round(float(values[k]), 4) for k in HEADLINES}

@@ -115,6 +115,9 @@ DECISION_RULE = (
 )
 """How the suggested diagnosis is chosen from a model with a ``class_prior``."""
 
+ARGMAX_RULE = "argmax of the probabilities"
+"""How it is chosen from a model whose outputs already carry the class frequencies."""
+
 
 def class_frequencies(codes: Sequence[str]) -> np.ndarray:
     """(K,) share of each class in ``codes``, in :data:`CLASSES` order (at least one count
@@ -125,7 +128,12 @@ def class_frequencies(codes: Sequence[str]) -> np.ndarray:
     return counts / counts.sum()
 
 
-def decide(raw: np.ndarray, probs: np.ndarray, class_prior: Sequence[float] | None):
+def decide(
+    raw: np.ndarray,
+    probs: np.ndarray,
+    class_prior: Sequence[float] | None,
+    weights: Sequence[float] | None = None,
+):
     """(N,) suggested class per row: the balanced rule (:data:`DECISION_RULE`) for a model
     whose outputs are re-weighted by ``class_prior``, else the most probable class.
 
@@ -133,8 +141,38 @@ def decide(raw: np.ndarray, probs: np.ndarray, class_prior: Sequence[float] | No
         raw: (N, K) the network's softmax outputs.
         probs: (N, K) the probabilities shown (after prior and temperature).
         class_prior: The bundle's ``class_prior`` (None: outputs used as they are).
+        weights: (K,) how much each class's miss counts (None: all 1); a class's column
+            is multiplied by its weight before the argmax.
     """
-    return np.asarray(raw if class_prior is not None else probs).argmax(axis=1)
+    base = np.asarray(raw if class_prior is not None else probs, dtype=np.float64)
+    if weights is not None:
+        base = base * np.asarray(weights, dtype=np.float64)
+    return base.argmax(axis=1)
+
+
+def class_weights(weights_by_class: dict[str, float]) -> list[float] | None:
+    """(K,) decision weights in :data:`CLASSES` order from ``{code: weight}`` (others 1);
+    None when every weight is 1.
+
+    Raises:
+        ValueError: For an unknown class code or a weight that is not positive.
+    """
+    for code, w in weights_by_class.items():
+        if code not in CLASSES or not w > 0:
+            raise ValueError(f"decision weight {code}={w}: need a class of {CLASSES} and w > 0")
+    out = [float(weights_by_class.get(c, 1.0)) for c in CLASSES]
+    return None if all(w == 1.0 for w in out) else out
+
+
+def weighted_rule(rule: str, weights: Sequence[float] | None) -> str:
+    """A decision rule's words with its class weights (``rule`` itself without any)."""
+    if weights is None:
+        return rule
+    named = [f"{c} {w:g}x" for c, w in zip(CLASSES, weights, strict=True) if w != 1.0]
+    return (
+        f"{rule}; a missed class counts more where weighted ({', '.join(named)}: the "
+        "class's output is multiplied by its weight before the argmax)"
+    )
 
 
 def fit_temperature(probs: np.ndarray, y_idx: np.ndarray) -> float:

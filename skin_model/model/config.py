@@ -15,7 +15,7 @@ from pathlib import Path
 
 from skin_model import CLASSES
 from skin_model.model.artifacts import CONFIG_FILE, ModelLoadError, read_json, write_json
-from skin_model.model.calibration import DECISION_RULE
+from skin_model.model.calibration import ARGMAX_RULE, DECISION_RULE
 
 SCHEMA = 2
 """Layout version: 1 = every file written before the schema number existed."""
@@ -39,9 +39,10 @@ class ModelConfig:
         cam_layers: The layer chosen for each method scored at finalisation (empty:
             ``cam_layer`` for ``cam_method``, the architecture's default for the others).
         metadata_input: Whether the network has the patient-context input.
-        class_prior, malignant_share, decision_rule, temperature, malignant_threshold,
-            malignant_threshold_metadata, context_fusion, target_sensitivity: the
-            post-hoc layer's keys (:class:`skin_model.model.posthoc.PostHoc`).
+        class_prior, malignant_share, decision_rule, decision_weights, temperature,
+            malignant_threshold, malignant_threshold_metadata, context_fusion,
+            target_sensitivity: the post-hoc layer's keys
+            (:class:`skin_model.model.posthoc.PostHoc`).
         ood_layers, ood_group_limits, ood_threshold: the detector's keys.
         weights_provenance: Where the initial weights came from (None: random/own file).
         trained_on: Date of the finalisation.
@@ -62,7 +63,8 @@ class ModelConfig:
     metadata_input: bool = False
     class_prior: list[float] | None = None
     malignant_share: float | None = None
-    decision_rule: str = "argmax of the probabilities"
+    decision_rule: str = ARGMAX_RULE
+    decision_weights: list[float] | None = None
     temperature: float = 1.0
     malignant_threshold: float = 0.5
     malignant_threshold_metadata: float | None = None

@@ -31,6 +31,7 @@ CONFIG_KEYS = (
     "class_prior",
     "malignant_share",
     "decision_rule",
+    "decision_weights",
     "temperature",
     "malignant_threshold",
     "malignant_threshold_metadata",
@@ -82,6 +83,9 @@ class PostHoc:
             context model), or None.
         target_sensitivity: Lower bound of the sensitivity the thresholds keep.
         decision_rule: How the suggested diagnosis is chosen, in words.
+        decision_weights: (K,) how much each class's miss counts in the suggested
+            diagnosis (its output is multiplied by it before the argmax), or None (all 1);
+            the probabilities, the risk and the referral do not use it.
 
     Fitted by :meth:`fit` (before it: temperature 1, threshold 0.5):
         temperature_: Temperature applied after the prior shift.
@@ -95,6 +99,7 @@ class PostHoc:
     context_fusion: dict | None = None
     target_sensitivity: float = 0.90
     decision_rule: str = DECISION_RULE
+    decision_weights: list[float] | None = None
     temperature_: float = field(default=1.0, init=False)
     threshold_: float = field(default=0.5, init=False)
     threshold_context_: float | None = field(default=None, init=False)
@@ -188,7 +193,7 @@ class PostHoc:
         return Outputs(
             fused=fused,
             probabilities=probs,
-            decisions=decide(fused, probs, self.class_prior),
+            decisions=decide(fused, probs, self.class_prior, self.decision_weights),
             risk=risk,
             thresholds=thresholds,
             flagged=risk >= thresholds,
@@ -221,6 +226,7 @@ class PostHoc:
             "class_prior": self.class_prior,
             "malignant_share": self.malignant_share,
             "decision_rule": self.decision_rule,
+            "decision_weights": self.decision_weights,
             "temperature": self.temperature_,
             "malignant_threshold": self.threshold_,
             "malignant_threshold_metadata": self.threshold_context_,
@@ -237,6 +243,7 @@ class PostHoc:
             context_fusion=config.context_fusion,
             target_sensitivity=float(config.target_sensitivity),
             decision_rule=config.decision_rule,
+            decision_weights=config.decision_weights,
         )
         layer.temperature_ = float(config.temperature)
         layer.threshold_ = float(config.malignant_threshold)

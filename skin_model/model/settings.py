@@ -79,6 +79,7 @@ class TrainConfig:
     test_frac: float = 0.15
     calib_share: float = 0.5
     target_sensitivity: float = 0.90
+    melanoma_weight: float = 1.0  # a missed melanoma counts this many times in the suggestion
     views: int = 0  # 0: chosen on validation; 1, 2 (and the half turn), 4 or 8 views
     tta_min_gain: float = 0.01
     second_look: int = 0  # views for an image near its threshold (0: none; 2, 4 or 8)
@@ -122,6 +123,7 @@ class TrainConfig:
             (not 0 < self.val_frac + self.test_frac < 1, "--val-frac + --test-frac must be < 1"),
             (self.cached_views < 0, "--cached-views must be >= 0 (0 = one per epoch)"),
             (self.mixup < 0, "--mixup must be >= 0 (0 = off)"),
+            (not self.melanoma_weight > 0, "--melanoma-weight must be > 0 (1 = balanced)"),
             (
                 self.clean_teacher and not (self.teachers and self.freeze_stages),
                 "--clean-teacher needs --teachers and --freeze-stages: the teachers' outputs "

@@ -175,8 +175,8 @@ class _NoContext(keras.layers.Layer):
 
 
 class _PostHoc(keras.layers.Layer):
-    """Prior shift, temperature, malignant risk, the balanced decision and the detector's
-    score, as the package computes them (:mod:`skin_model.model.posthoc`,
+    """Prior shift, temperature, malignant risk, the (weighted) balanced decision and the
+    detector's score, as the package computes them (:mod:`skin_model.model.posthoc`,
     :mod:`skin_model.model.ood`).
     """
 
@@ -185,6 +185,8 @@ class _PostHoc(keras.layers.Layer):
         post = bundle.posthoc
         self.prior = None if post.class_prior is None else np.asarray(post.class_prior, np.float32)
         self.temperature = float(post.temperature_)
+        weights = post.decision_weights
+        self.weights = None if weights is None else np.asarray(weights, np.float32)
         self.malignant = np.array([c in MALIGNANT for c in CLASSES])
         det = bundle.detector
         stats = [] if det is None else det.stats_
@@ -204,7 +206,10 @@ class _PostHoc(keras.layers.Layer):
         mask = ops.convert_to_tensor(self.malignant.astype(np.float32))
         risk = ops.sum(probs * mask, axis=1)
         # top_k, not argmax: Keras' argmax uses bit casts that LiteRT and ONNX lack
-        _, decision = ops.top_k(raw if self.prior is not None else probs, k=1)
+        base = raw if self.prior is not None else probs
+        if self.weights is not None:
+            base = base * ops.convert_to_tensor(self.weights)
+        _, decision = ops.top_k(base, k=1)
         decision = decision[:, 0]
         if self.stats:
             ratios = []

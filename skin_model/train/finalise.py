@@ -51,10 +51,14 @@ from skin_model.model.artifacts import (
     write_json,
 )
 from skin_model.model.calibration import (
+    ARGMAX_RULE,
+    DECISION_RULE,
     binary_calibration,
     class_frequencies,
+    class_weights,
     is_malignant,
     malignant_probability,
+    weighted_rule,
 )
 from skin_model.model.config import ModelConfig, write_model_config
 from skin_model.model.ood import Detector
@@ -195,11 +199,15 @@ def fit_posthoc(
     Returns:
         ``(posthoc, {"outputs", "features", "outputs_context"})`` of the calibration part.
     """
+    prior = output_prior(cfg, data.codes["train"])
+    weights = class_weights({"mel": float(cfg.melanoma_weight)})
     posthoc = PostHoc(
-        class_prior=output_prior(cfg, data.codes["train"]),
+        class_prior=prior,
         malignant_share=round(float(is_malignant(data.y["train"]).mean()), 6),
         context_fusion=context_fusion(cfg, context_model),
         target_sensitivity=cfg.target_sensitivity,
+        decision_rule=weighted_rule(DECISION_RULE if prior else ARGMAX_RULE, weights),
+        decision_weights=weights,
     )
     tta, images = bundle.config.tta, data.images["calib"]
     network, feats = network_outputs(bundle, images, tta)
