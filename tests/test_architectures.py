@@ -31,6 +31,7 @@ def test_every_spec_builds_a_flat_model_with_its_named_layers():
         ({"architecture": "skinnet", "metadata": False, "weights": "nsfwjs"}, "takes no --weights"),
         ({"white_balance": 0.7}, "--white-balance"),
         ({"loss": "focal"}, "unknown loss"),
+        ({"melanoma_weight": 0.0}, "--melanoma-weight must be > 0"),
     ],
 )
 def test_bad_settings_fail_in_one_line_before_any_image_is_read(settings, message):

@@ -10,12 +10,14 @@ from skin_model.model.calibration import (
     calibrated_probabilities,
     choose_temperature,
     class_frequencies,
+    class_weights,
     decide,
     lesion_resample_weights,
     malignant_probability,
     prior_shift,
     shift_malignant_prevalence,
     threshold_for_sensitivity,
+    weighted_rule,
 )
 
 PRIOR = np.array([0.03, 0.05, 0.11, 0.01, 0.11, 0.67, 0.02])
@@ -41,6 +43,22 @@ def test_calibrated_probabilities_reweight_by_prior_and_keep_balanced_decision()
     assert decide(raw, calibrated_probabilities(raw, PRIOR, 2.5), PRIOR)[0] == 4  # any T
     assert decide(raw, q, None)[0] == 5  # a model without a prior: most probable class
     assert calibrated_probabilities(raw, None) is raw
+
+
+def test_decision_weights_by_hand():
+    raw = np.array([[0.05, 0.05, 0.05, 0.05, 0.35, 0.40, 0.05]])
+    q = calibrated_probabilities(raw, PRIOR)
+    assert decide(raw, q, PRIOR)[0] == 5  # nv a hair ahead under the balanced rule
+    weights = class_weights({"mel": 1.5})
+    assert weights == [1.0, 1.0, 1.0, 1.0, 1.5, 1.0, 1.0]
+    assert decide(raw, q, PRIOR, weights)[0] == 4  # 0.35 x 1.5 > 0.40
+    assert decide(raw, q, None, weights)[0] == 5  # without a prior: 0.35 x 1.5 < q's nv
+    assert class_weights({"mel": 1.0}) is None
+    for bad in ({"melanoma": 2.0}, {"mel": 0.0}):
+        with pytest.raises(ValueError):
+            class_weights(bad)
+    assert weighted_rule("balanced", None) == "balanced"
+    assert "mel 1.5x" in weighted_rule("balanced", weights)
 
 
 def test_class_frequencies_count_every_class():

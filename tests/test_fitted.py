@@ -62,12 +62,30 @@ def test_a_stored_threshold_still_refers_the_images_it_was_fitted_on():
 
 def test_posthoc_survives_its_config_file():
     probs, y, groups = _outputs()
-    layer = PostHoc(class_prior=[1 / 7] * 7, malignant_share=0.2).fit(probs, y, groups)
+    weights = [1.0, 1.0, 1.0, 1.0, 1.5, 1.0, 1.0]
+    layer = PostHoc(class_prior=[1 / 7] * 7, malignant_share=0.2, decision_weights=weights)
+    layer.fit(probs, y, groups)
     stored = json.loads(json.dumps(layer.to_config()))
     back = PostHoc.from_config(_config(**stored))
-    assert back.to_config() == layer.to_config()
+    assert back.to_config() == layer.to_config() and back.decision_weights == weights
     np.testing.assert_array_equal(back.apply(probs).risk, layer.apply(probs).risk)
     np.testing.assert_array_equal(back.apply(probs).flagged, layer.apply(probs).flagged)
+    np.testing.assert_array_equal(back.apply(probs).decisions, layer.apply(probs).decisions)
+
+
+def test_decision_weights_move_suggestions_only():
+    """A melanoma weight turns some suggestions to melanoma and leaves the probabilities,
+    the risk and the referral as they were."""
+    probs, y, groups = _outputs()
+    plain = PostHoc(class_prior=[1 / 7] * 7, malignant_share=0.2).fit(probs, y, groups)
+    weighted = PostHoc(
+        class_prior=[1 / 7] * 7, malignant_share=0.2, decision_weights=[1, 1, 1, 1, 1.5, 1, 1]
+    ).fit(probs, y, groups)
+    a, b = plain.apply(probs), weighted.apply(probs)
+    moved = a.decisions != b.decisions
+    assert moved.any() and (b.decisions[moved] == CLASSES.index("mel")).all()
+    np.testing.assert_array_equal(a.probabilities, b.probabilities)
+    np.testing.assert_array_equal(a.flagged, b.flagged)
 
 
 def test_posthoc_prevalence_moves_risk_and_threshold_together():

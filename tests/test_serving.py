@@ -41,8 +41,10 @@ def _second_look_images(size: int) -> list:
 @pytest.fixture(scope="module")
 def looked(trained_dir, trained_bundle, tmp_path_factory):
     """The smoke model with a second look whose band takes half of
-    :func:`_second_look_images` (the median distance of their risks from the threshold),
-    and its loaded bundle: every export test runs on it, so one export covers both paths."""
+    :func:`_second_look_images` (the median distance of their risks from the threshold)
+    and a melanoma decision weight that turns about half of their other suggestions to
+    melanoma, and its loaded bundle: every export test runs on it, so one export covers
+    every path."""
     from dataclasses import replace
 
     from skin_model.runtime.inference import load_bundle, log_odds
@@ -53,12 +55,17 @@ def looked(trained_dir, trained_bundle, tmp_path_factory):
         replace(trained_bundle, config=plain), _second_look_images(plain.input_size)
     )
     gap = np.abs(log_odds([p.malignant_probability for p in one]) - log_odds(one[0].threshold))
+    post = trained_bundle.posthoc  # the uniform-prior outputs, up to a factor per image:
+    base = np.array([p.probabilities for p in one]) ** post.temperature_ / post.class_prior
+    others = np.delete(base, 4, axis=1).max(axis=1) / base[:, 4]
+    weights = [1.0] * 4 + [float(np.median(others[others > 1]))] + [1.0] * 2
     run = with_config(
         trained_dir,
         tmp_path_factory.mktemp("looked") / "run",
         tta=1,
         second_look_views=4,
         second_look_band=float(np.median(gap)),
+        decision_weights=weights,
     )
     return run, load_bundle(run)
 
@@ -159,3 +166,19 @@ def test_the_export_takes_the_apps_second_look(exported, looked, fmt):
     app = predict_images(bundle, images)
     assert {p.views for p in app} == {1, 4}
     assert_same_answers(RUNNERS[fmt](exported[fmt], np.stack(images)), app, atol=1e-4)
+
+
+def test_the_weighted_decision_is_tested_by_the_exports(looked):
+    """The decision weights of :func:`looked` change some suggestions and not all, so the
+    exported answers above check the weights are applied inside the graph."""
+    from dataclasses import replace
+
+    bundle = looked[1]
+    assert bundle.posthoc.decision_weights[4] > 1
+    images = _second_look_images(bundle.input_size)
+    weighted = [p.decision for p in predict_images(bundle, images)]
+    unweighted_layer = replace(bundle.posthoc, decision_weights=None)
+    plain = [p.decision for p in predict_images(replace(bundle, posthoc=unweighted_layer), images)]
+    changed = [w != p for w, p in zip(weighted, plain, strict=True)]
+    assert any(changed) and not all(changed)
+    assert all(weighted[i] == 4 for i, c in enumerate(changed) if c)  # towards melanoma

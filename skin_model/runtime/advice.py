@@ -258,9 +258,10 @@ def headline(prediction) -> tuple[str, str]:
     that names it.
 
     The headline is the most probable class, so it is the first bar of the chart and its
-    number is its probability. The balanced rule (the one the accuracy figures measure)
-    suggests the class that is most likely *relative to how rare it is*; when that differs
-    it is named too, as "do not miss" for a malignant class.
+    number is its probability. The suggestion rule (the one the accuracy figures measure:
+    balanced, with the model's decision weights) suggests the class that is most likely
+    *relative to how rare it is*; when that differs it is named too, as "do not miss" for a
+    malignant class.
 
     Returns:
         ``("Most likely: Melanocytic nevus (nv), 72%", "Do not miss: Melanoma (mel), 25% ...")``
@@ -275,7 +276,7 @@ def headline(prediction) -> tuple[str, str]:
     lead = "Do not miss" if suggested in MALIGNANT else "Also consider"
     return first, (
         f"{lead}: {display_name(suggested)}, {pct(probs[suggested])}. That is high for a class "
-        "this rare; the balanced rule the accuracy figures use would suggest it."
+        "this rare; the rule the accuracy figures use suggests it."
     )
 
 
