@@ -42,9 +42,8 @@ def _second_look_images(size: int) -> list:
 def looked(trained_dir, trained_bundle, tmp_path_factory):
     """The smoke model with a second look whose band takes half of
     :func:`_second_look_images` (the median distance of their risks from the threshold)
-    and a melanoma decision weight that turns about half of their other suggestions to
-    melanoma, and its loaded bundle: every export test runs on it, so one export covers
-    every path."""
+    and a melanoma decision weight that turns their other suggestions to melanoma, and its
+    loaded bundle: every export test runs on it, so one export covers every path."""
     from dataclasses import replace
 
     from skin_model.runtime.inference import load_bundle, log_odds
@@ -57,8 +56,11 @@ def looked(trained_dir, trained_bundle, tmp_path_factory):
     gap = np.abs(log_odds([p.malignant_probability for p in one]) - log_odds(one[0].threshold))
     post = trained_bundle.posthoc  # the uniform-prior outputs, up to a factor per image:
     base = np.array([p.probabilities for p in one]) ** post.temperature_ / post.class_prior
-    others = np.delete(base, 4, axis=1).max(axis=1) / base[:, 4]
-    weights = [1.0] * 4 + [float(np.median(others[others > 1]))] + [1.0] * 2
+    # twice the largest ratio: every suggestion turns to melanoma with a wide margin (the
+    # smoke network's outputs are alike for every image, so a weight between them would
+    # leave float32 and float64 arithmetic to break near-ties differently)
+    mel = 2.0 * float((np.delete(base, 4, axis=1).max(axis=1) / base[:, 4]).max())
+    weights = [1.0] * 4 + [mel] + [1.0] * 2
     run = with_config(
         trained_dir,
         tmp_path_factory.mktemp("looked") / "run",
@@ -169,8 +171,8 @@ def test_the_export_takes_the_apps_second_look(exported, looked, fmt):
 
 
 def test_the_weighted_decision_is_tested_by_the_exports(looked):
-    """The decision weights of :func:`looked` change some suggestions and not all, so the
-    exported answers above check the weights are applied inside the graph."""
+    """The decision weights of :func:`looked` change suggestions, so the exported answers
+    above check the weights are applied inside the graph."""
     from dataclasses import replace
 
     bundle = looked[1]
@@ -180,5 +182,4 @@ def test_the_weighted_decision_is_tested_by_the_exports(looked):
     unweighted_layer = replace(bundle.posthoc, decision_weights=None)
     plain = [p.decision for p in predict_images(replace(bundle, posthoc=unweighted_layer), images)]
     changed = [w != p for w, p in zip(weighted, plain, strict=True)]
-    assert any(changed) and not all(changed)
-    assert all(weighted[i] == 4 for i, c in enumerate(changed) if c)  # towards melanoma
+    assert any(changed) and set(weighted) == {4}  # every one towards melanoma

@@ -9,6 +9,7 @@ balanced rule; image only (no patient context).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,9 @@ def member_outputs(bundle: ModelBundle, images: np.ndarray) -> np.ndarray:
     return network_outputs(bundle, images.astype(np.float32), bundle.config.tta)[0]
 
 
-def decided(raw: np.ndarray, prior, weights=None) -> tuple[np.ndarray, np.ndarray]:
+def decided(
+    raw: np.ndarray, prior, weights: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(probs, decisions)`` of balanced-prior outputs ``raw``: the probabilities at the
     training frequencies (no temperature) and the suggested classes by the balanced rule
     (with a model's decision ``weights``, if any).
@@ -48,7 +51,9 @@ def decided(raw: np.ndarray, prior, weights=None) -> tuple[np.ndarray, np.ndarra
     return probs, decide(raw, probs, prior, weights)
 
 
-def figures(raw: np.ndarray, y: np.ndarray, prior, weights=None) -> dict[str, float | None]:
+def figures(
+    raw: np.ndarray, y: np.ndarray, prior, weights: Sequence[float] | None = None
+) -> dict[str, float | None]:
     """The threshold-free :data:`~skin_model.evaluate.metrics.HEADLINES` of balanced-prior outputs
     ``raw`` against labels ``y`` (the members' thresholds do not apply to their mean;
     ``weights``: the model's decision weights).

@@ -186,7 +186,7 @@ class _PostHoc(keras.layers.Layer):
         self.prior = None if post.class_prior is None else np.asarray(post.class_prior, np.float32)
         self.temperature = float(post.temperature_)
         weights = post.decision_weights
-        self.weights = None if weights is None else np.asarray(weights, np.float32)
+        self.decision_weights = None if weights is None else np.asarray(weights, np.float32)
         self.malignant = np.array([c in MALIGNANT for c in CLASSES])
         det = bundle.detector
         stats = [] if det is None else det.stats_
@@ -207,8 +207,8 @@ class _PostHoc(keras.layers.Layer):
         risk = ops.sum(probs * mask, axis=1)
         # top_k, not argmax: Keras' argmax uses bit casts that LiteRT and ONNX lack
         base = raw if self.prior is not None else probs
-        if self.weights is not None:
-            base = base * ops.convert_to_tensor(self.weights)
+        if self.decision_weights is not None:  # not ``weights``: a Keras Layer property
+            base = base * ops.convert_to_tensor(self.decision_weights)
         _, decision = ops.top_k(base, k=1)
         decision = decision[:, 0]
         if self.stats:
