@@ -173,13 +173,15 @@ def test_the_export_takes_the_apps_second_look(exported, looked, fmt):
 def test_the_weighted_decision_is_tested_by_the_exports(looked):
     """The decision weights of :func:`looked` change suggestions, so the exported answers
     above check the weights are applied inside the graph."""
+    import copy
     from dataclasses import replace
 
     bundle = looked[1]
     assert bundle.posthoc.decision_weights[4] > 1
     images = _second_look_images(bundle.input_size)
     weighted = [p.decision for p in predict_images(bundle, images)]
-    unweighted_layer = replace(bundle.posthoc, decision_weights=None)
-    plain = [p.decision for p in predict_images(replace(bundle, posthoc=unweighted_layer), images)]
+    unweighted = copy.copy(bundle.posthoc)  # fitted temperature and thresholds kept
+    unweighted.decision_weights = None
+    plain = [p.decision for p in predict_images(replace(bundle, posthoc=unweighted), images)]
     changed = [w != p for w, p in zip(weighted, plain, strict=True)]
     assert any(changed) and set(weighted) == {4}  # every one towards melanoma
