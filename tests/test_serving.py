@@ -46,20 +46,19 @@ def looked(trained_dir, trained_bundle, tmp_path_factory):
     loaded bundle: every export test runs on it, so one export covers every path."""
     from dataclasses import replace
 
-    from skin_model.runtime.inference import load_bundle, log_odds
+    from skin_model.runtime.inference import load_bundle, log_odds, network_outputs
     from tests.conftest import with_config
 
     plain = replace(trained_bundle.config, tta=1, second_look_views=1, second_look_band=0.0)
-    one = predict_images(
-        replace(trained_bundle, config=plain), _second_look_images(plain.input_size)
-    )
+    images = _second_look_images(plain.input_size)
+    one = predict_images(replace(trained_bundle, config=plain), images)
     gap = np.abs(log_odds([p.malignant_probability for p in one]) - log_odds(one[0].threshold))
-    post = trained_bundle.posthoc  # the uniform-prior outputs, up to a factor per image:
-    base = np.array([p.probabilities for p in one]) ** post.temperature_ / post.class_prior
-    # twice the largest ratio: every suggestion turns to melanoma with a wide margin (the
-    # smoke network's outputs are alike for every image, so a weight between them would
-    # leave float32 and float64 arithmetic to break near-ties differently)
-    mel = 2.0 * float((np.delete(base, 4, axis=1).max(axis=1) / base[:, 4]).max())
+    batch = np.stack(images).astype(np.float32)
+    raw = np.concatenate([network_outputs(trained_bundle, batch, v)[0] for v in (1, 4)])
+    # twice the largest ratio at one view or four: every suggestion turns to melanoma with a
+    # wide margin (the smoke network's outputs are alike for every image, so a weight
+    # between them would leave float32 and float64 arithmetic to break near-ties apart)
+    mel = 2.0 * float((np.delete(raw, 4, axis=1).max(axis=1) / raw[:, 4]).max())
     weights = [1.0] * 4 + [mel] + [1.0] * 2
     run = with_config(
         trained_dir,
