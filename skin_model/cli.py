@@ -294,6 +294,20 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deflate(args: argparse.Namespace) -> int:
+    """``deflate``: a finalised model's ``model.keras`` re-packed deflated (the same weights),
+    its digest and size recorded again.
+    """
+    from skin_model.train.training import deflate_model_dir
+
+    if not (Path(args.model_dir) / "metrics.json").is_file():
+        raise UsageError(f"{args.model_dir} has no metrics.json (not a finalised model)")
+    before = (Path(args.model_dir) / "model.keras").stat().st_size
+    after = deflate_model_dir(args.model_dir)
+    print(f"{args.model_dir}/model.keras: {before / 1e6:.2f} MB -> {after / 1e6:.2f} MB")
+    return 0
+
+
 def cmd_robustness(args: argparse.Namespace) -> int:
     """``robustness``: changed copies of a split's images against the plain ones."""
     from skin_model.evaluate.robustness import run
@@ -407,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_robustness(sub, default_data)
     _add_cam(sub, default_data)
     _add_targets(sub)
+    _add_deflate(sub)
     return parser
 
 
@@ -419,6 +434,17 @@ def _add_targets(sub) -> None:
     )
     t.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODEL_DIR)
     t.set_defaults(func=cmd_targets)
+
+
+def _add_deflate(sub) -> None:
+    """The ``deflate`` subcommand's options."""
+    d = sub.add_parser(
+        "deflate",
+        help="re-pack a model directory written before models were saved deflated (the same "
+        "weights; its digests, metrics.json and card updated)",
+    )
+    d.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODEL_DIR)
+    d.set_defaults(func=cmd_deflate)
 
 
 def _add_cam(sub, default_data: Path) -> None:

@@ -154,6 +154,37 @@ def test_integrity_file_records_the_files_and_the_card_shows_it(trained_dir):
     assert load_bundle(trained_dir).input_size == 32
 
 
+def test_the_model_file_is_deflated_and_re_packing_keeps_every_weight(
+    trained_dir, tmp_path, capsys
+):
+    import zipfile
+
+    from skin_model.cli import main as cli
+    from skin_model.model.artifacts import check_model_files
+
+    with zipfile.ZipFile(trained_dir / "model.keras") as zf:
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_DEFLATED}
+        members = {i.filename: zf.read(i.filename) for i in zf.infolist()}
+    copy = tmp_path / "stored"
+    shutil.copytree(trained_dir, copy)
+    with zipfile.ZipFile(copy / "model.keras", "w", zipfile.ZIP_STORED) as zf:  # as Keras saves
+        for name, data in members.items():
+            zf.writestr(name, data)
+    stored = (copy / "model.keras").stat().st_size
+    assert cli(["deflate", str(copy)]) == 0
+    size = (copy / "model.keras").stat().st_size
+    assert size < stored
+    assert f"{size / 1e6:.2f} MB" in capsys.readouterr().out
+    with zipfile.ZipFile(copy / "model.keras") as zf:
+        assert {i.filename: zf.read(i.filename) for i in zf.infolist()} == members
+    check_model_files(copy)  # the digests were recorded again
+    model = json.loads((copy / "metrics.json").read_text())["model"]
+    assert model["file_bytes"] == size
+    assert model["sha256"] == sha256_file(copy / "model.keras")
+    assert model["sha256"] in (copy / "MODEL_CARD.md").read_text()
+    assert cli(["deflate", str(tmp_path)]) == 2  # no metrics.json
+
+
 def test_train_script_rejects_bad_data_folder(tmp_path, capsys):
     import train
 

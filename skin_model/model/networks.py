@@ -549,6 +549,20 @@ def inference_copy(model: keras.Model) -> keras.Model:
     return copy
 
 
+def save_network(model: keras.Model, path: Path) -> Path:
+    """Save :func:`inference_copy` of ``model`` as a ``.keras`` file with its members
+    deflated (:func:`skin_model.model.artifacts.deflate_zip`; Keras reads it as it is).
+
+    Returns:
+        ``path``.
+    """
+    from skin_model.model.artifacts import deflate_zip
+
+    inference_copy(model).save(path)
+    deflate_zip(path)
+    return Path(path)
+
+
 def at_input_size(model: keras.Model, size: int) -> keras.Model:
     """The same network and weights taking ``size`` x ``size`` images (a fully
     convolutional network ending in global pooling runs at any size: "FixRes", a network

@@ -194,7 +194,7 @@ def run_fold(pool: pd.DataFrame, k: int, images: dict, cfg: TrainConfig, out_dir
     """
     from skin_model.data.metadata import encode_frame
     from skin_model.model.calibration import class_frequencies
-    from skin_model.model.networks import inference_copy
+    from skin_model.model.networks import save_network
     from skin_model.train.training import describe_device, fit_model
 
     fold_dir = Path(out_dir) / f"fold{k}"
@@ -213,7 +213,7 @@ def run_fold(pool: pd.DataFrame, k: int, images: dict, cfg: TrainConfig, out_dir
     model, fit_info = fit_model(cfg.for_fold(k), parts, fold_dir, resume=resume, metas=metas)
     outputs = fold_predictions(model, images["input"][~tr], metas_all[~tr], cfg, fold_dir)
     changed = changed_copies(model, pool.loc[~tr, "path"].tolist(), codes[~tr], cfg)
-    inference_copy(model).save(fold_dir / FOLD_MODEL_FILE)  # an ensemble member
+    save_network(model, fold_dir / FOLD_MODEL_FILE)  # an ensemble member
     context_model = ContextModel().fit(metas_all[tr], class_indices(codes[tr]))
     outputs["metadata_only"] = context_model.predict_proba(metas_all[~tr])
     held = pool.loc[~tr, ["image_id", "lesion_id", "dx", "fold"]].reset_index(drop=True)

@@ -397,9 +397,9 @@ def model_config(cfg, bundle: ModelBundle, posthoc: PostHoc, detector: Detector,
 
 def write_model_dir(out_dir: Path, model, config: ModelConfig, detector: Detector) -> None:
     """Write the files a prediction depends on, and their digests, once."""
-    from skin_model.model.networks import inference_copy
+    from skin_model.model.networks import save_network
 
-    inference_copy(model).save(out_dir / MODEL_FILE)
+    save_network(model, out_dir / MODEL_FILE)
     write_model_config(out_dir, config)
     detector.save(out_dir / OOD_FILE)
     write_integrity(out_dir)

@@ -820,6 +820,32 @@ def rejudge_targets(model_dir: Path) -> list[dict]:
     return metrics["targets"]
 
 
+def deflate_model_dir(model_dir: Path) -> int:
+    """Re-pack a finalised model directory's ``model.keras`` with its members deflated
+    (:func:`~skin_model.model.artifacts.deflate_zip`: the same weights, byte for byte), then
+    record its new digest and size in ``integrity.json``, ``metrics.json`` and the card.
+
+    Returns:
+        The model file's new size in bytes.
+    """
+    from skin_model.model.artifacts import (
+        METRICS_FILE,
+        MODEL_FILE,
+        deflate_zip,
+        sha256_file,
+        write_integrity,
+    )
+
+    model_dir = Path(model_dir)
+    size = deflate_zip(model_dir / MODEL_FILE)
+    write_integrity(model_dir)
+    metrics = read_json(model_dir / METRICS_FILE)
+    metrics["model"].update(file_bytes=size, sha256=sha256_file(model_dir / MODEL_FILE))
+    write_json(model_dir / METRICS_FILE, metrics)
+    write_model_card(model_dir)
+    return size
+
+
 def settings_summary(cfg: TrainConfig) -> str:
     """A run's settings as one short string: a fixed set first (every row has them), then any
     other recipe setting that differs from its default (e.g. ``robust=0.35``).
