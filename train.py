@@ -49,6 +49,9 @@ _HELP = {
     "clean_teacher": "true: the teachers see each cached view without the white balance, "
     "--robust's capture changes and --resaved-files' copy (the same crop and jitter), so the "
     "network learns from the changed view what they say of the clean one",
+    "colour_constancy_brightness": "the Shades-of-Gray layer's fixed brightness level (0-1): "
+    "every image is scaled so that its illuminant estimate's RMS is this, so a file saved "
+    "darker or brighter as a whole reaches the network the same; 0 = each image keeps its own",
     "melanoma_weight": "how many times a missed melanoma counts against another class's "
     "miss in the suggested diagnosis (the post-hoc layer multiplies the melanoma output by it "
     "before the argmax; probabilities, risk and referral unchanged); 1 = the balanced rule",

@@ -32,6 +32,8 @@ def test_every_spec_builds_a_flat_model_with_its_named_layers():
         ({"white_balance": 0.7}, "--white-balance"),
         ({"loss": "focal"}, "unknown loss"),
         ({"melanoma_weight": 0.0}, "--melanoma-weight must be > 0"),
+        ({"colour_constancy_brightness": 0.6}, "--colour-constancy-brightness .* needs"),
+        ({"colour_constancy": 6, "colour_constancy_brightness": 1.5}, "must be in \\[0, 1\\]"),
     ],
 )
 def test_bad_settings_fail_in_one_line_before_any_image_is_read(settings, message):
@@ -112,3 +114,45 @@ def test_shades_of_gray_undoes_a_colour_cast_and_survives_saving(tmp_path):
     model.save(tmp_path / "m.keras")
     again = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(again(image), model(image), atol=1e-5)
+
+
+def test_a_fixed_brightness_makes_a_darker_file_the_same_input():
+    from skin_model.model.networks import ShadesOfGray, illuminant_level
+
+    rng = np.random.default_rng(1)
+    image = rng.uniform(40, 200, (1, 32, 32, 3)).round().astype(np.float32)
+    darker = (image * 0.85).round()  # the robustness check's darker exposure, saved as 8 bit
+    own = ShadesOfGray(6.0)
+    fixed = ShadesOfGray(6.0, brightness=float(illuminant_level(image, 6.0)[0]))
+    np.testing.assert_allclose(fixed(image), own(image), atol=1e-3)  # its own level: as before
+    assert np.abs(np.asarray(fixed(darker)) - np.asarray(fixed(image))).max() < 1.0
+    assert np.abs(np.asarray(own(darker)) - np.asarray(own(image))).mean() > 10
+
+
+def test_with_brightness_changes_the_layer_only(tmp_path):
+    from skin_model.model.networks import (
+        COLOUR_CONSTANCY,
+        make_efficientnet_lite,
+        with_brightness,
+    )
+
+    net = make_efficientnet_lite(32, metadata_dim=0, colour_constancy=6)
+    image = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    changed = with_brightness(net, 0.5)
+    assert changed.get_layer(COLOUR_CONSTANCY).brightness == 0.5
+    assert with_brightness(changed, 0.5) is changed
+    for a, b in zip(changed.get_weights(), net.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    def seen(model):  # what the layers after it see (the head starts at zero)
+        layer = model.get_layer(COLOUR_CONSTANCY)
+        return np.asarray(keras.Model(model.inputs, layer.output)(image))
+
+    assert np.abs(seen(changed) - seen(net)).max() > 1.0
+    changed.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    assert again.get_layer(COLOUR_CONSTANCY).brightness == 0.5
+    plain = make_efficientnet_lite(32, metadata_dim=0)
+    assert with_brightness(plain, 0.0) is plain
+    with pytest.raises(ValueError, match="no Shades-of-Gray layer"):
+        with_brightness(plain, 0.5)

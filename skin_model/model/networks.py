@@ -164,18 +164,22 @@ class ShadesOfGray(layers.Layer):
     """Shades-of-Gray colour constancy (Finlayson & Trezzi, 2004) inside the model.
 
     The illuminant of each image is estimated per channel as the Minkowski ``power``-mean
-    of its pixels; every channel is divided by its estimate (normalised so that a grey
-    illuminant leaves the image unchanged), so the same lesion under another
+    of its pixels; every channel is divided by its estimate, so the same lesion under another
     dermatoscope's white balance reaches the network with about the same colours. Being a
     layer, the app, the CLI, training and any exported model share it.
 
     Args:
         power: Minkowski norm (1 = grey world, large = max-RGB; 6 as in ISIC 2018 entries).
+        brightness: 0 keeps each image's brightness (the estimate is normalised to unit RMS,
+            so a grey illuminant leaves the image unchanged); > 0 scales every image so that
+            its estimate's RMS is this level (0-1), so a file saved darker or brighter as a
+            whole reaches the network the same (up to 8-bit rounding and clipped highlights).
     """
 
-    def __init__(self, power: float = 6.0, **kwargs):
+    def __init__(self, power: float = 6.0, brightness: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.power = float(power)
+        self.brightness = float(brightness)
 
     def call(self, images):
         """(B, H, W, 3) float in [0, 255] -> the same, white-balanced."""
@@ -183,17 +187,38 @@ class ShadesOfGray(layers.Layer):
         x = ops.cast(images, "float32") / 255.0
         e = ops.mean(ops.power(x + 1e-6, self.power), axis=(1, 2), keepdims=True)
         e = ops.power(e, 1.0 / self.power)
-        e = e / ops.sqrt(ops.sum(e * e, axis=-1, keepdims=True) / 3.0)
+        if self.brightness > 0:
+            e = e / self.brightness
+        else:
+            e = e / ops.sqrt(ops.sum(e * e, axis=-1, keepdims=True) / 3.0)
         return ops.clip(x / ops.maximum(e, 1e-3), 0.0, 1.0) * 255.0
 
     def get_config(self) -> dict:
         """Serialisable settings."""
-        return {**super().get_config(), "power": self.power}
+        return {**super().get_config(), "power": self.power, "brightness": self.brightness}
 
 
-def _colour_constancy(inputs, power: float):
+def illuminant_level(images: np.ndarray, power: float) -> np.ndarray:
+    """The RMS over channels of each image's Shades-of-Gray illuminant estimate (0-1): the
+    level :class:`ShadesOfGray` with ``brightness`` scales every image to.
+
+    Args:
+        images: (N, H, W, 3) uint8 (or float in [0, 255]) network inputs.
+        power: The layer's Minkowski norm.
+
+    Returns:
+        (N,) levels.
+    """
+    x = np.asarray(images, dtype=np.float64) / 255.0 + 1e-6
+    e = np.mean(x**power, axis=(1, 2)) ** (1.0 / power)
+    return np.sqrt(np.mean(e * e, axis=-1))
+
+
+def _colour_constancy(inputs, power: float, brightness: float = 0.0):
     """``inputs`` through :class:`ShadesOfGray` when ``power`` > 0, else unchanged."""
-    return ShadesOfGray(power, name=COLOUR_CONSTANCY)(inputs) if power > 0 else inputs
+    if power <= 0:
+        return inputs
+    return ShadesOfGray(power, brightness, name=COLOUR_CONSTANCY)(inputs)
 
 
 def _conv_bn(x, filters: int, kernel: int, strides: int, name: str):
@@ -344,6 +369,7 @@ def make_mobilenetv2(
     bn_momentum: float = BN_MOMENTUM,
     metadata_dim: int = 0,
     colour_constancy: float = 0.0,
+    colour_constancy_brightness: float = 0.0,
 ) -> keras.Model:
     """MobileNetV2 (alpha 1.0), inlined into one flat Functional model.
 
@@ -360,6 +386,8 @@ def make_mobilenetv2(
             see :mod:`skin_model.data.metadata`), encoded by a small dense layer and joined to
             the pooled image features before the classifier; 0 = image only.
         colour_constancy: Shades-of-Gray power applied to the input (0 = none).
+        colour_constancy_brightness: Its fixed brightness level (0 = each image's own;
+            see :class:`ShadesOfGray`).
 
     Returns:
         An uncompiled flat Functional model; ``out_relu`` is its last post-activation
@@ -371,7 +399,7 @@ def make_mobilenetv2(
             "run `python -m skin_model.model.backbones fetch mobilenetv2`"
         )
     inputs = keras.Input((input_size, input_size, 3), name=IMAGE_INPUT)
-    x = _colour_constancy(inputs, colour_constancy)
+    x = _colour_constancy(inputs, colour_constancy, colour_constancy_brightness)
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(x)
     base = keras.applications.MobileNetV2(
         include_top=False,
@@ -458,6 +486,7 @@ def make_efficientnet_lite(
     bn_momentum: float = BN_MOMENTUM,
     metadata_dim: int = 0,
     colour_constancy: float = 0.0,
+    colour_constancy_brightness: float = 0.0,
 ) -> keras.Model:
     """EfficientNet-Lite (no squeeze-excite, ReLU6, fixed stem and head) as one flat
     Functional model, laid out as TensorFlow's reference so ImageNet weights fit.
@@ -472,6 +501,8 @@ def make_efficientnet_lite(
         bn_momentum: Batch-norm momentum.
         metadata_dim: Length of an optional patient-context input (0 = image only).
         colour_constancy: Shades-of-Gray power applied to the input (0 = none).
+        colour_constancy_brightness: Its fixed brightness level (0 = each image's own;
+            see :class:`ShadesOfGray`).
 
     Returns:
         An uncompiled model; ``top_relu`` is its last feature map, ``block{i}_expand_relu``
@@ -483,7 +514,7 @@ def make_efficientnet_lite(
             f"`python -m skin_model.model.backbones fetch efficientnet_{variant}`"
         )
     inputs = keras.Input((input_size, input_size, 3), name=IMAGE_INPUT)
-    x = _colour_constancy(inputs, colour_constancy)
+    x = _colour_constancy(inputs, colour_constancy, colour_constancy_brightness)
     x = layers.Rescaling(1 / 128.0, offset=-127.0 / 128.0, name="rescale")(x)
     x = layers.Conv2D(32, 3, 2, padding="same", use_bias=False, name="stem_conv")(x)
     x = _relu6(_bn(x, "stem_bn", bn_momentum), "stem_relu")
@@ -561,6 +592,27 @@ def save_network(model: keras.Model, path: Path) -> Path:
     inference_copy(model).save(path)
     deflate_zip(path)
     return Path(path)
+
+
+def with_brightness(model: keras.Model, brightness: float) -> keras.Model:
+    """The same network and weights with its :class:`ShadesOfGray` layer set to
+    ``brightness`` (0 = each image keeps its own; no weight depends on it).
+
+    Raises:
+        ValueError: If ``brightness`` > 0 and the network has no such layer.
+    """
+    config = model.get_config()
+    found = [layer for layer in config["layers"] if layer["name"] == COLOUR_CONSTANCY]
+    if not found:
+        if brightness > 0:
+            raise ValueError("the network has no Shades-of-Gray layer (--colour-constancy 0)")
+        return model
+    if found[0]["config"].get("brightness", 0.0) == float(brightness):
+        return model
+    found[0]["config"]["brightness"] = float(brightness)
+    changed = keras.Model.from_config(config)
+    changed.set_weights(model.get_weights())
+    return changed
 
 
 def at_input_size(model: keras.Model, size: int) -> keras.Model:

@@ -54,6 +54,7 @@ class TrainConfig:
     crop_min_scale: float = 0.75
     white_balance: float = 0.0
     colour_constancy: float = 0.0
+    colour_constancy_brightness: float = 0.0  # the layer's fixed level (0 = each image's own)
     robust: float = 0.0
     jpeg_as_file: bool = False  # the robust JPEG as a saved file's (before the crop)
     resaved_files: float = 0.0  # share of training views from the file saved again on its grid
@@ -119,6 +120,11 @@ class TrainConfig:
             (not 0 <= self.robust <= 1, "--robust must be in [0, 1]"),
             (not 0 <= self.resaved_files <= 1, "--resaved-files must be in [0, 1]"),
             (self.colour_constancy < 0, "--colour-constancy must be >= 0 (0 = off)"),
+            (
+                not 0 <= self.colour_constancy_brightness <= 1
+                or (self.colour_constancy_brightness > 0 and self.colour_constancy == 0),
+                "--colour-constancy-brightness must be in [0, 1] and needs --colour-constancy",
+            ),
             (self.context_fusion_power < 0, "--context-fusion-power must be >= 0"),
             (not 0 < self.val_frac + self.test_frac < 1, "--val-frac + --test-frac must be < 1"),
             (self.cached_views < 0, "--cached-views must be >= 0 (0 = one per epoch)"),

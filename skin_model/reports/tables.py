@@ -404,6 +404,8 @@ def recipe_text(settings: dict) -> str:
     parts = [f"{settings['architecture']} @{settings['input_size']} px", f"{settings['epochs']} ep"]
     if settings.get("colour_constancy"):
         parts.append(f"Shades of Gray p={settings['colour_constancy']:g}")
+        if settings.get("colour_constancy_brightness"):
+            parts.append(f"brightness {settings['colour_constancy_brightness']:g}")
     if settings.get("white_balance"):
         parts.append(f"white-balance jitter ±{settings['white_balance']:g}")
     if settings.get("backbone_lr_scale", 1.0) != 1.0:

@@ -4,7 +4,8 @@ The members must have been trained on the lesion split these settings draw, with
 architecture and inputs; their networks become one
 (:func:`skin_model.model.averaging.average_networks`), run at the settings' input size
 (:func:`skin_model.model.networks.at_input_size`: members trained at 192 px can be run at
-208), which is then finalised like any
+208) with the settings' Shades-of-Gray brightness
+(:func:`skin_model.model.networks.with_brightness`), which is then finalised like any
 fitted network (views, post-hoc layer and threshold on the parts that chose nothing for it,
 detector, heatmap layer, the test split once).
 """
@@ -61,7 +62,7 @@ def averaged_fit(cfg: TrainConfig, out_dir: Path):
 
     import skin_model.model.networks  # noqa: F401  (registers the custom layers)
     from skin_model.model.averaging import average_networks, layers_taken_from_first
-    from skin_model.model.networks import at_input_size
+    from skin_model.model.networks import at_input_size, with_brightness
 
     split = pd.read_csv(Path(out_dir) / SPLIT_FILE)
     members = [Path(m) for m in cfg.member_paths()]
@@ -76,6 +77,10 @@ def averaged_fit(cfg: TrainConfig, out_dir: Path):
             model = at_input_size(model, cfg.input_size)
         except ValueError as exc:
             raise DataError(f"--members: cannot run at {cfg.input_size} px ({exc})") from exc
+    try:
+        model = with_brightness(model, cfg.colour_constancy_brightness)
+    except ValueError as exc:
+        raise DataError(f"--members: {exc}") from exc
     return model, {
         "epochs_run": max(f["epochs_run"] for f in fits),
         "best_epoch": max(f["best_epoch"] for f in fits),
