@@ -420,31 +420,28 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_export)
     _add_robustness(sub, default_data)
     _add_cam(sub, default_data)
-    _add_targets(sub)
-    _add_deflate(sub)
+    _add_model_dir_command(
+        sub,
+        "targets",
+        cmd_targets,
+        "judge a model's recorded figures against the current quality targets again "
+        "(metrics.json and the card; nothing is measured)",
+    )
+    _add_model_dir_command(
+        sub,
+        "deflate",
+        cmd_deflate,
+        "re-pack a model directory written before models were saved deflated (the same "
+        "weights; its digests, metrics.json and card updated)",
+    )
     return parser
 
 
-def _add_targets(sub) -> None:
-    """The ``targets`` subcommand's options."""
-    t = sub.add_parser(
-        "targets",
-        help="judge a model's recorded figures against the current quality targets again "
-        "(metrics.json and the card; nothing is measured)",
-    )
-    t.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODEL_DIR)
-    t.set_defaults(func=cmd_targets)
-
-
-def _add_deflate(sub) -> None:
-    """The ``deflate`` subcommand's options."""
-    d = sub.add_parser(
-        "deflate",
-        help="re-pack a model directory written before models were saved deflated (the same "
-        "weights; its digests, metrics.json and card updated)",
-    )
-    d.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODEL_DIR)
-    d.set_defaults(func=cmd_deflate)
+def _add_model_dir_command(sub, name: str, func: Callable, help_text: str) -> None:
+    """A subcommand whose one argument is a finalised model directory (default: shipped)."""
+    c = sub.add_parser(name, help=help_text)
+    c.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODEL_DIR)
+    c.set_defaults(func=func)
 
 
 def _add_cam(sub, default_data: Path) -> None:
