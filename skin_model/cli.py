@@ -420,28 +420,30 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_export)
     _add_robustness(sub, default_data)
     _add_cam(sub, default_data)
-    _add_model_dir_command(
-        sub,
-        "targets",
-        cmd_targets,
-        "judge a model's recorded figures against the current quality targets again "
-        "(metrics.json and the card; nothing is measured)",
-    )
-    _add_model_dir_command(
-        sub,
-        "deflate",
-        cmd_deflate,
-        "re-pack a model directory written before models were saved deflated (the same "
-        "weights; its digests, metrics.json and card updated)",
-    )
+    _add_model_dir_commands(sub)
     return parser
 
 
-def _add_model_dir_command(sub, name: str, func: Callable, help_text: str) -> None:
-    """A subcommand whose one argument is a finalised model directory (default: shipped)."""
-    c = sub.add_parser(name, help=help_text)
-    c.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODEL_DIR)
-    c.set_defaults(func=func)
+def _add_model_dir_commands(sub) -> None:
+    """The subcommands whose one argument is a finalised model directory (default: shipped)."""
+    commands: tuple[tuple[str, Callable, str], ...] = (
+        (
+            "targets",
+            cmd_targets,
+            "judge a model's recorded figures against the current quality targets again "
+            "(metrics.json and the card; nothing is measured)",
+        ),
+        (
+            "deflate",
+            cmd_deflate,
+            "re-pack a model directory written before models were saved deflated (the same "
+            "weights; its digests, metrics.json and card updated)",
+        ),
+    )
+    for name, func, help_text in commands:
+        c = sub.add_parser(name, help=help_text)
+        c.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODEL_DIR)
+        c.set_defaults(func=func)
 
 
 def _add_cam(sub, default_data: Path) -> None:
