@@ -44,6 +44,9 @@ _HELP = {
     "jpeg_as_file": "true: --robust's JPEG re-compression is of a saved file (the stored image "
     "at a file's own height and width, compressed, read back before the crop) instead of "
     "the network input",
+    "exposure": "half-width of --robust's exposure change: with probability --robust a view's "
+    "pixels are multiplied by one gain drawn from [1 - x, 1 + x] (a file saved darker or "
+    "brighter as a whole)",
     "resaved_files": "share of training views drawn from a copy of the file saved again as a "
     "JPEG (quality 30-90) at its own size and 8x8 grid, then resized like the original",
     "clean_teacher": "true: the teachers see each cached view without the white balance, "

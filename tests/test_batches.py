@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from skin_model import REPO_ROOT
-from skin_model.data.augmentation import Augmentation
+from skin_model.data.augmentation import EXPOSURE, Augmentation
 from skin_model.data.batches import ArrayBatches, augment_array, hide_array
 from skin_model.data.dataset import one_hot
 from skin_model.data.metadata import MISSING, encode, parse_context, segment_ids
@@ -259,13 +259,62 @@ def test_a_run_s_augmentation_names_each_of_its_settings():
         "white_balance": 0.1,
         "robust": 0.2,
         "jpeg_as_file": True,
+        "exposure": 0.3,
         "resaved_files": 0.3,
     }
-    fields = ("out_size", "min_scale", "white_balance", "robust", "jpeg_as_file", "resaved_share")
+    fields = (
+        "out_size",
+        "min_scale",
+        "white_balance",
+        "robust",
+        "jpeg_as_file",
+        "exposure",
+        "resaved_share",
+    )
     cfg = TrainConfig(**settings, metadata_hide_all=0.4, metadata_hide_field=0.6)
     expected = Augmentation(**dict(zip(fields, settings.values(), strict=True)), hide=(0.4, 0.6))
     assert cfg.augmentation() == expected
-    assert cfg.augmentation().image_args == (64, 0.5, 0.1, 0.2, True)
+    assert cfg.augmentation().image_args == (64, 0.5, 0.1, 0.2, True, 0.3)
+    assert type(cfg)().augmentation().exposure == EXPOSURE
+
+
+def _exposure_gains(twin: str, exposure: float, n: int = 120) -> np.ndarray:
+    """The gains one capture-change twin multiplies a mid-grey image by (every change on;
+    the centre pixel stays inside any field of view, and a flat image keeps its level through
+    the lower resolution and the JPEG)."""
+    grey = np.full((32, 32, 3), 0.5, np.float32)
+    if twin == "numpy":
+        from skin_model.data.batches import capture_change_array
+
+        outs = [
+            capture_change_array(grey, np.random.default_rng(i), 1.0, True, exposure)
+            for i in range(n)
+        ]
+    else:
+        import tensorflow as tf
+
+        from skin_model.data.dataset import capture_change
+
+        outs = [
+            capture_change(tf.constant(grey), tf.constant([i, 5], tf.int64), 1.0, True, exposure)
+            for i in range(n)
+        ]
+    return np.array([float(np.asarray(o)[16, 16].mean()) / 0.5 for o in outs])
+
+
+@pytest.mark.parametrize("twin", ["tf", "numpy"])
+def test_exposure_sets_the_half_width_of_the_capture_changes_gain(twin):
+    """``--exposure``: both twins draw the exposure gain from [1 - x, 1 + x], so a wider
+    setting reaches the -15% exposure the robustness table scores well inside its range."""
+    shipped, wide = _exposure_gains(twin, EXPOSURE), _exposure_gains(twin, 0.3)
+    tol = 0.02  # 8-bit rounding and the JPEG of a flat image
+    assert shipped.min() > 1 - EXPOSURE - tol and shipped.max() < 1 + EXPOSURE + tol
+    assert wide.min() < 0.8 and wide.max() > 1.2
+    assert wide.min() > 0.7 - tol and wide.max() < 1.3 + tol
+    from skin_model.model.settings import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match="--exposure"):
+        TrainConfig(exposure=1.0).validate()
 
 
 def test_resaved_copies_save_each_file_again_at_its_own_size(tiny_data):

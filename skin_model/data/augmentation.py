@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+EXPOSURE = 0.15
+"""Half-width of the capture changes' exposure gain unless a run sets its own
+(``--exposure``): one factor on every channel, a file saved darker or brighter as a whole."""
+
 
 @dataclass(frozen=True)
 class Augmentation:
@@ -19,6 +23,8 @@ class Augmentation:
         white_balance: Random per-channel gain half-width.
         robust: Probability of each capture change.
         jpeg_as_file: Re-compress as a saved file before the crop, instead of at the input.
+        exposure: Half-width of the capture changes' exposure gain (one factor on every
+            channel, drawn with probability ``robust``).
         resaved_share: Probability a view starts from the image's re-saved copy.
         hide: Probabilities of hiding all / each patient-context field.
     """
@@ -28,13 +34,21 @@ class Augmentation:
     white_balance: float = 0.0
     robust: float = 0.0
     jpeg_as_file: bool = False
+    exposure: float = EXPOSURE
     resaved_share: float = 0.0
     hide: tuple[float, float] = (0.5, 0.2)
 
     @property
     def image_args(self) -> tuple:
         """The image changes in the order ``augment`` and ``augment_array`` take them."""
-        return (self.out_size, self.min_scale, self.white_balance, self.robust, self.jpeg_as_file)
+        return (
+            self.out_size,
+            self.min_scale,
+            self.white_balance,
+            self.robust,
+            self.jpeg_as_file,
+            self.exposure,
+        )
 
     def clean(self) -> Augmentation:
         """The same views without what another capture or file would change (the white

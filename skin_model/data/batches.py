@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from PIL import Image
 
-from skin_model.data.augmentation import Augmentation
+from skin_model.data.augmentation import EXPOSURE, Augmentation
 from skin_model.data.imaging import jpeg_round_trip
 
 
@@ -27,6 +27,7 @@ def augment_array(
     white_balance: float = 0.0,
     robust: float = 0.0,
     jpeg_as_file: bool = False,
+    exposure: float = EXPOSURE,
     changes_rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """Random flip, rotation by quarter turns, crop, brightness, contrast, saturation,
@@ -42,6 +43,7 @@ def augment_array(
         robust: Probability of each capture change (:func:`capture_change_array`).
         jpeg_as_file: Re-compress as a saved file before the crop
             (:func:`saved_file_array`) instead of at the output.
+        exposure: Half-width of the capture changes' exposure gain.
         changes_rng: Generator of the white balance and the capture changes (None:
             ``rng``); kept apart, the same view drawn without them has the same crop.
 
@@ -73,7 +75,7 @@ def augment_array(
         x = x * changes_rng.uniform(1.0 - white_balance, 1.0 + white_balance, 3)
     x = np.clip(x, 0.0, 1.0)
     if robust > 0:
-        x = capture_change_array(x, changes_rng, robust, not jpeg_as_file)
+        x = capture_change_array(x, changes_rng, robust, not jpeg_as_file, exposure)
     return (np.clip(x, 0.0, 1.0) * 255.0).astype(np.float32)
 
 
@@ -145,7 +147,11 @@ def saved_file_array(image: np.ndarray, rng: np.random.Generator, robust: float)
 
 
 def capture_change_array(
-    x: np.ndarray, rng: np.random.Generator, robust: float, jpeg: bool = True
+    x: np.ndarray,
+    rng: np.random.Generator,
+    robust: float,
+    jpeg: bool = True,
+    exposure: float = EXPOSURE,
 ) -> np.ndarray:
     """The NumPy twin of :func:`skin_model.data.dataset.capture_change` (float image in [0, 1])."""
     from skin_model.data.dataset import CAPTURE_CHANGES as c
@@ -157,7 +163,7 @@ def capture_change_array(
         img = Image.fromarray((x * 255).astype(np.uint8)).resize((small, small), Image.LANCZOS)
         x = np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
     if u[1] < robust:
-        x = np.clip(x * rng.uniform(1.0 - c["exposure"], 1.0 + c["exposure"]), 0.0, 1.0)
+        x = np.clip(x * rng.uniform(1.0 - exposure, 1.0 + exposure), 0.0, 1.0)
     if u[2] < robust:
         x = x * random_field_of_view(size, rng)
     if jpeg and u[3] < robust:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from skin_model import CLASSES
-from skin_model.data.augmentation import Augmentation
+from skin_model.data.augmentation import EXPOSURE, Augmentation
 from skin_model.data.imaging import decode_image, jpeg_round_trip, resize_for_model
 
 METADATA_FILE = "HAM10000_metadata.csv"
@@ -226,7 +226,6 @@ and saturation factors, hue shift (share of the colour circle)."""
 CAPTURE_CHANGES = {
     "fov_radius": (0.42, 0.75),
     "fov_offset": 0.06,
-    "exposure": 0.15,
     "jpeg_quality": (30, 95),
     "low_resolution": (0.35, 0.8),
     "file_side": (0.5, 1.0),
@@ -234,7 +233,8 @@ CAPTURE_CHANGES = {
 }
 """The capture and export changes both twins apply with probability ``robust`` each:
 a black round or elliptical field of view (radii as a share of the side, centre offset),
-an exposure gain (half-width), JPEG re-compression (quality range) and a lower-resolution
+an exposure gain (its half-width is :data:`~skin_model.data.augmentation.EXPOSURE` or a
+run's ``--exposure``), JPEG re-compression (quality range) and a lower-resolution
 file scaled back up (share of the side). With ``jpeg_as_file`` the re-compression is of a
 saved file instead: the stored image at a file's own height and width (each a share
 ``file_side`` of the stored side; 200x150 against 256 is 0.78 x 0.59), compressed and read
@@ -278,11 +278,11 @@ def saved_file(x, seed, robust: float):
     return tf.where(tf.random.stateless_uniform([], seeds[2]) < robust, back, x)
 
 
-def capture_change(x, seed, robust: float, jpeg: bool = True):
+def capture_change(x, seed, robust: float, jpeg: bool = True, exposure: float = EXPOSURE):
     """Other dermatoscopes and export paths on one float image in [0, 1] (tf ops): each of
     a black field of view, exposure, JPEG re-compression (at the network input; ``jpeg``
     False leaves it to :func:`saved_file`) and low resolution with probability ``robust``
-    (:data:`CAPTURE_CHANGES`).
+    (:data:`CAPTURE_CHANGES`; ``exposure``: the gain's half-width).
     """
     import tensorflow as tf
 
@@ -298,7 +298,7 @@ def capture_change(x, seed, robust: float, jpeg: bool = True):
         tf.image.resize(x, tf.stack([small, small]), antialias=True), tf.stack([size, size])
     )
     x = tf.where(u[0] < robust, lowres, x)
-    gain = tf.random.stateless_uniform([], seeds[2], 1.0 - c["exposure"], 1.0 + c["exposure"])
+    gain = tf.random.stateless_uniform([], seeds[2], 1.0 - exposure, 1.0 + exposure)
     x = tf.where(u[1] < robust, tf.clip_by_value(x * gain, 0.0, 1.0), x)
     radii = tf.random.stateless_uniform([2], seeds[3], *c["fov_radius"])
     centre = 0.5 + tf.random.stateless_uniform([2], seeds[4], -c["fov_offset"], c["fov_offset"])
@@ -320,6 +320,7 @@ def augment(
     white_balance: float = 0.0,
     robust: float = 0.0,
     jpeg_as_file: bool = False,
+    exposure: float = EXPOSURE,
 ):
     """Random dihedral transform, crop and colour jitter of one uint8 image (tf ops).
 
@@ -336,6 +337,7 @@ def augment(
         robust: Probability of each capture change (:func:`capture_change`); 0 = none.
         jpeg_as_file: Re-compress as a saved file before the crop (:func:`saved_file`)
             instead of at the network input.
+        exposure: Half-width of the capture changes' exposure gain.
 
     Returns:
         The augmented (out_size, out_size, 3) float32 tensor in [0, 255].
@@ -368,7 +370,11 @@ def augment(
     x = tf.clip_by_value(x, 0.0, 1.0)
     if robust > 0:
         x = capture_change(
-            x, tf.random.experimental.stateless_fold_in(seed, 11), robust, not jpeg_as_file
+            x,
+            tf.random.experimental.stateless_fold_in(seed, 11),
+            robust,
+            not jpeg_as_file,
+            exposure,
         )
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 

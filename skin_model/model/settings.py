@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from skin_model.data.augmentation import Augmentation
+from skin_model.data.augmentation import EXPOSURE, Augmentation
 from skin_model.model.artifacts import (
     CHECKPOINT_FILE,
     FITTED_WEIGHTS_FILE,
@@ -57,6 +57,7 @@ class TrainConfig:
     colour_constancy_brightness: float = 0.0  # the layer's fixed level (0 = each image's own)
     robust: float = 0.0
     jpeg_as_file: bool = False  # the robust JPEG as a saved file's (before the crop)
+    exposure: float = EXPOSURE  # half-width of the capture changes' exposure gain
     resaved_files: float = 0.0  # share of training views from the file saved again on its grid
     freeze_stages: int = 0
     cached_views: int = 0
@@ -118,6 +119,7 @@ class TrainConfig:
             (not 0 < self.crop_min_scale <= 1, "--crop-min-scale must be in (0, 1]"),
             (not 0 <= self.white_balance < 0.5, "--white-balance must be in [0, 0.5)"),
             (not 0 <= self.robust <= 1, "--robust must be in [0, 1]"),
+            (not 0 <= self.exposure < 1, "--exposure must be in [0, 1)"),
             (not 0 <= self.resaved_files <= 1, "--resaved-files must be in [0, 1]"),
             (self.colour_constancy < 0, "--colour-constancy must be >= 0 (0 = off)"),
             (
@@ -208,6 +210,7 @@ class TrainConfig:
             white_balance=self.white_balance,
             robust=self.robust,
             jpeg_as_file=self.jpeg_as_file,
+            exposure=self.exposure,
             resaved_share=self.resaved_files,
             hide=(self.metadata_hide_all, self.metadata_hide_field),
         )
