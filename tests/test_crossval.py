@@ -169,3 +169,5 @@ def test_recipe_line_names_every_lever():
         "lr 0.002",
     ):
         assert part in text
+    assert "exposure" not in text  # the capture changes' own half-width goes unsaid
+    assert "exposure ±0.3" in recipe_text({**base, "robust": 0.35, "exposure": 0.3})

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from skin_model import CLASSES, display_name
+from skin_model.data.augmentation import EXPOSURE
 from skin_model.evaluate.metrics import PAIRED, target_status
 from skin_model.evaluate.robustness import CHANGED_COPY_TARGETS, cost_text, largest_costs
 from skin_model.model.artifacts import ATTEMPT_COLUMNS
@@ -420,6 +421,8 @@ def recipe_text(settings: dict) -> str:
         parts.append(f"capture changes p={settings['robust']:g}")
         if settings.get("jpeg_as_file"):
             parts.append("JPEG as a saved file")
+        if settings.get("exposure", EXPOSURE) != EXPOSURE:
+            parts.append(f"exposure ±{settings['exposure']:g}")
     if settings.get("resaved_files"):
         parts.append(f"files saved again on their grid p={settings['resaved_files']:g}")
     if settings.get("freeze_stages"):
