@@ -207,6 +207,46 @@ def test_the_teachers_see_the_cached_views_and_set_the_targets(tmp_path):
     assert (y.max(axis=1) < 1).all() and (y.max(axis=1) >= 0.5).all()  # label and teacher
 
 
+@pytest.mark.model
+def test_each_views_streams_are_released_before_the_next_view_is_drawn():
+    """A view's training stream and its teachers' clean twin hold copies of the training
+    images; both are gone before the next view's are made, so a cache never holds more
+    than one view's (a clean-teacher run was killed for memory in its fourth view)."""
+    import gc
+    import weakref
+
+    import keras
+
+    from skin_model.train.frozen import cache_views
+
+    class Stream:
+        def __init__(self, batches):
+            self.batches = batches
+
+        def __getitem__(self, i):
+            return self.batches[i]
+
+    rng = np.random.default_rng(4)
+    batches = [(rng.uniform(0, 255, (4, 8, 8, 3)).astype(np.float32), np.eye(3)[[0, 1, 2, 0]])]
+    inp = keras.Input((8, 8, 3))
+    bottom = keras.Model(inp, keras.layers.AveragePooling2D(4)(inp))
+    teacher = keras.Model(
+        inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inp))
+    )
+    made: list = []
+
+    def make(v):
+        gc.collect()
+        alive = [r() is not None for view, r in made if view < v]
+        assert not any(alive), f"view {v}: {sum(alive)} earlier view's stream(s) still held"
+        stream = Stream(batches)
+        made.append((v, weakref.ref(stream)))
+        return stream
+
+    cache = cache_views(bottom, make, 4, 4, 3, [teacher], make_teacher_stream=make)
+    assert cache.features.shape[0] == 3 and len(made) == 6
+
+
 def test_mixup_blends_features_targets_and_context_with_one_weight_per_example():
     from skin_model.train.frozen import mix
 
