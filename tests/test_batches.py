@@ -251,7 +251,7 @@ def test_training_passes_jpeg_as_file_to_its_batches(monkeypatch):
 
 def test_a_run_s_augmentation_names_each_of_its_settings():
     """``TrainConfig.augmentation`` carries every training-view setting, each to its field."""
-    from skin_model.model.settings import TrainConfig
+    from skin_model.model.settings import ConfigError, TrainConfig
 
     settings = {
         "input_size": 64,
@@ -275,7 +275,9 @@ def test_a_run_s_augmentation_names_each_of_its_settings():
     expected = Augmentation(**dict(zip(fields, settings.values(), strict=True)), hide=(0.4, 0.6))
     assert cfg.augmentation() == expected
     assert cfg.augmentation().image_args == (64, 0.5, 0.1, 0.2, True, 0.3)
-    assert type(cfg)().augmentation().exposure == EXPOSURE
+    assert TrainConfig().augmentation().exposure == EXPOSURE
+    with pytest.raises(ConfigError, match="--exposure"):
+        TrainConfig(exposure=1.0).validate()
 
 
 def _exposure_gains(twin: str, exposure: float, n: int = 120) -> np.ndarray:
@@ -311,10 +313,6 @@ def test_exposure_sets_the_half_width_of_the_capture_changes_gain(twin):
     assert shipped.min() > 1 - EXPOSURE - tol and shipped.max() < 1 + EXPOSURE + tol
     assert wide.min() < 0.8 and wide.max() > 1.2
     assert wide.min() > 0.7 - tol and wide.max() < 1.3 + tol
-    from skin_model.model.settings import ConfigError, TrainConfig
-
-    with pytest.raises(ConfigError, match="--exposure"):
-        TrainConfig(exposure=1.0).validate()
 
 
 def test_resaved_copies_save_each_file_again_at_its_own_size(tiny_data):
