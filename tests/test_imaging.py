@@ -101,3 +101,16 @@ def test_a_portrait_file_gives_its_landscape_originals_input():
     assert np.abs(clockwise - np.rot90(plain, 2)).max() <= 1  # the other way: a half turn
     square = lesion_image("nv", 1, (96, 96))
     np.testing.assert_array_equal(resize_for_model(square, 96), square)  # left as it is
+
+
+def test_an_input_of_its_own_aspect_keeps_the_image_s_shape_and_a_portrait_s_turn():
+    """``(height, width)``: a 150x200 image keeps its aspect; saved a quarter turn
+    counter-clockwise it gives its landscape original's input exactly (turned, then resized).
+    """
+    image = lesion_image("mel", 3, (150, 200))
+    plain = resize_for_model(image, (48, 64))
+    assert plain.shape == (48, 64, 3) and plain.dtype == np.uint8
+    np.testing.assert_array_equal(resize_for_model(np.rot90(image).copy(), (48, 64)), plain)
+    clockwise = resize_for_model(np.rot90(image, -1).copy(), (48, 64))
+    np.testing.assert_array_equal(clockwise, np.rot90(plain, 2))
+    np.testing.assert_array_equal(resize_for_model(image, (150, 200)), image)

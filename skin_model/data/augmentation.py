@@ -18,7 +18,8 @@ class Augmentation:
     """The training-only changes of a view (evaluation batches ignore them).
 
     Attributes:
-        out_size: Model input side when images are cached larger (None: keep their side).
+        out_size: Model input side or ``(height, width)`` when images are cached larger
+            (None: keep their size).
         min_scale: Smallest random crop side as a share of the cached side.
         white_balance: Random per-channel gain half-width.
         robust: Probability of each capture change.
@@ -29,7 +30,7 @@ class Augmentation:
         hide: Probabilities of hiding all / each patient-context field.
     """
 
-    out_size: int | None = None
+    out_size: int | tuple[int, int] | None = None
     min_scale: float = 0.75
     white_balance: float = 0.0
     robust: float = 0.0

@@ -16,13 +16,13 @@ import numpy as np
 from PIL import Image
 
 from skin_model.data.augmentation import EXPOSURE, Augmentation
-from skin_model.data.imaging import jpeg_round_trip
+from skin_model.data.imaging import Size, input_hw, jpeg_round_trip
 
 
 def augment_array(
     image: np.ndarray,
     rng: np.random.Generator,
-    out_size: int | None = None,
+    out_size: Size | None = None,
     min_scale: float = 0.75,
     white_balance: float = 0.0,
     robust: float = 0.0,
@@ -30,15 +30,16 @@ def augment_array(
     exposure: float = EXPOSURE,
     changes_rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """Random flip, rotation by quarter turns, crop, brightness, contrast, saturation,
-    hue and white balance of one uint8 image (the NumPy twin of
+    """Random flip, rotation by quarter turns (half turns when H != W), crop, brightness,
+    contrast, saturation, hue and white balance of one uint8 image (the NumPy twin of
     :func:`skin_model.data.dataset.augment`).
 
     Args:
-        image: (S, S, 3) uint8.
+        image: (H, W, 3) uint8.
         rng: Random generator.
-        out_size: Output side (crops are resized to it); ``None`` keeps ``S``.
-        min_scale: Smallest crop side as a share of ``S``.
+        out_size: Output side or ``(height, width)`` (crops are resized to it); ``None``
+            keeps (H, W).
+        min_scale: Smallest crop side as a share of the image's side (each side).
         white_balance: Half-width of a random gain per colour channel; 0 = none.
         robust: Probability of each capture change (:func:`capture_change_array`).
         jpeg_as_file: Re-compress as a saved file before the crop
@@ -48,20 +49,22 @@ def augment_array(
             ``rng``); kept apart, the same view drawn without them has the same crop.
 
     Returns:
-        (out_size, out_size, 3) float32 in [0, 255].
+        (height, width, 3) float32 in [0, 255].
     """
-    size = image.shape[0]
-    out = size if out_size is None else int(out_size)
+    height, width = image.shape[:2]
+    out = (height, width) if out_size is None else input_hw(out_size)
     changes_rng = rng if changes_rng is None else changes_rng
     if robust > 0 and jpeg_as_file:
         image = saved_file_array(image, changes_rng, robust)
     x = image[:, ::-1] if rng.random() < 0.5 else image
-    x = np.rot90(x, int(rng.integers(0, 4)))
-    crop = int(size * rng.uniform(min_scale, 1.0))
-    top, left = rng.integers(0, size - crop + 1, size=2)
-    x = np.ascontiguousarray(x[top : top + crop, left : left + crop])
+    turns = int(rng.integers(0, 4))
+    x = np.rot90(x, turns if height == width else 2 * (turns % 2))
+    scale = rng.uniform(min_scale, 1.0)
+    crop = (int(height * scale), int(width * scale))
+    top, left = rng.integers(0, (height - crop[0] + 1, width - crop[1] + 1))
+    x = np.ascontiguousarray(x[top : top + crop[0], left : left + crop[1]])
     if crop != out:
-        x = np.asarray(Image.fromarray(x).resize((out, out), Image.Resampling.BILINEAR))
+        x = np.asarray(Image.fromarray(x).resize(out[::-1], Image.Resampling.BILINEAR))
     from skin_model.data.dataset import COLOUR_JITTER as jitter
 
     x = x.astype(np.float32) / 255.0
@@ -110,16 +113,18 @@ def scale_saturation_shift_hue(x: np.ndarray, saturation: float, hue: float) -> 
     return out
 
 
-def field_of_view_array(size: int, radii, centre, softness: float) -> np.ndarray:
-    """The NumPy twin of :func:`skin_model.data.dataset.field_of_view_mask`."""
-    grid = (np.arange(size, dtype=np.float32) + 0.5) / size
-    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+def field_of_view_array(size: Size, radii, centre, softness: float) -> np.ndarray:
+    """The NumPy twin of :func:`skin_model.data.dataset.field_of_view_mask` (``size``: a
+    side or ``(height, width)``).
+    """
+    rows, columns = ((np.arange(n, dtype=np.float32) + 0.5) / n for n in input_hw(size))
+    yy, xx = np.meshgrid(rows, columns, indexing="ij")
     r = np.sqrt(((yy - centre[0]) / radii[0]) ** 2 + ((xx - centre[1]) / radii[1]) ** 2)
     return np.clip((1.0 - r) / max(softness, 1e-3) + 0.5, 0.0, 1.0)[:, :, None]
 
 
-def random_field_of_view(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A (size, size, 1) black round or elliptical field of view drawn as training's capture
+def random_field_of_view(size: Size, rng: np.random.Generator) -> np.ndarray:
+    """A (height, width, 1) black round or elliptical field of view drawn as training's capture
     changes draw it (:data:`skin_model.data.dataset.CAPTURE_CHANGES`: radii, centre offset,
     an edge of up to 8% of the side).
     """
@@ -138,11 +143,12 @@ def saved_file_array(image: np.ndarray, rng: np.random.Generator, robust: float)
 
     if rng.random() >= robust:
         return image
-    size = image.shape[0]
-    h, w = (max(int(size * share), 16) for share in rng.uniform(*c["file_side"], 2))
+    height, width = image.shape[:2]
+    shares = rng.uniform(*c["file_side"], 2)
+    h, w = max(int(height * shares[0]), 16), max(int(width * shares[1]), 16)
     quality = int(rng.integers(c["jpeg_quality"][0], c["jpeg_quality"][1] + 1))
     small = np.asarray(Image.fromarray(image).resize((w, h), Image.LANCZOS))
-    back = Image.fromarray(jpeg_round_trip(small, quality)).resize((size, size), Image.BILINEAR)
+    back = Image.fromarray(jpeg_round_trip(small, quality)).resize((width, height), Image.BILINEAR)
     return np.asarray(back)
 
 
@@ -156,16 +162,17 @@ def capture_change_array(
     """The NumPy twin of :func:`skin_model.data.dataset.capture_change` (float image in [0, 1])."""
     from skin_model.data.dataset import CAPTURE_CHANGES as c
 
-    size = x.shape[0]
+    height, width = x.shape[:2]
     u = rng.random(4)
     if u[0] < robust:
-        small = max(int(size * rng.uniform(*c["low_resolution"])), 16)
-        img = Image.fromarray((x * 255).astype(np.uint8)).resize((small, small), Image.LANCZOS)
-        x = np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+        scale = rng.uniform(*c["low_resolution"])
+        small = (max(int(width * scale), 16), max(int(height * scale), 16))
+        img = Image.fromarray((x * 255).astype(np.uint8)).resize(small, Image.LANCZOS)
+        x = np.asarray(img.resize((width, height), Image.BILINEAR), dtype=np.float32) / 255.0
     if u[1] < robust:
         x = np.clip(x * rng.uniform(1.0 - exposure, 1.0 + exposure), 0.0, 1.0)
     if u[2] < robust:
-        x = x * random_field_of_view(size, rng)
+        x = x * random_field_of_view((height, width), rng)
     if jpeg and u[3] < robust:
         quality = int(rng.integers(c["jpeg_quality"][0], c["jpeg_quality"][1] + 1))
         x = jpeg_round_trip((np.clip(x, 0, 1) * 255).astype(np.uint8), quality)

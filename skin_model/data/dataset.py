@@ -15,7 +15,7 @@ import pandas as pd
 
 from skin_model import CLASSES
 from skin_model.data.augmentation import EXPOSURE, Augmentation
-from skin_model.data.imaging import decode_image, jpeg_round_trip, resize_for_model
+from skin_model.data.imaging import Size, decode_image, input_hw, jpeg_round_trip, resize_for_model
 
 METADATA_FILE = "HAM10000_metadata.csv"
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
@@ -131,18 +131,19 @@ def class_indices(codes: Sequence[str]) -> np.ndarray:
     return np.array([CLASSES.index(c) for c in codes], dtype=int)
 
 
-def load_images(paths: Sequence[str], size: int) -> np.ndarray:
-    """Decode and resize image files into one uint8 array of shape (N, size, size, 3)."""
+def load_images(paths: Sequence[str], size: Size) -> np.ndarray:
+    """Decode and resize image files into one uint8 array of shape (N, height, width, 3)."""
     return load_images_at(paths, (size,))[0]
 
 
-def load_images_at(paths: Sequence[str], sizes: Sequence[int]) -> list[np.ndarray]:
-    """Decode each file once and resize it to every side in ``sizes``.
+def load_images_at(paths: Sequence[str], sizes: Sequence[Size]) -> list[np.ndarray]:
+    """Decode each file once and resize it to every size in ``sizes`` (a side or
+    ``(height, width)`` each, :func:`~skin_model.data.imaging.resize_for_model`).
 
     Returns:
-        One uint8 array (N, size, size, 3) per size, in ``sizes`` order.
+        One uint8 array (N, height, width, 3) per size, in ``sizes`` order.
     """
-    out = [np.empty((len(paths), s, s, 3), dtype=np.uint8) for s in sizes]
+    out = [np.empty((len(paths), *input_hw(s), 3), dtype=np.uint8) for s in sizes]
     for i, path in enumerate(paths):
         image = decode_image(Path(path).read_bytes())
         for arr, size in zip(out, sizes, strict=True):
@@ -150,7 +151,7 @@ def load_images_at(paths: Sequence[str], sizes: Sequence[int]) -> list[np.ndarra
     return out
 
 
-def resaved_copies(paths: Sequence[str], size: int, seed: int) -> np.ndarray:
+def resaved_copies(paths: Sequence[str], size: Size, seed: int) -> np.ndarray:
     """Each file as it comes back when saved again as a JPEG at its own size and 8x8 grid
     (quality drawn from :data:`CAPTURE_CHANGES` ``resave_quality`` per file), resized to
     ``size`` as :func:`load_images_at` resizes the original.
@@ -160,11 +161,11 @@ def resaved_copies(paths: Sequence[str], size: int, seed: int) -> np.ndarray:
     (docs/ship_rule_jpeg_as_file.txt).
 
     Returns:
-        uint8 array (N, size, size, 3), row ``i`` from ``paths[i]``.
+        uint8 array (N, height, width, 3), row ``i`` from ``paths[i]``.
     """
     low, high = CAPTURE_CHANGES["resave_quality"]
     qualities = np.random.default_rng(seed).integers(low, high + 1, len(paths))
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    out = np.empty((len(paths), *input_hw(size), 3), dtype=np.uint8)
     for i, (path, quality) in enumerate(zip(paths, qualities, strict=True)):
         image = jpeg_round_trip(decode_image(Path(path).read_bytes()), int(quality))
         out[i] = resize_for_model(image, size)
@@ -243,19 +244,21 @@ and stretched as an exported file's do in the app. ``resave_quality`` is the JPE
 range of a file saved again at its own size (:func:`resaved_copies`, ``--resaved-files``)."""
 
 
-def field_of_view_mask(size: int, radii, centre, softness):
-    """A (size, size, 1) float mask: 1 inside an ellipse, 0 outside (tf ops).
+def field_of_view_mask(hw, radii, centre, softness):
+    """A (height, width, 1) float mask: 1 inside an ellipse, 0 outside (tf ops).
 
     Args:
-        size: Side of the square image.
-        radii: (ry, rx) as shares of the side.
-        centre: (cy, cx) as shares of the side.
+        hw: The image's ``(height, width)`` (ints or an int tensor).
+        radii: (ry, rx) as shares of the height and the width.
+        centre: (cy, cx) as shares of the height and the width.
         softness: Width of the edge as a share of the side (0 = hard).
     """
     import tensorflow as tf
 
-    grid = (tf.cast(tf.range(size), tf.float32) + 0.5) / tf.cast(size, tf.float32)
-    yy, xx = tf.meshgrid(grid, grid, indexing="ij")
+    rows, columns = (
+        (tf.cast(tf.range(n), tf.float32) + 0.5) / tf.cast(n, tf.float32) for n in (hw[0], hw[1])
+    )
+    yy, xx = tf.meshgrid(rows, columns, indexing="ij")
     r = tf.sqrt(((yy - centre[0]) / radii[0]) ** 2 + ((xx - centre[1]) / radii[1]) ** 2)
     edge = tf.maximum(softness, 1e-3)
     return tf.clip_by_value((1.0 - r) / edge + 0.5, 0.0, 1.0)[:, :, None]
@@ -269,12 +272,12 @@ def saved_file(x, seed, robust: float):
 
     c = CAPTURE_CHANGES
     seeds = tf.random.experimental.stateless_split(seed, num=3)
-    size = tf.shape(x)[0]
+    hw = tf.shape(x)[:2]
     shares = tf.random.stateless_uniform([2], seeds[0], *c["file_side"])
-    file_hw = tf.maximum(tf.cast(tf.cast(size, tf.float32) * shares, tf.int32), 16)
+    file_hw = tf.maximum(tf.cast(tf.cast(hw, tf.float32) * shares, tf.int32), 16)
     small = tf.clip_by_value(tf.image.resize(x, file_hw, antialias=True), 0.0, 1.0)
     jpeg = tf.image.stateless_random_jpeg_quality(small, *c["jpeg_quality"], seeds[1])
-    back = tf.reshape(tf.image.resize(jpeg, tf.stack([size, size])), tf.shape(x))
+    back = tf.reshape(tf.image.resize(jpeg, hw), tf.shape(x))
     return tf.where(tf.random.stateless_uniform([], seeds[2]) < robust, back, x)
 
 
@@ -289,21 +292,18 @@ def capture_change(x, seed, robust: float, jpeg: bool = True, exposure: float = 
     c = CAPTURE_CHANGES
     seeds = tf.random.experimental.stateless_split(seed, num=8)
     u = tf.random.stateless_uniform([4], seeds[0])
-    size = tf.shape(x)[0]
-    side = tf.cast(size, tf.float32)
+    hw = tf.shape(x)[:2]
     # a lower-resolution file, scaled up again by the app
     scale = tf.random.stateless_uniform([], seeds[1], *c["low_resolution"])
-    small = tf.maximum(tf.cast(side * scale, tf.int32), 16)
-    lowres = tf.image.resize(
-        tf.image.resize(x, tf.stack([small, small]), antialias=True), tf.stack([size, size])
-    )
+    small = tf.maximum(tf.cast(tf.cast(hw, tf.float32) * scale, tf.int32), 16)
+    lowres = tf.image.resize(tf.image.resize(x, small, antialias=True), hw)
     x = tf.where(u[0] < robust, lowres, x)
     gain = tf.random.stateless_uniform([], seeds[2], 1.0 - exposure, 1.0 + exposure)
     x = tf.where(u[1] < robust, tf.clip_by_value(x * gain, 0.0, 1.0), x)
     radii = tf.random.stateless_uniform([2], seeds[3], *c["fov_radius"])
     centre = 0.5 + tf.random.stateless_uniform([2], seeds[4], -c["fov_offset"], c["fov_offset"])
     soft = tf.random.stateless_uniform([], seeds[5], 0.0, 0.08)
-    x = tf.where(u[2] < robust, x * field_of_view_mask(size, radii, centre, soft), x)
+    x = tf.where(u[2] < robust, x * field_of_view_mask(hw, radii, centre, soft), x)
     if jpeg:
         compressed = tf.image.stateless_random_jpeg_quality(
             tf.clip_by_value(x, 0.0, 1.0), *c["jpeg_quality"], seeds[6]
@@ -315,7 +315,7 @@ def capture_change(x, seed, robust: float, jpeg: bool = True, exposure: float = 
 def augment(
     image,
     seed,
-    out_size: int | None = None,
+    out_size: Size | None = None,
     min_scale: float = 0.75,
     white_balance: float = 0.0,
     robust: float = 0.0,
@@ -325,13 +325,15 @@ def augment(
     """Random dihedral transform, crop and colour jitter of one uint8 image (tf ops).
 
     Images cached larger than the model input (``out_size``) are cropped down, so the
-    zoom keeps detail instead of upsampling a blurred crop.
+    zoom keeps detail instead of upsampling a blurred crop. A square image turns by any
+    quarter turn; one of its own aspect (H != W) by a half turn or none, so with the flip
+    it still meets every transform that keeps its shape.
 
     Args:
-        image: A (S, S, 3) uint8 tensor.
+        image: A (H, W, 3) uint8 tensor (static H and W).
         seed: A shape-(2,) int tensor for the stateless random ops.
-        out_size: Side of the output; ``None`` keeps ``S``.
-        min_scale: Smallest crop side as a share of ``S``.
+        out_size: Side or ``(height, width)`` of the output; ``None`` keeps (H, W).
+        min_scale: Smallest crop side as a share of the image's side (each side).
         white_balance: Half-width of a random gain per colour channel (another
             dermatoscope's white balance); 0 = none.
         robust: Probability of each capture change (:func:`capture_change`); 0 = none.
@@ -340,23 +342,24 @@ def augment(
         exposure: Half-width of the capture changes' exposure gain.
 
     Returns:
-        The augmented (out_size, out_size, 3) float32 tensor in [0, 255].
+        The augmented (height, width, 3) float32 tensor in [0, 255].
     """
     import tensorflow as tf
 
-    size = tf.shape(image)[0]
-    out = size if out_size is None else tf.constant(out_size)
+    hw = tf.shape(image)[:2]
+    out = hw if out_size is None else tf.constant(input_hw(out_size))
+    square = image.shape[0] == image.shape[1]
     seeds = tf.random.experimental.stateless_split(seed, num=8)
     x = tf.image.convert_image_dtype(image, tf.float32)
     if robust > 0 and jpeg_as_file:
         x = saved_file(x, tf.random.experimental.stateless_fold_in(seed, 13), robust)
     x = tf.image.stateless_random_flip_left_right(x, seeds[0])
     k = tf.random.stateless_uniform([], seeds[1], 0, 4, dtype=tf.int32)
-    x = tf.image.rot90(x, k)
+    x = tf.image.rot90(x, k if square else 2 * (k % 2))
     scale = tf.random.stateless_uniform([], seeds[2], min_scale, 1.0)
-    crop = tf.cast(tf.cast(size, tf.float32) * scale, tf.int32)
-    x = tf.image.stateless_random_crop(x, tf.stack([crop, crop, 3]), seeds[3])
-    x = tf.image.resize(x, tf.stack([out, out]), antialias=True)
+    crop = tf.cast(tf.cast(hw, tf.float32) * scale, tf.int32)
+    x = tf.image.stateless_random_crop(x, tf.concat([crop, [3]], 0), seeds[3])
+    x = tf.image.resize(x, out, antialias=True)
     jitter = COLOUR_JITTER
     x = tf.image.stateless_random_brightness(x, jitter["brightness"], seeds[4])
     x = tf.image.stateless_random_contrast(x, *jitter["contrast"], seeds[5])

@@ -157,23 +157,42 @@ def decode_image(data: bytes, max_side: int = MAX_SIDE) -> np.ndarray:
         ) from exc
 
 
-def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize an RGB uint8 image to the square model input (the model rescales itself);
-    a portrait image's input is then turned a quarter turn clockwise
-    (:func:`to_landscape`), so a file saved a quarter turn counter-clockwise of its
-    landscape original gives the original's input.
+Size = int | tuple[int, int]
+"""A model input's size: a side (square) or ``(height, width)``."""
+
+
+def input_hw(size: Size) -> tuple[int, int]:
+    """``(height, width)`` of a model input given as a side or as ``(height, width)``."""
+    if np.ndim(size) == 0:
+        return int(size), int(size)
+    height, width = size
+    return int(height), int(width)
+
+
+def resize_for_model(image: np.ndarray, size: Size) -> np.ndarray:
+    """Resize an RGB uint8 image to the model input (the model rescales itself), the
+    input landscape (:func:`to_landscape`): a portrait image is turned a quarter turn
+    clockwise, so a file saved a quarter turn counter-clockwise of its landscape original
+    gives the original's input.
 
     Args:
         image: RGB uint8 array of shape (H, W, 3).
-        size: Side of the square model input.
+        size: The model input's side (square) or ``(height, width)`` (its own aspect).
 
     Returns:
-        Array of shape (size, size, 3), dtype uint8.
+        Array of shape (height, width, 3), dtype uint8.
     """
+    height, width = input_hw(size)
+    if height != width and is_portrait(image.shape):
+        # turned before the resize, so the input keeps the landscape image's aspect
+        image, turned = np.ascontiguousarray(np.rot90(image, -1)), True
+    else:
+        turned = False
     pil = Image.fromarray(image)
-    if pil.size != (size, size):
-        pil = pil.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return to_landscape(np.asarray(pil, dtype=np.uint8), image.shape[:2])
+    if pil.size != (width, height):
+        pil = pil.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    resized = np.asarray(pil, dtype=np.uint8)
+    return resized if turned else to_landscape(resized, image.shape[:2])
 
 
 def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:

@@ -55,16 +55,15 @@ def shipped_recipe(size: int) -> TrainConfig:
 
 
 def cached_images(cfg: TrainConfig, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` random uint8 images at the side training caches them for ``cfg``."""
-    side = cfg.cache_size()
-    return np.random.default_rng(seed).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+    """``n`` random uint8 images at the size training caches them for ``cfg``."""
+    return np.random.default_rng(seed).integers(0, 256, (n, *cfg.cache_size(), 3), dtype=np.uint8)
 
 
 def size_figures(cfg: TrainConfig, n: int) -> dict:
     """Per-image milliseconds at the recipe's input side."""
     rng = np.random.default_rng(0)
     cached = cached_images(cfg, 1)[0]
-    x = rng.random((cfg.input_size, cfg.input_size, 3)).astype(np.float32)
+    x = rng.random((*cfg.input_shape(), 3)).astype(np.float32)
     matplotlib_ms = _ms_per_call(lambda: hsv_round_trip(x, 1.2, 0.03), n)
     shortcut_ms = _ms_per_call(lambda: scale_saturation_shift_hue(x, 1.2, 0.03), n)
     changes = cfg.augmentation().image_args

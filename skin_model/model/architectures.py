@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from skin_model.data.imaging import Size
 from skin_model.model import networks
 from skin_model.model.networks import CONTEXT_DENSE, FEATURES, PREDICTIONS
 
@@ -97,8 +98,8 @@ class ArchitectureSpec:
             kwargs["metadata_dim"] = metadata_dim
         return kwargs
 
-    def build(self, input_size: int, **kwargs):
-        """The uncompiled Keras model."""
+    def build(self, input_size: Size, **kwargs):
+        """The uncompiled Keras model (``input_size``: a side or ``(height, width)``)."""
         return self.builder(input_size=input_size, **{**self.fixed, **kwargs})
 
 
@@ -196,6 +197,6 @@ def spec_for(name: str) -> ArchitectureSpec:
     return REGISTRY[name]
 
 
-def build_model(architecture: str, input_size: int, **kwargs):
+def build_model(architecture: str, input_size: Size, **kwargs):
     """Build one of :data:`ARCHITECTURES` by name."""
     return spec_for(architecture).build(input_size, **kwargs)

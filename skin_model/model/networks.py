@@ -17,6 +17,7 @@ import numpy as np
 from keras import layers
 
 from skin_model import CLASSES
+from skin_model.data.imaging import Size, input_hw
 
 IMAGE_INPUT = "image"
 """The image input: float RGB in [0, 255], square, at the model's input size."""
@@ -272,7 +273,7 @@ def _finish(inputs, feature_map, dropout: float, num_classes: int, metadata_dim:
 
 
 def make_skinnet(
-    input_size: int = 128,
+    input_size: Size = 128,
     widths: tuple[int, ...] = (32, 64, 128, 256),
     blocks_per_stage: int = 2,
     dropout: float = 0.3,
@@ -283,7 +284,7 @@ def make_skinnet(
     shipped models before ImageNet initialisation).
 
     Args:
-        input_size: Side of the square input image.
+        input_size: Side of the square input, or its ``(height, width)``.
         widths: Channels of each stage; each stage halves the resolution.
         blocks_per_stage: Residual blocks per stage.
         dropout: Dropout before the classifier.
@@ -294,7 +295,7 @@ def make_skinnet(
         An uncompiled flat Functional model.
     """
     widths = tuple(max(8, round(w * width / 8) * 8) for w in widths)
-    inputs = keras.Input((input_size, input_size, 3), name=IMAGE_INPUT)
+    inputs = keras.Input((*input_hw(input_size), 3), name=IMAGE_INPUT)
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
     x = _conv_bn(x, widths[0], 3, 2, "stem")
     for s, width in enumerate(widths):
@@ -305,19 +306,19 @@ def make_skinnet(
 
 
 def make_custom_cnn(
-    input_size: int = 128, dropout: float = 0.5, num_classes: int = len(CLASSES)
+    input_size: Size = 128, dropout: float = 0.5, num_classes: int = len(CLASSES)
 ) -> keras.Model:
     """The seed's plain CNN: Conv2D/MaxPooling stacks, Dropout and Dense layers.
 
     Args:
-        input_size: Side of the square input image.
+        input_size: Side of the square input, or its ``(height, width)``.
         dropout: Dropout rate before the classifier.
         num_classes: Number of output classes.
 
     Returns:
         An uncompiled flat Functional model.
     """
-    inputs = keras.Input((input_size, input_size, 3), name=IMAGE_INPUT)
+    inputs = keras.Input((*input_hw(input_size), 3), name=IMAGE_INPUT)
     x = layers.Rescaling(1 / 255.0, name="rescale")(inputs)
     for i, filters in enumerate((32, 64, 128)):
         x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
@@ -334,7 +335,7 @@ def make_custom_cnn(
 
 
 def make_resnet50(
-    input_size: int = 224,
+    input_size: Size = 224,
     weights: str | Path | None = None,
     dropout: float = 0.3,
     num_classes: int = len(CLASSES),
@@ -342,7 +343,7 @@ def make_resnet50(
     """ResNet-50 backbone, inlined into one flat Functional model.
 
     Args:
-        input_size: Side of the square input image.
+        input_size: Side of the square input, or its ``(height, width)``.
         weights: ``None`` (random init), ``"imagenet"`` (downloads; needs a network)
             or the path of a local ``*_notop.h5`` weights file.
         dropout: Dropout rate before the classifier.
@@ -353,7 +354,7 @@ def make_resnet50(
     """
     if weights is not None and weights != "imagenet" and not Path(weights).is_file():
         raise FileNotFoundError(f"ResNet-50 weights file not found: {weights}")
-    inputs = keras.Input((input_size, input_size, 3), name=IMAGE_INPUT)
+    inputs = keras.Input((*input_hw(input_size), 3), name=IMAGE_INPUT)
     x = keras.applications.resnet50.preprocess_input(inputs)
     base = keras.applications.ResNet50(
         include_top=False, weights=None if weights is None else str(weights), input_tensor=x
@@ -362,7 +363,7 @@ def make_resnet50(
 
 
 def make_mobilenetv2(
-    input_size: int = 128,
+    input_size: Size = 128,
     weights: str | Path | None = None,
     dropout: float = 0.2,
     num_classes: int = len(CLASSES),
@@ -374,7 +375,7 @@ def make_mobilenetv2(
     """MobileNetV2 (alpha 1.0), inlined into one flat Functional model.
 
     Args:
-        input_size: Side of the square input image.
+        input_size: Side of the square input, or its ``(height, width)``.
         weights: ``None`` (random init), ``"imagenet"`` (Keras' download; needs a network)
             or a local ``.weights.h5`` file such as the one
             :func:`skin_model.model.backbones.fetch_mobilenetv2` writes (no network).
@@ -398,7 +399,7 @@ def make_mobilenetv2(
             f"MobileNetV2 weights file not found: {weights}; "
             "run `python -m skin_model.model.backbones fetch mobilenetv2`"
         )
-    inputs = keras.Input((input_size, input_size, 3), name=IMAGE_INPUT)
+    inputs = keras.Input((*input_hw(input_size), 3), name=IMAGE_INPUT)
     x = _colour_constancy(inputs, colour_constancy, colour_constancy_brightness)
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(x)
     base = keras.applications.MobileNetV2(
@@ -478,7 +479,7 @@ def _relu6(x, name: str):
 
 
 def make_efficientnet_lite(
-    input_size: int = 192,
+    input_size: Size = 192,
     variant: str = "lite0",
     weights: str | Path | None = None,
     dropout: float | None = None,
@@ -492,7 +493,7 @@ def make_efficientnet_lite(
     Functional model, laid out as TensorFlow's reference so ImageNet weights fit.
 
     Args:
-        input_size: Side of the square input image.
+        input_size: Side of the square input, or its ``(height, width)``.
         variant: ``lite0``, ``lite1`` or ``lite2``.
         weights: ``None`` (random init) or a ``.npz`` of ``layer/weight`` arrays such as
             :func:`skin_model.model.backbones.fetch_efficientnet_lite` writes (no network).
@@ -513,7 +514,7 @@ def make_efficientnet_lite(
             f"EfficientNet-{variant} weights file not found: {weights}; run "
             f"`python -m skin_model.model.backbones fetch efficientnet_{variant}`"
         )
-    inputs = keras.Input((input_size, input_size, 3), name=IMAGE_INPUT)
+    inputs = keras.Input((*input_hw(input_size), 3), name=IMAGE_INPUT)
     x = _colour_constancy(inputs, colour_constancy, colour_constancy_brightness)
     x = layers.Rescaling(1 / 128.0, offset=-127.0 / 128.0, name="rescale")(x)
     x = layers.Conv2D(32, 3, 2, padding="same", use_bias=False, name="stem_conv")(x)
@@ -615,10 +616,10 @@ def with_brightness(model: keras.Model, brightness: float) -> keras.Model:
     return changed
 
 
-def at_input_size(model: keras.Model, size: int) -> keras.Model:
-    """The same network and weights taking ``size`` x ``size`` images (a fully
-    convolutional network ending in global pooling runs at any size: "FixRes", a network
-    trained on random-scale crops run at a larger input).
+def at_input_size(model: keras.Model, size: Size) -> keras.Model:
+    """The same network and weights taking images of ``size`` (a side or ``(height,
+    width)``; a fully convolutional network ending in global pooling runs at any size:
+    "FixRes", a network trained on random-scale crops run at a larger input).
 
     Raises:
         ValueError: If the network's weights depend on its input size.
@@ -626,7 +627,7 @@ def at_input_size(model: keras.Model, size: int) -> keras.Model:
     config = model.get_config()
     for layer in config["layers"]:
         if layer["name"] == IMAGE_INPUT:
-            layer["config"]["batch_shape"] = [None, int(size), int(size), 3]
+            layer["config"]["batch_shape"] = [None, *input_hw(size), 3]
     resized = keras.Model.from_config(config)
     resized.set_weights(model.get_weights())
     return resized

@@ -40,6 +40,7 @@ class TrainConfig:
 
     architecture: str = "efficientnet_lite0"
     input_size: int = 192
+    input_height: int = 0  # 0: a square input of side input_size; else its own aspect's height
     width: float = 1.0
     epochs: int = 6
     batch_size: int = 64
@@ -115,6 +116,10 @@ class TrainConfig:
             ),
             (self.loss not in LOSSES, f"unknown loss {self.loss!r}; choose from {LOSSES}"),
             (self.input_size < 32, "--input-size must be at least 32"),
+            (
+                self.input_height != 0 and not 32 <= self.input_height <= self.input_size,
+                "--input-height must be 0 (square) or from 32 to --input-size (a landscape input)",
+            ),
             (self.epochs < 1 or self.batch_size < 1, "--epochs and --batch-size must be >= 1"),
             (not 0 < self.crop_min_scale <= 1, "--crop-min-scale must be in (0, 1]"),
             (not 0 <= self.white_balance < 0.5, "--white-balance must be in [0, 0.5)"),
@@ -205,7 +210,7 @@ class TrainConfig:
     def augmentation(self) -> Augmentation:
         """How this run's training draws a view of a cached image."""
         return Augmentation(
-            out_size=self.input_size,
+            out_size=self.input_shape(),
             min_scale=self.crop_min_scale,
             white_balance=self.white_balance,
             robust=self.robust,
@@ -215,9 +220,18 @@ class TrainConfig:
             hide=(self.metadata_hide_all, self.metadata_hide_field),
         )
 
-    def cache_size(self) -> int:
-        """Side at which training images are cached: the smallest random crop is the input."""
-        return math.ceil(self.input_size / self.crop_min_scale)
+    def input_shape(self) -> tuple[int, int]:
+        """The model input's ``(height, width)``: square, or the images' own aspect with
+        ``--input-height`` (``--input-size`` is then its width).
+        """
+        return self.input_height or self.input_size, self.input_size
+
+    def cache_size(self) -> tuple[int, int]:
+        """``(height, width)`` at which training images are cached: the smallest random crop
+        is the input.
+        """
+        height, width = self.input_shape()
+        return math.ceil(height / self.crop_min_scale), math.ceil(width / self.crop_min_scale)
 
     def lesion_seed(self) -> int:
         """Seed of the lesion split, the subsample and the folds: ``--split-seed``, else

@@ -136,17 +136,19 @@ def load_teachers(paths: list[str]) -> list:
 
 
 def teacher_outputs(teachers: list, image: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
-    """The teachers' class probabilities of a batch, averaged (each at its own input size)."""
+    """The teachers' class probabilities of a batch, averaged (each at its own input size:
+    a view of another size or aspect is resized to it, as the app resizes a file).
+    """
     from skin_model.runtime.inference import batch_inputs
 
     outs = []
     for t in teachers:
-        size = int(t.inputs[0].shape[1])
+        hw = tuple(int(d) for d in t.inputs[0].shape[1:3])
         x = image
-        if x.shape[1] != size:
+        if tuple(x.shape[1:3]) != hw:
             import tensorflow as tf
 
-            x = tf.image.resize(x, (size, size), antialias=True).numpy()
+            x = tf.image.resize(x, hw, antialias=True).numpy()
         outs.append(np.asarray(t.predict_on_batch(batch_inputs(t, x, meta))))
     return np.mean(outs, axis=0)
 

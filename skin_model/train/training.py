@@ -339,7 +339,7 @@ def compile_model(cfg: TrainConfig, prior: np.ndarray, steps: int):
     spec = spec_for(cfg.architecture)
     weights = spec.resolve_weights(cfg.weights) if spec.takes_weights else None
     kwargs = spec.builder_kwargs(cfg, weights, DIM if cfg.metadata else 0)
-    model = spec.build(cfg.input_size, **kwargs)
+    model = spec.build(cfg.input_shape(), **kwargs)
     model.compile(
         optimizer=make_optimizer(cfg, steps), loss=make_loss(cfg, prior), metrics=train_metrics()
     )
@@ -488,7 +488,7 @@ def fit_model(
         callbacks.append(frozen.optimizer_callback(fit_on, out_dir))
     weights = class_weights(y_tr, cfg.class_weight_power) if cfg.class_weight_power else None
     if plan is not None and not cfg.freeze_stages:
-        build_before_fit(model, _sample_batch(y_va, meta_va, cfg.input_size), plan)
+        build_before_fit(model, _sample_batch(y_va, meta_va, cfg.input_shape()), plan)
     start = time.perf_counter()
     with peers_watched(out_dir):
         fit_on.fit(
@@ -598,9 +598,9 @@ def _frozen_top(
     return top, batches, view, twin
 
 
-def _sample_batch(codes, meta: np.ndarray | None, size: int):
+def _sample_batch(codes, meta: np.ndarray | None, hw: tuple[int, int]):
     """One plain ``(inputs, labels)`` batch of the training inputs' shapes."""
-    image = np.zeros((1, size, size, 3), np.float32)
+    image = np.zeros((1, *hw, 3), np.float32)
     y = one_hot(codes[:1])
     if meta is None:
         return image, y
@@ -697,8 +697,10 @@ def train_model(
     t0 = time.perf_counter()
     is_train = (df["split"] == "train").to_numpy()
     train_paths = df.loc[is_train, "path"].tolist()
-    train_images, train_at_input = load_images_at(train_paths, (cfg.cache_size(), cfg.input_size))
-    (images,) = load_images_at(df.loc[~is_train, "path"].tolist(), (cfg.input_size,))
+    train_images, train_at_input = load_images_at(
+        train_paths, (cfg.cache_size(), cfg.input_shape())
+    )
+    (images,) = load_images_at(df.loc[~is_train, "path"].tolist(), (cfg.input_shape(),))
     resaved = _resaved_for(cfg, train_paths)
     print(f"loaded {len(df)} images in {time.perf_counter() - t0:.1f}s")
     rest = df[~is_train]
