@@ -53,7 +53,7 @@ def _load(path: str):
     from skin_model.runtime.explain import explain
 
     bundle = load_bundle(Path(path))
-    blank = np.full((bundle.input_size, bundle.input_size, 3), 128, dtype=np.uint8)
+    blank = np.full((*bundle.input_shape, 3), 128, dtype=np.uint8)
     predict_images(bundle, [blank])
     explain(bundle, blank, 0)
     return bundle

@@ -258,3 +258,24 @@ def test_views_averaged_cam_turns_with_the_image():
         assert not np.allclose(back(single), fn(image, 1), rtol=1e-3)  # one view turns wrong
     meta = np.zeros((1, 4), np.float32)  # a two-input model's context travels with each view
     np.testing.assert_allclose(views_cam(fn, [image, meta], 1, 8), cam, rtol=1e-6)
+
+
+def test_the_views_map_of_an_input_of_its_own_aspect_is_the_same_for_its_half_turn_and_flips():
+    """A 24x32 input averages its 4 shape-keeping views, each turned back first."""
+    from skin_model.runtime.explain import views_cam
+
+    ramp = np.outer(np.linspace(0.2, 1.0, 6), np.linspace(1.0, 0.1, 8))
+
+    def fn(x, class_index):  # a stand-in for the compiled map: an (1, 6, 8) map
+        cells = x[0, :, :, int(class_index)].reshape(6, 4, 8, 4).mean(axis=(1, 3))
+        return (cells * ramp)[None]
+
+    image = np.random.default_rng(1).uniform(0, 255, (1, 24, 32, 3)).astype(np.float32)
+    cam = views_cam(fn, image, 1, 4)
+    assert cam.shape == (1, 6, 8)
+    for turned, back in (
+        (np.rot90(image, 2, axes=(1, 2)), lambda c: np.rot90(c, 2, axes=(1, 2))),
+        (image[:, :, ::-1], lambda c: c[:, :, ::-1]),
+        (image[:, ::-1], lambda c: c[:, ::-1]),
+    ):
+        np.testing.assert_allclose(back(views_cam(fn, turned, 1, 4)), cam, rtol=1e-6)

@@ -130,3 +130,13 @@ def test_a_second_look_averages_more_views_only_near_the_threshold(trained_bundl
     pair = [int(np.flatnonzero(near)[0]), int(np.flatnonzero(~near)[0])]
     pooled = predict_images(bundle, [images[i] for i in pair], groups=[0, 0])
     assert [p.views for p in pooled] == [4]
+
+
+def test_an_input_of_its_own_aspect_has_the_four_views_that_keep_its_shape():
+    x = np.arange(2 * 3 * 4 * 1).reshape(2, 3, 4, 1)
+    four = dihedral_views(x, 4)
+    assert four.shape == (8, 3, 4, 1)
+    assert (four[2:4] == np.rot90(x, 2, axes=(1, 2))).all()  # the half turn second
+    assert (four[4:6] == x[:, :, ::-1]).all() and (four[6:] == x[:, ::-1]).all()
+    with pytest.raises(ValueError, match="4 views"):
+        dihedral_views(x, 8)

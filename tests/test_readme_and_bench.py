@@ -64,6 +64,8 @@ def test_shipped_recipe_is_matched_on_backbone_size_and_epochs():
     shipped = {"architecture": "efficientnet_lite0", "input_size": 192, "epochs": 6, "seed": 1}
     assert readme.is_shipped_recipe({**shipped, "seed": 2}, shipped)
     assert not readme.is_shipped_recipe({**shipped, "input_size": 160}, shipped)
+    assert readme.is_shipped_recipe({**shipped, "input_height": 0}, shipped)  # square, recorded
+    assert not readme.is_shipped_recipe({**shipped, "input_height": 144}, shipped)
 
 
 def test_count_flops_by_hand():

@@ -440,3 +440,43 @@ def test_another_run_into_a_directory_keeps_the_earlier_attempts_row(tmp_path):
     assert table["directory"].str.startswith("default (replaced ").tolist() == [True, False]
     assert table["directory"].iloc[1] == "default"
     assert "epochs=12" in table["settings"].iloc[1]
+
+
+def test_a_run_of_the_images_own_aspect_trains_finalises_and_runs_the_app_path(tiny_data, tmp_path):
+    """``--input-height``: a 48x64 EfficientNet-Lite0 (random init, frozen stages, capture
+    changes, a second look of 4 views) is finalised as 48x64; the app path gives a file and
+    its quarter-turned copy one verdict and heatmaps at the image's own shape; exporting it
+    says why it cannot."""
+    from skin_model.runtime.explain import explain
+    from skin_model.runtime.inference import predict_images
+    from skin_model.runtime.serving import ExportError, serving_model
+    from skin_model.train.training import train_model
+    from tests.conftest import lesion_image
+
+    cfg = TrainConfig(
+        architecture="efficientnet_lite0",
+        weights=None,
+        input_size=64,
+        input_height=48,
+        epochs=1,
+        batch_size=16,
+        freeze_stages=3,
+        cached_views=2,
+        robust=0.35,
+        second_look=4,
+        second_look_band=50.0,
+        name="aspect",
+        verbose=0,
+    )
+    train_model(tiny_data, tmp_path / "aspect", cfg)
+    bundle = load_bundle(tmp_path / "aspect")
+    assert bundle.input_shape == (48, 64) and bundle.model.inputs[0].shape[1:3] == (48, 64)
+    assert bundle.config.second_look_views == 4 and "48x64" in bundle.config.describe()
+    image = lesion_image("mel", 2, (150, 200))
+    turned = np.ascontiguousarray(np.rot90(image))
+    plain, quarter = predict_images(bundle, [image, turned])
+    np.testing.assert_allclose(plain.probabilities, quarter.probabilities, atol=1e-6)
+    assert explain(bundle, image, 4).shape == (150, 200)
+    assert explain(bundle, turned, 4).shape == (200, 150)
+    with pytest.raises(ExportError, match="own aspect"):
+        serving_model(bundle)

@@ -156,7 +156,7 @@ def naive_latency(bundle, uploads) -> dict:
     predict_t, cam_t = [], []
     for _, data in uploads:
         image = decode_image(data)
-        x = batch_inputs(bundle.model, resize_for_model(image, bundle.input_size)[None])
+        x = batch_inputs(bundle.model, resize_for_model(image, bundle.input_shape)[None])
         t0 = time.perf_counter()
         probs = bundle.model.predict(x, verbose=0)
         t1 = time.perf_counter()
@@ -165,7 +165,7 @@ def naive_latency(bundle, uploads) -> dict:
             bundle.model,
             image,
             int(probs.argmax()),
-            bundle.input_size,
+            bundle.input_shape,
             layer=bundle_cam_layer(bundle),
         )
         cam_t.append(time.perf_counter() - t1)
@@ -281,8 +281,8 @@ def train_throughput(model, steps: int, batch: int = 32) -> float:
 
     model = keras.Model.from_config(model.get_config())
     model.compile(optimizer="adam", loss="categorical_crossentropy")
-    size = model.inputs[0].shape[1]
-    x = batch_inputs(model, np.random.uniform(0, 255, (batch, size, size, 3)))
+    hw = tuple(model.inputs[0].shape[1:3])
+    x = batch_inputs(model, np.random.uniform(0, 255, (batch, *hw, 3)))
     y = keras.utils.to_categorical(np.arange(batch) % 7, 7)
     model.train_on_batch(x, y)
     start = time.perf_counter()

@@ -95,7 +95,7 @@ def score_candidates(
     first, raws = None, []
     for d, m in zip(model_dirs, metrics, strict=True):
         bundle = load_bundle(d)
-        size = bundle.input_size
+        size = bundle.input_shape
         if size not in images:
             images[size] = load_images(rows["path"].tolist(), size)
         raw, prior = member_outputs(bundle, images[size]), bundle.posthoc.class_prior

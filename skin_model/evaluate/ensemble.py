@@ -91,7 +91,7 @@ def evaluate_ensemble(
     model_dirs = [Path(d) for d in model_dirs]
     split = shared_split(model_dirs)
     bundles = [load_bundle(d) for d in model_dirs]
-    sizes = {b.input_size for b in bundles}
+    sizes = {b.input_shape for b in bundles}
     if len(sizes) != 1:
         raise ValueError(f"members have different input sizes: {sorted(sizes)}")
     size = sizes.pop()
@@ -128,7 +128,9 @@ def fold_members(cv_dir: Path) -> list[ModelBundle]:
     files = sorted(Path(cv_dir).glob(f"fold*/{FOLD_MODEL_FILE}"))
     if not files:
         raise FileNotFoundError(f"no fold models in {cv_dir} (they are kept from this version on)")
-    config = ModelConfig(recipe.architecture, int(recipe.input_size), ood_layers=[])
+    config = ModelConfig(
+        recipe.architecture, int(recipe.input_size), int(recipe.input_height), ood_layers=[]
+    )
     return [ModelBundle(keras.models.load_model(f, compile=False), config, f.parent) for f in files]
 
 
@@ -154,7 +156,7 @@ def evaluate_cv_ensemble(
     members = fold_members(cv_dir)
     single = load_bundle(model_dir)
     split = pd.read_csv(Path(model_dir) / SPLIT_FILE)
-    size = single.input_size
+    size = single.input_shape
     df = read_metadata(data_dir).merge(split[["image_id", "split"]], on="image_id")
     prior = single.posthoc.class_prior
     names = [Path(model_dir).name, f"{len(members)}-fold ensemble ({Path(cv_dir).name})"]

@@ -102,10 +102,10 @@ CHANGES: dict[str, Callable[[np.ndarray], bytes]] = {
 
 
 def changed_inputs(
-    images: list[np.ndarray], size: int, change: Callable[[np.ndarray], bytes]
+    images: list[np.ndarray], size: int | tuple[int, int], change: Callable[[np.ndarray], bytes]
 ) -> np.ndarray:
     """``images`` saved under ``change``, decoded as the app decodes a file and resized to
-    a network's square input: (N, size, size, 3) uint8.
+    a network's input (a side or ``(height, width)``): (N, height, width, 3) uint8.
     """
     from skin_model.data.imaging import decode_image, resize_for_model
 
@@ -121,7 +121,7 @@ def network_robustness(
     predict: Callable[[np.ndarray], np.ndarray],
     images: list[np.ndarray],
     labels: np.ndarray,
-    size: int,
+    size: int | tuple[int, int],
     sensitivity: float = 0.9,
 ) -> dict:
     """Every change of :data:`CHANGES` scored by a bare network (a cross-validation fold's
@@ -129,10 +129,10 @@ def network_robustness(
     of ``sensitivity`` (an operating point to count flips at, not a reported figure).
 
     Args:
-        predict: ``(N, size, size, 3) uint8 -> (N, K)`` class probabilities.
+        predict: ``(N, height, width, 3) uint8 -> (N, K)`` class probabilities.
         images: Decoded originals.
         labels: (N,) class indices.
-        size: The network's input side.
+        size: The network's input side, or its ``(height, width)``.
         sensitivity: Malignant sensitivity of the referral operating point.
 
     Returns:

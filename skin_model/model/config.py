@@ -27,7 +27,9 @@ class ModelConfig:
 
     Attributes:
         architecture: The :mod:`skin_model.model.architectures` name.
-        input_size: Side of the square model input.
+        input_size: Side of the square model input, or its width when ``input_height``
+            is set.
+        input_height: Height of an input of the images' own aspect (0: square).
         classes: Output classes, in order.
         tta: Test-time augmentation views (1 = none, 4 = rotations, 8 = with flips).
         second_look_views: Views an image near its referral threshold is averaged over
@@ -53,6 +55,7 @@ class ModelConfig:
 
     architecture: str
     input_size: int
+    input_height: int = 0
     classes: list[str] = field(default_factory=lambda: list(CLASSES))
     tta: int = 1
     second_look_views: int = 1
@@ -79,6 +82,11 @@ class ModelConfig:
     version: str = ""
     schema: int = SCHEMA
 
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """The model input's ``(height, width)``."""
+        return int(self.input_height or self.input_size), int(self.input_size)
+
     def to_dict(self) -> dict:
         """The JSON-ready dict written to ``config.json``."""
         return asdict(self)
@@ -92,7 +100,9 @@ class ModelConfig:
 
     def describe(self) -> str:
         """A short model version line (reports, the app)."""
-        return f"{self.architecture} {self.input_size}px, trained {self.trained_on}"
+        height, width = self.input_shape
+        size = f"{width}" if height == width else f"{height}x{width}"
+        return f"{self.architecture} {size}px, trained {self.trained_on}"
 
 
 def upgrade(raw: dict) -> dict:

@@ -120,6 +120,11 @@ class TrainConfig:
                 self.input_height != 0 and not 32 <= self.input_height <= self.input_size,
                 "--input-height must be 0 (square) or from 32 to --input-size (a landscape input)",
             ),
+            (
+                self.input_shape()[0] != self.input_size and 8 in (self.views, self.second_look),
+                "an input of its own aspect (--input-height) has 4 views that keep its shape; "
+                "--views and --second-look take 1, 2 or 4",
+            ),
             (self.epochs < 1 or self.batch_size < 1, "--epochs and --batch-size must be >= 1"),
             (not 0 < self.crop_min_scale <= 1, "--crop-min-scale must be in (0, 1]"),
             (not 0 <= self.white_balance < 0.5, "--white-balance must be in [0, 0.5)"),

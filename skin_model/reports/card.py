@@ -250,8 +250,9 @@ def card_sections(model_dir: Path) -> dict[str, str]:
     model = [
         "## The model",
         "",
-        f"- Architecture: `{config['architecture']}`, input {config['input_size']}x"
-        f"{config['input_size']} RGB, {m.model['parameters']:,} parameters, "
+        f"- Architecture: `{config['architecture']}`, input "
+        f"{config.get('input_height') or config['input_size']}x{config['input_size']} RGB, "
+        f"{m.model['parameters']:,} parameters, "
         f"{m.model['file_bytes'] / 1e6:.1f} MB.",
         "- " + training_sentence(m, config["trained_on"]),
         f"- Data: HAM10000 (Tschandl et al. 2018, CC BY-NC 4.0), {sum(counts.values())} images "

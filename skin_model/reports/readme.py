@@ -86,8 +86,8 @@ def is_shipped_recipe(settings: dict, shipped: dict) -> bool:
     """Whether a cross-validation run's settings are the shipped model's backbone, input
     size and epochs (the rest of the recipe is in its summary line).
     """
-    keys = ("architecture", "input_size", "epochs")
-    return all(settings.get(k) == shipped.get(k) for k in keys)
+    keys = ("architecture", "input_size", "input_height", "epochs")
+    return all(settings.get(k, 0) == shipped.get(k, 0) for k in keys)  # 0: not recorded
 
 
 def cv_section(root: Path = DEFAULT_MODEL_DIR.parent, model_dir: Path = DEFAULT_MODEL_DIR) -> str:

@@ -402,7 +402,10 @@ def load_frame(rows: list[dict]) -> pd.DataFrame:
 
 def recipe_text(settings: dict) -> str:
     """A cross-validation run's recipe in a few words."""
-    parts = [f"{settings['architecture']} @{settings['input_size']} px", f"{settings['epochs']} ep"]
+    size = settings["input_size"]
+    if settings.get("input_height", 0) not in (0, size):
+        size = f"{settings['input_height']}x{size}"  # the images' own aspect
+    parts = [f"{settings['architecture']} @{size} px", f"{settings['epochs']} ep"]
     if settings.get("colour_constancy"):
         parts.append(f"Shades of Gray p={settings['colour_constancy']:g}")
         if settings.get("colour_constancy_brightness"):

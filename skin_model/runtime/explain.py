@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from skin_model.data.imaging import from_landscape, resize_for_model
+from skin_model.data.imaging import Size, from_landscape, input_hw, resize_for_model
 
 METHODS = ("Grad-CAM", "Grad-CAM++", "LayerCAM")
 """Every heatmap method; LayerCAM (Jiang et al., 2021) weights each location by its own
@@ -80,7 +80,7 @@ def bundle_cam_layer(bundle, layer: str | None = None, method: str | None = None
     return cam_layer(bundle.model, layer or chosen, candidates)
 
 
-def model_inputs(model, image: np.ndarray, input_size: int, metadata: np.ndarray | None):
+def model_inputs(model, image: np.ndarray, input_size: Size, metadata: np.ndarray | None):
     """The model's input for one image (and its metadata vector for a two-input model)."""
     from skin_model.runtime.inference import batch_inputs
 
@@ -97,7 +97,7 @@ def normalise_cam(cam: np.ndarray, eps: float = 1e-7) -> np.ndarray:
     return (cam - low) / (high - low + eps)
 
 
-def finish_cam(cam: np.ndarray, input_size: int, shape: tuple[int, int]) -> np.ndarray:
+def finish_cam(cam: np.ndarray, input_size: Size, shape: tuple[int, int]) -> np.ndarray:
     """Layer-resolution CAM (1, h, w) -> normalised heatmap at the image size, as
     tf-keras-vis does it (linear zoom to the input, min-max normalise), turned back onto a
     portrait image (:func:`skin_model.data.imaging.from_landscape`).
@@ -105,7 +105,8 @@ def finish_cam(cam: np.ndarray, input_size: int, shape: tuple[int, int]) -> np.n
     from scipy.ndimage import zoom
 
     cam = np.asarray(cam, dtype=np.float32)
-    factors = (1, input_size / cam.shape[1], input_size / cam.shape[2])
+    height, width = input_hw(input_size)
+    factors = (1, height / cam.shape[1], width / cam.shape[2])
     cam = normalise_cam(zoom(cam, factors, order=1))
     return resize_heatmap(from_landscape(cam[0].astype(np.float32), shape), shape)
 
@@ -115,7 +116,7 @@ def heatmap(
     model,
     image: np.ndarray,
     class_index: int,
-    input_size: int,
+    input_size: Size,
     layer: str | None = None,
     metadata: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -126,7 +127,7 @@ def heatmap(
         model: The model the explainer was built from (to find the CAM layer).
         image: RGB uint8 array (H, W, 3) as decoded.
         class_index: Output index to explain.
-        input_size: Side of the square model input.
+        input_size: Side of the square model input, or its ``(height, width)``.
         layer: Layer to read (default :func:`cam_layer`); used as named, never moved.
         metadata: Patient-context vector for a two-input model (None: none given).
 
@@ -263,13 +264,11 @@ def compiled_cam(model, layer: str | None = None, method: str = "Grad-CAM"):
     return fn
 
 
-def undo_view(cam: np.ndarray, view: int) -> np.ndarray:
-    """Map a (1, h, w) CAM of dihedral view ``view`` (the order of
-    :func:`skin_model.runtime.inference.dihedral_views`) back onto the original image.
+def undo_view(cam: np.ndarray, view: tuple[int, bool]) -> np.ndarray:
+    """Map a (1, h, w) CAM of the view ``(turns, mirrored)`` (one of
+    :func:`skin_model.runtime.inference.views_of` the input) back onto the original image.
     """
-    from skin_model.runtime.inference import VIEWS
-
-    turns, mirrored = VIEWS[view]
+    turns, mirrored = view
     cam = np.rot90(cam, -turns, axes=(1, 2))
     return cam[:, :, ::-1] if mirrored else cam
 
@@ -279,15 +278,16 @@ def views_cam(fn, inputs, class_index: int, views: int) -> np.ndarray:
     each map turned back onto the original image before averaging (the explanation of
     the views-averaged verdict; the same map for every quarter turn and flip).
     """
-    from skin_model.runtime.inference import dihedral_views
+    from skin_model.runtime.inference import dihedral_views, views_of
 
     image, rest = (
         (inputs[0], list(inputs[1:])) if isinstance(inputs, list | tuple) else (inputs, [])
     )
+    image = np.asarray(image)
     cams = []
-    for v, view in enumerate(dihedral_views(np.asarray(image), views)):
+    for how, view in zip(views_of(image.shape[1:3]), dihedral_views(image, views), strict=False):
         x = [view[None], *rest] if rest else view[None]
-        cams.append(undo_view(np.asarray(fn(x, np.int32(class_index))), v))
+        cams.append(undo_view(np.asarray(fn(x, np.int32(class_index))), how))
     return np.mean(cams, axis=0)
 
 
@@ -324,13 +324,13 @@ def explain(
             ("compiled", method, layer), lambda: compiled_cam(bundle.model, layer, method)
         )
         if fn is not None:
-            x = model_inputs(bundle.model, image, bundle.input_size, metadata)
+            x = model_inputs(bundle.model, image, bundle.input_shape, metadata)
             n = int(bundle.config.tta if views is None else views)
             with bundle.lock:
                 cam = views_cam(fn, x, class_index, n)
-            return finish_cam(cam, bundle.input_size, image.shape[:2])
+            return finish_cam(cam, bundle.input_shape, image.shape[:2])
     explainer = bundle.explainer(method, lambda: make_explainer(bundle.model, method))
     with bundle.lock:
         return heatmap(
-            explainer, bundle.model, image, class_index, bundle.input_size, layer, metadata
+            explainer, bundle.model, image, class_index, bundle.input_shape, layer, metadata
         )

@@ -53,8 +53,13 @@ class ModelBundle:
 
     @property
     def input_size(self) -> int:
-        """Side of the square model input."""
+        """Side of the square model input (its width for one of the images' own aspect)."""
         return int(self.config.input_size)
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """The model input's ``(height, width)``."""
+        return self.config.input_shape
 
     def explainer(self, key, build):
         """The cached explainer under ``key``, built by ``build()`` on first use."""
@@ -240,7 +245,7 @@ def _infer_fn(bundle: ModelBundle):
 
             from skin_model.data.metadata import DIM
 
-            spec = tf.TensorSpec([None, bundle.input_size, bundle.input_size, 3], tf.float32)
+            spec = tf.TensorSpec([None, *bundle.input_shape, 3], tf.float32)
             mspec = tf.TensorSpec([None, DIM], tf.float32)
             bundle._infer = tf.function(call, input_signature=[spec, mspec])
         else:
@@ -256,14 +261,31 @@ quarter turns, mirrored left to right first). The half turn comes second, so wit
 landscape turn of :func:`skin_model.data.imaging.resize_for_model` two views give the
 same pair for a file saved at any quarter turn; four give the rotations, eight all."""
 
+SHAPE_VIEWS: tuple[tuple[int, bool], ...] = tuple(v for v in VIEWS if v[0] % 2 == 0)
+"""The 4 views that keep a non-square input's shape (no turn, the half turn, each mirrored),
+in :data:`VIEWS` order: the views of a model input of the images' own aspect."""
+
+
+def views_of(hw: tuple[int, int]) -> tuple[tuple[int, bool], ...]:
+    """The views an input of ``(height, width)`` takes: :data:`VIEWS` when square, else
+    :data:`SHAPE_VIEWS`.
+    """
+    return VIEWS if hw[0] == hw[1] else SHAPE_VIEWS
+
 
 def dihedral_views(batch: np.ndarray, n: int = 8, first: int = 0) -> np.ndarray:
-    """:data:`VIEWS` ``first`` to ``n - 1`` of each image, view-major:
-    (N, S, S, C) -> ((n - first) * N, S, S, C).
+    """Views ``first`` to ``n - 1`` (:func:`views_of` the batch's images) of each image,
+    view-major: (N, H, W, C) -> ((n - first) * N, H, W, C).
+
+    Raises:
+        ValueError: If a non-square batch is asked for more than its 4 views.
     """
+    order = views_of(batch.shape[1:3])
+    if n > len(order):
+        raise ValueError(f"an input of {batch.shape[1]}x{batch.shape[2]} has {len(order)} views")
     views = [
         np.rot90(batch[:, :, ::-1] if mirrored else batch, turns, axes=(1, 2))
-        for turns, mirrored in VIEWS[first:n]
+        for turns, mirrored in order[first:n]
     ]
     return np.ascontiguousarray(np.concatenate(views, axis=0))
 
@@ -437,7 +459,7 @@ def predict_images(
     """
     if not images:
         return []
-    size = bundle.input_size
+    size = bundle.input_shape
     batch = np.stack([resize_for_model(im, size) for im in images]).astype(np.float32)
     contexts = list(contexts) if contexts is not None else [None] * len(images)
     use_meta = bundle.uses_context

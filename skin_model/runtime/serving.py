@@ -234,6 +234,11 @@ def serving_model(bundle) -> keras.Model:
     from skin_model.runtime.inference import takes_metadata
 
     model, size = bundle.model, bundle.input_size
+    if bundle.input_shape != (size, size):
+        raise ExportError(
+            "a model of the images' own aspect (--input-height) cannot be exported yet: "
+            "the in-graph resize and views are square"
+        )
     layers = list(bundle.detector.layers) if bundle.detector else []
     net = keras.Model(model.inputs, [*feature_tensors(model, layers), model.output])
     image = keras.Input((None, None, 3), name="image", dtype="float32")

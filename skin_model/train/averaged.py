@@ -71,10 +71,11 @@ def averaged_fit(cfg: TrainConfig, out_dir: Path):
     networks = [keras.models.load_model(m / MODEL_FILE, compile=False) for m in members]
     fits = [read_json(m / METRICS_FILE)["training"] for m in members]
     model = average_networks(networks)
-    trained_at = sorted({int(n.inputs[0].shape[1]) for n in networks})  # no second read
-    if trained_at != [cfg.input_size]:
+    shapes = sorted({tuple(int(d) for d in n.inputs[0].shape[1:3]) for n in networks})
+    trained_at = [h if h == w else [h, w] for h, w in shapes]  # a side, or height and width
+    if shapes != [cfg.input_shape()]:
         try:
-            model = at_input_size(model, cfg.input_size)
+            model = at_input_size(model, cfg.input_shape())
         except ValueError as exc:
             raise DataError(f"--members: cannot run at {cfg.input_size} px ({exc})") from exc
     try:

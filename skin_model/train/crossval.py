@@ -114,10 +114,17 @@ def fold_predictions(model, images, metas, cfg: TrainConfig, out_dir: Path) -> d
 
 def views_predictions(model, images: np.ndarray, batch_size: int, views: int = 8) -> np.ndarray:
     """Image-only outputs averaged over the first ``views`` dihedral views of each image
-    (:func:`skin_model.runtime.inference.dihedral_views`), a few images at a time.
+    (:func:`skin_model.runtime.inference.dihedral_views`; at most the 4 that keep a
+    non-square input's shape), a few images at a time.
     """
-    from skin_model.runtime.inference import batch_inputs, dihedral_views, mean_over_views
+    from skin_model.runtime.inference import (
+        batch_inputs,
+        dihedral_views,
+        mean_over_views,
+        views_of,
+    )
 
+    views = min(views, len(views_of(images.shape[1:3])))
     step = max(1, 256 // views)
     out = []
     for start in range(0, len(images), step):
@@ -141,7 +148,7 @@ def changed_copies(model, paths: list[str], codes, cfg: TrainConfig) -> dict:
         return model.predict(x, batch_size=cfg.batch_size * 2, verbose=0)
 
     originals = [decode_image(Path(p).read_bytes()) for p in paths]
-    return network_robustness(predict, originals, class_indices(codes), cfg.input_size)
+    return network_robustness(predict, originals, class_indices(codes), cfg.input_shape())
 
 
 def score_missing(out_dir: Path, data_dir: Path) -> dict:
@@ -168,7 +175,7 @@ def score_missing(out_dir: Path, data_dir: Path) -> dict:
         if not info.get("changed_copies"):
             info["changed_copies"] = changed_copies(model, paths, held["dx"].to_numpy(), cfg)
         if need_views:
-            (images,) = load_images_at(paths, (cfg.input_size,))
+            (images,) = load_images_at(paths, (cfg.input_shape(),))
             p = views_predictions(model, images, cfg.batch_size * 2)
             columns = pd.DataFrame(p.round(6), columns=_columns(VIEWS_VARIANT))
             pd.concat([held, columns], axis=1).to_csv(fold_dir / OOF_FILE, index=False)
@@ -396,7 +403,7 @@ def run_cv(
         write_json(out_dir / RUN_CONFIG_FILE, config_dict(cfg.validate()))
     pool = cv_pool(data_dir, cfg, n_folds)
     t0 = time.perf_counter()
-    cached, inputs = load_images_at(pool["path"].tolist(), (cfg.cache_size(), cfg.input_size))
+    cached, inputs = load_images_at(pool["path"].tolist(), (cfg.cache_size(), cfg.input_shape()))
     images = {"cache": cached, "input": inputs}
     print(f"cross-validation pool: {len(pool)} images; loaded in {time.perf_counter() - t0:.0f}s")
     for k in only if only is not None else range(n_folds):

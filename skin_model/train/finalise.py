@@ -125,15 +125,19 @@ def choose_tta(
     Returns:
         ``(views, {"balanced_accuracy_views_<n>": score, ...}, outputs of those views)``.
     """
+    from skin_model.runtime.inference import views_of
+
+    available = len(views_of(x_val.shape[1:3]))  # 4 for an input of the images' own aspect
+    choices = tuple(n for n in TTA_CHOICES if n <= available)
     scores, outputs = {}, {}
-    for n in sorted({*TTA_CHOICES, int(views or 1)}):
+    for n in sorted({*choices, int(views or 1)}):
         outputs[n], _ = network_outputs(bundle, x_val, n)
         scores[n] = float(balanced_accuracy_score(y_val, outputs[n].argmax(1)))
     if views:
         chosen = int(views)
     else:
         best = max(scores.values())
-        chosen = min(n for n in TTA_CHOICES if scores[n] >= best - 0.005)
+        chosen = min(n for n in choices if scores[n] >= best - 0.005)
         if chosen > 1 and scores[chosen] <= scores[1] + min_gain:
             chosen = 1
     return chosen, {f"balanced_accuracy_views_{n}": v for n, v in scores.items()}, outputs[chosen]
@@ -271,11 +275,12 @@ def dermoscopy_variants(images: np.ndarray, seed: int = 0) -> Iterator[tuple[str
     u8 = as_uint8(images)
     fields = np.empty_like(u8)
     for i, image in enumerate(u8):
-        fields[i] = np.rint(image * random_field_of_view(u8.shape[1], rng))
+        fields[i] = np.rint(image * random_field_of_view(u8.shape[1:3], rng))
     yield "round field of view", fields
     del fields
     yield "white balance", shift_white_balance_batch(u8, 0.10, seed)
-    yield "rotated", np.ascontiguousarray(np.rot90(u8, 1, axes=(1, 2)))
+    turns = 1 if u8.shape[1] == u8.shape[2] else 2  # a non-square input keeps its shape
+    yield "rotated", np.ascontiguousarray(np.rot90(u8, turns, axes=(1, 2)))
 
 
 def with_variant_features(bundle: ModelBundle, images: np.ndarray, features: list | None):
@@ -380,6 +385,7 @@ def model_config(cfg, bundle: ModelBundle, posthoc: PostHoc, detector: Detector,
     return ModelConfig(
         architecture=cfg.architecture,
         input_size=cfg.input_size,
+        input_height=cfg.input_height,
         classes=list(CLASSES),
         tta=int(bundle.config.tta),
         second_look_views=int(bundle.config.second_look_views),
@@ -492,6 +498,7 @@ def model_figures(model, config: ModelConfig, out_dir: Path) -> dict:
     return {
         "architecture": config.architecture,
         "input_size": config.input_size,
+        "input_height": config.input_height,
         "parameters": int(model.count_params()),
         "file_bytes": (out_dir / MODEL_FILE).stat().st_size,
         "sha256": sha256_file(out_dir / MODEL_FILE),
@@ -539,7 +546,9 @@ def finalise_model(
     spec = spec_for(cfg.architecture)
     bundle = ModelBundle(
         model=model,
-        config=ModelConfig(cfg.architecture, cfg.input_size, ood_layers=list(spec.ood_layers)),
+        config=ModelConfig(
+            cfg.architecture, cfg.input_size, cfg.input_height, ood_layers=list(spec.ood_layers)
+        ),
         model_dir=out_dir,
     )
     tta, tta_scores, val_outputs = choose_tta(

@@ -339,7 +339,8 @@ def compile_model(cfg: TrainConfig, prior: np.ndarray, steps: int):
     spec = spec_for(cfg.architecture)
     weights = spec.resolve_weights(cfg.weights) if spec.takes_weights else None
     kwargs = spec.builder_kwargs(cfg, weights, DIM if cfg.metadata else 0)
-    model = spec.build(cfg.input_shape(), **kwargs)
+    height, width = cfg.input_shape()  # a side for a square input (every builder takes it)
+    model = spec.build(width if height == width else (height, width), **kwargs)
     model.compile(
         optimizer=make_optimizer(cfg, steps), loss=make_loss(cfg, prior), metrics=train_metrics()
     )
