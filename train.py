@@ -49,6 +49,9 @@ _HELP = {
     "exposure": "half-width of --robust's exposure change: with probability --robust a view's "
     "pixels are multiplied by one gain drawn from [1 - x, 1 + x] (a file saved darker or "
     "brighter as a whole)",
+    "rotation": "largest angle in degrees of a training view's turn by any angle, drawn "
+    "after the quarter turns and flips (so every orientation), its corners filled by "
+    "reflection; 0 = quarter turns only",
     "resaved_files": "share of training views drawn from a copy of the file saved again as a "
     "JPEG (quality 30-90) at its own size and 8x8 grid, then resized like the original",
     "clean_teacher": "true: the teachers see each cached view without the white balance, "

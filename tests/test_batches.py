@@ -260,6 +260,7 @@ def test_a_run_s_augmentation_names_each_of_its_settings():
         "robust": 0.2,
         "jpeg_as_file": True,
         "exposure": 0.3,
+        "rotation": 30.0,
         "resaved_files": 0.3,
     }
     fields = (
@@ -269,16 +270,20 @@ def test_a_run_s_augmentation_names_each_of_its_settings():
         "robust",
         "jpeg_as_file",
         "exposure",
+        "rotation",
         "resaved_share",
     )
     cfg = TrainConfig(**settings, metadata_hide_all=0.4, metadata_hide_field=0.6)
     values = {**settings, "input_size": (64, 64)}
     expected = Augmentation(**dict(zip(fields, values.values(), strict=True)), hide=(0.4, 0.6))
     assert cfg.augmentation() == expected
-    assert cfg.augmentation().image_args == ((64, 64), 0.5, 0.1, 0.2, True, 0.3)
+    assert cfg.augmentation().image_args == ((64, 64), 0.5, 0.1, 0.2, True, 0.3, 30.0)
     assert TrainConfig().augmentation().exposure == EXPOSURE
+    assert TrainConfig().augmentation().rotation == 0.0
     with pytest.raises(ConfigError, match="--exposure"):
         TrainConfig(exposure=1.0).validate()
+    with pytest.raises(ConfigError, match="--rotation"):
+        TrainConfig(rotation=60.0).validate()
 
 
 def test_an_input_of_the_images_own_aspect_is_height_by_width_and_cached_larger_alike():
@@ -454,3 +459,26 @@ def test_a_view_of_its_own_aspect_turns_by_half_turns_and_flips_only(twin):
             means = [q.mean() for q in (view[:6, :6], view[:6, -6:], view[-6:, :6], view[-6:, -6:])]
             corners.add(int(np.argmax(means)))
     assert corners == {0, 1, 2, 3}
+
+
+def test_a_turn_by_any_angle_is_the_same_in_both_twins_and_a_quarter_turn_at_90():
+    """``turned_by`` (tf) and ``turned_by_array`` (NumPy) turn alike, counter-clockwise for
+    a positive angle as ``np.rot90``, corners filled by reflection (never black)."""
+    import tensorflow as tf
+
+    from skin_model.data.batches import turned_by_array
+    from skin_model.data.dataset import turned_by
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(20, 255, (40, 40, 3)).astype(np.uint8)
+    image[2:10, 25:38] = 255
+    for degrees in (90.0, 25.0, -40.0):
+        ours = turned_by_array(image, degrees).astype(np.float32)
+        theirs = turned_by(tf.constant(image, tf.float32), tf.constant(degrees)).numpy()
+        assert np.abs(ours - theirs).mean() < 0.5  # uint8 rounding apart
+        assert theirs.min() >= 19.5  # reflected corners, no black fill
+    np.testing.assert_allclose(turned_by_array(image, 90.0), np.rot90(image), atol=1)
+    view = augment_array(image, np.random.default_rng(3), None, 1.0, rotation=30.0)
+    assert view.shape == image.shape and not np.allclose(
+        view, augment_array(image, np.random.default_rng(3), None, 1.0)
+    )

@@ -171,6 +171,7 @@ def test_recipe_line_names_every_lever():
         assert part in text
     assert "exposure" not in text  # the capture changes' own half-width goes unsaid
     assert "exposure ±0.3" in recipe_text({**base, "robust": 0.35, "exposure": 0.3})
+    assert "rotation ±30°" in recipe_text({**base, "rotation": 30.0})
     own_aspect = {**base, "input_size": 224, "input_height": 168}
     assert recipe_text(own_aspect).startswith("efficientnet_lite0 @168x224 px")
     assert recipe_text({**base, "input_height": 0}) == recipe_text(base)

@@ -26,6 +26,8 @@ class Augmentation:
         jpeg_as_file: Re-compress as a saved file before the crop, instead of at the input.
         exposure: Half-width of the capture changes' exposure gain (one factor on every
             channel, drawn with probability ``robust``).
+        rotation: Largest angle in degrees of a turn by any angle (with the quarter turns,
+            every orientation; corners filled by reflection); 0 = none.
         resaved_share: Probability a view starts from the image's re-saved copy.
         hide: Probabilities of hiding all / each patient-context field.
     """
@@ -36,6 +38,7 @@ class Augmentation:
     robust: float = 0.0
     jpeg_as_file: bool = False
     exposure: float = EXPOSURE
+    rotation: float = 0.0
     resaved_share: float = 0.0
     hide: tuple[float, float] = (0.5, 0.2)
 
@@ -49,6 +52,7 @@ class Augmentation:
             self.robust,
             self.jpeg_as_file,
             self.exposure,
+            self.rotation,
         )
 
     def clean(self) -> Augmentation:

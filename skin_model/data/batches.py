@@ -28,6 +28,7 @@ def augment_array(
     robust: float = 0.0,
     jpeg_as_file: bool = False,
     exposure: float = EXPOSURE,
+    rotation: float = 0.0,
     changes_rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """Random flip, rotation by quarter turns (half turns when H != W), crop, brightness,
@@ -45,6 +46,8 @@ def augment_array(
         jpeg_as_file: Re-compress as a saved file before the crop
             (:func:`saved_file_array`) instead of at the output.
         exposure: Half-width of the capture changes' exposure gain.
+        rotation: Largest angle (degrees) of a turn by any angle after the quarter turns
+            (:func:`turned_by_array`); 0 = none (and nothing drawn for it).
         changes_rng: Generator of the white balance and the capture changes (None:
             ``rng``); kept apart, the same view drawn without them has the same crop.
 
@@ -59,6 +62,8 @@ def augment_array(
     x = image[:, ::-1] if rng.random() < 0.5 else image
     turns = int(rng.integers(0, 4))
     x = np.rot90(x, turns if height == width else 2 * (turns % 2))
+    if rotation > 0:
+        x = turned_by_array(x, rng.uniform(-rotation, rotation))
     scale = rng.uniform(min_scale, 1.0)
     crop = (int(height * scale), int(width * scale))
     top, left = rng.integers(0, (height - crop[0] + 1, width - crop[1] + 1))
@@ -80,6 +85,16 @@ def augment_array(
     if robust > 0:
         x = capture_change_array(x, changes_rng, robust, not jpeg_as_file, exposure)
     return (np.clip(x, 0.0, 1.0) * 255.0).astype(np.float32)
+
+
+def turned_by_array(image: np.ndarray, degrees: float) -> np.ndarray:
+    """The NumPy twin of :func:`skin_model.data.dataset.turned_by` on a uint8 image."""
+    from scipy.ndimage import rotate
+
+    turned = rotate(
+        image.astype(np.float32), degrees, axes=(1, 0), reshape=False, order=1, mode="reflect"
+    )
+    return np.clip(np.rint(turned), 0, 255).astype(np.uint8)
 
 
 def scale_saturation_shift_hue(x: np.ndarray, saturation: float, hue: float) -> np.ndarray:

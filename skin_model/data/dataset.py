@@ -312,6 +312,31 @@ def capture_change(x, seed, robust: float, jpeg: bool = True, exposure: float = 
     return x
 
 
+def turned_by(x, degrees):
+    """One float image (tf ops) turned by ``degrees`` about its centre, bilinear, its
+    corners filled by reflection (no black wedges the network could learn as a cue).
+    """
+    import tensorflow as tf
+
+    theta = degrees * (np.pi / 180.0)
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    hw = tf.cast(tf.shape(x)[:2], tf.float32)
+    cy, cx = (hw[0] - 1.0) / 2.0, (hw[1] - 1.0) / 2.0
+    # output (col, row) -> input: the inverse turn about the centre
+    transform = tf.stack(
+        [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0]
+    )
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=x[None],
+        transforms=transform[None],
+        output_shape=tf.shape(x)[:2],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
+    )
+    return tf.reshape(out[0], tf.shape(x))
+
+
 def augment(
     image,
     seed,
@@ -321,8 +346,10 @@ def augment(
     robust: float = 0.0,
     jpeg_as_file: bool = False,
     exposure: float = EXPOSURE,
+    rotation: float = 0.0,
 ):
-    """Random dihedral transform, crop and colour jitter of one uint8 image (tf ops).
+    """Random dihedral transform, turn by any angle, crop and colour jitter of one uint8
+    image (tf ops).
 
     Images cached larger than the model input (``out_size``) are cropped down, so the
     zoom keeps detail instead of upsampling a blurred crop. A square image turns by any
@@ -340,6 +367,8 @@ def augment(
         jpeg_as_file: Re-compress as a saved file before the crop (:func:`saved_file`)
             instead of at the network input.
         exposure: Half-width of the capture changes' exposure gain.
+        rotation: Largest angle (degrees) of a turn by any angle after the quarter turns
+            (:func:`turned_by`); 0 = none.
 
     Returns:
         The augmented (height, width, 3) float32 tensor in [0, 255].
@@ -356,6 +385,9 @@ def augment(
     x = tf.image.stateless_random_flip_left_right(x, seeds[0])
     k = tf.random.stateless_uniform([], seeds[1], 0, 4, dtype=tf.int32)
     x = tf.image.rot90(x, k if square else 2 * (k % 2))
+    if rotation > 0:
+        angle_seed = tf.random.experimental.stateless_fold_in(seed, 17)
+        x = turned_by(x, tf.random.stateless_uniform([], angle_seed, -rotation, rotation))
     scale = tf.random.stateless_uniform([], seeds[2], min_scale, 1.0)
     crop = tf.cast(tf.cast(hw, tf.float32) * scale, tf.int32)
     x = tf.image.stateless_random_crop(x, tf.concat([crop, [3]], 0), seeds[3])

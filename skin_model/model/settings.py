@@ -59,6 +59,7 @@ class TrainConfig:
     robust: float = 0.0
     jpeg_as_file: bool = False  # the robust JPEG as a saved file's (before the crop)
     exposure: float = EXPOSURE  # half-width of the capture changes' exposure gain
+    rotation: float = 0.0  # largest angle (degrees) of a training view's turn by any angle
     resaved_files: float = 0.0  # share of training views from the file saved again on its grid
     freeze_stages: int = 0
     cached_views: int = 0
@@ -130,6 +131,7 @@ class TrainConfig:
             (not 0 <= self.white_balance < 0.5, "--white-balance must be in [0, 0.5)"),
             (not 0 <= self.robust <= 1, "--robust must be in [0, 1]"),
             (not 0 <= self.exposure < 1, "--exposure must be in [0, 1)"),
+            (not 0 <= self.rotation <= 45, "--rotation must be in [0, 45] degrees"),
             (not 0 <= self.resaved_files <= 1, "--resaved-files must be in [0, 1]"),
             (self.colour_constancy < 0, "--colour-constancy must be >= 0 (0 = off)"),
             (
@@ -221,6 +223,7 @@ class TrainConfig:
             robust=self.robust,
             jpeg_as_file=self.jpeg_as_file,
             exposure=self.exposure,
+            rotation=self.rotation,
             resaved_share=self.resaved_files,
             hide=(self.metadata_hide_all, self.metadata_hide_field),
         )

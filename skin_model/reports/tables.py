@@ -412,6 +412,8 @@ def recipe_text(settings: dict) -> str:
             parts.append(f"brightness {settings['colour_constancy_brightness']:g}")
     if settings.get("white_balance"):
         parts.append(f"white-balance jitter ±{settings['white_balance']:g}")
+    if settings.get("rotation"):
+        parts.append(f"rotation ±{settings['rotation']:g}°")
     if settings.get("backbone_lr_scale", 1.0) != 1.0:
         parts.append(f"backbone lr x{settings['backbone_lr_scale']:g}")
     if settings.get("head_warmup_epochs"):
