@@ -514,6 +514,14 @@ def split_counts(codes: dict) -> dict:
     return {s: {c: int(list(v).count(c)) for c in CLASSES} for s, v in codes.items()}
 
 
+def fitted_bundle(model, cfg, out_dir: Path) -> ModelBundle:
+    """The fitted network as a bundle before its post-hoc layer, detector and views."""
+    spec = spec_for(cfg.architecture)
+    config = ModelConfig(cfg.architecture, cfg.input_size, cfg.input_height)
+    config.ood_layers = list(spec.ood_layers)
+    return ModelBundle(model=model, config=config, model_dir=out_dir)
+
+
 def finalise_model(
     model,
     cfg,
@@ -543,14 +551,7 @@ def finalise_model(
     """
     out_dir = Path(out_dir)
     data = Parts.build(parts, rows, boxes, metas)
-    spec = spec_for(cfg.architecture)
-    bundle = ModelBundle(
-        model=model,
-        config=ModelConfig(
-            cfg.architecture, cfg.input_size, cfg.input_height, ood_layers=list(spec.ood_layers)
-        ),
-        model_dir=out_dir,
-    )
+    bundle = fitted_bundle(model, cfg, out_dir)
     tta, tta_scores, val_outputs = choose_tta(
         bundle, data.images["val"], data.y["val"], cfg.tta_min_gain, cfg.views
     )

@@ -698,10 +698,9 @@ def train_model(
     t0 = time.perf_counter()
     is_train = (df["split"] == "train").to_numpy()
     train_paths = df.loc[is_train, "path"].tolist()
-    train_images, train_at_input = load_images_at(
-        train_paths, (cfg.cache_size(), cfg.input_shape())
-    )
-    (images,) = load_images_at(df.loc[~is_train, "path"].tolist(), (cfg.input_shape(),))
+    shape = cfg.input_shape()
+    train_images, train_at_input = load_images_at(train_paths, (cfg.cache_size(), shape))
+    (images,) = load_images_at(df.loc[~is_train, "path"].tolist(), (shape,))
     resaved = _resaved_for(cfg, train_paths)
     print(f"loaded {len(df)} images in {time.perf_counter() - t0:.1f}s")
     rest = df[~is_train]
