@@ -658,6 +658,30 @@ def _resaved_for(cfg: TrainConfig, train_paths: list[str]) -> np.ndarray | None:
     return resaved_copies(train_paths, cfg.cache_size(), cfg.seed)
 
 
+def load_parts(df: pd.DataFrame, cfg: TrainConfig) -> tuple[dict, np.ndarray, np.ndarray | None]:
+    """Decode every image of the split table once.
+
+    Returns:
+        ``({part: (uint8 images, codes)}`` with the training images at the cached size,
+        the training images at the input size, their re-saved copies or None``)``.
+    """
+    t0 = time.perf_counter()
+    is_train = (df["split"] == "train").to_numpy()
+    train_paths = df.loc[is_train, "path"].tolist()
+    shape = cfg.input_shape()
+    train_images, train_at_input = load_images_at(train_paths, (cfg.cache_size(), shape))
+    (images,) = load_images_at(df.loc[~is_train, "path"].tolist(), (shape,))
+    resaved = _resaved_for(cfg, train_paths)
+    print(f"loaded {len(df)} images in {time.perf_counter() - t0:.1f}s")
+    rest = df[~is_train]
+    parts = {"train": (train_images, df.loc[is_train, "dx"].tolist())}
+    for s in ("val", "calib", "test"):
+        mask = (rest["split"] == s).to_numpy()
+        parts[s] = (images[mask], rest.loc[mask, "dx"].tolist())
+    print({s: len(p[1]) for s, p in parts.items()})
+    return parts, train_at_input, resaved
+
+
 def train_model(
     data_dir: Path,
     out_dir: Path,
@@ -695,20 +719,9 @@ def train_model(
         write_json(out_dir / RUN_CONFIG_FILE, record)
     df = prepare_data(data_dir, cfg)
     df[["image_id", "lesion_id", "dx", "split"]].to_csv(out_dir / SPLIT_FILE, index=False)
-    t0 = time.perf_counter()
+    parts, train_at_input, resaved = load_parts(df, cfg)
     is_train = (df["split"] == "train").to_numpy()
-    train_paths = df.loc[is_train, "path"].tolist()
-    shape = cfg.input_shape()
-    train_images, train_at_input = load_images_at(train_paths, (cfg.cache_size(), shape))
-    (images,) = load_images_at(df.loc[~is_train, "path"].tolist(), (shape,))
-    resaved = _resaved_for(cfg, train_paths)
-    print(f"loaded {len(df)} images in {time.perf_counter() - t0:.1f}s")
     rest = df[~is_train]
-    parts = {"train": (train_images, df.loc[is_train, "dx"].tolist())}
-    for s in ("val", "calib", "test"):
-        mask = (rest["split"] == s).to_numpy()
-        parts[s] = (images[mask], rest.loc[mask, "dx"].tolist())
-    print({s: len(p[1]) for s, p in parts.items()})
     metas = None
     if cfg.metadata or cfg.context_fusion_power > 0:
         from skin_model.data.metadata import encode_frame
