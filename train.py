@@ -63,6 +63,9 @@ _HELP = {
     "melanoma_weight": "how many times a missed melanoma counts against another class's "
     "miss in the suggested diagnosis (the post-hoc layer multiplies the melanoma output by it "
     "before the argmax; probabilities, risk and referral unchanged); 1 = the balanced rule",
+    "cutmix": "CutMix of the cached views (needs --freeze-stages): a box of each view's "
+    "stage outputs, its area share drawn from Beta(a, a), is replaced by the same box of a "
+    "partner's and the targets and patient context mix by the area taken; 0 = off",
     "members": "DIR,DIR: instead of fitting, average these finalised networks (trained on "
     "the split these settings draw) into one and finalise it",
 }

@@ -293,6 +293,56 @@ def test_mixed_cached_batches_are_the_same_when_a_run_resumes():
     assert "mixup of cached views, alpha 0.4" in recipe_text(vars(cfg))
 
 
+def test_cutmix_pastes_a_partners_box_and_mixes_targets_by_the_area_taken():
+    from skin_model.train.frozen import cut, cut_boxes
+
+    n, h, w = 16, 6, 8
+    x = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1) * np.ones((n, h, w, 3), np.float32)
+    y = np.eye(4, dtype=np.float32)[np.arange(n) % 4]
+    meta = np.arange(n, dtype=np.float32)[:, None] * np.ones((n, 5), np.float32)
+    cx, cy, cm = cut([x, y, meta], 1.0, np.random.default_rng(3))
+    ref = np.random.default_rng(3)
+    partner = ref.permutation(n)
+    boxes = cut_boxes((h, w), 1.0, n, ref)
+    assert (boxes[:, [0, 2]] >= 0).all() and (boxes[:, 1] <= h).all() and (boxes[:, 3] <= w).all()
+    for i, (top, bottom, left, right) in enumerate(boxes):
+        inside = np.zeros((h, w), bool)
+        inside[top:bottom, left:right] = True
+        np.testing.assert_array_equal(cx[i, inside, 0], partner[i])  # the partner's box
+        np.testing.assert_array_equal(cx[i, ~inside, 0], i)  # the rest its own
+        taken = inside.mean()
+        np.testing.assert_allclose(cm[i, 0], (1 - taken) * i + taken * partner[i], rtol=1e-5)
+        expected = (1 - taken) * y[i] + taken * y[partner[i]]
+        np.testing.assert_allclose(cy[i], expected, atol=1e-6)
+    np.testing.assert_allclose(cy.sum(axis=1), 1.0, atol=1e-6)
+    assert 0 < (cx != x).mean() < 1 and cut([x, y, None], 1.0, ref)[2] is None
+    np.testing.assert_array_equal(x[:, 0, 0, 0], np.arange(n))  # the input is not changed
+
+
+@pytest.mark.model
+def test_cutmix_batches_repeat_on_resume_and_the_option_is_checked():
+    from skin_model.reports.tables import recipe_text
+    from skin_model.train.frozen import ViewCache, cached_batches
+
+    rng = np.random.default_rng(2)
+    cache = ViewCache(
+        features=rng.normal(size=(2, 10, 4, 4, 3)).astype(np.float16),
+        labels=np.tile(np.eye(5, dtype=np.float32)[[0, 1, 2, 3, 4] * 2], (2, 1, 1)),
+    )
+    plain, cut_a, cut_b = (
+        cached_batches(cache, 4, seed=0, epoch=1, cutmix=c)[1] for c in (0.0, 1.0, 1.0)
+    )
+    np.testing.assert_array_equal(cut_a[0], cut_b[0])
+    np.testing.assert_array_equal(cut_a[1], cut_b[1])
+    assert not np.allclose(plain[0], cut_a[0]) and (cut_a[1].max(axis=1) < 1).any()
+    with pytest.raises(ConfigError, match="--cutmix needs --freeze-stages"):
+        TrainConfig(cutmix=1.0).validate()
+    with pytest.raises(ConfigError, match="choose one"):
+        TrainConfig(freeze_stages=3, cutmix=1.0, mixup=0.2).validate()
+    cfg = TrainConfig(freeze_stages=3, cutmix=1.0).validate()
+    assert "CutMix of cached views, alpha 1" in recipe_text(vars(cfg))
+
+
 def test_clean_teachers_see_the_clean_twin_of_each_cached_view(tmp_path):
     """With a teacher stream the frozen part caches the changed view and the teachers
     score the clean one; --clean-teacher needs teachers on cached views.

@@ -67,6 +67,7 @@ class TrainConfig:
     distill_weight: float = 0.5
     clean_teacher: bool = False  # teachers see each cached view without the capture changes
     mixup: float = 0.0  # Beta(a, a) mixing of cached views (frozen runs); 0 = off
+    cutmix: float = 0.0  # Beta(a, a) share of a cached view's box from a partner; 0 = off
     members: str = ""  # finalised model directories averaged into one network, no fitting
     bn_momentum: float = 0.9
     restore_best: bool = False
@@ -143,6 +144,8 @@ class TrainConfig:
             (not 0 < self.val_frac + self.test_frac < 1, "--val-frac + --test-frac must be < 1"),
             (self.cached_views < 0, "--cached-views must be >= 0 (0 = one per epoch)"),
             (self.mixup < 0, "--mixup must be >= 0 (0 = off)"),
+            (self.cutmix < 0, "--cutmix must be >= 0 (0 = off)"),
+            (self.mixup > 0 and self.cutmix > 0, "--mixup and --cutmix: choose one"),
             (not self.melanoma_weight > 0, "--melanoma-weight must be > 0 (1 = balanced)"),
             (
                 self.clean_teacher and not (self.teachers and self.freeze_stages),
@@ -152,6 +155,10 @@ class TrainConfig:
             (
                 self.mixup > 0 and self.freeze_stages == 0,
                 "--mixup needs --freeze-stages: it mixes the cached views",
+            ),
+            (
+                self.cutmix > 0 and self.freeze_stages == 0,
+                "--cutmix needs --freeze-stages: it cuts the cached views",
             ),
             (
                 self.views not in VIEW_CHOICES,

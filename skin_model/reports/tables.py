@@ -440,6 +440,8 @@ def recipe_text(settings: dict) -> str:
             parts.append("teachers shown the views without the capture changes")
     if settings.get("mixup"):
         parts.append(f"mixup of cached views, alpha {settings['mixup']:g}")
+    if settings.get("cutmix"):
+        parts.append(f"CutMix of cached views, alpha {settings['cutmix']:g}")
     return ", ".join(parts)
 
 

@@ -17,8 +17,9 @@ teacher pass per cached view. With ``--clean-teacher`` the teachers see each vie
 before the white balance, the capture changes and the re-saved copy (the same crop and
 jitter): the network learns, from the changed view, what they say of the clean one.
 
-Two regularisers work on the cache too: ``--mixup ALPHA`` mixes every batch's views, targets
-and patient context with partners of the same batch (:func:`mix`), and ``--ema-half-life``
+Regularisers work on the cache too: ``--mixup ALPHA`` mixes every batch's views, targets
+and patient context with partners of the same batch (:func:`mix`), ``--cutmix ALPHA`` pastes
+a box of a partner's stage outputs into each view (:func:`cut`), and ``--ema-half-life``
 keeps a weight average of the whole network (the twin below) beside the checkpoint.
 
 The top is cut from a twin of the network (cutting a graph at an inner tensor changes the
@@ -257,6 +258,48 @@ def mix(
     return [None if a is None else blend(a) for a in arrays]
 
 
+def cut_boxes(shape: tuple[int, int], alpha: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """CutMix boxes on a ``(height, width)`` grid: (n, 4) ``[top, bottom, left, right]``.
+
+    Each box's area share is drawn from ``Beta(alpha, alpha)`` (its sides that share's square
+    root of the grid's), centred anywhere on the grid and clipped to it, so the share taken
+    is at most the one drawn.
+    """
+    h, w = shape
+    side = np.sqrt(rng.beta(alpha, alpha, n))
+    bh, bw = np.round(side * h).astype(int), np.round(side * w).astype(int)
+    cy, cx = rng.integers(0, h, n), rng.integers(0, w, n)
+    top, left = np.clip(cy - bh // 2, 0, h), np.clip(cx - bw // 2, 0, w)
+    bottom, right = np.clip(cy - bh // 2 + bh, 0, h), np.clip(cx - bw // 2 + bw, 0, w)
+    return np.stack([top, bottom, left, right], axis=1)
+
+
+def cut(
+    arrays: list[np.ndarray | None], alpha: float, rng: np.random.Generator
+) -> list[np.ndarray | None]:
+    """CutMix of one batch on cached stage outputs: a box of every example's feature map
+    (the first array, (N, H, W, C)) is replaced by the same box of a partner's (a
+    permutation of the batch); the other arrays (targets, patient context; None stays None)
+    mix by the share of the map taken. A stage output's cell sees a small patch of the image,
+    so a box of the map is a box of the lesion picture seen by the trained top.
+    """
+    features, *rest = arrays
+    n, h, w = features.shape[:3]
+    partner = rng.permutation(n)
+    boxes = cut_boxes((h, w), alpha, n, rng)
+    out = features.copy()
+    for i, (top, bottom, left, right) in enumerate(boxes):
+        out[i, top:bottom, left:right] = features[partner[i], top:bottom, left:right]
+    taken = ((boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2]) / (h * w)).astype(np.float32)
+
+    def blend(a):
+        w = taken.reshape((n,) + (1,) * (a.ndim - 1))
+        kind = a.dtype if a.dtype.kind == "f" else np.float32
+        return ((1.0 - w) * a + w * a[partner]).astype(kind)
+
+    return [out, *(None if a is None else blend(a) for a in rest)]
+
+
 def cached_batches(
     cache: ViewCache,
     batch_size: int,
@@ -264,12 +307,14 @@ def cached_batches(
     epoch: int = 0,
     distill: tuple[np.ndarray, float] | None = None,
     mixup: float = 0.0,
+    cutmix: float = 0.0,
 ):
     """Training batches from a :class:`ViewCache`: epoch ``e`` reads view ``e % V`` in a
     permutation seeded by ``seed`` and ``e`` (a resumed run passes its next ``epoch``);
     with ``distill=(prior, weight)`` and teachers' outputs in the cache, the targets are
-    :func:`distilled_targets`; with ``mixup`` > 0 every batch is :func:`mix`-ed (drawn from
-    ``seed``, ``e`` and the batch index, so a resumed run mixes the same way).
+    :func:`distilled_targets`; with ``mixup`` > 0 every batch is :func:`mix`-ed, with
+    ``cutmix`` > 0 :func:`cut` (drawn from ``seed``, ``e`` and the batch index, so a resumed
+    run mixes the same way).
     """
     import keras
 
@@ -297,6 +342,9 @@ def cached_batches(
             if mixup > 0:
                 rng = np.random.default_rng([seed, self.epoch, index, 1])
                 x, y, meta = mix([x, y, meta], mixup, rng)
+            elif cutmix > 0:
+                rng = np.random.default_rng([seed, self.epoch, index, 2])
+                x, y, meta = cut([x, y, meta], cutmix, rng)
             return (x, y) if meta is None else ((x, meta), y)
 
         def on_epoch_end(self) -> None:

@@ -594,7 +594,7 @@ def _frozen_top(
         return model
 
     batches = frozen.cached_batches(
-        cache, cfg.batch_size, cfg.seed, state["epochs_done"], distill, cfg.mixup
+        cache, cfg.batch_size, cfg.seed, state["epochs_done"], distill, cfg.mixup, cfg.cutmix
     )
     return top, batches, view, twin
 

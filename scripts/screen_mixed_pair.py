@@ -1,0 +1,70 @@
+"""Screen of a mixed-shape pair against the shipped pair (docs/screen_rule_mixed_pair.txt).
+
+Each member's balanced-prior outputs on the validation and calibration parts pooled (image
+only) at 1, 2 and 4 of its own views; pairs combined as the averaged network does (mean of
+logits, softmax) and decided by the shipped decision weights. The test split is not read.
+
+Usage: ``PYTHONPATH=. python scripts/screen_mixed_pair.py [OUT_JSON]``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from skin_model.data.dataset import class_indices, load_images, read_metadata
+from skin_model.evaluate.ensemble import decided
+from skin_model.evaluate.metrics import compute_metrics, headline_values
+from skin_model.runtime.inference import load_bundle, network_outputs
+
+MEMBERS = {
+    "A": Path("models/efficientnet_lite0-192-e6-frozen3-robust-sog-kd-resaved-clean"),
+    "B": Path("models/efficientnet_lite0-192-e12-frozen3-robust-sog-kd-mixup02"),
+    "N": Path("runs/m1-native-aspect"),
+}
+COMBINATIONS = ("A", "B", "N", "AB", "AN")
+VIEWS = (1, 2, 4)
+
+
+def member_logits(model_dir: Path, paths: list[str]) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """Log balanced-prior outputs of one member at each of :data:`VIEWS`, and its prior."""
+    bundle = load_bundle(model_dir)
+    images = load_images(paths, bundle.input_shape).astype(np.float32)
+    out = {v: np.log(np.clip(network_outputs(bundle, images, v)[0], 1e-7, 1)) for v in VIEWS}
+    return out, bundle.posthoc.class_prior
+
+
+def pair_figures(logits: np.ndarray, y: np.ndarray, prior, weights) -> dict:
+    """Headline figures of mean logits ``logits`` decided with ``weights``."""
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs, decisions = decided(z / z.sum(axis=1, keepdims=True), prior, weights)
+    values = headline_values(compute_metrics(y, probs, 0.5, decisions=decisions))
+    return {k: None if v is None else round(float(v), 4) for k, v in values.items()}
+
+
+def main(out_path: Path) -> None:
+    """Score :data:`COMBINATIONS` at :data:`VIEWS` and write them to ``out_path``."""
+    split = pd.read_csv(MEMBERS["A"] / "split.csv")
+    df = read_metadata(Path("../shared/data/ham10000"))
+    df = df.merge(split[["image_id", "split"]], on="image_id")
+    rows = df[df["split"].isin(["val", "calib"])]
+    y = class_indices(rows["dx"])
+    weights = json.loads(Path("models/default/config.json").read_text())["decision_weights"]
+    logits, prior = {}, None
+    for name, model_dir in MEMBERS.items():
+        logits[name], prior = member_logits(model_dir, rows["path"].tolist())
+    out = {}
+    for v in VIEWS:
+        for combo in COMBINATIONS:
+            mean = np.mean([logits[c][v] for c in combo], axis=0)
+            out[f"{combo}@{v}"] = pair_figures(mean, y, prior, weights)
+            print(v, combo, out[f"{combo}@{v}"], flush=True)
+    out_path.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/screen_mixed_pair_valcalib.json"))
