@@ -4,7 +4,8 @@ Each member's balanced-prior outputs on the validation and calibration parts poo
 only) at 1, 2 and 4 of its own views; pairs combined as the averaged network does (mean of
 logits, softmax) and decided by the shipped decision weights. The test split is not read.
 
-Usage: ``PYTHONPATH=. python scripts/screen_mixed_pair.py [OUT_JSON]``.
+Usage: ``PYTHONPATH=. python scripts/screen_mixed_pair.py [OUT_JSON [NAME=DIR ...]]``: the
+members (default :data:`MEMBERS`), each scored alone and the first paired with each other.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ MEMBERS = {
     "B": Path("models/efficientnet_lite0-192-e12-frozen3-robust-sog-kd-mixup02"),
     "N": Path("runs/m1-native-aspect"),
 }
-COMBINATIONS = ("A", "B", "N", "AB", "AN")
 VIEWS = (1, 2, 4)
 
 
@@ -46,25 +46,35 @@ def pair_figures(logits: np.ndarray, y: np.ndarray, prior, weights) -> dict:
     return {k: None if v is None else round(float(v), 4) for k, v in values.items()}
 
 
-def main(out_path: Path) -> None:
-    """Score :data:`COMBINATIONS` at :data:`VIEWS` and write them to ``out_path``."""
-    split = pd.read_csv(MEMBERS["A"] / "split.csv")
+def main(out_path: Path, members: dict[str, Path]) -> None:
+    """Score each member alone and the first with each other at :data:`VIEWS`; write them
+    to ``out_path``.
+    """
+    names = list(members)
+    combinations = [(n,) for n in names] + [(names[0], n) for n in names[1:]]
+    split = pd.read_csv(members[names[0]] / "split.csv")
     df = read_metadata(Path("../shared/data/ham10000"))
     df = df.merge(split[["image_id", "split"]], on="image_id")
     rows = df[df["split"].isin(["val", "calib"])]
     y = class_indices(rows["dx"])
     weights = json.loads(Path("models/default/config.json").read_text())["decision_weights"]
     logits, prior = {}, None
-    for name, model_dir in MEMBERS.items():
+    for name, model_dir in members.items():
         logits[name], prior = member_logits(model_dir, rows["path"].tolist())
     out = {}
     for v in VIEWS:
-        for combo in COMBINATIONS:
+        for combo in combinations:
+            key = f"{''.join(combo)}@{v}"
             mean = np.mean([logits[c][v] for c in combo], axis=0)
-            out[f"{combo}@{v}"] = pair_figures(mean, y, prior, weights)
-            print(v, combo, out[f"{combo}@{v}"], flush=True)
+            out[key] = pair_figures(mean, y, prior, weights)
+            print(key, out[key], flush=True)
     out_path.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/screen_mixed_pair_valcalib.json"))
+    args = sys.argv[1:]
+    named = dict(a.split("=", 1) for a in args[1:])
+    main(
+        Path(args[0]) if args else Path("docs/screen_mixed_pair_valcalib.json"),
+        {k: Path(v) for k, v in named.items()} or MEMBERS,
+    )
