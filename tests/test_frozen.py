@@ -269,28 +269,33 @@ def test_mixup_blends_features_targets_and_context_with_one_weight_per_example()
 
 
 @pytest.mark.model
-def test_mixed_cached_batches_are_the_same_when_a_run_resumes():
+@pytest.mark.parametrize(
+    ("option", "alpha", "recipe"),
+    [("mixup", 0.4, "mixup of cached views, alpha 0.4"), ("cutmix", 1.0, "CutMix of cached views")],
+)
+def test_mixed_cached_batches_are_the_same_when_a_run_resumes(option, alpha, recipe):
+    from skin_model.reports.tables import recipe_text
     from skin_model.train.frozen import ViewCache, cached_batches
 
     rng = np.random.default_rng(2)
     cache = ViewCache(
-        features=rng.normal(size=(2, 10, 2, 2, 3)).astype(np.float16),
+        features=rng.normal(size=(2, 10, 4, 4, 3)).astype(np.float16),
         labels=np.tile(np.eye(5, dtype=np.float32)[[0, 1, 2, 3, 4] * 2], (2, 1, 1)),
     )
     plain = cached_batches(cache, 4, seed=0, epoch=1)
-    mixed = cached_batches(cache, 4, seed=0, epoch=1, mixup=0.4)
-    resumed = cached_batches(cache, 4, seed=0, epoch=1, mixup=0.4)
+    mixed = cached_batches(cache, 4, seed=0, epoch=1, **{option: alpha})
+    resumed = cached_batches(cache, 4, seed=0, epoch=1, **{option: alpha})
     (x0, y0), (x1, y1), (x2, y2) = plain[1], mixed[1], resumed[1]
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_array_equal(y1, y2)
     assert not np.allclose(x0, x1) and (y1.max(axis=1) < 1).any()
-    assert (y0.max(axis=1) == 1).all()  # without mixup: the labels as they are
-    with pytest.raises(ConfigError, match="--mixup needs --freeze-stages"):
-        TrainConfig(mixup=0.4).validate()
-    from skin_model.reports.tables import recipe_text
-
-    cfg = TrainConfig(freeze_stages=3, mixup=0.4).validate()
-    assert "mixup of cached views, alpha 0.4" in recipe_text(vars(cfg))
+    assert (y0.max(axis=1) == 1).all()  # without mixing: the labels as they are
+    with pytest.raises(ConfigError, match=f"--{option} needs --freeze-stages"):
+        TrainConfig(**{option: alpha}).validate()
+    with pytest.raises(ConfigError, match="choose one"):
+        TrainConfig(freeze_stages=3, cutmix=1.0, mixup=0.2).validate()
+    cfg = TrainConfig(freeze_stages=3, **{option: alpha}).validate()
+    assert recipe in recipe_text(vars(cfg))
 
 
 def test_cutmix_pastes_a_partners_box_and_mixes_targets_by_the_area_taken():
@@ -317,30 +322,6 @@ def test_cutmix_pastes_a_partners_box_and_mixes_targets_by_the_area_taken():
     np.testing.assert_allclose(cy.sum(axis=1), 1.0, atol=1e-6)
     assert 0 < (cx != x).mean() < 1 and cut([x, y, None], 1.0, ref)[2] is None
     np.testing.assert_array_equal(x[:, 0, 0, 0], np.arange(n))  # the input is not changed
-
-
-@pytest.mark.model
-def test_cutmix_batches_repeat_on_resume_and_the_option_is_checked():
-    from skin_model.reports.tables import recipe_text
-    from skin_model.train.frozen import ViewCache, cached_batches
-
-    rng = np.random.default_rng(2)
-    cache = ViewCache(
-        features=rng.normal(size=(2, 10, 4, 4, 3)).astype(np.float16),
-        labels=np.tile(np.eye(5, dtype=np.float32)[[0, 1, 2, 3, 4] * 2], (2, 1, 1)),
-    )
-    plain, cut_a, cut_b = (
-        cached_batches(cache, 4, seed=0, epoch=1, cutmix=c)[1] for c in (0.0, 1.0, 1.0)
-    )
-    np.testing.assert_array_equal(cut_a[0], cut_b[0])
-    np.testing.assert_array_equal(cut_a[1], cut_b[1])
-    assert not np.allclose(plain[0], cut_a[0]) and (cut_a[1].max(axis=1) < 1).any()
-    with pytest.raises(ConfigError, match="--cutmix needs --freeze-stages"):
-        TrainConfig(cutmix=1.0).validate()
-    with pytest.raises(ConfigError, match="choose one"):
-        TrainConfig(freeze_stages=3, cutmix=1.0, mixup=0.2).validate()
-    cfg = TrainConfig(freeze_stages=3, cutmix=1.0).validate()
-    assert "CutMix of cached views, alpha 1" in recipe_text(vars(cfg))
 
 
 def test_clean_teachers_see_the_clean_twin_of_each_cached_view(tmp_path):
