@@ -249,13 +249,16 @@ def mix(
     n = len(next(a for a in arrays if a is not None))
     lam = rng.beta(alpha, alpha, n).astype(np.float32)
     partner = rng.permutation(n)
+    return [None if a is None else blended(a, lam, partner) for a in arrays]
 
-    def blend(a):
-        w = lam.reshape((n,) + (1,) * (a.ndim - 1))
-        kind = a.dtype if a.dtype.kind == "f" else np.float32  # one-hot labels mix too
-        return (w * a + (1.0 - w) * a[partner]).astype(kind)
 
-    return [None if a is None else blend(a) for a in arrays]
+def blended(a: np.ndarray, keep: np.ndarray, partner: np.ndarray) -> np.ndarray:
+    """``keep * a + (1 - keep) * a[partner]`` per example (``keep``: (N,); integer arrays such
+    as one-hot labels come back as float32).
+    """
+    w = keep.reshape((len(a),) + (1,) * (a.ndim - 1))
+    kind = a.dtype if a.dtype.kind == "f" else np.float32
+    return (w * a + (1.0 - w) * a[partner]).astype(kind)
 
 
 def cut_boxes(shape: tuple[int, int], alpha: float, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -290,14 +293,9 @@ def cut(
     out = features.copy()
     for i, (top, bottom, left, right) in enumerate(boxes):
         out[i, top:bottom, left:right] = features[partner[i], top:bottom, left:right]
-    taken = ((boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2]) / (h * w)).astype(np.float32)
-
-    def blend(a):
-        w = taken.reshape((n,) + (1,) * (a.ndim - 1))
-        kind = a.dtype if a.dtype.kind == "f" else np.float32
-        return ((1.0 - w) * a + w * a[partner]).astype(kind)
-
-    return [out, *(None if a is None else blend(a) for a in rest)]
+    kept = 1.0 - (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2]) / (h * w)
+    kept = kept.astype(np.float32)
+    return [out, *(None if a is None else blended(a, kept, partner) for a in rest)]
 
 
 def cached_batches(
