@@ -116,3 +116,24 @@ def test_views_are_none_chosen_or_a_leading_run_of_the_dihedral_views():
     assert TrainConfig(views=2).validate().views == 2  # the image and its half turn
     with pytest.raises(ConfigError, match="--views must be 0"):
         TrainConfig(views=3).validate()
+
+
+@pytest.mark.parametrize("loss", ["logit_adjusted", "crossentropy"])
+def test_label_smoothing_reaches_the_training_loss(loss):
+    from skin_model.model.settings import TrainConfig
+    from skin_model.train.training import make_loss
+
+    prior = np.array([0.1, 0.2, 0.7])
+    y = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], np.float32)
+    p = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]], np.float32)
+    values = [
+        float(make_loss(TrainConfig(loss=loss, label_smoothing=s), prior)(y, p)) for s in (0, 0.3)
+    ]
+    logits = np.log(p) + (np.log(prior) if loss == "logit_adjusted" else 0.0)
+    log_q = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    for smoothing, value in zip((0, 0.3), values, strict=True):
+        target = y * (1 - smoothing) + smoothing / 3
+        np.testing.assert_allclose(value, -(target * log_q).sum(axis=1).mean(), rtol=1e-5)
+    restored = type(make_loss(TrainConfig(loss=loss, label_smoothing=0.3), prior))
+    config = make_loss(TrainConfig(loss=loss, label_smoothing=0.3), prior).get_config()
+    assert restored.from_config(config).get_config()["label_smoothing"] == 0.3

@@ -46,22 +46,36 @@ class LogitAdjustedCrossentropy(keras.losses.Loss):
 
     Args:
         prior: (K,) training class frequencies.
+        label_smoothing: Share of each target spread evenly over the classes (0 = none).
     """
 
-    def __init__(self, prior, name: str = "logit_adjusted_crossentropy", **kwargs):
+    def __init__(
+        self,
+        prior,
+        label_smoothing: float = 0.0,
+        name: str = "logit_adjusted_crossentropy",
+        **kwargs,
+    ):
         super().__init__(name=name, **kwargs)
         self.prior = [float(p) for p in prior]
+        self.label_smoothing = float(label_smoothing)
 
     def call(self, y_true, y_pred):
         """Per-sample loss."""
         ops = keras.ops
         log_p = ops.log(ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1.0))
         logits = log_p + ops.log(ops.convert_to_tensor(self.prior, "float32"))
-        return keras.losses.categorical_crossentropy(y_true, logits, from_logits=True)
+        return keras.losses.categorical_crossentropy(
+            y_true, logits, from_logits=True, label_smoothing=self.label_smoothing
+        )
 
     def get_config(self) -> dict:
         """Serialisable settings."""
-        return {**super().get_config(), "prior": self.prior}
+        return {
+            **super().get_config(),
+            "prior": self.prior,
+            "label_smoothing": self.label_smoothing,
+        }
 
 
 @keras.saving.register_keras_serializable(package="skin_model")

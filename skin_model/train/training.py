@@ -357,13 +357,15 @@ def train_metrics() -> list:
 
 
 def make_loss(cfg: TrainConfig, prior: np.ndarray):
-    """The training loss of ``cfg``: logit-adjusted for ``prior``, or cross-entropy."""
+    """The training loss of ``cfg``: logit-adjusted for ``prior``, or cross-entropy; either
+    with ``cfg.label_smoothing``.
+    """
     import keras
 
     from skin_model.model.networks import LogitAdjustedCrossentropy
 
     if cfg.loss == "logit_adjusted":
-        return LogitAdjustedCrossentropy(prior)
+        return LogitAdjustedCrossentropy(prior, label_smoothing=cfg.label_smoothing)
     return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
 
 
