@@ -16,28 +16,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+from screen_mixed_pair import figures, valcalib_rows  # this script's folder
 
-from skin_model.data.dataset import class_indices, load_images, read_metadata
+from skin_model.data.dataset import class_indices, load_images
 from skin_model.data.metadata import encode_frame
-from skin_model.evaluate.ensemble import decided
-from skin_model.evaluate.metrics import compute_metrics, headline_values
 from skin_model.runtime.inference import load_bundle, network_outputs
-
-
-def set_figures(probs: np.ndarray, y: np.ndarray, prior, weights) -> dict:
-    """Headline figures of averaged balanced-prior probabilities decided with ``weights``."""
-    decided_probs, decisions = decided(probs, prior, weights)
-    values = headline_values(compute_metrics(y, decided_probs, 0.5, decisions=decisions))
-    return {k: None if v is None else round(float(v), 4) for k, v in values.items()}
 
 
 def main(out_path: Path, members: dict[str, Path], sets: list[str]) -> None:
     """Score each network alone and each set; write the figures to ``out_path``."""
-    split = pd.read_csv(next(iter(members.values())) / "split.csv")
-    df = read_metadata(Path("../shared/data/ham10000"))
-    rows = df.merge(split[["image_id", "split"]], on="image_id")
-    rows = rows[rows["split"].isin(["val", "calib"])]
+    rows = valcalib_rows(next(iter(members.values())))
     y, meta = class_indices(rows["dx"]), encode_frame(rows)
     weights = json.loads(Path("models/default/config.json").read_text())["decision_weights"]
     probs, images, prior = {}, None, None
@@ -50,7 +38,7 @@ def main(out_path: Path, members: dict[str, Path], sets: list[str]) -> None:
     out = {}
     for key in list(members) + sets:
         mean = np.mean([probs[n] for n in key.split("+")], axis=0)
-        out[key] = set_figures(mean, y, prior, weights)
+        out[key] = figures(mean, y, prior, weights)
         print(key, out[key], flush=True)
     out_path.write_text(json.dumps(out, indent=1))
 

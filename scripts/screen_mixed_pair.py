@@ -38,12 +38,25 @@ def member_logits(model_dir: Path, paths: list[str]) -> tuple[dict[int, np.ndarr
     return out, bundle.posthoc.class_prior
 
 
+def figures(probs: np.ndarray, y: np.ndarray, prior, weights) -> dict:
+    """Headline figures of balanced-prior probabilities ``probs`` decided with ``weights``."""
+    decided_probs, decisions = decided(probs, prior, weights)
+    values = headline_values(compute_metrics(y, decided_probs, 0.5, decisions=decisions))
+    return {k: None if v is None else round(float(v), 4) for k, v in values.items()}
+
+
 def pair_figures(logits: np.ndarray, y: np.ndarray, prior, weights) -> dict:
     """Headline figures of mean logits ``logits`` decided with ``weights``."""
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs, decisions = decided(z / z.sum(axis=1, keepdims=True), prior, weights)
-    values = headline_values(compute_metrics(y, probs, 0.5, decisions=decisions))
-    return {k: None if v is None else round(float(v), 4) for k, v in values.items()}
+    return figures(z / z.sum(axis=1, keepdims=True), y, prior, weights)
+
+
+def valcalib_rows(model_dir: Path) -> pd.DataFrame:
+    """The metadata rows of ``model_dir``'s validation and calibration parts, pooled."""
+    split = pd.read_csv(model_dir / "split.csv")
+    df = read_metadata(Path("../shared/data/ham10000"))
+    df = df.merge(split[["image_id", "split"]], on="image_id")
+    return df[df["split"].isin(["val", "calib"])]
 
 
 def main(out_path: Path, members: dict[str, Path]) -> None:
@@ -52,10 +65,7 @@ def main(out_path: Path, members: dict[str, Path]) -> None:
     """
     names = list(members)
     combinations = [(n,) for n in names] + [(names[0], n) for n in names[1:]]
-    split = pd.read_csv(members[names[0]] / "split.csv")
-    df = read_metadata(Path("../shared/data/ham10000"))
-    df = df.merge(split[["image_id", "split"]], on="image_id")
-    rows = df[df["split"].isin(["val", "calib"])]
+    rows = valcalib_rows(members[names[0]])
     y = class_indices(rows["dx"])
     weights = json.loads(Path("models/default/config.json").read_text())["decision_weights"]
     logits, prior = {}, None
