@@ -4,14 +4,20 @@ Each member's balanced-prior outputs on the validation and calibration parts poo
 only) at 1, 2 and 4 of its own views; pairs combined as the averaged network does (mean of
 logits, softmax) and decided by the shipped decision weights. The test split is not read.
 
-Usage: ``PYTHONPATH=. python scripts/screen_mixed_pair.py [OUT_JSON [NAME=DIR ...]]``: the
-members (default :data:`MEMBERS`), each scored alone and the first paired with each other.
+Usage: ``PYTHONPATH=. python scripts/screen_mixed_pair.py OUT_JSON FIRST=DIR REPLACED=DIR
+CANDIDATE=DIR [--rule TXT] [--recipe-of NAME] [--facts-only]``: each member scored alone and
+the first paired with each other; the file also records the screen (its rule, the members'
+roles and recorded settings, the bar) for the README's table of screens
+(:func:`skin_model.reports.readme.screens_section`). ``--recipe-of`` names the member whose
+command the candidate changed (default: the one it replaces); ``--facts-only`` adds that
+record to an existing file without scoring again.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +26,10 @@ import pandas as pd
 from skin_model.data.dataset import class_indices, load_images, read_metadata
 from skin_model.evaluate.ensemble import decided
 from skin_model.evaluate.metrics import compute_metrics, headline_values
+from skin_model.model.artifacts import read_json
+from skin_model.model.settings import read_run_record
 from skin_model.runtime.inference import load_bundle, network_outputs
 
-MEMBERS = {
-    "A": Path("models/efficientnet_lite0-192-e6-frozen3-robust-sog-kd-resaved-clean"),
-    "B": Path("models/efficientnet_lite0-192-e12-frozen3-robust-sog-kd-mixup02"),
-    "N": Path("runs/m1-native-aspect"),
-}
 VIEWS = (1, 2, 4)
 
 
@@ -59,10 +62,42 @@ def valcalib_rows(model_dir: Path) -> pd.DataFrame:
     return df[df["split"].isin(["val", "calib"])]
 
 
-def main(out_path: Path, members: dict[str, Path]) -> None:
-    """Score each member alone and the first with each other at :data:`VIEWS`; write them
-    to ``out_path``.
+BAR = {"balanced_accuracy_gain": 0.015, "malignant_auc_loss": 0.005}
+"""The screen passes a candidate whose pair gains this much balanced accuracy and loses at
+most this much malignant AUC against the shipped pair, at the largest of :data:`VIEWS`."""
+
+
+def member_facts(model_dir: Path) -> dict:
+    """A member's directory, its recorded training settings (defaults filled in) and the
+    training time its ``metrics.json`` recorded, in minutes (no test figure is read).
     """
+    seconds = read_json(model_dir / "metrics.json")["training"].get("train_seconds")
+    return {
+        "dir": str(model_dir),
+        "settings": asdict(read_run_record(model_dir).config),
+        "train_minutes": None if seconds is None else round(seconds / 60, 1),
+    }
+
+
+def screen_record(members: dict[str, Path], rule: str | None, recipe_of: str | None) -> dict:
+    """What a screen compared: the first member, the one replaced, the candidate, whose
+    command the candidate changed, the rule file and :data:`BAR`.
+    """
+    first, replaced, candidate = list(members)[:3]
+    return {
+        "rule": rule,
+        "first": first,
+        "replaced": replaced,
+        "candidate": candidate,
+        "recipe_of": recipe_of or replaced,
+        "decided_at_views": max(VIEWS),
+        "bar": BAR,
+        "members": {name: member_facts(d) for name, d in members.items()},
+    }
+
+
+def scores(members: dict[str, Path]) -> dict:
+    """Figures of each member alone and the first with each other at :data:`VIEWS`."""
     names = list(members)
     combinations = [(n,) for n in names] + [(names[0], n) for n in names[1:]]
     rows = valcalib_rows(members[names[0]])
@@ -78,13 +113,27 @@ def main(out_path: Path, members: dict[str, Path]) -> None:
             mean = np.mean([logits[c][v] for c in combo], axis=0)
             out[key] = pair_figures(mean, y, prior, weights)
             print(key, out[key], flush=True)
-    out_path.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def main(args: argparse.Namespace) -> None:
+    """Score the members (or keep the file's figures with ``--facts-only``) and write them
+    with the screen's record to ``args.out``.
+    """
+    members = {k: Path(v) for k, v in (m.split("=", 1) for m in args.members)}
+    out = json.loads(args.out.read_text()) if args.facts_only else scores(members)
+    out["screen"] = screen_record(members, args.rule, args.recipe_of)
+    args.out.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    named = dict(a.split("=", 1) for a in args[1:])
-    main(
-        Path(args[0]) if args else Path("docs/screen_mixed_pair_valcalib.json"),
-        {k: Path(v) for k, v in named.items()} or MEMBERS,
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("members", nargs="+", metavar="NAME=DIR")
+    parser.add_argument("--rule", help="the screen's rule file")
+    parser.add_argument("--recipe-of", help="the member whose command the candidate changed")
+    parser.add_argument("--facts-only", action="store_true")
+    parsed = parser.parse_args()
+    if len(parsed.members) < 3:
+        parser.error("name the first member, the one replaced and the candidate")
+    main(parsed)

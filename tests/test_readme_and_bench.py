@@ -249,6 +249,50 @@ def test_an_earlier_candidates_table_follows_the_current_one_under_its_reference
     assert "shipped until" not in readme.candidates_section(current, [])
 
 
+def _screen(pair_ba: float, pair_auc: float) -> dict:
+    """A partner screen's file: A+B shipped, C (B's command with mixup off) in B's place."""
+
+    def scored(ba: float, auc: float) -> dict:
+        return {
+            "balanced_accuracy": ba,
+            "malignant_auc": auc,
+            "mel_auc": 0.9,
+            "mel_sensitivity": 0.7,
+        }
+
+    settings = {"epochs": 12, "mixup": 0.2, "teachers": "models/t1,models/t2"}
+    member = {"dir": "models/b", "settings": settings, "train_minutes": 20.4}
+    candidate = member | {"settings": settings | {"mixup": 0.0, "cutmix": 1.0}}
+    record = {"rule": "docs/screen_rule_x.txt", "first": "A", "replaced": "B", "candidate": "C"}
+    record |= {"recipe_of": "B", "decided_at_views": 4}
+    record |= {"bar": {"balanced_accuracy_gain": 0.015, "malignant_auc_loss": 0.005}}
+    record["members"] = {"A": member | {"dir": "models/a"}, "B": member, "C": candidate}
+    result = {f"C@{v}": scored(0.70 + v / 100, 0.92) for v in (4, 1, 2)}
+    pairs = {"AB@4": scored(0.768, 0.934), "AC@4": scored(pair_ba, pair_auc)}
+    return result | pairs | {"screen": record}
+
+
+@pytest.mark.parametrize(
+    ("pair_ba", "pair_auc", "passes"),
+    [(0.784, 0.930, "yes"), (0.782, 0.934, "no"), (0.790, 0.928, "no")],
+)
+def test_the_screens_table_reads_the_change_and_judges_the_bar(tmp_path, pair_ba, pair_auc, passes):
+    import json
+
+    path = tmp_path / "screen_x_valcalib.json"
+    path.write_text(json.dumps(_screen(pair_ba, pair_auc)))
+    unrecorded = tmp_path / "screen_old_valcalib.json"
+    unrecorded.write_text(json.dumps({"AB@4": {}}))
+    text = readme.screens_section([unrecorded, path])
+    row = next(line for line in text.splitlines() if "screen_rule_x" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "--cutmix 1 (was not set), --mixup 0 (was 0.2)"
+    assert cells[2:5] == ["b", "0.710 / 0.720 / 0.740", f"{pair_ba:.3f}"]
+    assert cells[-2:] == ["20", passes]
+    assert "at least 0.015 balanced accuracy" in text
+    assert readme.screens_section([unrecorded]).startswith("_No partner screen")
+
+
 def _until(commit: str, date: str) -> dict:
     return {"shipped_until": commit, "shipped_until_date": date}
 

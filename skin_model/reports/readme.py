@@ -28,6 +28,7 @@ from skin_model.reports.tables import (
     per_class_frame,
     robustness_frame,
     robustness_summary_frame,
+    screens_frame,
     targets_frame,
 )
 
@@ -43,6 +44,7 @@ EARLIER_CANDIDATES_GLOB = REPO_ROOT / "docs" / "candidates_until_*.json"
 FROZEN_FILE = REPO_ROOT / "docs" / "bench_frozen.json"
 AUGMENT_FILE = REPO_ROOT / "docs" / "bench_augment.json"
 GPU_RUNS_DIR = REPO_ROOT / "docs" / "gpu_h200"
+SCREENS_GLOB = REPO_ROOT / "docs" / "screen_*_valcalib.json"
 
 
 def metrics_section(model_dir: Path = DEFAULT_MODEL_DIR) -> str:
@@ -270,6 +272,31 @@ def _candidates_text(result: dict) -> str:
     return text
 
 
+def screens_section(paths: list[Path] | None = None) -> str:
+    """Every partner screen (``scripts/screen_mixed_pair.py``'s files that record their
+    screen), by file name, with the images they were scored on and the bar they judge.
+    """
+    if paths is None:
+        paths = sorted(SCREENS_GLOB.parent.glob(SCREENS_GLOB.name))
+    results = [r for r in (json.loads(p.read_text()) for p in paths) if "screen" in r]
+    if not results:
+        return "_No partner screen recorded yet: run `scripts/screen_mixed_pair.py`._"
+    bars = {json.dumps(r["screen"]["bar"], sort_keys=True) for r in results}
+    bar = results[0]["screen"]["bar"]
+    judged = (
+        f"passes if its pair gains at least {bar['balanced_accuracy_gain']:g} balanced "
+        f"accuracy over the shipped pair and loses at most {bar['malignant_auc_loss']:g} "
+        "malignant AUC"
+        if len(bars) == 1
+        else "is judged by the bar its own file records"
+    )
+    return (
+        "Validation and calibration parts pooled (image only, mean of the two networks' "
+        "logits, the shipped decision weights; the test split is not read). A candidate "
+        f"{judged}.\n\n" + markdown(screens_frame(results))
+    )
+
+
 def frozen_section(path: Path = FROZEN_FILE) -> str:
     """Seconds per training step, every layer against the top on cached outputs
     (``scripts/bench_frozen.py --out docs/bench_frozen.json``).
@@ -393,6 +420,7 @@ SECTIONS = {
     "frozen_fold": frozen_fold_section,
     "augment": augment_section,
     "gpu_runs": gpu_runs_section,
+    "screens": screens_section,
 }
 
 

@@ -508,6 +508,85 @@ def levers_frame(runs: list[tuple[str, dict]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _setting_text(key: str, value) -> str:
+    """A setting as its ``train.py`` option; paths in a comma list by their folder name."""
+    if isinstance(value, str) and "/" in value:
+        value = ",".join(Path(p).name for p in value.split(","))
+    return (
+        f"--{key.replace('_', '-')} {value:g}"
+        if isinstance(value, float)
+        else (f"--{key.replace('_', '-')} {value}")
+    )
+
+
+def lever_text(settings: dict, base: dict) -> str:
+    """What a run's recorded settings change from those of the run whose command it took:
+    ``"--cutmix 1 (was 0), --mixup 0 (was 0.2)"``.
+    """
+
+    def was(key: str) -> str:
+        return _setting_text(key, base[key]).split(" ", 1)[1] if key in base else "not set"
+
+    changed = sorted(k for k in settings if base.get(k) != settings[k])
+    return ", ".join(f"{_setting_text(k, settings[k])} (was {was(k)})" for k in changed)
+
+
+def _minutes(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f}"
+
+
+def screen_passes(pair: dict, shipped: dict, bar: dict) -> bool:
+    """Whether a candidate's pair clears a screen's ``bar`` against the shipped pair."""
+    gain = pair["balanced_accuracy"] - shipped["balanced_accuracy"]
+    auc_loss = shipped["malignant_auc"] - pair["malignant_auc"]
+    return gain >= bar["balanced_accuracy_gain"] - 1e-9 and auc_loss <= bar["malignant_auc_loss"]
+
+
+def screens_frame(results: list[dict]) -> pd.DataFrame:
+    """Every partner screen (``scripts/screen_mixed_pair.py``): one row per candidate, its
+    pair against the shipped pair on the same images at the screen's deciding views.
+
+    Args:
+        results: The screens' files as read, each with its ``screen`` record.
+
+    Returns:
+        The change, the candidate alone at each view count, both pairs and the verdict.
+    """
+    rows = []
+    for result in results:
+        s = result["screen"]
+        first, candidate, v = s["first"], s["candidate"], s["decided_at_views"]
+        members = s["members"]
+        shipped = result[f"{first}{s['replaced']}@{v}"]
+        pair = result[f"{first}{candidate}@{v}"]
+        alone = sorted(
+            (int(k.split("@")[1]), r) for k, r in result.items() if k.startswith(f"{candidate}@")
+        )
+        rows.append(
+            {
+                "screen (rule file)": f"`{s['rule']}`",
+                "what the candidate changed": lever_text(
+                    members[candidate]["settings"], members[s["recipe_of"]]["settings"]
+                ),
+                "in the place of": Path(members[s["replaced"]]["dir"]).name,
+                "candidate alone: balanced accuracy at "
+                + " / ".join(str(n) for n, _ in alone)
+                + " views": " / ".join(f"{r['balanced_accuracy']:.3f}" for _, r in alone),
+                f"pair with it: balanced accuracy ({v} views)": pair["balanced_accuracy"],
+                "shipped pair: balanced accuracy": shipped["balanced_accuracy"],
+                "pair with it: malignant AUC": pair["malignant_auc"],
+                "shipped pair: malignant AUC": shipped["malignant_auc"],
+                "pair with it: melanoma AUC": pair["mel_auc"],
+                "pair with it: melanoma sensitivity": pair["mel_sensitivity"],
+                "candidate's training min (recorded)": _minutes(
+                    members[candidate]["train_minutes"]
+                ),
+                "passes": screen_passes(pair, shipped, s["bar"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def robustness_summary_frame(results: list[tuple[str, dict]]) -> pd.DataFrame:
     """One row per changed-copies file: the plain figures and the largest cost of any change,
     with the change that caused it, against :data:`CHANGED_COPY_TARGETS`.
