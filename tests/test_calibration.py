@@ -121,6 +121,16 @@ def test_threshold_lower_bound_reaches_target_and_costs_sensitivity_margin():
     assert res["threshold"] < naive
 
 
+def test_a_calibration_part_without_malignant_images_leaves_the_threshold_unfitted_and_says_so():
+    from skin_model.reports.card import threshold_line
+
+    res = threshold_for_sensitivity(np.array([0.2, 0.7]), np.array([0, 0]), np.array(["a", "b"]))
+    assert res["threshold"] == 0.5 and res["sensitivity"] is None and res["target"] == 0.9
+    assert "not fitted" in threshold_line(0.5, res)
+    fitted = {"sensitivity": 0.95, "sensitivity_lower": 0.91, "target": 0.9}
+    assert "lower bound >= 0.90 (there: 0.950, lower bound 0.910)" in threshold_line(0.2, fitted)
+
+
 def test_temperature_stays_one_on_calibrated_data():
     rng = np.random.default_rng(0)
     p = rng.dirichlet(np.ones(7) * 0.7, 600)

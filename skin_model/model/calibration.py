@@ -372,12 +372,14 @@ def threshold_for_sensitivity(
 
     Returns:
         ``{"threshold", "sensitivity", "sensitivity_lower", "target", "level"}``; the
-        lowest candidate (flag everything malignant-looking) when none reaches ``target``.
+        lowest candidate (flag everything malignant-looking) when none reaches ``target``;
+        0.5 with no sensitivity when ``y`` holds no malignant image.
     """
     risk, y = np.asarray(risk, dtype=float), np.asarray(y).astype(int)
     pos = np.flatnonzero(y == 1)
     if len(pos) == 0:
-        return {"threshold": 0.5, "sensitivity": None, "sensitivity_lower": None}
+        no_fit = {"threshold": 0.5, "sensitivity": None, "sensitivity_lower": None}
+        return no_fit | {"target": target, "level": level}
     order = pos[np.argsort(-risk[pos], kind="stable")]
     w = lesion_resample_weights(np.asarray(groups)[order], n_boot, seed).astype(float)
     sens = np.cumsum(w, axis=1) / np.maximum(w.sum(axis=1, keepdims=True), 1)

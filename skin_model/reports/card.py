@@ -135,6 +135,20 @@ def tta_origin(m: Metrics) -> str:
     )
 
 
+def threshold_line(threshold: float, fit: dict) -> str:
+    """How the malignant threshold was chosen, from the calibration fit's ``threshold``."""
+    if fit.get("sensitivity") is None:
+        return (
+            f"- Malignant threshold {threshold:.3f}: not fitted (the calibration part holds "
+            "no malignant image); retrain on more data before any clinical use."
+        )
+    return (
+        f"- Malignant threshold {threshold:.3f}: the highest whose calibration-part "
+        f"sensitivity has a 95% lesion-bootstrap lower bound >= {fit['target']:.2f} "
+        f"(there: {fit['sensitivity']:.3f}, lower bound {fit['sensitivity_lower']:.3f})."
+    )
+
+
 def calibration_lines(config: dict, m: Metrics) -> list[str]:
     """Card bullets saying how probabilities, the threshold and the flag were fitted."""
     fit = m.calibration_fit
@@ -162,10 +176,7 @@ def calibration_lines(config: dict, m: Metrics) -> list[str]:
         f"({fit['n_images']} images, {fit['n_lesions']} lesions of validation that chose "
         f"nothing), used only if it lowers held-out NLL (half-split: {t['held_out_nll_fitted']:.4f}"
         f" vs {t['held_out_nll_t1']:.4f} at 1).",
-        f"- Malignant threshold {config['malignant_threshold']:.3f}: the highest whose "
-        f"calibration-part sensitivity has a 95% lesion-bootstrap lower bound >= "
-        f"{thr['target']:.2f} (there: {thr['sensitivity']:.3f}, lower bound "
-        f"{thr['sensitivity_lower']:.3f}).",
+        threshold_line(config["malignant_threshold"], thr),
         f"- Test-time augmentation: {tta_text(config['tta'])} ({tta_origin(m)})"
         f"{second_look_text(config)}.",
         "- 'Not dermoscopic' flag: Mahalanobis distances of the channel means and standard "
