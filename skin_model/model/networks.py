@@ -492,6 +492,11 @@ def _relu6(x, name: str):
     return layers.ReLU(6.0, name=name)(x)
 
 
+def _skipped_branch(y, rate: float, name: str):
+    """``y`` dropped whole per image with chance ``rate`` in training (stochastic depth)."""
+    return layers.Dropout(rate, noise_shape=(None, 1, 1, 1), name=name)(y) if rate > 0 else y
+
+
 def make_efficientnet_lite(
     input_size: Size = 192,
     variant: str = "lite0",
@@ -502,6 +507,7 @@ def make_efficientnet_lite(
     metadata_dim: int = 0,
     colour_constancy: float = 0.0,
     colour_constancy_brightness: float = 0.0,
+    stochastic_depth: float = 0.0,
 ) -> keras.Model:
     """EfficientNet-Lite (no squeeze-excite, ReLU6, fixed stem and head) as one flat
     Functional model, laid out as TensorFlow's reference so ImageNet weights fit.
@@ -518,6 +524,10 @@ def make_efficientnet_lite(
         colour_constancy: Shades-of-Gray power applied to the input (0 = none).
         colour_constancy_brightness: Its fixed brightness level (0 = each image's own;
             see :class:`ShadesOfGray`).
+        stochastic_depth: In training, the chance that the last residual block skips its
+            branch for an image (block ``i`` of ``n`` skips with ``stochastic_depth * i /
+            n``, as EfficientNet's drop-connect; a kept branch is scaled up to match); 0 =
+            none (no layer added). Inference is unchanged.
 
     Returns:
         An uncompiled model; ``top_relu`` is its last feature map, ``block{i}_expand_relu``
@@ -533,7 +543,8 @@ def make_efficientnet_lite(
     x = layers.Rescaling(1 / 128.0, offset=-127.0 / 128.0, name="rescale")(x)
     x = layers.Conv2D(32, 3, 2, padding="same", use_bias=False, name="stem_conv")(x)
     x = _relu6(_bn(x, "stem_bn", bn_momentum), "stem_relu")
-    for i, (kernel, stride, expand, c_in, c_out) in enumerate(lite_blocks(variant)):
+    blocks = lite_blocks(variant)
+    for i, (kernel, stride, expand, c_in, c_out) in enumerate(blocks):
         y = x
         if expand != 1:
             y = layers.Conv2D(c_in * expand, 1, use_bias=False, name=f"block{i}_expand_conv")(y)
@@ -544,7 +555,11 @@ def make_efficientnet_lite(
         y = _relu6(_bn(y, f"block{i}_dw_bn", bn_momentum), f"block{i}_dw_relu")
         y = layers.Conv2D(c_out, 1, use_bias=False, name=f"block{i}_project_conv")(y)
         y = _bn(y, f"block{i}_project_bn", bn_momentum)
-        x = layers.Add(name=f"block{i}_add")([x, y]) if stride == 1 and c_in == c_out else y
+        if stride == 1 and c_in == c_out:
+            y = _skipped_branch(y, stochastic_depth * i / len(blocks), f"block{i}_drop")
+            x = layers.Add(name=f"block{i}_add")([x, y])
+        else:
+            x = y
     x = layers.Conv2D(1280, 1, use_bias=False, name="top_conv")(x)
     x = _relu6(_bn(x, "top_bn", bn_momentum), "top_relu")
     rate = LITE_VARIANTS[variant][2] if dropout is None else dropout

@@ -68,6 +68,7 @@ class TrainConfig:
     clean_teacher: bool = False  # teachers see each cached view without the capture changes
     mixup: float = 0.0  # Beta(a, a) mixing of cached views (frozen runs); 0 = off
     cutmix: float = 0.0  # Beta(a, a) share of a cached view's box from a partner; 0 = off
+    stochastic_depth: float = 0.0  # EfficientNet-Lite: the last block's chance to skip; 0 = off
     members: str = ""  # finalised model directories averaged into one network, no fitting
     bn_momentum: float = 0.9
     restore_best: bool = False
@@ -145,6 +146,11 @@ class TrainConfig:
             (self.cached_views < 0, "--cached-views must be >= 0 (0 = one per epoch)"),
             (self.mixup < 0, "--mixup must be >= 0 (0 = off)"),
             (self.cutmix < 0, "--cutmix must be >= 0 (0 = off)"),
+            (not 0 <= self.stochastic_depth < 1, "--stochastic-depth must be in [0, 1)"),
+            (
+                self.stochastic_depth > 0 and not self.architecture.startswith("efficientnet_lite"),
+                "--stochastic-depth is for the EfficientNet-Lite networks",
+            ),
             (self.mixup > 0 and self.cutmix > 0, "--mixup and --cutmix: choose one"),
             (not self.melanoma_weight > 0, "--melanoma-weight must be > 0 (1 = balanced)"),
             (

@@ -442,6 +442,8 @@ def recipe_text(settings: dict) -> str:
         parts.append(f"mixup of cached views, alpha {settings['mixup']:g}")
     if settings.get("cutmix"):
         parts.append(f"CutMix of cached views, alpha {settings['cutmix']:g}")
+    if settings.get("stochastic_depth"):
+        parts.append(f"stochastic depth {settings['stochastic_depth']:g}")
     return ", ".join(parts)
 
 
