@@ -524,10 +524,10 @@ def make_efficientnet_lite(
         colour_constancy: Shades-of-Gray power applied to the input (0 = none).
         colour_constancy_brightness: Its fixed brightness level (0 = each image's own;
             see :class:`ShadesOfGray`).
-        stochastic_depth: In training, the chance that the last residual block skips its
-            branch for an image (block ``i`` of ``n`` skips with ``stochastic_depth * i /
-            n``, as EfficientNet's drop-connect; a kept branch is scaled up to match); 0 =
-            none (no layer added). Inference is unchanged.
+        stochastic_depth: In training, residual block ``i`` of ``n`` skips its branch for
+            an image with chance ``stochastic_depth * i / n`` (EfficientNet's drop-connect;
+            a kept branch is scaled up to match); 0 = none (no layer added). Inference is
+            unchanged.
 
     Returns:
         An uncompiled model; ``top_relu`` is its last feature map, ``block{i}_expand_relu``

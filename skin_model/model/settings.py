@@ -68,7 +68,7 @@ class TrainConfig:
     clean_teacher: bool = False  # teachers see each cached view without the capture changes
     mixup: float = 0.0  # Beta(a, a) mixing of cached views (frozen runs); 0 = off
     cutmix: float = 0.0  # Beta(a, a) share of a cached view's box from a partner; 0 = off
-    stochastic_depth: float = 0.0  # EfficientNet-Lite: the last block's chance to skip; 0 = off
+    stochastic_depth: float = 0.0  # EfficientNet-Lite: block i of n skips with this * i / n
     members: str = ""  # finalised model directories averaged into one network, no fitting
     bn_momentum: float = 0.9
     restore_best: bool = False
