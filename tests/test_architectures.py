@@ -169,10 +169,10 @@ def test_stochastic_depth_drops_residual_branches_in_training_only():
     assert deep.get_layer("block14_drop").rate == pytest.approx(0.5 * 14 / 16)
     image = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     features = [keras.Model(m.inputs, m.get_layer("top_relu").output) for m in (plain, deep)]
-    np.testing.assert_allclose(features[1](image), features[0](image), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(features[1]([image]), features[0]([image]), rtol=1e-5, atol=1e-5)
     keras.utils.set_random_seed(0)
-    trained = np.asarray(features[1](image, training=True))
-    assert np.abs(trained - np.asarray(features[0](image, training=True))).max() > 1e-3
+    trained = np.asarray(features[1]([image], training=True))
+    assert np.abs(trained - np.asarray(features[0]([image], training=True))).max() > 1e-3
     with pytest.raises(ConfigError, match="stochastic-depth"):
         TrainConfig(stochastic_depth=1.0).validate()
     with pytest.raises(ConfigError, match="EfficientNet-Lite"):
