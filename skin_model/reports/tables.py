@@ -510,27 +510,23 @@ def levers_frame(runs: list[tuple[str, dict]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _setting_text(key: str, value) -> str:
-    """A setting as its ``train.py`` option; paths in a comma list by their folder name."""
+def _value_text(value) -> str:
+    """A setting's value as ``train.py`` takes it; paths in a comma list by folder name."""
     if isinstance(value, str) and "/" in value:
-        value = ",".join(Path(p).name for p in value.split(","))
-    return (
-        f"--{key.replace('_', '-')} {value:g}"
-        if isinstance(value, float)
-        else (f"--{key.replace('_', '-')} {value}")
-    )
+        return ",".join(Path(p).name for p in value.split(","))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def lever_text(settings: dict, base: dict) -> str:
     """What a run's recorded settings change from those of the run whose command it took:
     ``"--cutmix 1 (was 0), --mixup 0 (was 0.2)"``.
     """
-
-    def was(key: str) -> str:
-        return _setting_text(key, base[key]).split(" ", 1)[1] if key in base else "not set"
-
     changed = sorted(k for k in settings if base.get(k) != settings[k])
-    return ", ".join(f"{_setting_text(k, settings[k])} (was {was(k)})" for k in changed)
+    return ", ".join(
+        f"--{k.replace('_', '-')} {_value_text(settings[k])} "
+        f"(was {_value_text(base[k]) if k in base else 'not set'})"
+        for k in changed
+    )
 
 
 def _minutes(value: float | None) -> str:
